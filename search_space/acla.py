@@ -1,0 +1,157 @@
+"""Adaptive Cross-Layer Attention (ACLA; Wang et al., "Adaptive Cross-Layer Attention for Image Restoration",
+arXiv 2203.03619).
+
+Each query pixel attends to a few keys in each of L previous layers. Keys sit at offsets predicted from the
+query and are read bilinearly (`deformable_sample`, as in Deformable-DETR). A binary gate per
+(query, layer, key) decides which keys take part: gated-off keys are removed from the softmax, not weighted
+zero. During the search the gates are trained with a straight-through hard-concrete estimator; the derived
+network fixes a key count per reference layer and each query keeps its top-k keys by gate score.
+
+Shapes: B batch, C channels, H x W pixels, L reference layers, K candidate keys per reference layer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .sampling import deformable_sample, spread_offsets
+
+__all__ = ["ACLA", "deformable_sample", "masked_softmax"]
+
+
+def masked_softmax(logits: torch.Tensor, gates: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
+    """Softmax of `logits` over `dim` in which keys with gate 0 take no part. All keys off gives all-zero weights.
+
+    `gates` may carry straight-through gradients: its forward value must be 0 or 1.
+    """
+    if gates is None:
+        return torch.softmax(logits, dim=dim)
+    # Any shift is exact for a softmax; the unmasked max keeps exp() from overflowing on masked keys.
+    shifted = torch.exp(logits - logits.amax(dim=dim, keepdim=True).detach()) * gates
+    return shifted / shifted.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(logits.dtype).tiny)
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Forward value `hard`, gradient of `soft`."""
+    return hard + (soft - soft.detach())  # soft - soft is exactly 0, so the forward value is exactly `hard`
+
+
+class ACLA(nn.Module):
+    """Cross-layer attention with learned offsets and (optionally) adaptive key selection.
+
+    `adaptive=False` is CLA: K keys per layer, no gates. `active_keys` (one count per reference layer) turns an
+    adaptive module into its derived form, where each query keeps its top-k keys by gate score.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_refs: int,
+        keys_per_ref: int,
+        adaptive: bool = True,
+        active_keys: Sequence[int] | None = None,
+        gate_temperature: float = 1.0,
+        gate_init: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if channels < 1 or num_refs < 1 or keys_per_ref < 1:
+            raise ValueError("channels, num_refs and keys_per_ref must be positive")
+        if active_keys is not None:
+            if not adaptive:
+                raise ValueError("active_keys needs adaptive=True: CLA always uses all keys")
+            active_keys = tuple(int(k) for k in active_keys)
+            if len(active_keys) != num_refs or not all(1 <= k <= keys_per_ref for k in active_keys):
+                raise ValueError(f"active_keys must hold {num_refs} counts in 1..{keys_per_ref}, got {active_keys}")
+        self.channels, self.num_refs, self.keys_per_ref = channels, num_refs, keys_per_ref
+        self.adaptive = adaptive
+        self.active_keys = active_keys
+        self.gate_temperature = gate_temperature
+        keys = num_refs * keys_per_ref
+        self.offset_proj = nn.Conv2d(channels, 2 * keys, 1)
+        self.logit_proj = nn.Conv2d(channels, keys, 1)
+        self.gate_proj = nn.Conv2d(channels, keys, 1) if adaptive else None
+        self.value_projs = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(num_refs))
+        self.fuse = nn.Conv2d(channels, channels, 1)
+        self._reset_parameters(gate_init)
+        self.last_active_keys: torch.Tensor | None = None  # (L,) mean active keys per query, no grad
+        self.last_expected_keys: torch.Tensor | None = None  # (L,) expected active keys, differentiable
+
+    def _reset_parameters(self, gate_init: float) -> None:
+        # Offsets start at a fixed spread around the query; weights zero so every pixel starts the same.
+        nn.init.zeros_(self.offset_proj.weight)
+        spread = spread_offsets(self.keys_per_ref).repeat(self.num_refs, 1)  # (L*K, 2) as (dx, dy)
+        with torch.no_grad():
+            self.offset_proj.bias.copy_(spread.reshape(-1))
+        nn.init.zeros_(self.logit_proj.weight)
+        nn.init.zeros_(self.logit_proj.bias)
+        if self.gate_proj is not None:
+            nn.init.normal_(self.gate_proj.weight, std=0.01)
+            nn.init.constant_(self.gate_proj.bias, gate_init)
+        # Zero fusion: a new module is the identity, so inserting it never hurts a trained backbone.
+        nn.init.zeros_(self.fuse.weight)
+        nn.init.zeros_(self.fuse.bias)
+
+    def forward(self, query: torch.Tensor, refs: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(refs) != self.num_refs:
+            raise ValueError(f"ACLA expects {self.num_refs} reference layers, got {len(refs)}")
+        batch, _, height, width = query.shape
+        layers, keys = self.num_refs, self.keys_per_ref
+        offsets = self.offset_proj(query).view(batch, layers, keys, 2, height, width)
+        offsets = offsets.permute(0, 1, 2, 4, 5, 3)  # (B, L, K, H, W, 2)
+        logits = self.logit_proj(query).view(batch, layers, keys, height, width)
+        values = [proj(ref) for proj, ref in zip(self.value_projs, refs)]
+        if self.active_keys is not None:
+            out = self._attend_top_k(query, values, offsets, logits)
+        else:
+            gates = self._sample_gates(query) if self.adaptive else None
+            weights = masked_softmax(logits.flatten(1, 2), None if gates is None else gates.flatten(1, 2))
+            out = aggregate(values, offsets.unbind(1), weights.split(keys, dim=1))
+        return query + self.fuse(out)
+
+    def _sample_gates(self, query: torch.Tensor) -> torch.Tensor:
+        """Binary gates (B, L, K, H, W): hard-concrete with straight-through gradients in training."""
+        batch, _, height, width = query.shape
+        gate_logits = self.gate_proj(query).view(batch, self.num_refs, self.keys_per_ref, height, width)
+        # P(logit + logistic noise > 0) = sigmoid(logit): the expected gate equals the probability below.
+        self.last_expected_keys = torch.sigmoid(gate_logits).sum(dim=2).mean(dim=(0, 2, 3))
+        if self.training:
+            uniform = torch.rand_like(gate_logits).clamp(1e-6, 1 - 1e-6)
+            noisy = (gate_logits + torch.log(uniform) - torch.log1p(-uniform)) / self.gate_temperature
+            soft = torch.sigmoid(noisy)
+            gates = straight_through((noisy > 0).to(soft.dtype), soft)
+        else:
+            gates = (gate_logits > 0).to(gate_logits.dtype)
+        self.last_active_keys = gates.detach().sum(dim=2).mean(dim=(0, 2, 3))
+        return gates
+
+    def _attend_top_k(self, query, values, offsets, logits) -> torch.Tensor:
+        batch, _, height, width = query.shape
+        scores = self.gate_proj(query).view(batch, self.num_refs, self.keys_per_ref, height, width)
+        chosen_offsets, chosen_logits, chosen_gates = [], [], []
+        for layer, count in enumerate(self.active_keys):
+            index = scores[:, layer].topk(count, dim=1).indices  # (B, k, H, W)
+            chosen_logits.append(logits[:, layer].gather(1, index))
+            chosen_offsets.append(offsets[:, layer].gather(1, index.unsqueeze(-1).expand(-1, -1, -1, -1, 2)))
+            # Forward value 1 (the key is on); the gradient still trains the gate scores.
+            soft = torch.sigmoid(scores[:, layer].gather(1, index))
+            chosen_gates.append(straight_through(torch.ones_like(soft), soft))
+        weights = masked_softmax(torch.cat(chosen_logits, 1), torch.cat(chosen_gates, 1))
+        self.last_active_keys = torch.tensor(self.active_keys, dtype=query.dtype)
+        self.last_expected_keys = self.last_active_keys
+        return aggregate(values, chosen_offsets, weights.split(list(self.active_keys), dim=1))
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, num_refs={self.num_refs}, keys_per_ref={self.keys_per_ref}, "
+                f"adaptive={self.adaptive}, active_keys={self.active_keys}")
+
+
+def aggregate(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers and keys of weights (B, k, H, W) times values (B, C, H, W) sampled at offsets (B, k, H, W, 2)."""
+    out = None
+    for value, offset, weight in zip(values, offsets, weights):
+        sampled = deformable_sample(value, offset)  # (B, C, k, H, W)
+        term = (sampled * weight.unsqueeze(1)).sum(dim=2)
+        out = term if out is None else out + term
+    return out

@@ -1,0 +1,122 @@
+"""EDSR-style restoration backbone (Lim et al., CVPR-W 2017) with attention insertion positions.
+
+head conv -> S stages of residual blocks (conv-ReLU-conv, residual scaling) -> body conv + long skip -> tail.
+The tail is EDSR's pixel-shuffle upsampler for SR, and a conv with a global residual (output = input + tail)
+for denoise, car and demosaic. An attention module may follow any residual block; its reference layers
+are the head's output and the outputs of the earlier stages, as in ACLA's 4-stage EDSR.
+Every position holds a module or `NoAttention`, so the supernet and the derived network share one class.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .attention import NoAttention, make_attention
+from .genotype import Genotype, refs_at_position
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(x))) * self.res_scale
+
+
+def upsampler_steps(scale: int) -> list[int]:
+    """EDSR's pixel-shuffle steps: x2 and x4 as repeated x2, x3 as one x3."""
+    if scale == 1:
+        return []
+    if scale == 3:
+        return [3]
+    if scale in (2, 4):
+        return [2] * (scale // 2)
+    raise ValueError(f"scale {scale} is not supported; expected 1, 2, 3 or 4")
+
+
+class RestorationNet(nn.Module):
+    def __init__(
+        self,
+        *,
+        task: str,
+        scale: int,
+        in_channels: int,
+        channels: int,
+        blocks: int,
+        stages: int,
+        res_scale: float = 1.0,
+        attention: Sequence[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        if blocks % stages:
+            raise ValueError(f"blocks ({blocks}) must be a multiple of stages ({stages})")
+        self.task, self.scale, self.blocks, self.stages = task, scale, blocks, stages
+        self.blocks_per_stage = blocks // stages
+        self.head = conv3x3(in_channels, channels)
+        self.body = nn.ModuleList(ResBlock(channels, res_scale) for _ in range(blocks))
+        attention = list(attention) if attention is not None else [NoAttention() for _ in range(blocks)]
+        if len(attention) != blocks:
+            raise ValueError(f"need one attention module (or NoAttention) per block: {blocks}, got {len(attention)}")
+        self.attention = nn.ModuleList(attention)
+        self.body_end = conv3x3(channels, channels)
+        upsample: list[nn.Module] = []
+        for step in upsampler_steps(scale):
+            upsample += [conv3x3(channels, channels * step * step), nn.PixelShuffle(step)]
+        self.upsample = nn.Sequential(*upsample)
+        self.tail = conv3x3(channels, in_channels)
+
+    def forward(self, x: torch.Tensor, position_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`position_weights` (blocks,) relaxes each position to f + w * (attention(f) - f), for the search."""
+        head = self.head(x)
+        refs = [head]
+        features = head
+        for index, (block, attention) in enumerate(zip(self.body, self.attention)):
+            features = block(features)
+            if not isinstance(attention, NoAttention):
+                attended = attention(features, tuple(refs))
+                if position_weights is None:
+                    features = attended
+                else:
+                    features = features + position_weights[index] * (attended - features)
+            if (index + 1) % self.blocks_per_stage == 0:
+                refs.append(features)
+        features = self.body_end(features) + head
+        out = self.tail(self.upsample(features))
+        return out if self.task == "sr" else x + out
+
+
+def build_attention_modules(genotype: Genotype) -> list[nn.Module]:
+    """One module per block: the genotype's attention at its positions, NoAttention elsewhere."""
+    modules: list[nn.Module] = [NoAttention() for _ in range(genotype.blocks)]
+    for position, keys in zip(genotype.positions, genotype.keys or [None] * len(genotype.positions)):
+        modules[position] = make_attention(
+            genotype.attention,
+            channels=genotype.channels,
+            num_refs=refs_at_position(position, genotype.blocks, genotype.stages),
+            keys_per_ref=genotype.max_keys,
+            active_keys=keys if genotype.adaptive else None,
+        )
+    return modules
+
+
+def build_network(genotype: Genotype) -> RestorationNet:
+    """The derived (fixed) network of a genotype."""
+    return RestorationNet(
+        task=genotype.task,
+        scale=genotype.scale,
+        in_channels=genotype.in_channels,
+        channels=genotype.channels,
+        blocks=genotype.blocks,
+        stages=genotype.stages,
+        res_scale=genotype.res_scale,
+        attention=build_attention_modules(genotype),
+    )

@@ -1,0 +1,89 @@
+"""Analytic cost: multiply-accumulates (MACs) and parameters.
+
+The field writes "FLOPs" for multiply-accumulates (fvcore, ptflops, the ACLA authors' torch-summary
+mult-adds), and so do we: 1 FLOP = 1 MAC here. Bias additions, ReLUs, residual additions and softmaxes are
+not counted, as in those tools; for a conv-only network our count equals `FlopCounterMode`'s total / 2.
+Reference sizes follow the field: a 1280x720 *output* for SR (so a 640x360 input at x2, 426x240 at x3,
+320x180 at x4) and 256x256 for denoise, car and demosaic.
+ACLA's deformable sampling is counted by formula: 4 bilinear taps x C per active key, plus C for the
+weighted sum of that key.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .backbone import upsampler_steps
+from .genotype import Genotype, refs_at_position
+
+SR_REFERENCE_OUTPUT = (720, 1280)  # (height, width)
+RESTORATION_REFERENCE = (256, 256)
+
+
+def reference_input_size(task: str, scale: int) -> tuple[int, int]:
+    """The input (height, width) at which the field quotes a network's MACs."""
+    if task == "sr":
+        return SR_REFERENCE_OUTPUT[0] // scale, SR_REFERENCE_OUTPUT[1] // scale
+    return RESTORATION_REFERENCE
+
+
+def conv_macs(in_channels: int, out_channels: int, kernel: int, pixels: int) -> int:
+    return in_channels * out_channels * kernel * kernel * pixels
+
+
+def backbone_macs(*, scale: int, in_channels: int, channels: int, blocks: int, height: int, width: int) -> int:
+    """MACs of the bare backbone (no attention) for an input of height x width."""
+    pixels = height * width
+    total = conv_macs(in_channels, channels, 3, pixels)  # head
+    total += blocks * 2 * conv_macs(channels, channels, 3, pixels)  # residual blocks
+    total += conv_macs(channels, channels, 3, pixels)  # body end
+    for step in upsampler_steps(scale):
+        total += conv_macs(channels, channels * step * step, 3, pixels)
+        pixels *= step * step
+    total += conv_macs(channels, in_channels, 3, pixels)  # tail, at output size
+    return total
+
+
+def acla_macs_per_pixel(*, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
+                        active_keys: Sequence[float]) -> float:
+    """Per query pixel: the 1x1 predictors, the value projections, the sampling and the output fusion."""
+    predicted = num_refs * keys_per_ref * (4 if adaptive else 3)  # offsets (2), logits (1), gates (1)
+    fixed = channels * predicted + num_refs * channels * channels + channels * channels
+    sampling = 5 * channels * sum(active_keys)  # 4 bilinear taps + 1 weighted sum, per channel and key
+    return fixed + sampling
+
+
+def nonlocal_macs(*, channels: int, pixels: int, reduction: int = 2) -> int:
+    inner = max(1, channels // reduction)
+    projections = 3 * channels * inner * pixels + inner * channels * pixels
+    attention = 2 * pixels * pixels * inner  # theta^T phi, then the weighted sum of g
+    return projections + attention
+
+
+def attention_macs(*, kind: str, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
+                   active_keys: Sequence[float], pixels: int) -> float:
+    if kind in ("acla", "cla"):
+        return pixels * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
+                                            adaptive=adaptive, active_keys=active_keys)
+    if kind == "nonlocal":
+        return nonlocal_macs(channels=channels, pixels=pixels)
+    if kind == "none":
+        return 0
+    raise ValueError(f"unknown attention kind {kind!r}")
+
+
+def genotype_macs(genotype: Genotype, size: tuple[int, int] | None = None) -> int:
+    """Exact MACs of the derived network of `genotype` for an input `size` (default: the reference size)."""
+    height, width = size or reference_input_size(genotype.task, genotype.scale)
+    total = backbone_macs(scale=genotype.scale, in_channels=genotype.in_channels, channels=genotype.channels,
+                          blocks=genotype.blocks, height=height, width=width)
+    keys = genotype.keys or [()] * len(genotype.positions)
+    for position, position_keys in zip(genotype.positions, keys):
+        total += attention_macs(kind=genotype.attention, channels=genotype.channels,
+                                num_refs=refs_at_position(position, genotype.blocks, genotype.stages),
+                                keys_per_ref=genotype.max_keys, adaptive=genotype.adaptive,
+                                active_keys=position_keys, pixels=height * width)
+    return int(total)
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+from search_space.backbone import build_network
+from search_space.genotype import Genotype
+
+GOOD = Genotype(task="sr", scale=3, in_channels=3, channels=8, blocks=4, stages=2, attention="acla", max_keys=4,
+                adaptive=True, positions=(1, 3), keys=((2,), (3, 1)))
+
+
+def test_json_round_trip():
+    assert Genotype.from_json(GOOD.to_json()) == GOOD
+    assert json.loads(GOOD.to_json())["version"] == 1
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"colour": True}, "unknown field"),
+    ({"version": 2}, "version"),
+    ({"task": "deblur"}, "unknown task"),
+    ({"scale": 5}, "scale"),
+    ({"positions": [1, 4], "keys": [[2], [1, 1]]}, "out of range"),
+    ({"positions": [3, 1]}, "increasing"),
+    ({"keys": [[2], [3]]}, "reference layers"),
+    ({"keys": [[2], [9, 1]]}, "key count"),
+    ({"blocks": 5}, "multiple of stages"),
+    ({"channels": "8"}, "positive integer"),
+    ({"attention": "none", "adaptive": False}, "takes no positions"),
+    ({"positions": 3}, "positions must be a list"),
+    ({"keys": [["x"], [1, 1]]}, "keys must be a list"),
+])
+def test_invalid_genotypes_raise_clear_errors(change, message):
+    data = {**GOOD.to_dict(), **change}
+    with pytest.raises(ValueError, match=message):
+        Genotype.from_json(json.dumps(data))
+
+
+def test_not_json():
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Genotype.from_json("{task: sr")
+    with pytest.raises(ValueError, match="must be an object"):
+        Genotype.from_json("[1, 2]")
+
+
+def test_frozen():
+    with pytest.raises(Exception):
+        GOOD.channels = 16
+
+
+@pytest.mark.parametrize("task,scale,in_channels", [("sr", 2, 3), ("sr", 3, 3), ("sr", 4, 3), ("denoise", 1, 3),
+                                                    ("car", 1, 1), ("demosaic", 1, 3)])
+@pytest.mark.parametrize("attention", ["acla", "cla", "nonlocal", "none"])
+def test_build_network_shapes(task, scale, in_channels, attention):
+    keys = {"acla": ((2,), (3, 1)), "cla": ((4,), (4, 4))}.get(attention, ())
+    positions = () if attention == "none" else (1, 3)
+    genotype = Genotype(task=task, scale=scale, in_channels=in_channels, channels=8, blocks=4, stages=2,
+                        attention=attention, max_keys=4, adaptive=attention == "acla", positions=positions, keys=keys)
+    network = build_network(genotype)
+    x = torch.rand(2, in_channels, 6, 5)
+    y = network(x)
+    assert y.shape == (2, in_channels, 6 * scale, 5 * scale)
+    y.mean().backward()

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from search_space.acla import deformable_sample, masked_softmax
+from search_space.sampling import spread_offsets
+from tests.oracles import naive_deformable_sample
+
+
+def random_case(batch=2, channels=3, keys=3, height=5, width=6, spread=3.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
+    # Offsets up to `spread` pixels: many samples leave the image, some only partly.
+    offsets = (torch.rand(batch, keys, height, width, 2, generator=gen, dtype=torch.float64) * 2 - 1) * spread
+    return values, offsets
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 3, 5, 6), (1, 2, 1, 4, 4), (1, 1, 2, 1, 7), (1, 2, 2, 3, 1)])
+def test_matches_naive_loop(shape):
+    values, offsets = random_case(*shape)
+    got = deformable_sample(values, offsets)
+    want = naive_deformable_sample(values, offsets)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_matches_naive_loop():
+    values, offsets = random_case(seed=3)
+    got = deformable_sample(values.float(), offsets.float())
+    torch.testing.assert_close(got.double(), naive_deformable_sample(values, offsets), rtol=1e-4, atol=1e-5)
+
+
+def test_gradcheck():
+    values, offsets = random_case(1, 2, 2, 3, 4, spread=1.7, seed=1)
+    # Keep away from integer positions, where bilinear sampling has a kink.
+    offsets = offsets.round() + 0.25 + 0.5 * torch.rand_like(offsets)
+    values.requires_grad_(True)
+    offsets.requires_grad_(True)
+    assert torch.autograd.gradcheck(deformable_sample, (values, offsets), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dx,dy", [(0, 0), (1, 0), (0, -2), (-1, 1), (7, 0)])
+def test_integer_offsets_shift_exactly(dx, dy):
+    # grid_sample's coordinate normalisation rounds, so "exact" here is to float64 rounding (1e-12).
+    values = torch.arange(2 * 5 * 6, dtype=torch.float64).view(1, 2, 5, 6)
+    offsets = torch.zeros(1, 1, 5, 6, 2, dtype=torch.float64)
+    offsets[..., 0], offsets[..., 1] = dx, dy
+    got = deformable_sample(values, offsets)[:, :, 0]
+    want = torch.zeros_like(values)
+    for y in range(5):
+        for x in range(6):
+            if 0 <= y + dy < 5 and 0 <= x + dx < 6:
+                want[:, :, y, x] = values[:, :, y + dy, x + dx]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError):
+        deformable_sample(torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 3, 4, 2))
+    with pytest.raises(ValueError):
+        deformable_sample(torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 3, 3))
+
+
+def test_spread_offsets_ring():
+    nine = {tuple(p) for p in spread_offsets(9).int().tolist()}
+    assert nine == {(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+    assert spread_offsets(1).tolist() == [[0.0, 0.0]]
+    assert len({tuple(p) for p in spread_offsets(20).tolist()}) == 20
+
+
+def test_masked_softmax_excludes_gated_keys():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5]]).view(1, 4, 1, 1)
+    gates = torch.tensor([[1.0, 0.0, 1.0, 1.0]]).view(1, 4, 1, 1)
+    got = masked_softmax(logits, gates)
+    subset = torch.softmax(torch.tensor([1.0, 3.0, 0.5]), 0)
+    torch.testing.assert_close(got.flatten(), torch.tensor([subset[0], 0.0, subset[1], subset[2]]))
+    assert torch.equal(masked_softmax(logits, torch.zeros_like(gates)), torch.zeros_like(logits))

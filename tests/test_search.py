@@ -1,0 +1,111 @@
+import itertools
+
+import pytest
+import torch
+
+from search_space.budget import parse_budget
+from search_space.cost import genotype_macs
+from search_space.genotype import Genotype
+from search_space.search import BudgetError, derive_genotype, search_architecture
+from search_space.supernet import Supernet
+
+BASE = Genotype(task="denoise", scale=1, in_channels=3, channels=8, blocks=4, stages=2, attention="acla",
+                max_keys=4, adaptive=True)
+BARE = genotype_macs(Genotype(task="denoise", scale=1, in_channels=3, channels=8, blocks=4, stages=2))
+
+
+@pytest.mark.parametrize("text,value", [("50GFLOPs", 50e9), ("25GMACs", 25e9), ("50G", 50e9), ("5e10", 5e10),
+                                        ("800M", 800e6), ("1.5 GFLOPs", 1.5e9), ("2t", 2e12), ("123456", 123456)])
+def test_parse_budget(text, value):
+    assert parse_budget(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "fifty", "-5G", "0", "0G", "nan", "inf", "5X", "1e400"])
+def test_parse_budget_rejects(text):
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(text)
+
+
+def test_supernet_parameter_split_and_state_dict():
+    supernet = Supernet(base=BASE)
+    arch, weights = supernet.arch_parameters(), supernet.weight_parameters()
+    assert {id(p) for p in arch}.isdisjoint({id(p) for p in weights})
+    assert len(arch) + len(weights) == len(list(supernet.parameters()))
+    assert "alpha" in supernet.state_dict()
+    assert any("gate_proj" in name for name in supernet.state_dict())
+
+
+def test_expected_macs_is_differentiable_and_matches_cost():
+    supernet = Supernet(base=BASE, alpha_init=50.0)  # p = 1 everywhere
+    supernet.eval()
+    supernet(torch.rand(1, 3, 8, 8))
+    with torch.no_grad():
+        for module in supernet.net.attention:  # make every gate certainly on: expected keys = K
+            module.gate_proj.bias.fill_(50.0)
+    supernet(torch.rand(1, 3, 8, 8))
+    full = Genotype.from_dict({**BASE.to_dict(), "positions": [0, 1, 2, 3], "keys": [[4], [4], [4, 4], [4, 4]]})
+    expected = supernet.expected_macs()
+    assert expected.item() == pytest.approx(genotype_macs(full), rel=1e-5)
+    supernet.alpha.data.fill_(0.0)
+    supernet(torch.rand(1, 3, 8, 8))
+    expected = supernet.expected_macs()
+    expected.backward()
+    assert supernet.alpha.grad.abs().sum() > 0
+
+
+def test_derive_keeps_likely_positions_and_rounds_keys():
+    genotype = derive_genotype(base=BASE, position_probs=[0.9, 0.2, 0.7, 0.51],
+                               active_keys=[[2.6], [4.0], [0.2, 3.4], [1.5, 4.0]], budget_macs=1e12)
+    assert genotype.positions == (0, 2, 3)
+    assert genotype.keys == ((3,), (1, 3), (2, 4))
+
+
+def test_derive_never_exceeds_budget():
+    probs = [0.9, 0.8, 0.7, 0.6]
+    keys = [[4.0], [4.0], [4.0, 4.0], [4.0, 4.0]]
+    full = derive_genotype(base=BASE, position_probs=probs, active_keys=keys, budget_macs=1e12)
+    for budget in torch.linspace(BARE, genotype_macs(full) * 1.1, 40).tolist():
+        genotype = derive_genotype(base=BASE, position_probs=probs, active_keys=keys, budget_macs=budget)
+        assert genotype_macs(genotype) <= budget
+        # dropping goes from the least likely position
+        assert list(genotype.positions) == sorted(genotype.positions)
+        assert set(genotype.positions) == set(range(len(genotype.positions)))
+
+
+def test_derive_is_pure():
+    args = dict(base=BASE, position_probs=[0.9, 0.2, 0.7, 0.6], active_keys=[[2.0], [1.0], [1.0, 1.0], [2.0, 2.0]],
+                budget_macs=BARE * 1.2)
+    assert derive_genotype(**args) == derive_genotype(**args)
+
+
+def test_budget_below_bare_backbone_names_smallest():
+    with pytest.raises(BudgetError, match=str(BARE)):
+        derive_genotype(base=BASE, position_probs=[0.9] * 4, active_keys=[[1.0]] * 4, budget_macs=BARE - 1)
+
+
+def _random_batches(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        clean = torch.rand(2, 3, 12, 12, generator=gen)
+        yield clean + 0.1 * torch.randn(clean.shape, generator=gen), clean
+
+
+@pytest.mark.parametrize("attention", ["acla", "cla", "nonlocal"])
+def test_search_on_random_data_respects_budget(attention):
+    torch.manual_seed(0)
+    base = Genotype.from_dict({**BASE.to_dict(), "attention": attention, "adaptive": attention == "acla"})
+    supernet = Supernet(base=base, alpha_init=1.0)
+    budget = BARE * 1.15
+    reports = []
+    outcome = search_architecture(supernet=supernet, batches=_random_batches(), budget_macs=budget, steps=6,
+                                  arch_lr=0.05, report=reports.append, report_every=2)
+    assert genotype_macs(outcome.genotype) <= budget
+    assert [r["step"] for r in reports] == [2, 4, 6]
+    assert len(outcome.position_probs) == 4 and len(outcome.history) == 3
+    # the penalty is active (E[MACs] over budget at p ~ 0.73), so the arch step pushed the probabilities down
+    assert max(outcome.position_probs) < torch.sigmoid(torch.tensor(1.0)).item()
+
+
+def test_search_rejects_infeasible_budget():
+    with pytest.raises(BudgetError):
+        search_architecture(supernet=Supernet(base=BASE), batches=_random_batches(), budget_macs=BARE / 2, steps=1)
