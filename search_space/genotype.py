@@ -72,12 +72,12 @@ class Genotype:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"genotype has unknown field(s) {', '.join(unknown)}; expected only {', '.join(sorted(known))}")
-        if data.get("version") != GENOTYPE_VERSION:
-            raise ValueError(f"genotype version {data.get('version')!r} is not supported; expected {GENOTYPE_VERSION}")
-        required = {"task", "scale", "in_channels", "channels", "blocks", "stages"}
+        required = {"version", "task", "scale", "in_channels", "channels", "blocks", "stages"}
         missing = sorted(required - set(data))
         if missing:
             raise ValueError(f"genotype is missing field(s) {', '.join(missing)}")
+        if data.get("version") != GENOTYPE_VERSION:
+            raise ValueError(f"genotype version {data.get('version')!r} is not supported; expected {GENOTYPE_VERSION}")
         return cls(**data)
 
     @classmethod

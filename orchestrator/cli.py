@@ -1,0 +1,100 @@
+"""The `acla-orch` command line. Flags become dataclasses here, once; nothing below reads argparse.
+
+Bad input gives one line on stderr and exit status 2. Tracebacks are for bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import UsageError
+
+TASKS = ("sr", "denoise", "car", "demosaic")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + error; the user gets one line
+        print(f"acla-orch: error: {message} (see 'acla-orch {self.prog.split()[-1]} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def budget_arg(text: str) -> float:
+    from search_space.budget import parse_budget
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_task_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, choices=TASKS, help="restoration task")
+    parser.add_argument("--scale", type=int, choices=(2, 3, 4), help="SR scale (default 2; sr only)")
+    parser.add_argument("--sigma", type=float, choices=(15.0, 25.0, 50.0), help="denoise noise level on 0-255 (default 25)")
+    parser.add_argument("--quality", type=int, choices=(10, 20, 30, 40), help="JPEG quality for car (default 10)")
+    parser.add_argument("--gray", action="store_true", help="car on the gray/Y channel (classic5) instead of RGB")
+
+
+def command_cost(args: argparse.Namespace) -> int:
+    from search_space.backbone import build_network
+    from search_space.budget import format_macs
+    from search_space.cost import count_parameters, genotype_macs, reference_input_size
+    from .local_commands import read_genotype, task_spec_from_args
+
+    spec = task_spec_from_args(args)
+    if args.genotype:
+        genotype = read_genotype(args.genotype)
+        if (genotype.task, genotype.scale) != (spec.name, spec.scale):
+            raise UsageError(f"genotype {args.genotype} is for task {genotype.task} x{genotype.scale}, "
+                             f"not {spec.name} x{spec.scale}; pass the matching --task/--scale")
+        height, width = reference_input_size(genotype.task, genotype.scale)
+        result = {"task": spec.name, "scale": spec.scale, "macs": genotype_macs(genotype),
+                  "params": count_parameters(build_network(genotype)),
+                  "reference_input": [height, width], "reference_output": [height * spec.scale, width * spec.scale]}
+    else:
+        result = {"task": spec.name, "scale": spec.scale, "budget_macs": int(args.budget)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            shown = format_macs(value) + " (1 FLOP = 1 MAC)" if key in ("macs", "budget_macs") else value
+            print(f"{key:>17}: {shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="acla-orch", description="Neural-architecture search for image restoration with ACLA.")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=OneLineParser)
+
+    cost = verbs.add_parser("cost", help="analytic MACs and parameters of a genotype, or a parsed budget",
+                            description="MACs at the field's reference size (1280x720 output for SR, 256x256 otherwise). "
+                                        "1 FLOP = 1 multiply-accumulate here, as fvcore and ptflops count.")
+    add_task_args(cost)
+    which = cost.add_mutually_exclusive_group(required=True)
+    which.add_argument("--genotype", help="genotype JSON file")
+    which.add_argument("--budget", type=budget_arg, help="a budget such as 50GFLOPs, 25GMACs, 50G, 5e10 or 800M")
+    cost.add_argument("--json", action="store_true", help="print JSON")
+    cost.set_defaults(handler=command_cost)
+
+    from .local_commands import register_local_commands
+    register_local_commands(verbs, add_task_args=add_task_args, budget_arg=budget_arg)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as err:
+        print(f"acla-orch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("acla-orch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""CLI verbs that run on this machine without Ray: degrade, compare, train, and a local search.
+
+Each handler turns flags into the core's dataclasses once, and turns the core's input errors
+(ValueError subclasses that name the file or value) into UsageError: one line, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+
+@contextmanager
+def user_errors():
+    """Input errors from the core become one-line usage errors."""
+    from search_space.search import BudgetError
+    from workers.checkpoint import CheckpointError
+    from workers.data import DataError
+    try:
+        yield
+    except (DataError, CheckpointError, BudgetError) as err:
+        raise UsageError(str(err)) from None
+
+
+def task_spec_from_args(args: argparse.Namespace):
+    from workers.tasks import task_from_options
+    try:
+        return task_from_options(args.task, scale=args.scale, sigma=args.sigma, quality=args.quality, gray=args.gray)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def read_genotype(path: str):
+    from search_space.genotype import Genotype
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read genotype file {path}: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        return Genotype.from_json(text)
+    except ValueError as err:
+        raise UsageError(f"genotype file {path}: {err}") from None
+
+
+def run_home() -> Path:
+    return Path(os.environ.get("ACLA_HOME", "acla-runs"))
+
+
+def write_image_atomically(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".bmp", ".tif", ".tiff", ".ppm"):
+        raise UsageError(f"{path}: output must be a lossless image (.png, .bmp, .tif or .ppm), got '{suffix or 'no suffix'}'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        Image.fromarray(image).save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def command_degrade(args: argparse.Namespace) -> int:
+    from workers.data import load_image
+    from workers.train import to_uint8_image
+    from workers.data import to_tensor
+    task = task_spec_from_args(args)
+    with user_errors():
+        target = task.prepare_target(load_image(args.input))
+        if task.name == "sr" and min(target.shape[:2]) < task.scale:
+            raise UsageError(f"{args.input}: image is smaller than the scale {task.scale}")
+        degraded = task.degrade(target, np.random.default_rng(args.seed))
+    if degraded.dtype != np.uint8:  # noisy input saved as an image: clipped and rounded
+        degraded = to_uint8_image(to_tensor(degraded))
+    write_image_atomically(Path(args.output), degraded)
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from workers.data import load_image
+    from workers.metrics import image_metrics
+    task = task_spec_from_args(args)
+    with user_errors():
+        reference, test = task.prepare_target(load_image(args.reference)), load_image(args.test)
+    if task.gray and test.ndim == 3:
+        from workers.tasks import to_gray_y
+        test = to_gray_y(test)
+    if reference.ndim != test.ndim:
+        from workers.tasks import to_rgb
+        reference, test = to_rgb(reference), to_rgb(test)
+    if reference.shape != test.shape:
+        raise UsageError(f"{args.test} is {test.shape[1]}x{test.shape[0]} but {args.reference} is "
+                         f"{reference.shape[1]}x{reference.shape[0]} (after the task's crop); expected equal sizes")
+    if min(reference.shape[:2]) - 2 * task.border < 11:
+        raise UsageError(f"{args.reference}: images must be at least {11 + 2 * task.border} pixels on each side for SSIM")
+    metrics = image_metrics(reference, test, border=task.border)
+    result = {"task": task.label, "border": task.border, **{k: round(v, 4) for k, v in metrics.items()}}
+    print(json.dumps(result) if args.json else "\n".join(f"{k:>9}: {v}" for k, v in result.items()))
+    return 0
+
+
+def data_from_args(args: argparse.Namespace):
+    from workers.data import embedded_sets, folder_sets
+    from workers.train import DataSpec
+    with user_errors():
+        train_set, valid_set = folder_sets(args.data) if args.data else embedded_sets()
+    return DataSpec(train_set, valid_set)
+
+
+def profile_from_args(args: argparse.Namespace):
+    from workers.profiles import get_profile
+    try:
+        return get_profile(args.profile)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+@contextmanager
+def progress_bar(description: str, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
+        bar = progress.add_task(description, total=total, status="")
+
+        def report(record: dict) -> None:
+            status = f"loss {record.get('loss', record.get('val_loss', 0.0)):.4f}"
+            progress.update(bar, completed=record["step"], status=status)
+        yield report
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from workers.train import train
+    task = task_spec_from_args(args)
+    genotype = read_genotype(args.genotype)
+    if (genotype.task, genotype.scale, genotype.in_channels) != (task.name, task.scale, task.in_channels):
+        raise UsageError(f"genotype {args.genotype} is for {genotype.task} x{genotype.scale} with "
+                         f"{genotype.in_channels} channel(s), not {task.label}; pass matching task flags")
+    profile, data = profile_from_args(args), data_from_args(args)
+    output = Path(args.output or run_home() / "train" / f"{task.label}-{profile.name}.pt")
+    steps = args.steps or profile.train_steps
+    with user_errors(), progress_bar(f"train {task.label}", steps) as report:
+        result = train(genotype=genotype, task=task, data=data, profile=profile, report=report, steps=steps,
+                       resume_from=args.resume, checkpoint_path=str(output), seed=args.seed,
+                       checkpoint_every=max(1, steps // 10))
+    print(json.dumps({"checkpoint": str(output), "steps": result.steps,
+                      "metrics": {k: round(v, 4) for k, v in result.metrics.items()}}))
+    return 0
+
+
+def command_search_local(args: argparse.Namespace) -> int:
+    """One differentiable search on this machine, a proxy training of the derived genotype, and its files."""
+    from search_space.budget import format_macs
+    from workers.search_run import SearchConfig, run_search
+    from workers.train import train
+    task = task_spec_from_args(args)
+    profile, data = profile_from_args(args), data_from_args(args)
+    config = SearchConfig(task=task, budget_macs=args.budget, channels=args.channels or profile.channels,
+                          blocks=args.blocks or profile.blocks, stages=args.stages or profile.stages,
+                          max_keys=profile.max_keys, attention=args.attention, weight_lr=profile.weight_lr,
+                          arch_lr=profile.arch_lr, seed=args.seed)
+    try:
+        base = config.base_genotype()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    from search_space.search import check_budget
+    with user_errors():
+        check_budget(base, args.budget)
+    out_dir = run_home() / "local" / f"{task.label}-{format_macs(args.budget)}"
+    with user_errors(), progress_bar(f"search {task.label}", profile.search_steps) as report:
+        found = run_search(config, data, profile, report)
+    with user_errors(), progress_bar(f"proxy-train {task.label}", profile.train_steps) as report:
+        trained = train(genotype=found.genotype, task=task, data=data, profile=profile, report=report,
+                        checkpoint_path=str(out_dir / "model.pt"), init_state=found.supernet_state, seed=args.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    genotype_path = out_dir / "genotype.json"
+    temporary = genotype_path.with_name(".genotype.json.tmp")
+    temporary.write_text(found.genotype.to_json())
+    os.replace(temporary, genotype_path)
+    result = {"task": task.label, "budget_macs": int(args.budget), "macs": found.macs,
+              "positions": list(found.genotype.positions), "keys": [list(k) for k in found.genotype.keys],
+              "metrics": {k: round(v, 4) for k, v in trained.metrics.items()},
+              "genotype": str(genotype_path), "checkpoint": trained.checkpoint}
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
+    degrade = verbs.add_parser("degrade", help="make the network input of a task from a clean image")
+    add_task_args(degrade)
+    degrade.add_argument("--seed", type=int, default=0, help="noise seed for denoise")
+    degrade.add_argument("input", help="clean image")
+    degrade.add_argument("output", help="degraded image to write (.png)")
+    degrade.set_defaults(handler=command_degrade)
+
+    compare = verbs.add_parser("compare", help="PSNR/SSIM (Y and RGB) with the task's conventions")
+    add_task_args(compare)
+    compare.add_argument("reference", help="clean reference image")
+    compare.add_argument("test", help="restored image")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(handler=command_compare)
+
+    def add_data_args(parser):
+        parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
+        parser.add_argument("--data", help="folder of training images or a DIV2K root (default: the embedded photos)")
+        parser.add_argument("--seed", type=int, default=0)
+
+    train_verb = verbs.add_parser("train", help="train one genotype locally and write a checkpoint")
+    add_task_args(train_verb)
+    add_data_args(train_verb)
+    train_verb.add_argument("--genotype", required=True, help="genotype JSON file")
+    train_verb.add_argument("--steps", type=int, help="iterations (default: the profile's)")
+    train_verb.add_argument("--resume", help="checkpoint to continue from")
+    train_verb.add_argument("--output", help="checkpoint path (default under $ACLA_HOME or ./acla-runs)")
+    train_verb.set_defaults(handler=command_train)
+
+    search = verbs.add_parser("search", help="budgeted architecture search (local, one trial)",
+                              description="Search where to insert ACLA under a MACs budget. 1 FLOP = 1 multiply-accumulate.")
+    add_task_args(search)
+    add_data_args(search)
+    search.add_argument("--budget", required=True, type=budget_arg, help="e.g. 50GFLOPs, 25GMACs, 50G, 5e10 or 800M")
+    search.add_argument("--attention", default="acla", choices=("acla", "cla", "nonlocal"))
+    search.add_argument("--channels", type=int, help="backbone width (default: the profile's)")
+    search.add_argument("--blocks", type=int, help="residual blocks (default: the profile's)")
+    search.add_argument("--stages", type=int, help="stages (default: the profile's)")
+    search.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    search.set_defaults(handler=command_search_local)

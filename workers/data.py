@@ -1,0 +1,213 @@
+"""Images in, training batches out: decoding (once, cached), dataset layouts, and seeded random patches.
+
+Sources: the natural photographs bundled inside scikit-image's wheel (the embedded default, no download),
+any folder of images, the DIV2K layout (DIV2K_train_HR / DIV2K_valid_HR), and benchmark folders laid out
+as ../shared/datasets (Set5/HR, Set14, Kodak24, McMaster, CBSD68, classic5, LIVE1).
+Patches get random flips and 90-degree rotations from a seeded numpy generator whose state is saved in
+checkpoints, so a resumed run draws the same batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .tasks import TaskSpec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+# Color photographs that ship inside scikit-image (not fetched): a fixed, deterministic split.
+EMBEDDED_TRAIN = ("astronaut", "rocket", "hubble_deep_field", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "retina")
+EMBEDDED_VALID = ("chelsea", "coffee")
+_EMBEDDED_FILES = {"astronaut": "astronaut.png", "rocket": "rocket.jpg", "hubble_deep_field": "hubble_deep_field.jpg",
+                   "motorcycle_left": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png",
+                   "immunohistochemistry": "ihc.png", "retina": "retina.jpg", "chelsea": "chelsea.png", "coffee": "coffee.png"}
+BENCHMARKS = {"Set5": "Set5/HR", "Set14": "Set14", "Kodak24": "Kodak24", "McMaster": "McMaster", "CBSD68": "CBSD68",
+              "classic5": "classic5", "LIVE1": "LIVE1"}
+
+
+class DataError(ValueError):
+    """An image or a folder that cannot be used; the message names it."""
+
+
+@functools.lru_cache(maxsize=512)
+def _decode(path: str, mtime_ns: int) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_uint8_array(image, path)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"{path}: cannot decode image ({err.__class__.__name__}: {err})") from None
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) or (H, W), once per file version (cached)."""
+    path = str(path)
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read image ({err.strerror})") from None
+    array = _decode(path, stat.st_mtime_ns)
+    array.setflags(write=False)
+    return array
+
+
+def _to_uint8_array(image: Image.Image, path: str) -> np.ndarray:
+    """RGB and L pass; palette, CMYK, YCbCr and LA convert; 16-bit keeps its top 8 bits; alpha is
+    composited on white unless fully opaque; float images are rejected."""
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return np.asarray(image)
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise DataError(f"{path}: integer image with values outside 0..65535 is not supported")
+        return (values >> 8).astype(np.uint8) if values.max() > 255 else values.astype(np.uint8)
+    if mode == "F":
+        raise DataError(f"{path}: floating-point images are not supported; expected 8- or 16-bit RGB or gray")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+        if mode == "RGB":
+            return np.asarray(image)
+    if mode in ("RGBA", "LA", "PA"):
+        rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
+        alpha = rgba[..., 3:4] / 255.0
+        if np.all(alpha == 1):
+            return rgba[..., :3].astype(np.uint8)
+        return np.floor(rgba[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
+    if mode in ("CMYK", "YCbCr", "1", "HSV", "LAB", "RGBX"):
+        return np.asarray(image.convert("L" if mode == "1" else "RGB"))
+    raise DataError(f"{path}: image mode {mode} is not supported; expected RGB, gray, palette or 16-bit")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Named uint8 images, decoded once."""
+    name: str
+    paths: tuple[str, ...]
+
+    def images(self) -> list[tuple[str, np.ndarray]]:
+        return [(Path(p).stem, load_image(p)) for p in self.paths]
+
+
+def list_images(folder: str | os.PathLike) -> tuple[str, ...]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of images")
+    paths = tuple(sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+    if not paths:
+        raise DataError(f"{folder}: no images found; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+    return paths
+
+
+def embedded_sets() -> tuple[ImageSet, ImageSet]:
+    """Train and validation sets from the photographs bundled with scikit-image."""
+    import skimage
+    root = Path(skimage.__file__).parent / "data"
+    def paths(names):
+        return tuple(str(root / _EMBEDDED_FILES[n]) for n in names)
+    return ImageSet("embedded-train", paths(EMBEDDED_TRAIN)), ImageSet("embedded-valid", paths(EMBEDDED_VALID))
+
+
+def folder_sets(folder: str | os.PathLike, valid_fraction: float = 0.1) -> tuple[ImageSet, ImageSet]:
+    """DIV2K layout if present, else every image of the folder with a deterministic split (every k-th to validation)."""
+    folder = Path(folder)
+    if (folder / "DIV2K_train_HR").is_dir():
+        valid = folder / "DIV2K_valid_HR"
+        return (ImageSet("DIV2K-train", list_images(folder / "DIV2K_train_HR")),
+                ImageSet("DIV2K-valid", list_images(valid) if valid.is_dir() else ()))
+    paths = list_images(folder)
+    if len(paths) < 2:
+        return ImageSet(folder.name, paths), ImageSet(folder.name + "-valid", paths)
+    step = max(2, round(1 / valid_fraction))
+    valid = paths[::step]
+    return ImageSet(folder.name, tuple(p for p in paths if p not in valid)), ImageSet(folder.name + "-valid", valid)
+
+
+def benchmark_set(root: str | os.PathLike, name: str) -> ImageSet:
+    """A test set from a folder laid out as ../shared/datasets (e.g. name 'Set5' reads Set5/HR)."""
+    if name not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
+    return ImageSet(name, list_images(Path(root) / BENCHMARKS[name]))
+
+
+@dataclass
+class Pair:
+    """A prepared (degraded input, clean target) image pair; the input is None for on-the-fly degradations."""
+    name: str
+    target: np.ndarray
+    degraded: np.ndarray | None
+
+
+def prepare_pairs(image_set: ImageSet, task: TaskSpec, *, min_size: int) -> list[Pair]:
+    """Targets for the task, with deterministic degradations (sr, car) computed once."""
+    pairs = []
+    for name, image in image_set.images():
+        target = task.prepare_target(image)
+        if min(target.shape[:2]) < min_size:
+            raise DataError(f"{name}: image {target.shape[1]}x{target.shape[0]} is smaller than the "
+                            f"{min_size}x{min_size} patch or scale it needs")
+        degraded = task.degrade(target) if task.name in ("sr", "car") else None
+        pairs.append(Pair(name, target, degraded))
+    return pairs
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 or float (H, W[, C]) to float32 (C, H, W) in [0, 1] (uint8 / 255; float kept)."""
+    array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    array = array[..., None] if array.ndim == 2 else array
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _augment(image: np.ndarray, flip: bool, rotations: int) -> np.ndarray:
+    image = image[:, ::-1] if flip else image
+    return np.rot90(image, rotations, axes=(0, 1))
+
+
+class PatchSampler:
+    """Endless seeded batches of (input, target) patches. `patch_size` is the target patch; SR inputs are
+    `patch_size / scale`. Its state (the numpy generator's) goes into checkpoints."""
+
+    def __init__(self, pairs: list[Pair], task: TaskSpec, *, patch_size: int, batch_size: int, seed: int) -> None:
+        if not pairs:
+            raise DataError("no training images")
+        if patch_size % max(task.scale, 2 if task.name == "demosaic" else 1):
+            raise DataError(f"patch size {patch_size} must be a multiple of the scale {task.scale}")
+        self.pairs, self.task = pairs, task
+        self.patch_size, self.batch_size = patch_size, batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = zip(*(self._patch() for _ in range(self.batch_size)))
+        return torch.stack(inputs), torch.stack(targets)
+
+    def _patch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        task, rng, size = self.task, self.rng, self.patch_size
+        pair = self.pairs[rng.integers(len(self.pairs))]
+        scale = task.scale
+        height, width = pair.target.shape[:2]
+        top = int(rng.integers(0, (height - size) // scale + 1)) * scale
+        left = int(rng.integers(0, (width - size) // scale + 1)) * scale
+        flip, rotations = bool(rng.integers(2)), int(rng.integers(4))
+        target = _augment(pair.target[top:top + size, left:left + size], flip, rotations)
+        if pair.degraded is not None:  # sr, car: crop the precomputed input at the same place
+            lr = size // scale
+            degraded = pair.degraded[top // scale:top // scale + lr, left // scale:left // scale + lr]
+            degraded = _augment(degraded, flip, rotations)
+        else:  # denoise, demosaic: degrade the augmented clean patch, so the Bayer phase stays RGGB
+            degraded = task.degrade(np.ascontiguousarray(target), rng)
+        return to_tensor(degraded), to_tensor(np.ascontiguousarray(target))

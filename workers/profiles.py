@@ -1,0 +1,53 @@
+"""Named training profiles: how long and how big. Dataclasses, not dicts; chosen once at the CLI.
+
+- smoke: seconds, for tests.
+- quick: a few minutes on a 2-core CPU; the default.
+- paper: the published recipe (EDSR's, which ACLA follows): DIV2K, 48x48 LR patches for SR (48x48 patches
+  otherwise), batch 16, Adam (beta 0.9/0.999, eps 1e-8) at 1e-4 halved every 200k iterations, L1 loss,
+  64 channels, 16 residual blocks in 4 stages, K = 9 candidate keys per reference layer. Meant for a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    channels: int
+    blocks: int
+    stages: int
+    max_keys: int
+    patch: int  # input patch side (LR side for SR)
+    batch_size: int
+    lr: float
+    lr_step: int  # halve (times lr_gamma) every lr_step iterations
+    search_steps: int  # differentiable-search iterations (each one weight + one architecture step)
+    train_steps: int  # proxy training of a derived genotype inside a trial
+    retrain_steps: int  # the winners' longer schedule
+    valid_crop: int  # centre crop of validation images (0: whole images)
+    trials: int
+    concurrency: int
+    lr_gamma: float = 0.5
+    weight_lr: float = 1e-3
+    arch_lr: float = 3e-3
+    log_every: int = 10
+
+
+PROFILES = {
+    "smoke": Profile("smoke", channels=8, blocks=4, stages=2, max_keys=4, patch=16, batch_size=2, lr=1e-3,
+                     lr_step=1000, search_steps=3, train_steps=6, retrain_steps=8, valid_crop=48, trials=2,
+                     concurrency=2, log_every=2),
+    "quick": Profile("quick", channels=32, blocks=8, stages=4, max_keys=9, patch=48, batch_size=8, lr=5e-4,
+                     lr_step=400, search_steps=40, train_steps=300, retrain_steps=600, valid_crop=256, trials=4,
+                     concurrency=2, log_every=20),
+    "paper": Profile("paper", channels=64, blocks=16, stages=4, max_keys=9, patch=48, batch_size=16, lr=1e-4,
+                     lr_step=200_000, search_steps=50_000, train_steps=100_000, retrain_steps=600_000,
+                     valid_crop=0, trials=32, concurrency=4, weight_lr=1e-4, arch_lr=3e-4, log_every=1000),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,160 @@
+"""Straight-line training and evaluation, shared by the search trials and the retraining.
+
+L1 loss and Adam with step decay (EDSR's recipe, scaled by the profile). `report` is a plain callable that
+the orchestrator wraps for Ray; nothing here imports Ray, MLflow or boto3. A run resumed from its
+checkpoint ends with the same weights as one that was never interrupted (tests/test_train.py).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search_space.backbone import build_network
+from search_space.genotype import Genotype
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataError, ImageSet, PatchSampler, prepare_pairs, to_tensor
+from .metrics import image_metrics
+from .profiles import Profile
+from .tasks import TaskSpec
+
+Report = Callable[[dict], None]
+METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: ImageSet
+    valid: ImageSet
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    metrics: dict
+    steps: int
+    checkpoint: str | None
+    history: list[dict] = field(default_factory=list)
+
+
+def make_sampler(task: TaskSpec, image_set: ImageSet, profile: Profile, seed: int) -> PatchSampler:
+    target_patch = profile.patch * task.scale
+    pairs = prepare_pairs(image_set, task, min_size=target_patch)
+    return PatchSampler(pairs, task, patch_size=target_patch, batch_size=profile.batch_size, seed=seed)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+               targets: torch.Tensor) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.l1_loss(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profile, report: Report | None = None,
+          resume_from: str | None = None, checkpoint_path: str | None = None, steps: int | None = None,
+          stop_after: int | None = None, seed: int = 0, init_state: dict | None = None,
+          checkpoint_every: int = 0) -> TrainResult:
+    """Train `genotype` for `steps` (default: the profile's proxy schedule) and evaluate it on `data.valid`.
+
+    `stop_after` ends early without changing the schedule (an interruption); `resume_from` continues exactly.
+    """
+    total = profile.train_steps if steps is None else steps
+    torch.manual_seed(seed)
+    model = build_network(genotype)
+    if init_state is not None:  # weights inherited from the supernet, where shapes match
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=profile.lr_step, gamma=profile.lr_gamma)
+    sampler = make_sampler(task, data.train, profile, seed)
+    step = 0
+    if resume_from:
+        payload = load_checkpoint(resume_from)
+        if Genotype.from_json(payload["genotype"]) != genotype:
+            raise DataError(f"{resume_from}: checkpoint holds a different genotype")
+        model.load_state_dict(payload["model"])
+        state = payload["training_state"]
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step = payload["step"]
+    last = min(total, stop_after) if stop_after is not None else total
+    history: list[dict] = []
+    model.train()
+    started, data_seconds = time.perf_counter(), 0.0
+    while step < last:
+        fetch = time.perf_counter()
+        inputs, targets = next(sampler)
+        data_seconds += time.perf_counter() - fetch
+        loss = train_step(model, optimizer, inputs, targets)
+        scheduler.step()
+        step += 1
+        if step % profile.log_every == 0 or step == last:
+            record = {"step": step, "total_steps": total, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                      "data_share": data_seconds / max(time.perf_counter() - started, 1e-9)}
+            history.append(record)
+            if report:
+                report(record)
+        if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and step < last:
+            _save(checkpoint_path, model, genotype, task, profile, step, optimizer, scheduler, sampler)
+    metrics = evaluate(model, task, data.valid, crop=profile.valid_crop) if step == total else {}
+    if checkpoint_path:
+        _save(checkpoint_path, model, genotype, task, profile, step, optimizer, scheduler, sampler, metrics)
+    return TrainResult(model=model, metrics=metrics, steps=step, checkpoint=checkpoint_path, history=history)
+
+
+def _save(path, model, genotype, task, profile, step, optimizer, scheduler, sampler, metrics=None) -> None:
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "sampler": sampler.state(),
+             "torch_rng": torch.get_rng_state()}
+    save_checkpoint(path, model=model, genotype=genotype, task=task, profile=profile.name, step=step,
+                    training_state=state, metrics=metrics)
+
+
+def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
+    """(C, H, W) float in [0, 1] to uint8 (H, W, C), or (H, W) for one channel: clamp, x255, round."""
+    array = (tensor.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+
+
+def centre_crop(image: np.ndarray, size: int, multiple: int) -> np.ndarray:
+    if size <= 0:
+        return image
+    height, width = image.shape[:2]
+    crop_h, crop_w = min(size, height) // multiple * multiple, min(size, width) // multiple * multiple
+    top, left = (height - crop_h) // 2 // multiple * multiple, (width - crop_w) // 2 // multiple * multiple
+    return image[top:top + crop_h, left:left + crop_w]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, crop: int = 0, seed: int = 0) -> dict:
+    """Mean PSNR/SSIM (Y and RGB) of the model and of the task's classical baseline over whole images (or a
+    centre crop), with seeded noise and the task's border crop; outputs are quantised to uint8 first."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    images = image_set.images()
+    if not images:
+        raise DataError(f"{image_set.name}: no validation images")
+    for index, (_, image) in enumerate(images):
+        target = centre_crop(task.prepare_target(image), crop, max(task.scale, 2))
+        degraded = task.degrade(target, np.random.default_rng([seed, index]))
+        output = to_uint8_image(model(to_tensor(degraded).unsqueeze(0))[0])
+        baseline = task.baseline(degraded)
+        if baseline.dtype != np.uint8:  # the noisy input, as an image
+            baseline = to_uint8_image(to_tensor(baseline))
+        for prefix, result in (("", output), ("input_", baseline)):
+            for key, value in image_metrics(target, result, border=task.border).items():
+                totals[prefix + key] = totals.get(prefix + key, 0.0) + value
+    model.train(was_training)
+    metrics = {key: value / len(images) for key, value in totals.items()}
+    metrics["images"] = len(images)
+    return metrics
