@@ -1,0 +1,56 @@
+"""Quick-profile training throughput: the share of a step spent on data, and steps per second for the plain
+backbone and for a genotype with 2 ACLA modules, on the embedded images (car, q=10). Prints JSON.
+Usage: python benchmarks/pipeline.py [--steps N] [--task car]"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from search_space.genotype import Genotype
+from workers.data import embedded_sets
+from workers.profiles import get_profile
+from workers.tasks import task_from_options
+from workers.train import make_sampler, train_step
+from search_space.backbone import build_network
+
+
+def measure(genotype: Genotype, task, profile, steps: int) -> dict:
+    train_set, _ = embedded_sets()
+    sampler = make_sampler(task, train_set, profile, seed=0)  # decodes and caches the images once
+    model = build_network(genotype).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr)
+    train_step(model, optimizer, *next(sampler))  # warm-up
+    data_s = compute_s = 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(sampler)
+        middle = time.perf_counter()
+        train_step(model, optimizer, *batch)
+        data_s += middle - start
+        compute_s += time.perf_counter() - middle
+    return {"steps_per_s": round(steps / (data_s + compute_s), 3), "data_share": round(data_s / (data_s + compute_s), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--task", default="car")
+    args = parser.parse_args()
+    profile = get_profile("quick")
+    task = task_from_options(args.task)
+    base = dict(task=task.name, scale=task.scale, in_channels=task.in_channels, channels=profile.channels,
+                blocks=profile.blocks, stages=profile.stages)
+    plain = Genotype(**base)
+    two_acla = Genotype(**base, attention="acla", adaptive=True, max_keys=profile.max_keys, positions=(3, 7),
+                        keys=((5, 5), (5, 5, 5, 5)))
+    print(json.dumps({"profile": profile.name, "task": task.label, "batch": profile.batch_size,
+                      "patch": profile.patch, "threads": torch.get_num_threads(),
+                      "plain": measure(plain, task, profile, args.steps),
+                      "two_acla": measure(two_acla, task, profile, args.steps)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

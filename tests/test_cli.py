@@ -1,0 +1,109 @@
+"""The command line as a user meets it: JSON on success; one line and exit 2 on bad input, nothing half-written."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, cwd, env_extra=None):
+    env = {**os.environ, "ACLA_HOME": str(cwd / "runs"), "PYTHONPATH": ROOT, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def image(tmp_path):
+    array = np.asarray(Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 6, 3)).astype(np.uint8))
+                       .resize((48, 40), Image.BICUBIC))
+    path = tmp_path / "clean.png"
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_cost_budget_and_genotype(tmp_path):
+    out = run("cost", "--task", "car", "--budget", "50GFLOPs", "--json", cwd=tmp_path)
+    assert out.returncode == 0 and json.loads(out.stdout)["budget_macs"] == 50_000_000_000
+    genotype = {"version": 1, "task": "sr", "scale": 4, "in_channels": 3, "channels": 64, "blocks": 16, "stages": 4}
+    (tmp_path / "g.json").write_text(json.dumps(genotype))
+    out = run("cost", "--task", "sr", "--scale", "4", "--genotype", "g.json", "--json", cwd=tmp_path)
+    result = json.loads(out.stdout)
+    assert result["reference_output"] == [720, 1280] and result["macs"] > 0 and result["params"] > 1_000_000
+
+
+def test_cost_help_says_flop_is_mac(tmp_path):
+    assert "1 FLOP = 1 multiply-accumulate" in run("cost", "--help", cwd=tmp_path).stdout.replace("\n", " ")
+
+
+@pytest.mark.parametrize("args", [
+    ["cost", "--task", "car", "--budget", "fifty"],
+    ["cost", "--task", "car", "--budget=-5G"],
+    ["cost", "--task", "car", "--budget", "0"],
+    ["cost", "--task", "car", "--budget", "nan"],
+    ["cost", "--task", "deblur", "--budget", "5G"],
+    ["cost", "--task", "sr", "--scale", "5", "--budget", "5G"],
+    ["cost", "--task", "sr", "--genotype", "missing.json"],
+    ["cost", "--task", "car", "--scale", "2", "--budget", "5G"],
+    ["search", "--task", "car", "--budget", "1M", "--profile", "smoke"],
+    ["search", "--task", "car", "--budget", "50G", "--profile", "huge"],
+])
+def test_bad_input_is_one_line_exit_2(args, tmp_path):
+    out = run(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("change,fragment", [({"colour": 1}, "unknown field"), ({"version": 9}, "version"),
+                                             ({"positions": [99]}, "out of range")])
+def test_bad_genotype_file(change, fragment, tmp_path):
+    genotype = {"version": 1, "task": "car", "scale": 1, "in_channels": 3, "channels": 8, "blocks": 4, "stages": 2,
+                "attention": "nonlocal", **change}
+    (tmp_path / "g.json").write_text(json.dumps(genotype))
+    out = run("cost", "--task", "car", "--genotype", "g.json", cwd=tmp_path)
+    assert out.returncode == 2 and fragment in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_search_budget_below_backbone_names_smallest(tmp_path):
+    out = run("search", "--task", "car", "--budget", "100M", "--profile", "smoke", cwd=tmp_path)
+    assert out.returncode == 2 and "smallest feasible budget" in out.stderr and "368050176" in out.stderr
+
+
+def test_degrade_then_compare(image, tmp_path):
+    out = run("degrade", "--task", "sr", "--scale", "4", str(image), "lr.png", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert Image.open(tmp_path / "lr.png").size == (12, 10)
+    run("degrade", "--task", "car", "--quality", "10", str(image), "jpeg.png", cwd=tmp_path)
+    out = run("compare", str(image), "jpeg.png", "--task", "car", "--json", cwd=tmp_path)
+    metrics = json.loads(out.stdout)
+    assert metrics["border"] == 0 and 15 < metrics["psnr_y"] < 60 and 0 < metrics["ssim_rgb"] <= 1
+
+
+def test_compare_and_degrade_bad_input(image, tmp_path):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "other.png")
+    out = run("compare", str(image), "other.png", "--task", "denoise", cwd=tmp_path)
+    assert out.returncode == 2 and "other.png" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    (tmp_path / "broken.png").write_bytes(image.read_bytes()[:50])
+    out = run("degrade", "--task", "denoise", "broken.png", "out.png", cwd=tmp_path)
+    assert out.returncode == 2 and "broken.png" in out.stderr
+    assert not (tmp_path / "out.png").exists()
+    out = run("degrade", "--task", "denoise", str(image), "out.jpg", cwd=tmp_path)
+    assert out.returncode == 2 and "lossless" in out.stderr and not (tmp_path / "out.jpg").exists()
+
+
+def test_local_search_smoke(tmp_path):
+    out = run("search", "--task", "denoise", "--budget", "2G", "--profile", "smoke", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["macs"] <= 2e9 and os.path.exists(result["checkpoint"]) and os.path.exists(result["genotype"])
+    out = run("train", "--task", "denoise", "--genotype", result["genotype"], "--profile", "smoke", "--output", "t.pt",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["steps"] == 6 and (tmp_path / "t.pt").exists()
+    out = run("train", "--task", "car", "--genotype", result["genotype"], "--profile", "smoke", cwd=tmp_path)
+    assert out.returncode == 2 and "not car" in out.stderr

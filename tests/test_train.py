@@ -1,0 +1,103 @@
+"""The shared loops: resume equals uninterrupted, checkpoints describe themselves, evaluation conventions."""
+import numpy as np
+import pytest
+import torch
+
+from search_space.genotype import Genotype
+from workers.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from workers.data import ImageSet
+from workers.profiles import get_profile
+from workers.search_run import SearchConfig, run_search
+from workers.tasks import TaskSpec
+from workers.train import DataSpec, evaluate, train
+
+SMOKE = get_profile("smoke")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from PIL import Image
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        base = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+        smooth = np.asarray(Image.fromarray(base).resize((64, 56), Image.BICUBIC))
+        Image.fromarray(smooth).save(folder / f"img{index}.png")
+    paths = tuple(sorted(str(p) for p in folder.iterdir()))
+    return DataSpec(ImageSet("train", paths[:2]), ImageSet("valid", paths[2:]))
+
+
+def genotype_for(task: TaskSpec, attention="acla"):
+    keys = {"acla": [[2], [3, 1]], "cla": [[4], [4, 4]]}.get(attention, [])
+    return Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels, channels=8, blocks=4, stages=2,
+                    attention=attention, max_keys=4, adaptive=attention == "acla",
+                    positions=[] if attention == "none" else [1, 3], keys=keys)
+
+
+@pytest.mark.parametrize("task", [TaskSpec("denoise"), TaskSpec("sr", scale=2), TaskSpec("car", gray=True),
+                                  TaskSpec("demosaic")], ids=lambda t: t.label)
+def test_resumed_run_equals_uninterrupted(task, tiny_data, tmp_path):
+    genotype = genotype_for(task)
+    full = train(genotype=genotype, task=task, data=tiny_data, profile=SMOKE, checkpoint_path=str(tmp_path / "a.pt"))
+    half = train(genotype=genotype, task=task, data=tiny_data, profile=SMOKE, checkpoint_path=str(tmp_path / "b.pt"),
+                 stop_after=3)
+    assert half.steps == 3 and half.metrics == {}
+    resumed = train(genotype=genotype, task=task, data=tiny_data, profile=SMOKE, resume_from=str(tmp_path / "b.pt"),
+                    checkpoint_path=str(tmp_path / "b.pt"))
+    assert resumed.steps == full.steps == SMOKE.train_steps
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert resumed.metrics == full.metrics
+
+
+def test_checkpoint_describes_itself(tiny_data, tmp_path):
+    task = TaskSpec("sr", scale=2)
+    genotype = genotype_for(task)
+    path = tmp_path / "model.pt"
+    result = train(genotype=genotype, task=task, data=tiny_data, profile=SMOKE, checkpoint_path=str(path))
+    payload = load_checkpoint(path)  # weights_only=True inside
+    assert payload["profile"] == "smoke" and payload["code_version"] and payload["step"] == SMOKE.train_steps
+    model, loaded_genotype, loaded_task, _ = model_from_checkpoint(path)
+    assert loaded_genotype == genotype and loaded_task == task
+    x = torch.rand(1, 3, 10, 10)
+    result.model.eval()
+    torch.testing.assert_close(model(x), result.model(x))
+    assert not list(tmp_path.glob(".*tmp*"))  # nothing half-written left behind
+
+
+def test_bad_checkpoints(tmp_path):
+    truncated = tmp_path / "t.pt"
+    torch.save({"model": {}}, truncated)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="t.pt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "f.pt"
+    torch.save({"model": {}}, foreign)
+    with pytest.raises(CheckpointError, match="missing fields"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_evaluate_identity_model_scores_the_baseline(tiny_data):
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+    task = TaskSpec("car", quality=10)
+    metrics = evaluate(Identity(), task, tiny_data.valid)
+    assert metrics["psnr_y"] == pytest.approx(metrics["input_psnr_y"])
+    assert metrics["images"] == 1
+
+
+@pytest.mark.parametrize("attention", ["acla", "cla", "nonlocal"])
+def test_run_search_on_task_data(attention, tiny_data):
+    task = TaskSpec("denoise", sigma=50.0)
+    config = SearchConfig(task=task, budget_macs=6e8, channels=8, blocks=4, stages=2, max_keys=4, attention=attention)
+    records = []
+    result = run_search(config, tiny_data, SMOKE, records.append)
+    assert result.macs <= config.budget_macs
+    assert records and records[-1]["step"] == SMOKE.search_steps
+    # the derived network can inherit the supernet's weights
+    trained = train(genotype=result.genotype, task=task, data=tiny_data, profile=SMOKE, init_state=result.supernet_state)
+    assert np.isfinite(trained.metrics["psnr_rgb"])
