@@ -192,7 +192,31 @@ def command_search_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_evaluate(args: argparse.Namespace) -> int:
+    """A checkpoint on a standard test set, with its task's conventions, beside the classical baseline."""
+    from workers.checkpoint import model_from_checkpoint
+    from workers.data import benchmark_set
+    from workers.train import evaluate
+    with user_errors():
+        model, genotype, task, _ = model_from_checkpoint(args.checkpoint)
+        image_set = benchmark_set(args.datasets, args.benchmark)
+        metrics = evaluate(model, task, image_set, seed=args.seed)
+    result = {"checkpoint": args.checkpoint, "task": task.label, "benchmark": args.benchmark,
+              **{k: round(v, 4) for k, v in metrics.items()}}
+    print(json.dumps(result) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in result.items()))
+    return 0
+
+
 def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
+    evaluate_verb = verbs.add_parser("evaluate", help="PSNR/SSIM of a checkpoint on a standard test set")
+    evaluate_verb.add_argument("checkpoint", help="a checkpoint written by train or search")
+    evaluate_verb.add_argument("--benchmark", required=True,
+                               help="Set5, Set14, Kodak24, McMaster, CBSD68, classic5 or LIVE1")
+    evaluate_verb.add_argument("--datasets", default="../shared/datasets", help="folder holding the test sets")
+    evaluate_verb.add_argument("--seed", type=int, default=0, help="noise seed for denoise")
+    evaluate_verb.add_argument("--json", action="store_true")
+    evaluate_verb.set_defaults(handler=command_evaluate)
+
     degrade = verbs.add_parser("degrade", help="make the network input of a task from a clean image")
     add_task_args(degrade)
     degrade.add_argument("--seed", type=int, default=0, help="noise seed for denoise")

@@ -107,3 +107,23 @@ def test_local_search_smoke(tmp_path):
     assert json.loads(out.stdout)["steps"] == 6 and (tmp_path / "t.pt").exists()
     out = run("train", "--task", "car", "--genotype", result["genotype"], "--profile", "smoke", cwd=tmp_path)
     assert out.returncode == 2 and "not car" in out.stderr
+
+
+DATASETS = os.environ.get("ACLA_DATASETS", os.path.join(os.path.dirname(ROOT), "shared", "datasets"))
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATASETS, "classic5")) and not os.environ.get("CI"),
+                    reason="shared datasets not present")
+def test_evaluate_checkpoint_on_benchmark(tmp_path):
+    genotype = {"version": 1, "task": "car", "scale": 1, "in_channels": 1, "channels": 8, "blocks": 2, "stages": 1}
+    (tmp_path / "g.json").write_text(json.dumps(genotype))
+    out = run("train", "--task", "car", "--gray", "--genotype", "g.json", "--profile", "smoke", "--output", "m.pt",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = run("evaluate", "m.pt", "--benchmark", "classic5", "--datasets", DATASETS, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["images"] == 5 and result["task"] == "car-q10-gray"
+    assert result["psnr_y"] == result["psnr_rgb"] and 20 < result["input_psnr_y"] < 35  # gray: Y is the image
+    out = run("evaluate", "m.pt", "--benchmark", "Set7", "--datasets", DATASETS, cwd=tmp_path)
+    assert out.returncode == 2 and "Set7" in out.stderr

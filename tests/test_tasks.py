@@ -1,5 +1,6 @@
 """Degradations against the field's oracles: MATLAB-made Set5 LR files, Bayer by definition, JPEG by Pillow."""
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ from workers.imresize import crop_to_multiple, imresize
 from workers.metrics import image_metrics
 from workers.tasks import TaskSpec, bayer_mosaic, bilinear_demosaic, jpeg_roundtrip, task_from_options
 
-SET5 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "Set5"
-needs_set5 = pytest.mark.skipif(not SET5.is_dir(), reason="../shared/datasets/Set5 not present")
+DATASETS = Path(os.environ.get("ACLA_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+SET5 = DATASETS / "Set5"
+# In CI the shared datasets are always laid beside the clone: a missing oracle there is a failure, not a skip.
+needs_set5 = pytest.mark.skipif(not SET5.is_dir() and not os.environ.get("CI"), reason=f"{SET5} not present")
 
 
 @needs_set5
