@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml search_space/csrc/deform_aggregate.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m search_space.fast_sampling
 	touch $(STAMP)
 
 install: $(STAMP)

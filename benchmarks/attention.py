@@ -2,7 +2,9 @@
 
 C=64, L=4 reference layers, K=9 keys per layer, batch 4, at 96x96 and 128x128, on the CPU by default.
 ACLA runs as in the search (training mode, adaptive gates, all K candidate keys sampled) and as a derived
-module keeping half its keys (top-k). Prints JSON.   Usage: python benchmarks/attention.py [--repeats N]
+module keeping about half its keys (top-5 of 9), each with the fused CPU kernel ("fast") and with the grid_sample
+reference. `--memory` adds ACLA's peak memory (forward+backward, fresh process per size) at 64^2, 128^2, 256^2.
+Prints JSON.   Usage: python benchmarks/attention.py [--repeats N] [--memory]
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch.nn as nn
 
 from search_space.acla import ACLA
 from search_space.attention import NonLocal
+from search_space.fast_sampling import fast_path_available, reference_sampling
 
 
 def time_fwd_bwd(module: nn.Module, x: torch.Tensor, refs: tuple, repeats: int) -> float:
@@ -38,6 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="96,128")
+    parser.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory at 64^2, 128^2, 256^2")
     args = parser.parse_args()
     torch.manual_seed(0)
     channels, layers, keys, batch = 64, 4, 9, 4
@@ -51,19 +56,61 @@ def main() -> None:
         nn.init.normal_(module.fuse.weight, std=0.02)
         nn.init.normal_(module.offset_proj.weight, std=0.1)
     nonlocal_block = NonLocal(channels).train()
+    layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+    results["layout"] = args.layout
+    for module in (conv, acla, half, nonlocal_block):  # every contender in the same layout
+        module.to(memory_format=layout)
     for size in (int(s) for s in args.sizes.split(",")):
-        x = torch.randn(batch, channels, size, size)
-        refs = tuple(torch.randn(batch, channels, size, size) for _ in range(layers))
+        x = torch.randn(batch, channels, size, size).contiguous(memory_format=layout)
+        refs = tuple(torch.randn(batch, channels, size, size).contiguous(memory_format=layout) for _ in range(layers))
         t_conv = time_fwd_bwd(conv, x, None, args.repeats)
         t_acla = time_fwd_bwd(acla, x, refs, args.repeats)
         t_half = time_fwd_bwd(half, x, refs, args.repeats)
+        with reference_sampling():
+            t_acla_ref = time_fwd_bwd(acla, x, refs, args.repeats)
+            t_half_ref = time_fwd_bwd(half, x, refs, args.repeats)
         t_nl = time_fwd_bwd(nonlocal_block, x, (), max(1, args.repeats // 2))
         results["sizes"][f"{size}x{size}"] = {
-            "conv3x3_s": round(t_conv, 5), "acla_s": round(t_acla, 5), "acla_half_keys_s": round(t_half, 5),
-            "nonlocal_s": round(t_nl, 5),
-            "acla_over_conv": round(t_acla / t_conv, 2), "nonlocal_over_conv": round(t_nl / t_conv, 2),
-            "nonlocal_over_acla": round(t_nl / t_acla, 2), "half_keys_over_all_keys": round(t_half / t_acla, 2)}
+            "conv3x3_s": round(t_conv, 5), "acla_fast_s": round(t_acla, 5), "acla_reference_s": round(t_acla_ref, 5),
+            "acla_half_keys_fast_s": round(t_half, 5), "nonlocal_s": round(t_nl, 5),
+            "acla_fast_over_conv": round(t_acla / t_conv, 2), "acla_reference_over_conv": round(t_acla_ref / t_conv, 2),
+            "reference_over_fast": round(t_acla_ref / t_acla, 2),
+            "nonlocal_over_conv": round(t_nl / t_conv, 2), "nonlocal_over_acla_fast": round(t_nl / t_acla, 2),
+            "half_keys_over_all_keys_fast": round(t_half / t_acla, 2),
+            "half_keys_over_all_keys_reference": round(t_half_ref / t_acla_ref, 2)}
+    results["fast_path"] = fast_path_available(torch.zeros(1))
+    if args.memory:
+        results["acla_peak_memory_mib"] = {f"{s}x{s}": peak_memory_mib(s) for s in (64, 128, 256)}
+        sizes = sorted(results["acla_peak_memory_mib"].items(), key=lambda kv: int(kv[0].split("x")[0]))
+        base = sizes[0][1]
+        results["acla_memory_per_pixel_ratio"] = {k: round(v / base / (int(k.split("x")[0]) / 64) ** 2, 3) for k, v in sizes}
     print(json.dumps(results, indent=2))
+
+
+def peak_memory_mib(size: int) -> float:
+    """Peak RSS growth (Linux VmHWM) of one ACLA forward+backward (batch 4, C=64, L=4, K=9) in a fresh process."""
+    import subprocess
+    import sys
+    code = f"""
+import torch
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])  # KiB
+from search_space.acla import ACLA
+torch.manual_seed(0)
+m = ACLA(64, 4, 9).train()
+x = torch.randn(4, 64, 8, 8); refs = tuple(torch.randn(4, 64, 8, 8) for _ in range(4))
+m(x, refs).square().mean().backward()  # warm-up at a tiny size: libraries loaded, kernel built
+x = torch.randn(4, 64, {size}, {size}); refs = tuple(torch.randn(4, 64, {size}, {size}) for _ in range(4))
+m.zero_grad(set_to_none=True)
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = status("VmRSS")  # inputs allocated: count only the module's own memory
+m(x, refs).square().mean().backward()
+print((status("VmHWM") - base) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .fast_sampling import aggregate_keys
 from .sampling import deformable_sample, spread_offsets
 
 __all__ = ["ACLA", "deformable_sample", "masked_softmax"]
@@ -151,7 +152,6 @@ def aggregate(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], w
     """Sum over layers and keys of weights (B, k, H, W) times values (B, C, H, W) sampled at offsets (B, k, H, W, 2)."""
     out = None
     for value, offset, weight in zip(values, offsets, weights):
-        sampled = deformable_sample(value, offset)  # (B, C, k, H, W)
-        term = (sampled * weight.unsqueeze(1)).sum(dim=2)
+        term = aggregate_keys(value, offset, weight)  # fused on the CPU; grid_sample elsewhere
         out = term if out is None else out + term
     return out

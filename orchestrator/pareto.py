@@ -1,0 +1,43 @@
+"""The Pareto front of accuracy (PSNR, higher is better) against cost (MACs, lower is better), and its plot."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each (psnr, macs), whether no other point is at least as good in both and better in one."""
+    flags = []
+    for i, (psnr_i, macs_i) in enumerate(points):
+        dominated = any(psnr_j >= psnr_i and macs_j <= macs_i and (psnr_j > psnr_i or macs_j < macs_i)
+                        for j, (psnr_j, macs_j) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Sequence[bool], budget_macs: float | None,
+               title: str, retrained: Sequence[tuple[float, float]] = ()) -> None:
+    """PSNR against GMACs: every trial, the front highlighted and joined, the budget line, retrained scores."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    others = [(m / 1e9, p) for (p, m), f in zip(points, on_front) if not f]
+    front = sorted((m / 1e9, p) for (p, m), f in zip(points, on_front) if f)
+    if others:
+        axes.scatter(*zip(*others), s=22, color="0.6", label="trials")
+    if front:
+        axes.plot(*zip(*front), "-o", color="tab:red", ms=6, label="Pareto front (proxy)")
+    if retrained:
+        axes.scatter([m / 1e9 for _, m in retrained], [p for p, _ in retrained], marker="*", s=140,
+                     color="tab:blue", label="retrained", zorder=5)
+    if budget_macs:
+        axes.axvline(budget_macs / 1e9, color="k", ls="--", lw=1, label=f"budget {budget_macs / 1e9:g} GMACs")
+    axes.set_xlabel("cost (GMACs = GFLOPs as the field counts them)")
+    axes.set_ylabel("validation PSNR (dB)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
