@@ -155,43 +155,6 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_search_local(args: argparse.Namespace) -> int:
-    """One differentiable search on this machine, a proxy training of the derived genotype, and its files."""
-    from search_space.budget import format_macs
-    from workers.search_run import SearchConfig, run_search
-    from workers.train import train
-    task = task_spec_from_args(args)
-    profile, data = profile_from_args(args), data_from_args(args)
-    config = SearchConfig(task=task, budget_macs=args.budget, channels=args.channels or profile.channels,
-                          blocks=args.blocks or profile.blocks, stages=args.stages or profile.stages,
-                          max_keys=profile.max_keys, attention=args.attention, weight_lr=profile.weight_lr,
-                          arch_lr=profile.arch_lr, seed=args.seed)
-    try:
-        base = config.base_genotype()
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    from search_space.search import check_budget
-    with user_errors():
-        check_budget(base, args.budget)
-    out_dir = run_home() / "local" / f"{task.label}-{format_macs(args.budget)}"
-    with user_errors(), progress_bar(f"search {task.label}", profile.search_steps) as report:
-        found = run_search(config, data, profile, report)
-    with user_errors(), progress_bar(f"proxy-train {task.label}", profile.train_steps) as report:
-        trained = train(genotype=found.genotype, task=task, data=data, profile=profile, report=report,
-                        checkpoint_path=str(out_dir / "model.pt"), init_state=found.supernet_state, seed=args.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    genotype_path = out_dir / "genotype.json"
-    temporary = genotype_path.with_name(".genotype.json.tmp")
-    temporary.write_text(found.genotype.to_json())
-    os.replace(temporary, genotype_path)
-    result = {"task": task.label, "budget_macs": int(args.budget), "macs": found.macs,
-              "positions": list(found.genotype.positions), "keys": [list(k) for k in found.genotype.keys],
-              "metrics": {k: round(v, 4) for k, v in trained.metrics.items()},
-              "genotype": str(genotype_path), "checkpoint": trained.checkpoint}
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
-
-
 def command_evaluate(args: argparse.Namespace) -> int:
     """A checkpoint on a standard test set, with its task's conventions, beside the classical baseline."""
     from workers.checkpoint import model_from_checkpoint
@@ -205,6 +168,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
               **{k: round(v, 4) for k, v in metrics.items()}}
     print(json.dumps(result) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in result.items()))
     return 0
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
+    parser.add_argument("--data", help="folder of training images or a DIV2K root (default: the embedded photos)")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
@@ -231,11 +200,6 @@ def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(handler=command_compare)
 
-    def add_data_args(parser):
-        parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
-        parser.add_argument("--data", help="folder of training images or a DIV2K root (default: the embedded photos)")
-        parser.add_argument("--seed", type=int, default=0)
-
     train_verb = verbs.add_parser("train", help="train one genotype locally and write a checkpoint")
     add_task_args(train_verb)
     add_data_args(train_verb)
@@ -245,14 +209,3 @@ def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
     train_verb.add_argument("--output", help="checkpoint path (default under $ACLA_HOME or ./acla-runs)")
     train_verb.set_defaults(handler=command_train)
 
-    search = verbs.add_parser("search", help="budgeted architecture search (local, one trial)",
-                              description="Search where to insert ACLA under a MACs budget. 1 FLOP = 1 multiply-accumulate.")
-    add_task_args(search)
-    add_data_args(search)
-    search.add_argument("--budget", required=True, type=budget_arg, help="e.g. 50GFLOPs, 25GMACs, 50G, 5e10 or 800M")
-    search.add_argument("--attention", default="acla", choices=("acla", "cla", "nonlocal"))
-    search.add_argument("--channels", type=int, help="backbone width (default: the profile's)")
-    search.add_argument("--blocks", type=int, help="residual blocks (default: the profile's)")
-    search.add_argument("--stages", type=int, help="stages (default: the profile's)")
-    search.add_argument("--json", action="store_true", help="one JSON line on stdout")
-    search.set_defaults(handler=command_search_local)

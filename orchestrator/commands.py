@@ -1,0 +1,305 @@
+"""The orchestrator's verbs: search, sweep, pareto, status, retrain. Flags become dataclasses here once.
+
+The parent MLflow run ends FINISHED only when everything it announces exists; an error marks it FAILED and
+Ctrl-C marks it KILLED, so no half-made run looks finished.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
+from .settings import check_artifact_root, check_ray_address, check_tracking_uri, resolve_settings
+
+MODEL_PIP_REQUIREMENTS = ["torch==2.13.0", "acla-orch"]
+
+
+def settings_from_args(args):
+    run = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=args.artifact_root, address=args.address)
+    check_tracking_uri(run.tracking_uri)
+    check_artifact_root(run.artifact_root)
+    check_ray_address(run.ray_address)
+    return run
+
+
+def mlflow_client(run):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    mlflow.set_tracking_uri(run.tracking_uri)
+    return MlflowClient(run.tracking_uri)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def trial_settings(args, task, profile, data, budget):
+    from .trial import TrialSettings
+    return TrialSettings(task=task, budget_macs=budget, profile=profile, data=data, attention=args.attention,
+                         seed=args.seed)
+
+
+def progress_reporter(enabled: bool):
+    """A rich progress bar on stderr while trials run (quiet when stderr is not a terminal)."""
+    from rich.progress import Progress
+    progress = Progress(disable=not (enabled and sys.stderr.isatty()), transient=True)
+    progress.start()
+    task_id = progress.add_task("trials", total=None)
+
+    def report(done: int, total: int) -> None:
+        progress.update(task_id, completed=done, total=total, description=f"trials {done}/{total}")
+    return progress, report
+
+
+def retrain_winners(*, run, client, experiment_id, parent_id, request_settings, winners, retrain_workers, args):
+    """Ray Train each winner; log it as a run linked to its trial; register the model with a budget alias."""
+    import mlflow
+    import mlflow.pytorch
+    from search_space.genotype import Genotype
+    from workers.checkpoint import model_from_checkpoint
+
+    from .driver import budget_label
+    from .retrain import retrain_genotype
+
+    settings = request_settings
+    registered = f"acla-{settings.task.name}"
+    alias = budget_label(settings.budget_macs)
+    storage_path = str(Path(run.artifact_root, "ray-train").absolute())
+    outcomes = []
+    for rank, winner in enumerate(winners):
+        genotype = Genotype.from_json(winner["result"]["genotype"])
+        outcome = retrain_genotype(genotype=genotype, task=settings.task, profile_name=settings.profile.name,
+                                   data=settings.data, storage_path=storage_path,
+                                   name=f"retrain-{winner['trial']}", num_workers=retrain_workers,
+                                   steps=settings.profile.retrain_steps, seed=settings.seed)
+        model, _, _, _ = model_from_checkpoint(outcome.checkpoint_file)
+        run_obj = client.create_run(experiment_id, run_name=f"retrain-{winner['trial']}",
+                                    tags={"mlflow.parentRunId": parent_id, "acla_kind": "retrain",
+                                          "trial_run_id": winner["run_id"], "trial_id": winner["trial"],
+                                          "budget_macs": str(int(settings.budget_macs))})
+        retrain_id = run_obj.info.run_id
+        headline = settings.task.headline_metric
+        metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
+        with mlflow.start_run(run_id=retrain_id):
+            mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"})
+            mlflow.log_params({"checkpoint_uri": Path(outcome.checkpoint_dir).as_uri(), "workers": retrain_workers,
+                               "steps": settings.profile.retrain_steps, "genotype": genotype.to_json()[:6000]})
+            mlflow.log_artifact(outcome.checkpoint_file, "checkpoint")
+            info = mlflow.pytorch.log_model(model, name="model", registered_model_name=registered,
+                                            pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle")
+        version = info.registered_model_version
+        if rank == 0:  # the alias names the best winner of this budget
+            client.set_registered_model_alias(registered, alias, version)
+        client.set_tag(winner["run_id"], "retrained_psnr", f"{metrics.get(headline, float('nan')):.4f}")
+        outcomes.append({"trial": winner["trial"], "trial_run_id": winner["run_id"], "run_id": retrain_id,
+                         "psnr": metrics.get("psnr"), "macs": winner["result"]["macs"],
+                         "checkpoint_uri": Path(outcome.checkpoint_dir).as_uri(),
+                         "model_uri": f"models:/{registered}/{version}",
+                         "alias": f"models:/{registered}@{alias}" if rank == 0 else None})
+    return outcomes
+
+
+def pick_winners(recorded: list[dict], front_ids: set[str], top: int) -> list[dict]:
+    """The best PSNR within the budget, or the top-k front members (by PSNR) when top > 1."""
+    ranked = sorted(recorded, key=lambda r: r["result"]["psnr"], reverse=True)
+    if top == 1:
+        return ranked[:1]
+    return [r for r in ranked if r["run_id"] in front_ids][:top]
+
+
+def run_one_budget(*, args, run, client, task, profile, data, budget, ray_ready) -> dict:
+    from .driver import SearchRequest, git_commit, run_search_on_ray
+    from .tracking import ensure_experiment, experiment_name, log_front, start_parent, update_front
+
+    settings = trial_settings(args, task, profile, data, budget)
+    request = SearchRequest(settings=settings, run=run, trials=args.trials or profile.trials,
+                            concurrency=args.concurrency or profile.concurrency, retrain_top=args.retrain_top,
+                            retrain_workers=args.retrain_workers, command_line=shlex.join(sys.argv))
+    name = experiment_name(task.name)
+    experiment_id = ensure_experiment(client, name, run.artifact_root)
+    tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name, "git_commit": git_commit(),
+            "command_line": request.command_line[:4000]}
+    parent_id = start_parent(client, experiment_id, run_name=f"search-{task.label}-{int(budget / 1e9)}G", tags=tags)
+    progress, reporter = progress_reporter(not args.json)
+    try:
+        recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter)
+        progress.stop()
+        if not recorded:
+            raise UsageError("no trial finished; see the Ray logs under the run directory")
+        rows = update_front(client, experiment_id)
+        title = f"{name}: PSNR vs MACs"
+        log_front(client, parent_id, rows, budget_macs=budget, title=title)
+        front_ids = {r["run_id"] for r in rows if r["pareto"]}
+        winners = pick_winners(recorded, front_ids, args.retrain_top)
+        retrained = retrain_winners(run=run, client=client, experiment_id=experiment_id, parent_id=parent_id,
+                                    request_settings=settings, winners=winners,
+                                    retrain_workers=args.retrain_workers, args=args) if not args.no_retrain else []
+        if retrained:
+            log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
+                      retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained")
+        client.set_terminated(parent_id, "FINISHED")
+    except KeyboardInterrupt:
+        progress.stop()
+        client.set_terminated(parent_id, "KILLED")
+        raise
+    except BaseException:
+        progress.stop()
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    return summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
+
+
+def summarise(name, parent_id, budget, task, profile, recorded, rows, retrained) -> dict:
+    front = {r["run_id"]: r["pareto"] for r in rows}
+    by_trial = {r["trial_run_id"]: r for r in retrained}
+    trials = []
+    for item in sorted(recorded, key=lambda r: -r["result"]["psnr"]):
+        genotype = json.loads(item["result"]["genotype"])
+        trials.append({"trial": item["trial"], "run_id": item["run_id"],
+                       "backbone": {"channels": genotype["channels"], "blocks": genotype["blocks"], "stages": genotype["stages"]},
+                       "positions": genotype["positions"], "keys": genotype["keys"], "macs": int(item["result"]["macs"]),
+                       "params": int(item["result"]["params"]), "psnr": round(item["result"]["psnr"], 4),
+                       "ssim": round(item["result"]["ssim"], 4), "pareto": bool(front.get(item["run_id"], False)),
+                       "retrained_psnr": by_trial.get(item["run_id"], {}).get("psnr"),
+                       "artifact_uri": item["artifact_uri"]})
+    return {"experiment": name, "parent_run_id": parent_id, "task": task.label, "budget_macs": int(budget),
+            "profile": profile.name, "trials": trials, "retrained": retrained}
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from search_space.budget import format_macs
+    table = Table(title=f"{summary['experiment']} search {summary['parent_run_id'][:8]}: "
+                        f"{summary['task']} within {format_macs(summary['budget_macs'])}MACs")
+    for column in ("trial", "backbone", "positions", "keys", "MACs", "PSNR", "front", "retrained PSNR", "artifacts"):
+        table.add_column(column)
+    for t in summary["trials"]:
+        b = t["backbone"]
+        table.add_row(t["trial"], f"{b['channels']}ch x {b['blocks']}", str(t["positions"]), str(t["keys"]),
+                      format_macs(t["macs"]), f"{t['psnr']:.2f}", "*" if t["pareto"] else "",
+                      "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.2f}", t["artifact_uri"])
+    Console().print(table)
+
+
+def command_search(args: argparse.Namespace) -> int:
+    from .driver import ray_session
+    task = task_spec_from_args(args)
+    profile, data = profile_from_args(args), data_from_args(args)
+    budgets = args.budgets if getattr(args, "budgets", None) else [args.budget]
+    from .driver import check_feasible
+    for budget in budgets:  # all input checks before any work starts
+        check_feasible(trial_settings(args, task, profile, data, budget))
+    run = settings_from_args(args)
+    client = mlflow_client(run)
+    summaries = []
+    # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
+    with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
+        for budget in budgets:
+            summaries.append(run_one_budget(args=args, run=run, client=client, task=task, profile=profile,
+                                            data=data, budget=budget, ray_ready=True))
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else {"searches": summaries}))
+    else:
+        for summary in summaries:
+            print_summary(summary)
+    return 0
+
+
+def command_pareto(args: argparse.Namespace) -> int:
+    from .tracking import experiment_name, log_front, update_front
+    from .pareto import plot_front
+    run = settings_from_args(args)
+    client = mlflow_client(run)
+    experiment = client.get_experiment_by_name(experiment_name(args.task))
+    if experiment is None:
+        raise UsageError(f"no experiment {experiment_name(args.task)} at {run.tracking_uri}; run a search first")
+    rows = update_front(client, experiment.experiment_id)
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["macs"])
+    if args.plot:
+        plot_front(args.plot, points=[(r["psnr"], r["macs"]) for r in rows], on_front=[r["pareto"] for r in rows],
+                   budget_macs=None, title=f"{experiment.name}: PSNR vs MACs")
+    if args.json:
+        print(json.dumps({"experiment": experiment.name, "front": front}))
+    else:
+        from search_space.budget import format_macs
+        for r in front:
+            print(f"{r['run_id'][:8]}  {format_macs(r['macs']):>9}MACs  {r['psnr']:.3f} dB  backbone {r['backbone']}  "
+                  f"positions {r['positions']}")
+    return 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    run = settings_from_args(args)
+    client = mlflow_client(run)
+    rows = []
+    for experiment in client.search_experiments(filter_string="name LIKE 'acla-%'"):
+        for parent in client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'"):
+            rows.append({"experiment": experiment.name, "run_id": parent.info.run_id, "status": parent.info.status,
+                         "task": parent.data.tags.get("task"), "budget_macs": parent.data.tags.get("budget_macs"),
+                         "profile": parent.data.tags.get("profile"), "start_time": parent.info.start_time})
+    if args.json:
+        print(json.dumps({"run_dir": str(run.run_dir), "tracking_uri": run.tracking_uri, "searches": rows}))
+    else:
+        print(f"run directory {run.run_dir}, tracking {run.tracking_uri}")
+        for r in rows:
+            print(f"{r['run_id'][:8]}  {r['status']:<9} {r['experiment']:<14} {r['task']:<16} budget {r['budget_macs']} ({r['profile']})")
+    return 0
+
+
+def add_platform_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under the run dir)")
+    parser.add_argument("--artifact-root", help="where checkpoints and models land (default: <run dir>/artifacts)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data_args) -> None:
+    def add_search_args(parser):
+        add_task_args(parser)
+        add_data_args(parser)
+        add_platform_args(parser)
+        parser.add_argument("--attention", default="acla", choices=("acla", "cla", "nonlocal"))
+        parser.add_argument("--trials", type=positive_int, help="outer-search trials (default: the profile's)")
+        parser.add_argument("--concurrency", type=positive_int, help="trials at once (default: the profile's)")
+        parser.add_argument("--retrain-top", type=positive_int, default=1,
+                            help="retrain the best trial (1, default) or the top k Pareto-front members")
+        parser.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
+        parser.add_argument("--no-retrain", action="store_true", help="stop after the search and the front")
+
+    search = verbs.add_parser("search", help="budgeted architecture search on Ray Tune + Optuna, tracked in MLflow",
+                              description="Search where to insert ACLA under a MACs budget, record every trial and "
+                                          "the Pareto front in MLflow, retrain the winners on Ray Train. "
+                                          "1 FLOP = 1 multiply-accumulate here.")
+    search.add_argument("--budget", required=True, type=budget_arg, help="e.g. 50GFLOPs, 25GMACs, 50G, 5e10 or 800M")
+    add_search_args(search)
+    search.set_defaults(handler=command_search)
+
+    sweep = verbs.add_parser("sweep", help="several budgets in one Ray session, filling one front")
+    sweep.add_argument("--budgets", required=True, type=lambda text: [budget_arg(b) for b in text.split(",")],
+                       help="comma-separated budgets, e.g. 20G,35G,50G,80G")
+    add_search_args(sweep)
+    sweep.set_defaults(handler=command_search)
+
+    pareto = verbs.add_parser("pareto", help="the current Pareto front of a task, from MLflow")
+    pareto.add_argument("--task", required=True, choices=("sr", "denoise", "car", "demosaic"))
+    pareto.add_argument("--plot", help="write the front as a PNG")
+    add_platform_args(pareto)
+    pareto.set_defaults(handler=command_pareto)
+
+    status = verbs.add_parser("status", help="the searches of this run directory and their state")
+    add_platform_args(status)
+    status.set_defaults(handler=command_status)

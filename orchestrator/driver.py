@@ -1,0 +1,202 @@
+"""The thin Ray driver: `acla-orch search` and `sweep`.
+
+Ray touches the code here only: starting or joining Ray, the Ray Tune trial wrapper, Optuna through
+OptunaSearch, a driver-side callback that records each finished trial in MLflow, and Ray Train retraining.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+from .settings import RunSettings
+from .trial import TrialSettings, feasible_backbones, parse_backbone, run_trial
+
+
+@dataclass
+class SearchRequest:
+    settings: TrialSettings
+    run: RunSettings
+    trials: int
+    concurrency: int
+    retrain_top: int
+    retrain_workers: int
+    command_line: str
+    progress: bool = True
+
+
+@dataclass
+class SearchSummary:
+    experiment: str
+    parent_run_id: str
+    rows: list[dict] = field(default_factory=list)
+    retrained: list[dict] = field(default_factory=list)
+
+
+def ray_temp_dir(run_dir: Path) -> Path:
+    """Ray's files live under the run directory. Its socket paths must stay short (UNIX limit ~107 bytes), so a
+    long run directory gets a short folder in /tmp with a link `<run dir>/ray` to it."""
+    wanted = run_dir / "ray"
+    if len(str(wanted)) <= 40:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return wanted
+    short = Path("/tmp") / f"acla-ray-{hashlib.sha1(str(run_dir).encode()).hexdigest()[:10]}"
+    short.mkdir(parents=True, exist_ok=True)
+    if not wanted.is_symlink():
+        wanted.parent.mkdir(parents=True, exist_ok=True)
+        if not wanted.exists():
+            wanted.symlink_to(short)
+    return short
+
+
+@contextmanager
+def ray_session(run: RunSettings):
+    """Join RAY_ADDRESS/--address, or start a local Ray sized to this machine; always shut it down."""
+    import ray
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if run.ray_address in (None, "", "local"):
+        ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
+    else:
+        try:
+            ray.init(address=run.ray_address, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            raise UsageError(f"Ray is not reachable at {run.ray_address}: {err}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def tune_trial(config: dict, settings: TrialSettings) -> None:
+    """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report once."""
+    import ray
+    import torch
+    from ray import tune
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    tune.report(run_trial(config, settings))
+
+
+class RecordTrials:
+    """A Ray Tune callback that runs in the driver. Tune pickles its run config, so the MLflow client and the
+    progress bar stay in a driver-side registry and the callback carries only its key."""
+    _handlers: dict[int, tuple] = {}
+
+    def __new__(cls, on_complete, on_error):
+        from ray import tune
+
+        class _Callback(tune.Callback):
+            def __init__(self, key: int) -> None:
+                self.key = key
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                RecordTrials._handlers[self.key][0](trial)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                RecordTrials._handlers[self.key][1](trial)
+
+            def __reduce__(self):
+                return (_restore_callback, (self.key,))
+
+        key = id(on_complete)
+        cls._handlers[key] = (on_complete, on_error)
+        return _Callback(key)
+
+
+def _restore_callback(key: int):
+    from ray import tune
+
+    class _Detached(tune.Callback):  # restored outside this driver: records nothing
+        pass
+    handlers = RecordTrials._handlers.get(key)
+    return RecordTrials(*handlers) if handlers else _Detached()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def budget_label(budget_macs: float) -> str:
+    """`budget-50G` (or `budget-800M`): a valid MLflow alias."""
+    giga = budget_macs / 1e9
+    return f"budget-{giga:g}G" if giga >= 1 and float(giga).is_integer() else f"budget-{budget_macs / 1e6:g}M".replace(".", "p")
+
+
+def search_space(feasible: list[str]) -> dict:
+    from ray import tune
+    return {"backbone": tune.choice(feasible), "penalty_weight": tune.loguniform(0.1, 10.0),
+            "weight_lr": tune.loguniform(3e-4, 3e-3), "arch_lr": tune.loguniform(1e-3, 3e-2),
+            "gate_temperature": tune.uniform(0.5, 2.0)}
+
+
+def check_feasible(settings: TrialSettings) -> list[str]:
+    from search_space.budget import format_macs
+    feasible, smallest = feasible_backbones(settings.task, settings.profile, settings.budget_macs)
+    if not feasible:
+        raise UsageError(f"budget {format_macs(settings.budget_macs)}MACs is below the smallest feasible network "
+                         f"({smallest} MACs = {format_macs(smallest)}FLOPs for {settings.task.label} with the "
+                         f"{settings.profile.name} profile); pass --budget {format_macs(smallest)} or more")
+    return feasible
+
+
+def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent_id: str, reporter) -> list[dict]:
+    """Optuna through Ray Tune; each finished trial is recorded in MLflow from the driver as it ends."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .tracking import log_failed_trial, log_trial
+
+    settings = request.settings
+    feasible = check_feasible(settings)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
+    study = f"acla-{settings.task.label}-{budget_label(settings.budget_macs)}-{settings.profile.name}"
+    searcher = OptunaSearch(space=search_space(feasible), metric=["psnr", "macs"], mode=["max", "min"],
+                            study_name=study, storage=storage,
+                            sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4))
+    search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label}
+    recorded: list[dict] = []
+
+    def on_complete(trial) -> None:
+        result = trial.last_result or {}
+        if "genotype" not in result:
+            return
+        params = dict(trial.config)
+        run_id = log_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=params,
+                           result=result, search_tags=search_tags)
+        recorded.append({"trial": trial.trial_id, "run_id": run_id, "params": params, "result": result,
+                         "artifact_uri": client.get_run(run_id).info.artifact_uri})
+        reporter(len(recorded), request.trials)
+
+    def on_error(trial) -> None:
+        log_failed_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=dict(trial.config),
+                         error=str(trial.error_file or "trial failed"), search_tags=search_tags)
+        reporter(len(recorded), request.trials)
+
+    recorder = RecordTrials(on_complete, on_error)
+    cpus = max(1, (os.cpu_count() or 1) // request.concurrency)
+    import torch
+    gpus = 1 if torch.cuda.is_available() else 0
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings), {"cpu": cpus, "gpu": gpus})
+    tuner = tune.Tuner(trainable,
+                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=request.trials,
+                                                   max_concurrent_trials=request.concurrency),
+                       run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
+                                                 storage_path=str(request.run.run_dir / "tune"),
+                                                 callbacks=[recorder], verbose=0))
+    tuner.fit()
+    return recorded
