@@ -1,0 +1,153 @@
+"""`acla-orch search` end to end on a real local Ray and real MLflow (sqlite, then a real `mlflow server`)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUDGET = 2_000_000_000
+
+
+@pytest.fixture
+def run_dir():
+    path = tempfile.mkdtemp(prefix="acla-t-")  # short: Ray's socket paths live under it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def acla(*args, home, extra_env=None, timeout=600):
+    env = {**os.environ, "ACLA_HOME": home, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT, **(extra_env or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=home)
+
+
+def independent_front(points):
+    """Sort by cost, then keep each point that beats every cheaper one (ties in cost: the best PSNR only)."""
+    best, front = float("-inf"), set()
+    for run_id, psnr, macs in sorted(points, key=lambda p: (p[2], -p[1])):
+        if psnr > best:
+            front.add(run_id)
+            best = psnr
+    return front
+
+
+def check_search(summary, tracking_uri):
+    from mlflow.tracking import MlflowClient
+    import mlflow
+    from search_space.genotype import Genotype
+    from search_space.cost import genotype_macs
+    from workers.checkpoint import model_from_checkpoint
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("acla-car")
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert {"budget_macs", "task", "profile", "git_commit", "command_line"} <= set(parent.data.tags)
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.acla_kind = 'trial'")
+    assert len(children) == len(summary["trials"]) == 2
+    for child in children:
+        genotype_path = mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path="genotype.json",
+                                                            tracking_uri=tracking_uri)
+        genotype = Genotype.from_json(open(genotype_path).read())
+        assert genotype_macs(genotype) <= BUDGET == int(child.data.tags["budget_macs"])
+        assert child.data.metrics["macs"] == genotype_macs(genotype)
+        assert "backbone" in child.data.params and "penalty_weight" in child.data.params
+    every = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
+    want = independent_front([(r.info.run_id, r.data.metrics["psnr"], r.data.metrics["macs"]) for r in every])
+    assert {r.info.run_id for r in every if r.data.tags["pareto"] == "true"} == want
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert {"pareto/pareto_front.parquet", "pareto/pareto_front.png", "pareto/pareto_front_retrained.png"} <= artifacts
+    retrain = client.search_runs([experiment.experiment_id],
+                                 filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.acla_kind = 'retrain'")
+    assert len(retrain) == 1 and retrain[0].data.tags["trial_run_id"] in {c.info.run_id for c in children}
+    checkpoint = mlflow.artifacts.download_artifacts(run_id=retrain[0].info.run_id, artifact_path="checkpoint/model.pt",
+                                                     tracking_uri=tracking_uri)
+    model, genotype, task, payload = model_from_checkpoint(checkpoint)
+    assert task.name == "car" and payload["profile"] == "smoke"
+    version = client.get_model_version_by_alias("acla-car", "budget-2G")
+    assert version.run_id == retrain[0].info.run_id
+    return client
+
+
+def test_search_end_to_end_sqlite(run_dir):
+    out = acla("search", "--budget", "2GFLOPs", "--task", "car", "--profile", "smoke", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)  # stdout is the JSON alone
+    assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained"}
+    assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "params", "psnr",
+                                         "ssim", "pareto", "retrained_psnr", "artifact_uri"}
+    assert summary["retrained"][0]["alias"] == "models:/acla-car@budget-2G"
+    check_search(summary, f"sqlite:///{run_dir}/mlflow.db")
+    # pareto and status read the same store
+    front = json.loads(acla("pareto", "--task", "car", "--json", home=run_dir).stdout)["front"]
+    assert {r["run_id"] for r in front} == {t["run_id"] for t in summary["trials"] if t["pareto"]}
+    status = json.loads(acla("status", "--json", home=run_dir).stdout)
+    assert [s["status"] for s in status["searches"]] == ["FINISHED"]
+    assert os.path.isdir(os.path.join(run_dir, "ray")) and os.path.exists(os.path.join(run_dir, "optuna.db"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(run_dir):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{run_dir}/server.db",
+                               "--artifacts-destination", f"{run_dir}/server-artifacts"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, by our own PID
+        server.wait(timeout=30)
+
+
+def test_search_against_mlflow_server(run_dir, mlflow_server):
+    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json",
+               "--tracking-uri", mlflow_server, home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_search(json.loads(out.stdout), mlflow_server)
+    assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--budget", "100M"], "smallest feasible network"),
+    (["--budget", "2G", "--tracking-uri", "http://127.0.0.1:9"], "not reachable"),
+    (["--budget", "2G", "--retrain-top", "0"], "must be 1 or more"),
+    (["--budget", "2G", "--address", "127.0.0.1:9"], "Ray is not reachable"),
+    (["--budget", "2G", "--task", "deblur"], "invalid choice"),
+])
+def test_bad_input_fails_before_any_work(args, fragment, run_dir):
+    argv = ["search", "--profile", "smoke", *args] + ([] if "--task" in args else ["--task", "car"])
+    started = time.time()
+    out = acla(*argv, home=run_dir, timeout=120)
+    assert out.returncode == 2 and fragment in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert time.time() - started < 60
+    assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))  # no half-made run anywhere
