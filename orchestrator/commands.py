@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -195,8 +196,13 @@ def print_summary(summary: dict) -> None:
     Console().print(table)
 
 
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt  # so SIGTERM marks the parent run KILLED and shuts Ray down, as Ctrl-C does
+
+
 def command_search(args: argparse.Namespace) -> int:
     from .driver import ray_session
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     task = task_spec_from_args(args)
     profile, data = profile_from_args(args), data_from_args(args)
     budgets = args.budgets if getattr(args, "budgets", None) else [args.budget]
@@ -260,6 +266,37 @@ def command_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_retrain(args: argparse.Namespace) -> int:
+    """Retrain one finished trial's genotype on Ray Train and register it, as a search does for its winners."""
+    import mlflow
+    from workers.tasks import TaskSpec
+
+    from .driver import ray_session
+    run = settings_from_args(args)
+    client = mlflow_client(run)
+    try:
+        trial = client.get_run(args.run_id)
+    except Exception:
+        raise UsageError(f"no MLflow run {args.run_id} at {run.tracking_uri}") from None
+    tags = trial.data.tags
+    if tags.get("acla_kind") != "trial" or trial.info.status != "FINISHED":
+        raise UsageError(f"run {args.run_id} is not a finished search trial")
+    genotype_path = mlflow.artifacts.download_artifacts(run_id=args.run_id, artifact_path="genotype.json",
+                                                        tracking_uri=run.tracking_uri)
+    task = TaskSpec(**json.loads(tags["task_spec"]))
+    args.profile = args.profile or tags.get("profile", "quick")
+    profile, data = profile_from_args(args), data_from_args(args)
+    settings = trial_settings(args, task, profile, data, float(tags["budget_macs"]))
+    winner = {"trial": tags.get("trial_id", args.run_id[:8]), "run_id": args.run_id,
+              "result": {"genotype": open(genotype_path).read(), "macs": trial.data.metrics["macs"]}}
+    with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
+        retrained = retrain_winners(run=run, client=client, experiment_id=trial.info.experiment_id,
+                                    parent_id=tags["mlflow.parentRunId"], request_settings=settings, winners=[winner],
+                                    retrain_workers=args.retrain_workers, args=args)
+    print(json.dumps(retrained[0]) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in retrained[0].items()))
+    return 0
+
+
 def add_platform_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under the run dir)")
     parser.add_argument("--artifact-root", help="where checkpoints and models land (default: <run dir>/artifacts)")
@@ -299,6 +336,16 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
     pareto.add_argument("--plot", help="write the front as a PNG")
     add_platform_args(pareto)
     pareto.set_defaults(handler=command_pareto)
+
+    retrain = verbs.add_parser("retrain", help="retrain one trial's genotype on Ray Train and register it")
+    retrain.add_argument("--run-id", required=True, help="the MLflow run id of a finished trial")
+    retrain.add_argument("--profile", help="profile whose retrain schedule to use (default: the trial's)")
+    retrain.add_argument("--data", help="training images (default: the embedded photos)")
+    retrain.add_argument("--seed", type=int, default=0)
+    retrain.add_argument("--attention", default="acla", help=argparse.SUPPRESS)
+    retrain.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
+    add_platform_args(retrain)
+    retrain.set_defaults(handler=command_retrain)
 
     status = verbs.add_parser("status", help="the searches of this run directory and their state")
     add_platform_args(status)

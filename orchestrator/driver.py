@@ -5,7 +5,9 @@ OptunaSearch, a driver-side callback that records each finished trial in MLflow,
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import shlex
 import subprocess
@@ -168,7 +170,8 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     searcher = OptunaSearch(space=search_space(feasible), metric=["psnr", "macs"], mode=["max", "min"],
                             study_name=study, storage=storage,
                             sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4))
-    search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label}
+    search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label,
+                   "task_spec": json.dumps(dataclasses.asdict(settings.task)), "profile": settings.profile.name}
     recorded: list[dict] = []
 
     def on_complete(trial) -> None:

@@ -54,7 +54,7 @@ def retrain_loop_per_worker(config: dict) -> None:
         metrics = {"step": step, "loss": loss}
         bare = model.module if hasattr(model, "module") else model
         if rank == 0:
-            evaluation = evaluate(bare.cpu() if device.type == "cpu" else bare, task, data.valid, crop=profile.valid_crop)
+            evaluation = evaluate(bare, task, data.valid, crop=profile.valid_crop)
             metrics.update({"psnr": evaluation[task.headline_metric], **evaluation})
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, model=bare, genotype=genotype, task=task,

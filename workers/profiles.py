@@ -39,7 +39,7 @@ PROFILES = {
                      lr_step=1000, search_steps=3, train_steps=6, retrain_steps=8, valid_crop=48, trials=2,
                      concurrency=2, log_every=2),
     "quick": Profile("quick", channels=32, blocks=8, stages=4, max_keys=9, patch=48, batch_size=8, lr=5e-4,
-                     lr_step=400, search_steps=40, train_steps=600, retrain_steps=1500, valid_crop=256, trials=4,
+                     lr_step=400, search_steps=40, train_steps=400, retrain_steps=500, valid_crop=256, trials=4,
                      concurrency=2, log_every=20),
     "paper": Profile("paper", channels=64, blocks=16, stages=4, max_keys=9, patch=48, batch_size=16, lr=1e-4,
                      lr_step=200_000, search_steps=50_000, train_steps=100_000, retrain_steps=600_000,

@@ -139,6 +139,7 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, cro
     """Mean PSNR/SSIM (Y and RGB) of the model and of the task's classical baseline over whole images (or a
     centre crop), with seeded noise and the task's border crop; outputs are quantised to uint8 first."""
     was_training = model.training
+    device = next(iter(model.parameters()), torch.zeros(0)).device
     model.eval()
     totals: dict[str, float] = {}
     images = image_set.images()
@@ -147,7 +148,7 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, cro
     for index, (_, image) in enumerate(images):
         target = centre_crop(task.prepare_target(image), crop, max(task.scale, 2))
         degraded = task.degrade(target, np.random.default_rng([seed, index]))
-        output = to_uint8_image(model(to_tensor(degraded).unsqueeze(0))[0])
+        output = to_uint8_image(model(to_tensor(degraded).unsqueeze(0).to(device))[0])
         baseline = task.baseline(degraded)
         if baseline.dtype != np.uint8:  # the noisy input, as an image
             baseline = to_uint8_image(to_tensor(baseline))

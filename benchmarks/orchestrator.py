@@ -1,0 +1,75 @@
+"""Orchestrator cost, as JSON: the wall time of `acla-orch search --budget 50GFLOPs --task car` (smoke, and quick
+with --full), and the overhead of one quick trial run through Ray Tune + Optuna + MLflow against the same
+trial function called directly with the same parameters, in the same run.
+Usage: python benchmarks/orchestrator.py [--full] [--profile quick]"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def search(home: str, *args: str) -> tuple[float, dict]:
+    env = {**os.environ, "ACLA_HOME": home, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "search", "--budget", "50GFLOPs", "--task", "car",
+                          "--json", *args], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if out.returncode:
+        raise SystemExit(out.stderr[-2000:])
+    return wall, json.loads(out.stdout)
+
+
+def direct_trial(home: str, summary: dict, profile_name: str) -> float:
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.trial import TrialSettings, run_trial
+    from workers.data import embedded_sets
+    from workers.profiles import get_profile
+    from workers.tasks import task_from_options
+    from workers.train import DataSpec
+
+    params = MlflowClient(f"sqlite:///{home}/mlflow.db").get_run(summary["trials"][0]["run_id"]).data.params
+    config = {"backbone": params["backbone"], **{k: float(params[k]) for k in
+                                                 ("penalty_weight", "weight_lr", "arch_lr", "gate_temperature")}}
+    settings = TrialSettings(task=task_from_options("car"), budget_macs=50e9, profile=get_profile(profile_name),
+                             data=DataSpec(*embedded_sets()))
+    torch.set_num_threads(os.cpu_count() or 1)  # what Ray grants a lone trial
+    started = time.perf_counter()
+    run_trial(config, settings)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="also time the full quick-profile search (minutes)")
+    parser.add_argument("--profile", default="quick", help="profile of the overhead trial")
+    args = parser.parse_args()
+    results = {"cpus": os.cpu_count()}
+    home = tempfile.mkdtemp(prefix="acla-b-")
+    try:
+        results["smoke_search_s"] = round(search(home, "--profile", "smoke")[0], 1)
+        if args.full:
+            results["quick_search_s"] = round(search(home, "--profile", "quick")[0], 1)
+        shutil.rmtree(home)
+        home = tempfile.mkdtemp(prefix="acla-b-")
+        orchestrated, summary = search(home, "--profile", args.profile, "--trials", "1", "--concurrency", "1",
+                                       "--no-retrain")
+        direct = direct_trial(home, summary, args.profile)
+        results.update({"overhead_profile": args.profile, "one_trial_orchestrated_s": round(orchestrated, 1),
+                        "one_trial_direct_s": round(direct, 1), "overhead_ratio": round(orchestrated / direct, 3)})
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
