@@ -16,21 +16,23 @@ from pathlib import Path
 
 from .errors import UsageError
 from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
-from .settings import check_artifact_root, check_ray_address, check_tracking_uri, resolve_settings
+from .settings import check_ray_address, check_tracking_uri, open_artifact_store, resolve_settings
 
 MODEL_PIP_REQUIREMENTS = ["torch==2.13.0", "acla-orch"]
 
 
 def settings_from_args(args):
-    run = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=args.artifact_root, address=args.address)
+    run = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=args.artifact_root, address=args.address,
+                           s3_endpoint=args.s3_endpoint, create_bucket=args.create_bucket)
     check_tracking_uri(run.tracking_uri)
-    check_artifact_root(run.artifact_root)
+    run_store = open_artifact_store(run)
     check_ray_address(run.ray_address)
-    return run
+    return run, run_store
 
 
 def mlflow_client(run):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.update(run.storage.mlflow_environment())  # MLflow's S3 artifacts use the same endpoint
     import mlflow
     from mlflow.tracking import MlflowClient
     mlflow.set_tracking_uri(run.tracking_uri)
@@ -65,28 +67,31 @@ def progress_reporter(enabled: bool):
     return progress, report
 
 
-def retrain_winners(*, run, client, experiment_id, parent_id, request_settings, winners, retrain_workers, args):
+def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers, args):
     """Ray Train each winner; log it as a run linked to its trial; register the model with a budget alias."""
     import mlflow
     import mlflow.pytorch
     from search_space.genotype import Genotype
     from workers.checkpoint import model_from_checkpoint
 
+    from storage.manifest import put_artifact_set
+
     from .driver import budget_label
-    from .retrain import retrain_genotype
+    from .retrain import CHECKPOINT_FILE, retrain_genotype
 
     settings = request_settings
     registered = f"acla-{settings.task.name}"
     alias = budget_label(settings.budget_macs)
-    storage_path = str(Path(run.artifact_root, "ray-train").absolute())
     outcomes = []
     for rank, winner in enumerate(winners):
         genotype = Genotype.from_json(winner["result"]["genotype"])
         outcome = retrain_genotype(genotype=genotype, task=settings.task, profile_name=settings.profile.name,
-                                   data=settings.data, storage_path=storage_path,
+                                   data=settings.data, storage=run.storage,
                                    name=f"retrain-{winner['trial']}", num_workers=retrain_workers,
                                    steps=settings.profile.retrain_steps, seed=settings.seed)
         model, _, _, _ = model_from_checkpoint(outcome.checkpoint_file)
+        # Ray Train wrote the checkpoint; its manifest marks it complete for every later reader.
+        put_artifact_set(store, outcome.checkpoint_key, {CHECKPOINT_FILE: outcome.checkpoint_file})
         run_obj = client.create_run(experiment_id, run_name=f"retrain-{winner['trial']}",
                                     tags={"mlflow.parentRunId": parent_id, "acla_kind": "retrain",
                                           "trial_run_id": winner["run_id"], "trial_id": winner["trial"],
@@ -96,21 +101,54 @@ def retrain_winners(*, run, client, experiment_id, parent_id, request_settings, 
         metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
         with mlflow.start_run(run_id=retrain_id):
             mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"})
-            mlflow.log_params({"checkpoint_uri": Path(outcome.checkpoint_dir).as_uri(), "workers": retrain_workers,
+            mlflow.log_params({"checkpoint_uri": outcome.checkpoint_uri, "workers": retrain_workers,
                                "steps": settings.profile.retrain_steps, "genotype": genotype.to_json()[:6000]})
             mlflow.log_artifact(outcome.checkpoint_file, "checkpoint")
             info = mlflow.pytorch.log_model(model, name="model", registered_model_name=registered,
                                             pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle")
         version = info.registered_model_version
+        genotype_file = Path(outcome.checkpoint_file).with_name("genotype.json")
+        genotype_file.write_text(genotype.to_json())
+        model_set = put_artifact_set(store, f"models/{registered}/v{version}",
+                                     {CHECKPOINT_FILE: outcome.checkpoint_file, "genotype.json": genotype_file})
+        client.set_tag(retrain_id, "model_set_uri", model_set.rsplit("/", 1)[0])
         if rank == 0:  # the alias names the best winner of this budget
             client.set_registered_model_alias(registered, alias, version)
         client.set_tag(winner["run_id"], "retrained_psnr", f"{metrics.get(headline, float('nan')):.4f}")
         outcomes.append({"trial": winner["trial"], "trial_run_id": winner["run_id"], "run_id": retrain_id,
                          "psnr": metrics.get("psnr"), "macs": winner["result"]["macs"],
-                         "checkpoint_uri": Path(outcome.checkpoint_dir).as_uri(),
+                         "checkpoint_uri": outcome.checkpoint_uri, "model_set_uri": model_set.rsplit("/", 1)[0],
                          "model_uri": f"models:/{registered}/{version}",
                          "alias": f"models:/{registered}@{alias}" if rank == 0 else None})
     return outcomes
+
+
+def _write_temp(text: str) -> str:
+    import tempfile
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    with handle:
+        handle.write(text)
+    return handle.name
+
+
+def record_trials(store, experiment: str, parent_id: str, recorded: list[dict], rows: list[dict]) -> None:
+    """Each trial's genotype as a manifest-checked set, and this search's trials appended to the Parquet table."""
+    from storage.manifest import put_artifact_set
+    from storage.trial_table import append_trials
+
+    from .tracking import front_table
+    uris = {}
+    for item in recorded:
+        path = _write_temp(item["result"]["genotype"])
+        try:
+            uris[item["run_id"]] = put_artifact_set(store, f"genotypes/{experiment}/{item['run_id']}",
+                                                    {"genotype.json": path}).rsplit("/", 1)[0]
+        finally:
+            os.unlink(path)
+    mine = [{**row, "genotype_uri": uris.get(row["run_id"], ""), "artifact_uri": next(
+        (r["artifact_uri"] for r in recorded if r["run_id"] == row["run_id"]), "")}
+        for row in rows if row["search_run_id"] == parent_id]
+    append_trials(store, experiment, parent_id, front_table(mine, extra=("genotype_uri", "artifact_uri")))
 
 
 def pick_winners(recorded: list[dict], front_ids: set[str], top: int) -> list[dict]:
@@ -121,7 +159,7 @@ def pick_winners(recorded: list[dict], front_ids: set[str], top: int) -> list[di
     return [r for r in ranked if r["run_id"] in front_ids][:top]
 
 
-def run_one_budget(*, args, run, client, task, profile, data, budget, ray_ready) -> dict:
+def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> dict:
     from .driver import SearchRequest, git_commit, run_search_on_ray
     from .tracking import ensure_experiment, experiment_name, log_front, start_parent, update_front
 
@@ -130,7 +168,7 @@ def run_one_budget(*, args, run, client, task, profile, data, budget, ray_ready)
                             concurrency=args.concurrency or profile.concurrency, retrain_top=args.retrain_top,
                             retrain_workers=args.retrain_workers, command_line=shlex.join(sys.argv))
     name = experiment_name(task.name)
-    experiment_id = ensure_experiment(client, name, run.artifact_root)
+    experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name, "git_commit": git_commit(),
             "command_line": request.command_line[:4000]}
     parent_id = start_parent(client, experiment_id, run_name=f"search-{task.label}-{int(budget / 1e9)}G", tags=tags)
@@ -141,11 +179,12 @@ def run_one_budget(*, args, run, client, task, profile, data, budget, ray_ready)
         if not recorded:
             raise UsageError("no trial finished; see the Ray logs under the run directory")
         rows = update_front(client, experiment_id)
+        record_trials(store, name, parent_id, recorded, rows)
         title = f"{name}: PSNR vs MACs"
         log_front(client, parent_id, rows, budget_macs=budget, title=title)
         front_ids = {r["run_id"] for r in rows if r["pareto"]}
         winners = pick_winners(recorded, front_ids, args.retrain_top)
-        retrained = retrain_winners(run=run, client=client, experiment_id=experiment_id, parent_id=parent_id,
+        retrained = retrain_winners(run=run, store=store, client=client, experiment_id=experiment_id, parent_id=parent_id,
                                     request_settings=settings, winners=winners,
                                     retrain_workers=args.retrain_workers, args=args) if not args.no_retrain else []
         if retrained:
@@ -196,6 +235,26 @@ def print_summary(summary: dict) -> None:
     Console().print(table)
 
 
+@contextlib.contextmanager
+def storage_faults(run):
+    """An S3 store that stops answering mid-run surfaces from boto3, pyarrow, MLflow or Ray Train in many
+    shapes; when the endpoint is down afterwards, say that in one line (nothing incomplete has a manifest)."""
+    try:
+        yield
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception:
+        if not run.storage.is_s3:
+            raise
+        from storage.stores import StorageError, check_bucket
+        try:
+            check_bucket(run.storage)
+        except StorageError as err:
+            raise UsageError(f"the artifact store failed during the run: {err}; sets without a manifest are "
+                             f"incomplete and are completed by uploading again") from None
+        raise
+
+
 def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt  # so SIGTERM marks the parent run KILLED and shuts Ray down, as Ctrl-C does
 
@@ -209,14 +268,14 @@ def command_search(args: argparse.Namespace) -> int:
     from .driver import check_feasible
     for budget in budgets:  # all input checks before any work starts
         check_feasible(trial_settings(args, task, profile, data, budget))
-    run = settings_from_args(args)
+    run, store = settings_from_args(args)
     client = mlflow_client(run)
     summaries = []
     # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
-    with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
+    with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run):
         for budget in budgets:
-            summaries.append(run_one_budget(args=args, run=run, client=client, task=task, profile=profile,
-                                            data=data, budget=budget, ray_ready=True))
+            summaries.append(run_one_budget(args=args, run=run, store=store, client=client, task=task,
+                                            profile=profile, data=data, budget=budget))
     if args.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else {"searches": summaries}))
     else:
@@ -228,7 +287,9 @@ def command_search(args: argparse.Namespace) -> int:
 def command_pareto(args: argparse.Namespace) -> int:
     from .tracking import experiment_name, log_front, update_front
     from .pareto import plot_front
-    run = settings_from_args(args)
+    run, store = settings_from_args(args)
+    if args.source == "table":
+        return pareto_from_table(args, store)
     client = mlflow_client(run)
     experiment = client.get_experiment_by_name(experiment_name(args.task))
     if experiment is None:
@@ -238,18 +299,43 @@ def command_pareto(args: argparse.Namespace) -> int:
     if args.plot:
         plot_front(args.plot, points=[(r["psnr"], r["macs"]) for r in rows], on_front=[r["pareto"] for r in rows],
                    budget_macs=None, title=f"{experiment.name}: PSNR vs MACs")
-    if args.json:
-        print(json.dumps({"experiment": experiment.name, "front": front}))
-    else:
-        from search_space.budget import format_macs
-        for r in front:
-            print(f"{r['run_id'][:8]}  {format_macs(r['macs']):>9}MACs  {r['psnr']:.3f} dB  backbone {r['backbone']}  "
-                  f"positions {r['positions']}")
+    print_front(experiment.name, front, args.json)
     return 0
 
 
+def pareto_from_table(args, store) -> int:
+    """The front from the Parquet trial table alone: no MLflow."""
+    from storage.stores import StorageError
+    from storage.trial_table import read_trials
+
+    from .pareto import pareto_front, plot_front
+    from .tracking import experiment_name
+    name = experiment_name(args.task)
+    try:
+        rows = read_trials(store, name).to_pylist()
+    except StorageError as err:
+        raise UsageError(str(err)) from None
+    flags = pareto_front([(r["psnr"], r["macs"]) for r in rows])
+    front = sorted((dict(r, pareto=True) for r, f in zip(rows, flags) if f), key=lambda r: r["macs"])
+    if args.plot:
+        plot_front(args.plot, points=[(r["psnr"], r["macs"]) for r in rows], on_front=flags, budget_macs=None,
+                   title=f"{name}: PSNR vs MACs")
+    print_front(name, front, args.json)
+    return 0
+
+
+def print_front(name: str, front: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"experiment": name, "front": front}, default=str))
+        return
+    from search_space.budget import format_macs
+    for r in front:
+        print(f"{r['run_id'][:8]}  {format_macs(r['macs']):>9}MACs  {r['psnr']:.3f} dB  backbone {r['backbone']}  "
+              f"positions {r['positions']}")
+
+
 def command_status(args: argparse.Namespace) -> int:
-    run = settings_from_args(args)
+    run, _ = settings_from_args(args)
     client = mlflow_client(run)
     rows = []
     for experiment in client.search_experiments(filter_string="name LIKE 'acla-%'"):
@@ -272,7 +358,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     from workers.tasks import TaskSpec
 
     from .driver import ray_session
-    run = settings_from_args(args)
+    run, store = settings_from_args(args)
     client = mlflow_client(run)
     try:
         trial = client.get_run(args.run_id)
@@ -290,7 +376,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     winner = {"trial": tags.get("trial_id", args.run_id[:8]), "run_id": args.run_id,
               "result": {"genotype": open(genotype_path).read(), "macs": trial.data.metrics["macs"]}}
     with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
-        retrained = retrain_winners(run=run, client=client, experiment_id=trial.info.experiment_id,
+        retrained = retrain_winners(run=run, store=store, client=client, experiment_id=trial.info.experiment_id,
                                     parent_id=tags["mlflow.parentRunId"], request_settings=settings, winners=[winner],
                                     retrain_workers=args.retrain_workers, args=args)
     print(json.dumps(retrained[0]) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in retrained[0].items()))
@@ -301,6 +387,8 @@ def add_platform_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under the run dir)")
     parser.add_argument("--artifact-root", help="where checkpoints and models land (default: <run dir>/artifacts)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL, else AWS)")
+    parser.add_argument("--create-bucket", action="store_true", help="create the artifact bucket if it is missing")
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -334,6 +422,8 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
     pareto = verbs.add_parser("pareto", help="the current Pareto front of a task, from MLflow")
     pareto.add_argument("--task", required=True, choices=("sr", "denoise", "car", "demosaic"))
     pareto.add_argument("--plot", help="write the front as a PNG")
+    pareto.add_argument("--source", choices=("table", "mlflow"), default="table",
+                        help="read the Parquet trial table in the artifact store (default) or query MLflow")
     add_platform_args(pareto)
     pareto.set_defaults(handler=command_pareto)
 

@@ -22,10 +22,11 @@ def user_errors():
     """Input errors from the core become one-line usage errors."""
     from search_space.search import BudgetError
     from workers.checkpoint import CheckpointError
+    from storage.stores import StorageError
     from workers.data import DataError
     try:
         yield
-    except (DataError, CheckpointError, BudgetError) as err:
+    except (DataError, CheckpointError, BudgetError, StorageError) as err:
         raise UsageError(str(err)) from None
 
 

@@ -67,15 +67,18 @@ def retrain_loop_per_worker(config: dict) -> None:
 @dataclass(frozen=True)
 class RetrainOutcome:
     metrics: dict
-    checkpoint_dir: str
-    checkpoint_file: str
+    checkpoint_uri: str  # where Ray Train keeps the best checkpoint (file:// or s3://)
+    checkpoint_key: str  # the same, relative to the artifact root
+    checkpoint_file: str  # a local copy of its model.pt
 
 
-def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage_path: str,
+def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage,
                      name: str, num_workers: int, steps: int, seed: int = 0) -> RetrainOutcome:
+    """`storage` is the run's StorageConfig: Ray Train writes through its pyarrow filesystem (disk or S3)."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    filesystem, root = storage.pyarrow_filesystem()
     use_gpu = torch.cuda.is_available()
     threads = max(1, (os.cpu_count() or 1) // num_workers)
     config = {"genotype": genotype.to_json(), "task": dataclasses.asdict(task), "profile": profile_name,
@@ -85,7 +88,7 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
         retrain_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": threads}),
-        run_config=RunConfig(name=name, storage_path=storage_path,
+        run_config=RunConfig(name=name, storage_path=f"{root}/ray-train", storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="psnr",
                                                                 checkpoint_score_order="max")))
     result = trainer.fit()
@@ -93,5 +96,8 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
         raise result.error
     best = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
     best_metrics = result.best_checkpoints[0][1] if result.best_checkpoints else result.metrics
-    return RetrainOutcome(metrics=best_metrics, checkpoint_dir=best.path,
-                          checkpoint_file=str(Path(best.path) / CHECKPOINT_FILE))
+    local = best.to_directory(tempfile.mkdtemp(prefix="acla-ckpt-"))
+    key = best.path[len(root):].lstrip("/")
+    uri = f"{storage.root.rstrip('/')}/{key}" if storage.is_s3 else Path(best.path).as_uri()
+    return RetrainOutcome(metrics=best_metrics, checkpoint_uri=uri, checkpoint_key=key,
+                          checkpoint_file=str(Path(local) / CHECKPOINT_FILE))

@@ -26,14 +26,23 @@ class RunSettings:
     tracking_uri: str
     artifact_root: str
     ray_address: str | None
+    s3_endpoint: str | None = None
+    create_bucket: bool = False
+
+    @property
+    def storage(self):
+        from storage.stores import StorageConfig
+        return StorageConfig(self.artifact_root, endpoint=self.s3_endpoint, create_bucket=self.create_bucket)
 
 
-def resolve_settings(*, tracking_uri: str | None, artifact_root: str | None, address: str | None) -> RunSettings:
+def resolve_settings(*, tracking_uri: str | None, artifact_root: str | None, address: str | None,
+                     s3_endpoint: str | None = None, create_bucket: bool = False) -> RunSettings:
     run_dir = Path(os.environ.get("ACLA_HOME") or "acla-runs").absolute()
     tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
     artifacts = artifact_root or str(run_dir / "artifacts")
     return RunSettings(run_dir=run_dir, tracking_uri=tracking, artifact_root=artifacts,
-                       ray_address=address or os.environ.get("RAY_ADDRESS") or None)
+                       ray_address=address or os.environ.get("RAY_ADDRESS") or None, s3_endpoint=s3_endpoint,
+                       create_bucket=create_bucket)
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -64,16 +73,16 @@ def check_tracking_uri(uri: str) -> None:
         raise UsageError(f"tracking URI {uri!r} is not supported; expected http(s)://HOST:PORT or sqlite:///PATH")
 
 
-def check_artifact_root(root: str) -> None:
-    parsed = urlparse(root)
-    if parsed.scheme in ("", "file"):
-        path = Path(parsed.path if parsed.scheme == "file" else root)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UsageError(f"cannot create the artifact root {path}: {err.strerror}") from None
-        return
-    raise UsageError(f"artifact root {root!r} is not supported yet; expected a local path or file:// URI")
+def open_artifact_store(run: RunSettings):
+    """The artifact store, checked now: a malformed URI, a missing bucket, wrong credentials or a silent
+    endpoint is one line before any work starts."""
+    from storage.stores import StorageError, open_store
+    try:
+        return open_store(run.storage)
+    except StorageError as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(f"cannot use the artifact root {run.artifact_root}: {err.strerror or err}") from None
 
 
 def check_ray_address(address: str | None) -> None:

@@ -26,11 +26,19 @@ def experiment_name(task_name: str) -> str:
     return f"acla-{task_name}"
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str) -> str:
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str, tracking_uri: str) -> str:
+    """An MLflow server decides where artifacts go (proxied `--artifacts-destination` or its default); with a
+    local store they go under the artifact root, on disk or S3."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = artifact_root if "://" in artifact_root else Path(artifact_root, "mlflow", name).absolute().as_uri()
+    if tracking_uri.startswith(("http://", "https://")):
+        return client.create_experiment(name)
+    if artifact_root.startswith("s3://"):
+        location = f"{artifact_root.rstrip('/')}/mlflow/{name}"
+    else:
+        root = Path(artifact_root[len("file://"):] if artifact_root.startswith("file://") else artifact_root)
+        location = (root / "mlflow" / name).absolute().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 
@@ -98,9 +106,9 @@ def update_front(client: MlflowClient, experiment_id: str) -> list[dict]:
     return rows
 
 
-def front_table(rows: list[dict]) -> pa.Table:
+def front_table(rows: list[dict], extra: tuple[str, ...] = ()) -> pa.Table:
     columns = ["run_id", "trial_id", "search_run_id", "budget_macs", "backbone", "positions", "keys", "pareto",
-               *TRIAL_METRICS]
+               *TRIAL_METRICS, *extra]
     return pa.table({c: [row.get(c) for row in rows] for c in columns})
 
 

@@ -17,8 +17,6 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
-MULTIPART_CHUNK = 16 * 1024 * 1024
 
 
 class StorageError(ValueError):
@@ -173,8 +171,8 @@ class S3Store:
         self.config = config
         self.bucket, self.prefix = config.bucket_and_prefix()
         self.client = config.boto3_client()
-        self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
-                                       max_concurrency=4, use_threads=True)
+        # boto3's own multipart settings (8 MiB parts, 10 threads): large files go up in parallel parts.
+        self.transfer = TransferConfig()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}".lstrip("/") if self.prefix else key

@@ -73,7 +73,7 @@ def test_trial_table_appends_and_reads_back(store):
 def test_large_file_multipart(s3_env, tmp_path):
     store = open_store(StorageConfig(f"s3://{new_bucket(s3_env)}/big"))
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(70 * 1024 * 1024))  # over the 64 MiB multipart threshold
+    big.write_bytes(os.urandom(20 * 1024 * 1024))  # over boto3's 8 MiB multipart threshold
     put_artifact_set(store, "ckpt", {"big.bin": big})
     assert verify_artifact_set(store, "ckpt")["files"]["big.bin"]["size"] == big.stat().st_size
     head = s3_env.client().head_object(Bucket=store.bucket, Key="big/ckpt/big.bin")

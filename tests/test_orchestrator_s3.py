@@ -1,0 +1,122 @@
+"""A smoke search whose artifacts land in a real S3 server (SeaweedFS): Ray Train checkpoints, the registered
+model, genotypes and the Parquet tables, each checked against its manifest; credentials never recorded."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from storage.manifest import verify_artifact_set
+from storage.stores import StorageConfig, open_store
+from tests.s3server import ACCESS_KEY, SECRET_KEY, free_port_pair
+from tests.test_orchestrator import acla, run_dir  # noqa: F401  (fixture)
+
+
+def s3_environment(server):
+    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": server.endpoint}
+
+
+def manifests(server, bucket):
+    keys = [o["Key"] for page in server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    return keys, sorted(k[: -len("/manifest.json")] for k in keys if k.endswith("/manifest.json"))
+
+
+def assert_no_secret(client, experiment_name, stderr):
+    assert SECRET_KEY not in stderr
+    experiment = client.get_experiment_by_name(experiment_name)
+    for run in client.search_runs([experiment.experiment_id]):
+        for value in list(run.data.params.values()) + list(run.data.tags.values()):
+            assert SECRET_KEY not in value and ACCESS_KEY not in value
+
+
+def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):  # noqa: F811
+    from mlflow.tracking import MlflowClient
+    for key, value in s3_environment(s3_env).items():
+        monkeypatch.setenv(key, value)
+    bucket = f"acla-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{bucket}/team"
+    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--artifact-root", root,
+               home=run_dir)
+    assert out.returncode == 2 and f"bucket {bucket} does not exist" in out.stderr  # never created silently
+    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--artifact-root", root,
+               "--create-bucket", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    keys, sets = manifests(s3_env, bucket)
+    assert any(k.startswith("team/ray-train/") and k.endswith("/model.pt") for k in keys)  # Ray Train checkpoints
+    assert any(k.startswith("team/mlflow/acla-car/") and "/model" in k for k in keys)  # MLflow's logged model
+    kinds = {s.split("/")[1] for s in sets}
+    assert {"ray-train", "models", "genotypes", "tables"} <= kinds
+    store = open_store(StorageConfig(root))
+    for prefix in sets:
+        verify_artifact_set(store, prefix[len("team/"):])
+    retrained = summary["retrained"][0]
+    assert retrained["checkpoint_uri"].startswith(f"{root}/ray-train/")
+    assert retrained["model_set_uri"].startswith(f"{root}/models/acla-car/")
+    # the front straight from Parquet, without MLflow, equals MLflow's
+    table = json.loads(acla("pareto", "--task", "car", "--json", "--artifact-root", root, home=run_dir).stdout)
+    from_mlflow = json.loads(acla("pareto", "--task", "car", "--json", "--source", "mlflow", "--artifact-root", root,
+                                  home=run_dir).stdout)
+    assert {r["run_id"] for r in table["front"]} == {r["run_id"] for r in from_mlflow["front"]}
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    assert_no_secret(client, "acla-car", out.stderr)
+
+
+@pytest.fixture
+def proxied_mlflow(s3_env, run_dir):  # noqa: F811
+    bucket = f"acla-{uuid.uuid4().hex[:8]}"
+    s3_env.client().create_bucket(Bucket=bucket)
+    port = free_port_pair()
+    env = {**os.environ, **s3_environment(s3_env), "MLFLOW_S3_ENDPOINT_URL": s3_env.endpoint,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1", "--backend-store-uri",
+                               f"sqlite:///{run_dir}/server.db", "--artifacts-destination", f"s3://{bucket}/mlflow"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", bucket
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_dir, monkeypatch):  # noqa: F811
+    from mlflow.tracking import MlflowClient
+    uri, bucket = proxied_mlflow
+    for key, value in s3_environment(s3_env).items():
+        monkeypatch.setenv(key, value)
+    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--no-retrain",
+               "--tracking-uri", uri, "--artifact-root", f"s3://{bucket}/acla", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    keys, _ = manifests(s3_env, bucket)
+    assert any(k.startswith("mlflow/") and k.endswith("genotype.json") for k in keys)  # proxied by the server
+    assert_no_secret(MlflowClient(uri), "acla-car", out.stderr)
+
+
+def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):  # noqa: F811
+    for key, value in s3_environment(s3_env).items():
+        monkeypatch.setenv(key, value)
+    cases = [(["--artifact-root", "s3://"], "malformed"),
+             (["--artifact-root", "s3://acla-nope-bucket/x"], "does not exist"),
+             (["--artifact-root", "s3://acla-nope-bucket/x", "--s3-endpoint", f"http://127.0.0.1:{free_port_pair()}"],
+              "does not answer")]
+    for extra, fragment in cases:
+        out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", *extra, home=run_dir)
+        assert out.returncode == 2 and fragment in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--artifact-root",
+               "s3://acla-any-bucket/x", home=run_dir)
+    assert out.returncode == 2 and "denied" in out.stderr, out.stderr
