@@ -14,6 +14,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This script is itself named orchestrator.py: put the project root, not benchmarks/, first on the path.
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 
 def search(home: str, *args: str) -> tuple[float, dict]:
@@ -57,8 +59,10 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="acla-b-")
     try:
         results["smoke_search_s"] = round(search(home, "--profile", "smoke")[0], 1)
+        print(json.dumps(results), file=sys.stderr, flush=True)  # partial figures survive a later failure
         if args.full:
             results["quick_search_s"] = round(search(home, "--profile", "quick")[0], 1)
+            print(json.dumps(results), file=sys.stderr, flush=True)
         shutil.rmtree(home)
         home = tempfile.mkdtemp(prefix="acla-b-")
         orchestrated, summary = search(home, "--profile", args.profile, "--trials", "1", "--concurrency", "1",

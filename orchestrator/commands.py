@@ -160,7 +160,7 @@ def pick_winners(recorded: list[dict], front_ids: set[str], top: int) -> list[di
 
 
 def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> dict:
-    from .driver import SearchRequest, git_commit, run_search_on_ray
+    from .driver import SearchRequest, budget_label, git_commit, run_search_on_ray
     from .tracking import ensure_experiment, experiment_name, log_front, start_parent, update_front
 
     settings = trial_settings(args, task, profile, data, budget)
@@ -171,7 +171,7 @@ def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> 
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name, "git_commit": git_commit(),
             "command_line": request.command_line[:4000]}
-    parent_id = start_parent(client, experiment_id, run_name=f"search-{task.label}-{int(budget / 1e9)}G", tags=tags)
+    parent_id = start_parent(client, experiment_id, run_name=f"search-{task.label}-{budget_label(budget)}", tags=tags)
     progress, reporter = progress_reporter(not args.json)
     try:
         recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter)

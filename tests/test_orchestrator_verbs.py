@@ -1,0 +1,26 @@
+"""sweep (several budgets, one Ray session, one front) and retrain --run-id, on real Ray and MLflow."""
+import json
+
+from tests.test_orchestrator import acla, run_dir  # noqa: F401  (fixture)
+
+
+def test_sweep_then_retrain_one_trial(run_dir):  # noqa: F811
+    from mlflow.tracking import MlflowClient
+    out = acla("sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "1",
+               "--no-retrain", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    searches = json.loads(out.stdout)["searches"]
+    assert [s["budget_macs"] for s in searches] == [1_500_000_000, 2_000_000_000]
+    assert all(t["macs"] <= s["budget_macs"] for s in searches for t in s["trials"])
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name("acla-car")
+    trials = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
+    assert len(trials) == 2 and all(r.data.tags["pareto"] in ("true", "false") for r in trials)  # one front over both
+    trial_id = searches[0]["trials"][0]["run_id"]
+    out = acla("retrain", "--run-id", trial_id, "--json", "--retrain-workers", "1", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    retrained = json.loads(out.stdout)
+    assert retrained["trial_run_id"] == trial_id and retrained["alias"] == "models:/acla-car@budget-1500M"
+    assert client.get_model_version_by_alias("acla-car", "budget-1500M").run_id == retrained["run_id"]
+    out = acla("retrain", "--run-id", "0123456789abcdef", home=run_dir)
+    assert out.returncode == 2 and "no MLflow run" in out.stderr
