@@ -56,16 +56,11 @@ def run_home() -> Path:
 
 def write_image_atomically(path: Path, image: np.ndarray) -> None:
     from PIL import Image
+    from workers.atomic import write_atomically
     suffix = path.suffix.lower()
     if suffix not in (".png", ".bmp", ".tif", ".tiff", ".ppm"):
         raise UsageError(f"{path}: output must be a lossless image (.png, .bmp, .tif or .ppm), got '{suffix or 'no suffix'}'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
-    try:
-        Image.fromarray(image).save(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary))
 
 
 def command_degrade(args: argparse.Namespace) -> int:

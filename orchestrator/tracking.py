@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from .pareto import pareto_front, plot_front
 
 TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "params",
-                 "num_modules", "mean_active_keys", "latency_ms")
+                 "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
 
 
 def experiment_name(task_name: str) -> str:

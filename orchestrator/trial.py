@@ -75,6 +75,7 @@ def measure_latency_ms(model: torch.nn.Module, in_channels: int, repeats: int = 
 
 def run_trial(params: dict, settings: TrialSettings, report: Report | None = None) -> dict:
     """Search, derive, proxy-train and measure one point of the outer search space. Returns flat metrics."""
+    started = time.perf_counter()
     task, profile = settings.task, settings.profile
     channels, blocks = parse_backbone(params["backbone"])
     config = SearchConfig(task=task, budget_macs=settings.budget_macs, channels=channels, blocks=blocks,
@@ -96,4 +97,5 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
         "num_modules": len(genotype.positions), "mean_active_keys": sum(keys) / len(keys) if keys else 0.0,
         "latency_ms": measure_latency_ms(trained.model, task.in_channels),
         "genotype": genotype.to_json(),
+        "trial_seconds": time.perf_counter() - started,  # the trial function alone, wherever it runs
     }

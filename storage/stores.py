@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from workers.atomic import write_atomically
+
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -111,25 +113,11 @@ class LocalStore:
         return self.root / key
 
     def put(self, local_path: str, key: str, metadata: dict | None = None) -> str:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            shutil.copyfile(local_path, temporary)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_atomically(self._path(key), lambda temporary: shutil.copyfile(local_path, temporary))
         return self.uri(key)
 
     def put_bytes(self, data: bytes, key: str) -> str:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_atomically(self._path(key), lambda temporary: temporary.write_bytes(data))
         return self.uri(key)
 
     def get(self, key: str, local_path: str) -> None:

@@ -12,6 +12,7 @@ import torch
 from search_space.backbone import build_network
 from search_space.genotype import Genotype
 
+from .atomic import write_atomically
 from .tasks import TaskSpec
 
 CHECKPOINT_FORMAT = 1
@@ -25,18 +26,10 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, genotype: Genotype, task: TaskSpec,
                     profile: str, step: int, training_state: dict | None = None, metrics: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "code_version": CODE_VERSION, "genotype": genotype.to_json(),
                "task": dataclasses.asdict(task), "profile": profile, "step": int(step),
                "model": model.state_dict(), "metrics": dict(metrics or {}), "training_state": training_state or {}}
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
