@@ -20,7 +20,9 @@ needs_set5 = pytest.mark.skipif(not SET5.is_dir() and not os.environ.get("CI"), 
 @needs_set5
 @pytest.mark.parametrize("scale,min_equal", [(2, 0.993), (3, 1.0), (4, 0.999)])
 def test_bicubic_reproduces_matlab_set5(scale, min_equal):
-    for hr_path in sorted((SET5 / "HR").glob("*.png")):
+    images = sorted((SET5 / "HR").glob("*.png"))
+    assert len(images) == 5, f"{SET5}/HR must hold the 5 Set5 images"
+    for hr_path in images:
         hr = np.asarray(Image.open(hr_path).convert("RGB"))
         matlab = np.asarray(Image.open(SET5 / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png").convert("RGB"))
         ours = TaskSpec("sr", scale=scale).degrade(TaskSpec("sr", scale=scale).prepare_target(hr))
