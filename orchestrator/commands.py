@@ -241,9 +241,9 @@ def storage_faults(run):
     shapes; when the endpoint is down afterwards, say that in one line (nothing incomplete has a manifest)."""
     try:
         yield
-    except (UsageError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         raise
-    except Exception:
+    except Exception:  # UsageError too: Ray Tune swallows a failing callback, leaving "no trial finished"
         if not run.storage.is_s3:
             raise
         from storage.stores import StorageError, check_bucket

@@ -93,6 +93,7 @@ class RecordTrials:
     """A Ray Tune callback that runs in the driver. Tune pickles its run config, so the MLflow client and the
     progress bar stay in a driver-side registry and the callback carries only its key."""
     _handlers: dict[int, tuple] = {}
+    errors: dict[int, BaseException] = {}  # Tune would log a failing callback's traceback and go on
 
     def __new__(cls, on_complete, on_error):
         from ray import tune
@@ -101,11 +102,19 @@ class RecordTrials:
             def __init__(self, key: int) -> None:
                 self.key = key
 
+            def _call(self, which: int, trial) -> None:
+                if self.key in RecordTrials.errors:
+                    return
+                try:
+                    RecordTrials._handlers[self.key][which](trial)
+                except Exception as err:  # kept for the driver, which re-raises it after the trials
+                    RecordTrials.errors[self.key] = err
+
             def on_trial_complete(self, iteration, trials, trial, **info):
-                RecordTrials._handlers[self.key][0](trial)
+                self._call(0, trial)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                RecordTrials._handlers[self.key][1](trial)
+                self._call(1, trial)
 
             def __reduce__(self):
                 return (_restore_callback, (self.key,))
@@ -202,4 +211,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
                                                  storage_path=str(request.run.run_dir / "tune"),
                                                  callbacks=[recorder], verbose=0))
     tuner.fit()
+    error = RecordTrials.errors.pop(recorder.key, None)
+    if error is not None:
+        raise error
     return recorded

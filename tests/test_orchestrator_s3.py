@@ -120,3 +120,36 @@ def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):  # noqa: F
     out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--artifact-root",
                "s3://acla-any-bucket/x", home=run_dir)
     assert out.returncode == 2 and "denied" in out.stderr, out.stderr
+
+
+def test_s3_server_stopped_mid_search_fails_with_one_line(run_dir, monkeypatch):  # noqa: F811
+    """Stop the S3 server while trials run: the search ends with one line and exit 2, its parent run FAILED."""
+    import shutil
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+    from tests.s3server import WeedServer
+    server = WeedServer(tempfile.mkdtemp(prefix="acla-weed-mid-")).start()
+    try:
+        bucket = f"acla-{uuid.uuid4().hex[:8]}"
+        server.client().create_bucket(Bucket=bucket)
+        env = {**os.environ, **s3_environment(server), "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true",
+               "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+        search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", "--budget", "2G", "--task", "car",
+                                   "--profile", "smoke", "--artifact-root", f"s3://{bucket}/run"], env=env, cwd=run_dir,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not os.path.isdir(os.path.join(run_dir, "tune")):
+            time.sleep(0.5)  # trials are starting: the next artifact upload will find the server gone
+        server.stop()
+        _, stderr = search.communicate(timeout=300)
+        assert search.returncode == 2, stderr[-3000:]
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("acla-orch: error: the artifact store failed during the run") and "Traceback" not in stderr
+        client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+        parents = client.search_runs([client.get_experiment_by_name("acla-car").experiment_id],
+                                     filter_string="tags.acla_kind = 'search'")
+        assert [p.info.status for p in parents] == ["FAILED"]
+    finally:
+        server.stop()
+        shutil.rmtree(server.folder, ignore_errors=True)
