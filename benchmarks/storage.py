@@ -50,7 +50,7 @@ def upload_ratio(server: WeedServer, size_mb: int, repeats: int) -> dict:
 
 def front_read_times(runs: int) -> dict:
     import pyarrow as pa
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     from orchestrator.pareto import pareto_front

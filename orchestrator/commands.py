@@ -67,7 +67,7 @@ def progress_reporter(enabled: bool):
     return progress, report
 
 
-def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers, args):
+def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers):
     """Ray Train each winner; log it as a run linked to its trial; register the model with a budget alias."""
     import mlflow
     import mlflow.pytorch
@@ -186,7 +186,7 @@ def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> 
         winners = pick_winners(recorded, front_ids, args.retrain_top)
         retrained = retrain_winners(run=run, store=store, client=client, experiment_id=experiment_id, parent_id=parent_id,
                                     request_settings=settings, winners=winners,
-                                    retrain_workers=args.retrain_workers, args=args) if not args.no_retrain else []
+                                    retrain_workers=args.retrain_workers) if not args.no_retrain else []
         if retrained:
             log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
                       retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained")
@@ -285,7 +285,7 @@ def command_search(args: argparse.Namespace) -> int:
 
 
 def command_pareto(args: argparse.Namespace) -> int:
-    from .tracking import experiment_name, log_front, update_front
+    from .tracking import experiment_name, update_front
     from .pareto import plot_front
     run, store = settings_from_args(args)
     if args.source == "table":
@@ -378,7 +378,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
         retrained = retrain_winners(run=run, store=store, client=client, experiment_id=trial.info.experiment_id,
                                     parent_id=tags["mlflow.parentRunId"], request_settings=settings, winners=[winner],
-                                    retrain_workers=args.retrain_workers, args=args)
+                                    retrain_workers=args.retrain_workers)
     print(json.dumps(retrained[0]) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in retrained[0].items()))
     return 0
 

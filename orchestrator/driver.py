@@ -9,9 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import shlex
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .settings import RunSettings
-from .trial import TrialSettings, feasible_backbones, parse_backbone, run_trial
+from .trial import TrialSettings, feasible_backbones, run_trial
 
 
 @dataclass

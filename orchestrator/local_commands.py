@@ -1,4 +1,4 @@
-"""CLI verbs that run on this machine without Ray: degrade, compare, train, and a local search.
+"""CLI verbs that run on this machine without Ray: degrade, compare, train and evaluate.
 
 Each handler turns flags into the core's dataclasses once, and turns the core's input errors
 (ValueError subclasses that name the file or value) into UsageError: one line, exit status 2.

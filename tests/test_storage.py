@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from storage.manifest import put_artifact_set, read_manifest, sha256_of, verify_artifact_set
-from storage.stores import LocalStore, S3Store, StorageConfig, StorageError, open_store, parse_root
+from storage.stores import StorageConfig, StorageError, open_store, parse_root
 from storage.trial_table import append_trials, read_trials
 from tests.s3server import WeedServer
 
