@@ -165,8 +165,7 @@ def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> 
 
     settings = trial_settings(args, task, profile, data, budget)
     request = SearchRequest(settings=settings, run=run, trials=args.trials or profile.trials,
-                            concurrency=args.concurrency or profile.concurrency, retrain_top=args.retrain_top,
-                            retrain_workers=args.retrain_workers, command_line=shlex.join(sys.argv))
+                            concurrency=args.concurrency or profile.concurrency, command_line=shlex.join(sys.argv))
     name = experiment_name(task.name)
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name, "git_commit": git_commit(),

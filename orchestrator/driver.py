@@ -12,8 +12,10 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from ray import tune
 
 from .errors import UsageError
 from .settings import RunSettings
@@ -26,18 +28,7 @@ class SearchRequest:
     run: RunSettings
     trials: int
     concurrency: int
-    retrain_top: int
-    retrain_workers: int
     command_line: str
-    progress: bool = True
-
-
-@dataclass
-class SearchSummary:
-    experiment: str
-    parent_run_id: str
-    rows: list[dict] = field(default_factory=list)
-    retrained: list[dict] = field(default_factory=list)
 
 
 def ray_temp_dir(run_dir: Path) -> Path:
@@ -81,54 +72,53 @@ def tune_trial(config: dict, settings: TrialSettings) -> None:
     """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report once."""
     import ray
     import torch
-    from ray import tune
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     tune.report(run_trial(config, settings))
 
 
-class RecordTrials:
-    """A Ray Tune callback that runs in the driver. Tune pickles its run config, so the MLflow client and the
-    progress bar stay in a driver-side registry and the callback carries only its key."""
+class RecordTrials(tune.Callback):
+    """A Ray Tune callback that runs in the driver and hands each finished or failed trial to a handler.
+
+    Tune pickles its run config, and the handlers hold the MLflow client and the progress bar, so they stay in
+    a driver-side registry and the callback pickles as its key alone. A handler's error is kept for the driver
+    to re-raise after the trials: Tune would only log its traceback and go on.
+    """
     _handlers: dict[int, tuple] = {}
-    errors: dict[int, BaseException] = {}  # Tune would log a failing callback's traceback and go on
+    errors: dict[int, BaseException] = {}
 
-    def __new__(cls, on_complete, on_error):
-        from ray import tune
+    def __init__(self, on_complete, on_error, key: int | None = None) -> None:
+        self.key = id(on_complete) if key is None else key
+        RecordTrials._handlers.setdefault(self.key, (on_complete, on_error))
 
-        class _Callback(tune.Callback):
-            def __init__(self, key: int) -> None:
-                self.key = key
+    def __reduce__(self):
+        return (_restore_callback, (self.key,))
 
-            def _call(self, which: int, trial) -> None:
-                if self.key in RecordTrials.errors:
-                    return
-                try:
-                    RecordTrials._handlers[self.key][which](trial)
-                except Exception as err:  # kept for the driver, which re-raises it after the trials
-                    RecordTrials.errors[self.key] = err
+    def _call(self, which: int, trial) -> None:
+        handlers = RecordTrials._handlers.get(self.key)
+        if handlers is None or self.key in RecordTrials.errors:  # restored elsewhere, or already failed
+            return
+        try:
+            handlers[which](trial)
+        except Exception as err:
+            RecordTrials.errors[self.key] = err
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._call(0, trial)
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._call(0, trial)
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._call(1, trial)
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._call(1, trial)
 
-            def __reduce__(self):
-                return (_restore_callback, (self.key,))
+    def finish(self) -> None:
+        """Forget the handlers; re-raise a handler's error."""
+        RecordTrials._handlers.pop(self.key, None)
+        error = RecordTrials.errors.pop(self.key, None)
+        if error is not None:
+            raise error
 
-        key = id(on_complete)
-        cls._handlers[key] = (on_complete, on_error)
-        return _Callback(key)
 
-
-def _restore_callback(key: int):
-    from ray import tune
-
-    class _Detached(tune.Callback):  # restored outside this driver: records nothing
-        pass
-    handlers = RecordTrials._handlers.get(key)
-    return RecordTrials(*handlers) if handlers else _Detached()
+def _restore_callback(key: int) -> RecordTrials:
+    return RecordTrials(None, None, key=key)
 
 
 def git_commit() -> str:
@@ -146,7 +136,6 @@ def budget_label(budget_macs: float) -> str:
 
 
 def search_space(feasible: list[str]) -> dict:
-    from ray import tune
     return {"backbone": tune.choice(feasible), "penalty_weight": tune.loguniform(0.1, 10.0),
             "weight_lr": tune.loguniform(3e-4, 3e-3), "arch_lr": tune.loguniform(1e-3, 3e-2),
             "gate_temperature": tune.uniform(0.5, 2.0)}
@@ -165,7 +154,6 @@ def check_feasible(settings: TrialSettings) -> list[str]:
 def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent_id: str, reporter) -> list[dict]:
     """Optuna through Ray Tune; each finished trial is recorded in MLflow from the driver as it ends."""
     import optuna
-    from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from .tracking import log_failed_trial, log_trial
@@ -208,8 +196,8 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
                        run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
                                                  storage_path=str(request.run.run_dir / "tune"),
                                                  callbacks=[recorder], verbose=0))
-    tuner.fit()
-    error = RecordTrials.errors.pop(recorder.key, None)
-    if error is not None:
-        raise error
+    try:
+        tuner.fit()
+    finally:
+        recorder.finish()
     return recorded

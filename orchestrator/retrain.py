@@ -20,7 +20,7 @@ from workers.checkpoint import save_checkpoint
 from workers.data import ImageSet
 from workers.profiles import get_profile
 from workers.tasks import TaskSpec
-from workers.train import DataSpec, evaluate, make_sampler, train_step
+from workers.train import DataSpec, evaluate, make_optimizer, make_sampler, train_step
 
 CHECKPOINT_FILE = "model.pt"
 
@@ -38,8 +38,7 @@ def retrain_loop_per_worker(config: dict) -> None:
     data = DataSpec(ImageSet(**config["train_set"]), ImageSet(**config["valid_set"]))
     torch.manual_seed(config["seed"])  # the same initial weights on every rank (DDP broadcasts them too)
     model = ray.train.torch.prepare_model(build_network(genotype))
-    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=profile.lr_step, gamma=profile.lr_gamma)
+    optimizer, scheduler = make_optimizer(model, profile)
     sampler = make_sampler(task, data.train, profile, seed=config["seed"] + 1000 * rank)  # each rank its own patches
     device = ray.train.torch.get_device()
     steps, reports = config["steps"], max(1, config["reports"])

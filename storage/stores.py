@@ -25,6 +25,10 @@ class StorageError(ValueError):
     """Storage that cannot be used as configured; the message names the URI or endpoint and what to do."""
 
 
+class StorageNotFound(StorageError):
+    """The key (or bucket) does not exist."""
+
+
 class ArtifactStore(Protocol):
     def put(self, local_path: str, key: str, metadata: dict | None = None) -> str: ...
     def put_bytes(self, data: bytes, key: str) -> str: ...
@@ -124,13 +128,13 @@ class LocalStore:
         try:
             shutil.copyfile(self._path(key), local_path)
         except FileNotFoundError:
-            raise StorageError(f"{self.uri(key)} does not exist") from None
+            raise StorageNotFound(f"{self.uri(key)} does not exist") from None
 
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise StorageError(f"{self.uri(key)} does not exist") from None
+            raise StorageNotFound(f"{self.uri(key)} does not exist") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -172,7 +176,7 @@ class S3Store:
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
-                raise StorageError(f"{what}: does not exist") from None
+                raise StorageNotFound(f"{what}: does not exist") from None
             raise StorageError(f"{what} failed: {code or err}") from None
         except BotoCoreError as err:  # connection refused or reset, after botocore's bounded retries
             raise StorageError(f"{what} failed after retries: {err} (endpoint {self.config.resolved_endpoint() or 'AWS'})") from None
@@ -196,14 +200,9 @@ class S3Store:
         return response["Body"].read()
 
     def _head(self, key: str):
-        from botocore.exceptions import ClientError
         try:
             return self._call(f"stat of {self.uri(key)}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
-        except StorageError as err:
-            if "does not exist" in str(err):
-                return None
-            raise
-        except ClientError:  # pragma: no cover - mapped above
+        except StorageNotFound:
             return None
 
     def exists(self, key: str) -> bool:

@@ -6,6 +6,14 @@ import pytest
 from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
 
 
+@pytest.fixture
+def run_dir():
+    """A run directory for acla-orch; short, because Ray's socket paths live under it."""
+    path = tempfile.mkdtemp(prefix="acla-t-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     folder = tempfile.mkdtemp(prefix="acla-weed-")

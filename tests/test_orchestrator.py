@@ -1,26 +1,18 @@
 """`acla-orch search` end to end on a real local Ray and real MLflow (sqlite, then a real `mlflow server`)."""
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 import pytest
 
+from tests.s3server import free_port_pair
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET = 2_000_000_000
-
-
-@pytest.fixture
-def run_dir():
-    path = tempfile.mkdtemp(prefix="acla-t-")  # short: Ray's socket paths live under it
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def acla(*args, home, extra_env=None, timeout=600):
@@ -97,15 +89,9 @@ def test_search_end_to_end_sqlite(run_dir):
     assert os.path.isdir(os.path.join(run_dir, "ray")) and os.path.exists(os.path.join(run_dir, "optuna.db"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(run_dir):
-    port = free_port()
+    port = free_port_pair()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1",

@@ -14,7 +14,7 @@ import pytest
 from storage.manifest import verify_artifact_set
 from storage.stores import StorageConfig, open_store
 from tests.s3server import ACCESS_KEY, SECRET_KEY, free_port_pair
-from tests.test_orchestrator import acla, run_dir  # noqa: F401  (fixture)
+from tests.test_orchestrator import acla
 
 
 def s3_environment(server):
@@ -36,7 +36,7 @@ def assert_no_secret(client, experiment_name, stderr):
             assert SECRET_KEY not in value and ACCESS_KEY not in value
 
 
-def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):  # noqa: F811
+def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
     from mlflow.tracking import MlflowClient
     for key, value in s3_environment(s3_env).items():
         monkeypatch.setenv(key, value)
@@ -70,7 +70,7 @@ def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):  # noqa: F8
 
 
 @pytest.fixture
-def proxied_mlflow(s3_env, run_dir):  # noqa: F811
+def proxied_mlflow(s3_env, run_dir):
     bucket = f"acla-{uuid.uuid4().hex[:8]}"
     s3_env.client().create_bucket(Bucket=bucket)
     port = free_port_pair()
@@ -93,7 +93,7 @@ def proxied_mlflow(s3_env, run_dir):  # noqa: F811
         server.wait(timeout=30)
 
 
-def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_dir, monkeypatch):  # noqa: F811
+def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_dir, monkeypatch):
     from mlflow.tracking import MlflowClient
     uri, bucket = proxied_mlflow
     for key, value in s3_environment(s3_env).items():
@@ -106,7 +106,7 @@ def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_
     assert_no_secret(MlflowClient(uri), "acla-car", out.stderr)
 
 
-def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):  # noqa: F811
+def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):
     for key, value in s3_environment(s3_env).items():
         monkeypatch.setenv(key, value)
     cases = [(["--artifact-root", "s3://"], "malformed"),
@@ -122,7 +122,7 @@ def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):  # noqa: F
     assert out.returncode == 2 and "denied" in out.stderr, out.stderr
 
 
-def test_s3_server_stopped_mid_search_fails_with_one_line(run_dir, monkeypatch):  # noqa: F811
+def test_s3_server_stopped_mid_search_fails_with_one_line(run_dir, monkeypatch):
     """Stop the S3 server while trials run: the search ends with one line and exit 2, its parent run FAILED."""
     import shutil
     import tempfile

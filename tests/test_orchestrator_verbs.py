@@ -1,10 +1,10 @@
 """sweep (several budgets, one Ray session, one front) and retrain --run-id, on real Ray and MLflow."""
 import json
 
-from tests.test_orchestrator import acla, run_dir  # noqa: F401  (fixture)
+from tests.test_orchestrator import acla
 
 
-def test_sweep_then_retrain_one_trial(run_dir):  # noqa: F811
+def test_sweep_then_retrain_one_trial(run_dir):
     from mlflow.tracking import MlflowClient
     out = acla("sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "1",
                "--no-retrain", "--json", home=run_dir)

@@ -48,6 +48,13 @@ def make_sampler(task: TaskSpec, image_set: ImageSet, profile: Profile, seed: in
     return PatchSampler(pairs, task, patch_size=target_patch, batch_size=profile.batch_size, seed=seed)
 
 
+def make_optimizer(model: torch.nn.Module, profile: Profile):
+    """Adam (0.9, 0.999, eps 1e-8) at the profile's rate, decayed by lr_gamma every lr_step iterations."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=profile.lr_step, gamma=profile.lr_gamma)
+    return optimizer, scheduler
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                targets: torch.Tensor) -> float:
     optimizer.zero_grad(set_to_none=True)
@@ -71,8 +78,7 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
     if init_state is not None:  # weights inherited from the supernet, where shapes match
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}, strict=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=profile.lr_step, gamma=profile.lr_gamma)
+    optimizer, scheduler = make_optimizer(model, profile)
     sampler = make_sampler(task, data.train, profile, seed)
     step = 0
     if resume_from:
