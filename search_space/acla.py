@@ -15,23 +15,12 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .fast_sampling import aggregate_keys
+from .fast_sampling import attend, masked_softmax, top_k_mask
 from .sampling import deformable_sample, spread_offsets
 
 __all__ = ["ACLA", "deformable_sample", "masked_softmax"]
-
-
-def masked_softmax(logits: torch.Tensor, gates: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
-    """Softmax of `logits` over `dim` in which keys with gate 0 take no part. All keys off gives all-zero weights.
-
-    `gates` may carry straight-through gradients: its forward value must be 0 or 1.
-    """
-    if gates is None:
-        return torch.softmax(logits, dim=dim)
-    # Any shift is exact for a softmax; the unmasked max keeps exp() from overflowing on masked keys.
-    shifted = torch.exp(logits - logits.amax(dim=dim, keepdim=True).detach()) * gates
-    return shifted / shifted.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(logits.dtype).tiny)
 
 
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -98,18 +87,28 @@ class ACLA(nn.Module):
         if len(refs) != self.num_refs:
             raise ValueError(f"ACLA expects {self.num_refs} reference layers, got {len(refs)}")
         batch, _, height, width = query.shape
-        layers, keys = self.num_refs, self.keys_per_ref
-        offsets = self.offset_proj(query).view(batch, layers, keys, 2, height, width)
-        offsets = offsets.permute(0, 1, 2, 4, 5, 3)  # (B, L, K, H, W, 2)
-        logits = self.logit_proj(query).view(batch, layers, keys, height, width)
-        values = [proj(ref) for proj, ref in zip(self.value_projs, refs)]
+        # Per-query predictions in channels-last layout: (B, H, W, L*K[, 2]), layer by layer.
+        offsets = _nhwc(self.offset_proj(query)).view(batch, height, width, -1, 2)
+        logits = _nhwc(self.logit_proj(query))
         if self.active_keys is not None:
-            out = self._attend_top_k(query, values, offsets, logits)
+            gates, off_key_grads = self._top_k(query), False
         else:
-            gates = self._sample_gates(query) if self.adaptive else None
-            weights = masked_softmax(logits.flatten(1, 2), None if gates is None else gates.flatten(1, 2))
-            out = aggregate(values, offsets.unbind(1), weights.split(keys, dim=1))
-        return query + self.fuse(out)
+            gates = _nhwc(self._sample_gates(query).flatten(1, 2)) if self.adaptive else None
+            off_key_grads = True  # hard-concrete gates: an off key's gate still gets a gradient
+        aggregated = attend(refs, offsets, logits, gates, self.keys_per_ref, off_key_grads)  # (B, H, W, L*C + L)
+        out = F.linear(aggregated, self.merged_projection(), self.fuse.bias)  # (B, H, W, C)
+        return query + out.permute(0, 3, 1, 2)
+
+    def merged_projection(self) -> torch.Tensor:
+        """fuse(sum_l V_l(sample_l)) as one (C, L*C + L) matrix applied after the aggregation.
+
+        A 1x1 conv commutes with the weighted bilinear sum; its bias is weighted by the bilinear mass that fell
+        inside the image, which `attend` returns as the last L columns. Equal to projecting first.
+        """
+        fuse = self.fuse.weight.flatten(1)  # (C, C)
+        projections = [proj.weight.flatten(1) for proj in self.value_projs]  # L x (C, C)
+        biases = [proj.bias.unsqueeze(1) for proj in self.value_projs]  # L x (C, 1)
+        return fuse @ torch.cat(projections + biases, dim=1)
 
     def _sample_gates(self, query: torch.Tensor) -> torch.Tensor:
         """Binary gates (B, L, K, H, W): hard-concrete with straight-through gradients in training."""
@@ -127,31 +126,25 @@ class ACLA(nn.Module):
         self.last_active_keys = gates.detach().sum(dim=2).mean(dim=(0, 2, 3))
         return gates
 
-    def _attend_top_k(self, query, values, offsets, logits) -> torch.Tensor:
+    def _top_k(self, query: torch.Tensor) -> torch.Tensor:
+        """The derived module's gates (B, H, W, L*K): each query keeps its top-k keys per layer by gate score.
+
+        Forward value 1 for a kept key and 0 otherwise (an off key is never read); a kept key's gate passes the
+        gradient of sigmoid(score), so retraining still trains the scores.
+        """
         batch, _, height, width = query.shape
-        scores = self.gate_proj(query).view(batch, self.num_refs, self.keys_per_ref, height, width)
-        chosen_offsets, chosen_logits, chosen_gates = [], [], []
-        for layer, count in enumerate(self.active_keys):
-            index = scores[:, layer].topk(count, dim=1).indices  # (B, k, H, W)
-            chosen_logits.append(logits[:, layer].gather(1, index))
-            chosen_offsets.append(offsets[:, layer].gather(1, index.unsqueeze(-1).expand(-1, -1, -1, -1, 2)))
-            # Forward value 1 (the key is on); the gradient still trains the gate scores.
-            soft = torch.sigmoid(scores[:, layer].gather(1, index))
-            chosen_gates.append(straight_through(torch.ones_like(soft), soft))
-        weights = masked_softmax(torch.cat(chosen_logits, 1), torch.cat(chosen_gates, 1))
+        scores = _nhwc(self.gate_proj(query)).view(batch, height, width, self.num_refs, self.keys_per_ref)
+        hard = top_k_mask(scores, self.active_keys)
         self.last_active_keys = torch.tensor(self.active_keys, dtype=query.dtype)
         self.last_expected_keys = self.last_active_keys
-        return aggregate(values, chosen_offsets, weights.split(list(self.active_keys), dim=1))
+        return straight_through(hard, torch.sigmoid(scores) * hard).flatten(3)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_refs={self.num_refs}, keys_per_ref={self.keys_per_ref}, "
                 f"adaptive={self.adaptive}, active_keys={self.active_keys}")
 
 
-def aggregate(values: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum over layers and keys of weights (B, k, H, W) times values (B, C, H, W) sampled at offsets (B, k, H, W, 2)."""
-    out = None
-    for value, offset, weight in zip(values, offsets, weights):
-        term = aggregate_keys(value, offset, weight)  # fused on the CPU; grid_sample elsewhere
-        out = term if out is None else out + term
-    return out
+
+def _nhwc(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C), contiguous (free when the map is channels-last)."""
+    return tensor.permute(0, 2, 3, 1).contiguous()

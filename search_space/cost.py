@@ -5,8 +5,10 @@ mult-adds), and so do we: 1 FLOP = 1 MAC here. Bias additions, ReLUs, residual a
 not counted, as in those tools; for a conv-only network our count equals `FlopCounterMode`'s total / 2.
 Reference sizes follow the field: a 1280x720 *output* for SR (so a 640x360 input at x2, 426x240 at x3,
 320x180 at x4) and 256x256 for denoise, car and demosaic.
-ACLA's deformable sampling is counted by formula: 4 bilinear taps x C per active key, plus C for the
-weighted sum of that key.
+ACLA's deformable sampling is counted by formula, as the fused kernel computes it: 4 bilinear taps per active
+key, each a multiply-add over the C channels plus the mass column (search_space/fast_sampling.py). Its value
+projections and output fusion are one (L*C + L) -> C product per pixel plus, once per call, the C x C x (L*C + L)
+product that merges them (search_space/acla.py).
 """
 from __future__ import annotations
 
@@ -45,10 +47,10 @@ def backbone_macs(*, scale: int, in_channels: int, channels: int, blocks: int, h
 
 def acla_macs_per_pixel(*, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
                         active_keys: Sequence[float]) -> float:
-    """Per query pixel: the 1x1 predictors, the value projections, the sampling and the output fusion."""
+    """Per query pixel: the 1x1 predictors, the sampling and the merged value projection and fusion."""
     predicted = num_refs * keys_per_ref * (4 if adaptive else 3)  # offsets (2), logits (1), gates (1)
-    fixed = channels * predicted + num_refs * channels * channels + channels * channels
-    sampling = 5 * channels * sum(active_keys)  # 4 bilinear taps + 1 weighted sum, per channel and key
+    fixed = channels * predicted + (num_refs * channels + num_refs) * channels
+    sampling = 4 * (channels + 1) * sum(active_keys)  # 4 bilinear taps over C channels and the mass, per key
     return fixed + sampling
 
 
@@ -62,8 +64,9 @@ def nonlocal_macs(*, channels: int, pixels: int, reduction: int = 2) -> int:
 def attention_macs(*, kind: str, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
                    active_keys: Sequence[float], pixels: int) -> float:
     if kind in ("acla", "cla"):
-        return pixels * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
-                                            adaptive=adaptive, active_keys=active_keys)
+        merge = channels * channels * (num_refs * channels + num_refs)  # once per call, not per pixel
+        return merge + pixels * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
+                                                    adaptive=adaptive, active_keys=active_keys)
     if kind == "nonlocal":
         return nonlocal_macs(channels=channels, pixels=pixels)
     if kind == "none":

@@ -70,7 +70,16 @@ def test_spread_offsets_ring():
 def test_masked_softmax_excludes_gated_keys():
     logits = torch.tensor([[1.0, 2.0, 3.0, 0.5]]).view(1, 4, 1, 1)
     gates = torch.tensor([[1.0, 0.0, 1.0, 1.0]]).view(1, 4, 1, 1)
-    got = masked_softmax(logits, gates)
+    got = masked_softmax(logits, gates, dim=1)
     subset = torch.softmax(torch.tensor([1.0, 3.0, 0.5]), 0)
     torch.testing.assert_close(got.flatten(), torch.tensor([subset[0], 0.0, subset[1], subset[2]]))
-    assert torch.equal(masked_softmax(logits, torch.zeros_like(gates)), torch.zeros_like(logits))
+    assert torch.equal(masked_softmax(logits, torch.zeros_like(gates), dim=1), torch.zeros_like(logits))
+
+
+def test_masked_softmax_all_gates_off_has_finite_gate_gradient():
+    # A key turned on alone would take all the weight: the gradient is the unmasked softmax times d loss / d w.
+    logits = torch.tensor([1.0, 2.0, 0.5])
+    gates = torch.zeros(3, requires_grad=True)
+    upstream = torch.tensor([0.3, -1.0, 2.0])
+    (masked_softmax(logits, gates) * upstream).sum().backward()
+    torch.testing.assert_close(gates.grad, torch.softmax(logits, 0) * upstream)

@@ -1,0 +1,328 @@
+// Fused ACLA attention core on the CPU, channels-last. For query q, with Kt = L*K keys (layer by layer):
+//   w[q, :]         = softmax of logits[q, :] over the keys whose gate is 1 (all keys when there are no gates)
+//   out[q, l*C + c] = sum_{k in layer l} w[q,k] * bilinear(value_l[:, :, c], x + dx_k, y + dy_k)
+//   out[q, L*C + l] = sum_{k in layer l} w[q,k] * mass_k  (mass_k: bilinear weight of the taps inside the image)
+// The mass column lets the module apply its 1x1 value projections, biases included, after the aggregation
+// (search_space/acla.py). Gated-off keys are never read. The backward gathers per query for the offset, logit
+// and gate gradients and scatters into the value gradient from tasks that own disjoint (image, layer,
+// channel-block) slices, so it needs no atomics.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+template <typename scalar_t>
+struct Taps {
+  int64_t index[4];    // flat pixel index of each tap, -1 outside the image
+  scalar_t weight[4];  // bilinear weight of each tap (0 outside)
+  scalar_t dwx[4];     // d weight / d x (0 outside)
+  scalar_t dwy[4];     // d weight / d y (0 outside)
+};
+
+template <typename scalar_t>
+inline Taps<scalar_t> make_taps(scalar_t px, scalar_t py, int64_t H, int64_t W) {
+  Taps<scalar_t> t;
+  const scalar_t fx0 = std::floor(px), fy0 = std::floor(py);
+  const int64_t x0 = static_cast<int64_t>(fx0), y0 = static_cast<int64_t>(fy0);
+  const scalar_t ax = px - fx0, ay = py - fy0;
+  for (int i = 0; i < 4; ++i) {
+    const int64_t xi = x0 + (i & 1), yi = y0 + (i >> 1);
+    const scalar_t wx = (i & 1) ? ax : 1 - ax, wy = (i >> 1) ? ay : 1 - ay;
+    const bool inside = xi >= 0 && xi < W && yi >= 0 && yi < H;
+    t.index[i] = inside ? yi * W + xi : -1;
+    t.weight[i] = inside ? wx * wy : 0;
+    t.dwx[i] = inside ? ((i & 1) ? wy : -wy) : 0;
+    t.dwy[i] = inside ? ((i >> 1) ? wx : -wx) : 0;
+  }
+  return t;
+}
+
+template <typename scalar_t>
+struct Problem {
+  std::vector<const scalar_t*> values;  // L maps (B, H, W, C)
+  const scalar_t* offsets;              // (B, H, W, Kt, 2) as (dx, dy)
+  const scalar_t* logits;               // (B, H, W, Kt)
+  const scalar_t* gates;                // (B, H, W, Kt) of 0/1, or nullptr: every key on
+  int64_t B, H, W, C, L, K, Kt;
+  int64_t row() const { return L * C + L; }  // output row per query
+};
+
+// The masked softmax of one query: exp(logit - max) for every key (into e), the weights (into w), and the
+// denominator. With every gate off the weights are 0 and the denominator is the unmasked sum, so that the gate
+// gradients stay finite (a key turned on alone would take all the weight).
+template <typename scalar_t>
+inline scalar_t masked_softmax(const scalar_t* logits, const scalar_t* gates, int64_t n, scalar_t* e, scalar_t* w) {
+  scalar_t top = logits[0];
+  for (int64_t k = 1; k < n; ++k) top = std::max(top, logits[k]);
+  scalar_t all = 0, on = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    e[k] = std::exp(logits[k] - top);
+    all += e[k];
+    on += gates ? e[k] * gates[k] : e[k];
+  }
+  const scalar_t denominator = on > 0 ? on : all;
+  for (int64_t k = 0; k < n; ++k) w[k] = (gates ? e[k] * gates[k] : e[k]) / denominator;
+  return denominator;
+}
+
+// CT > 0 fixes the channel count at compile time so the channel loops unroll into registers.
+template <typename scalar_t, int CT>
+void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights) {
+  const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W, row = p.row();
+  at::parallel_for(0, p.B * HW, 16, [&](int64_t begin, int64_t end) {
+    scalar_t acc[CT > 0 ? CT : 1];
+    std::vector<scalar_t> e(p.Kt);
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t b = q / HW, pixel = q % HW, y = pixel / p.W, x = pixel % p.W;
+      scalar_t* w = weights + q * p.Kt;
+      masked_softmax<scalar_t>(p.logits + q * p.Kt, p.gates ? p.gates + q * p.Kt : nullptr, p.Kt, e.data(), w);
+      for (int64_t l = 0; l < p.L; ++l) {
+        scalar_t* o = out + q * row + l * C;
+        scalar_t* a = CT > 0 ? acc : o;  // a register-sized local accumulator when C is known
+        for (int64_t c = 0; c < C; ++c) a[c] = 0;
+        const scalar_t* base = p.values[l] + b * HW * C;
+        scalar_t mass = 0;
+        for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
+          if (w[k] == 0) continue;  // a gated-off key costs nothing
+          const scalar_t* d = p.offsets + (q * p.Kt + k) * 2;
+          const auto t = make_taps<scalar_t>(x + d[0], y + d[1], p.H, p.W);
+          for (int i = 0; i < 4; ++i) {
+            if (t.weight[i] == 0) continue;
+            const scalar_t tw = w[k] * t.weight[i];
+            mass += tw;
+            const scalar_t* v = base + t.index[i] * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) a[c] += tw * v[c];
+          }
+        }
+        if (CT > 0)
+          for (int64_t c = 0; c < C; ++c) o[c] = a[c];
+        out[q * row + p.L * C + l] = mass;
+      }
+    }
+  });
+}
+
+struct BackwardOptions {
+  bool value_grad;     // scatter into the value gradients
+  bool off_key_grads;  // gradients for gated-off keys too (hard-concrete gates); not for a derived top-k module
+};
+
+// One (image, layer, channel block [c0, c1)) task. Partial dot products over the block go to `partial`
+// (3 per query and key: d loss / d w, then the offset gradient); the caller sums the blocks.
+template <typename scalar_t, int CT>
+void backward_task(const Problem<scalar_t>& p, const scalar_t* weights, const scalar_t* grad_out,
+                   scalar_t* grad_value, scalar_t* partial, BackwardOptions opt, int64_t b, int64_t l, int64_t c0,
+                   int64_t c1) {
+  const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W, row = p.row();
+  const int64_t width = CT > 0 ? CT : c1 - c0;  // CT > 0 only for the whole channel range
+  const scalar_t* base = p.values[l] + b * HW * C + c0;
+  scalar_t* gbase = grad_value ? grad_value + b * HW * C + c0 : nullptr;
+  if (gbase != nullptr)  // this task alone writes these channels of this slice: zero them here, cache-warm
+    for (int64_t pixel = 0; pixel < HW; ++pixel) std::fill(gbase + pixel * C, gbase + pixel * C + width, scalar_t(0));
+  for (int64_t pixel = 0; pixel < HW; ++pixel) {
+    const int64_t q = b * HW + pixel, y = pixel / p.W, x = pixel % p.W;
+    const scalar_t* g = grad_out + q * row + l * C + c0;
+    const scalar_t gm = c0 == 0 ? grad_out[q * row + p.L * C + l] : 0;  // the mass column, counted once
+    for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
+      scalar_t* out = partial + (q * p.Kt + k) * 3;
+      const scalar_t wk = weights[q * p.Kt + k];
+      if (!opt.off_key_grads && p.gates && p.gates[q * p.Kt + k] == 0) {
+        out[0] = out[1] = out[2] = 0;
+        continue;
+      }
+      const scalar_t* d = p.offsets + (q * p.Kt + k) * 2;
+      const auto t = make_taps<scalar_t>(x + d[0], y + d[1], p.H, p.W);
+      scalar_t gw = 0, gx = 0, gy = 0;
+      for (int i = 0; i < 4; ++i) {
+        if (t.index[i] < 0) continue;
+        const scalar_t* v = base + t.index[i] * C;
+        scalar_t dot = gm;  // the mass column reads a constant 1 at every inside tap
+#pragma omp simd reduction(+ : dot)
+        for (int64_t c = 0; c < width; ++c) dot += g[c] * v[c];
+        gw += t.weight[i] * dot;
+        gx += t.dwx[i] * dot;
+        gy += t.dwy[i] * dot;
+        const scalar_t tw = wk * t.weight[i];
+        if (gbase == nullptr || tw == 0) continue;
+        scalar_t* dst = gbase + t.index[i] * C;
+#pragma omp simd
+        for (int64_t c = 0; c < width; ++c) dst[c] += tw * g[c];
+      }
+      out[0] = gw;
+      out[1] = wk * gx;
+      out[2] = wk * gy;
+    }
+  }
+}
+
+// Per query: sum the channel blocks, write the offset gradients, and back-propagate through the masked softmax.
+template <typename scalar_t>
+void softmax_backward(const Problem<scalar_t>& p, const scalar_t* weights, const scalar_t* partial, int64_t blocks,
+                      scalar_t* grad_offsets, scalar_t* grad_logits, scalar_t* grad_gates) {
+  const int64_t queries = p.B * p.H * p.W, per_block = queries * p.Kt * 3;
+  at::parallel_for(0, queries, 64, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> gw(p.Kt), e(p.Kt), w(p.Kt);
+    for (int64_t q = begin; q < end; ++q) {
+      scalar_t dot = 0;
+      for (int64_t k = 0; k < p.Kt; ++k) {
+        scalar_t s[3] = {0, 0, 0};
+        for (int64_t cb = 0; cb < blocks; ++cb)
+          for (int j = 0; j < 3; ++j) s[j] += partial[cb * per_block + (q * p.Kt + k) * 3 + j];
+        gw[k] = s[0];
+        grad_offsets[(q * p.Kt + k) * 2] = s[1];
+        grad_offsets[(q * p.Kt + k) * 2 + 1] = s[2];
+        dot += weights[q * p.Kt + k] * s[0];
+      }
+      for (int64_t k = 0; k < p.Kt; ++k) grad_logits[q * p.Kt + k] = weights[q * p.Kt + k] * (gw[k] - dot);
+      if (grad_gates == nullptr) continue;
+      // d w_i / d gate_k = (e_k / denominator) (delta_ik - w_i): the same form, with e_k / denominator for w_k.
+      const scalar_t* gates = p.gates + q * p.Kt;
+      const scalar_t denominator = masked_softmax<scalar_t>(p.logits + q * p.Kt, gates, p.Kt, e.data(), w.data());
+      for (int64_t k = 0; k < p.Kt; ++k) grad_gates[q * p.Kt + k] = e[k] / denominator * (gw[k] - dot);
+    }
+  });
+}
+
+template <typename scalar_t>
+Problem<scalar_t> make_problem(const std::vector<torch::Tensor>& values, const torch::Tensor& offsets,
+                               const torch::Tensor& logits, const torch::Tensor& gates, int64_t keys) {
+  TORCH_CHECK(!values.empty() && values[0].dim() == 4, "values must be (B, H, W, C) maps");
+  const auto& v0 = values[0];
+  Problem<scalar_t> p;
+  p.B = v0.size(0), p.H = v0.size(1), p.W = v0.size(2), p.C = v0.size(3), p.L = values.size();
+  p.K = keys, p.Kt = p.L * keys;
+  for (const auto& v : values) {
+    TORCH_CHECK(v.sizes() == v0.sizes() && v.is_contiguous() && v.device().is_cpu() &&
+                v.scalar_type() == v0.scalar_type(), "value maps must be contiguous CPU (B,H,W,C) of one dtype");
+    p.values.push_back(v.data_ptr<scalar_t>());
+  }
+  const auto check = [&](const torch::Tensor& t, torch::IntArrayRef shape, const char* what) {
+    TORCH_CHECK(t.is_contiguous() && t.device().is_cpu() && t.sizes() == shape && t.scalar_type() == v0.scalar_type(),
+                what, " must be contiguous CPU ", shape, " of the values' dtype, got ", t.sizes());
+  };
+  check(offsets, {p.B, p.H, p.W, p.Kt, 2}, "offsets");
+  check(logits, {p.B, p.H, p.W, p.Kt}, "logits");
+  p.offsets = offsets.data_ptr<scalar_t>();
+  p.logits = logits.data_ptr<scalar_t>();
+  p.gates = nullptr;
+  if (gates.defined() && gates.numel() > 0) {
+    check(gates, {p.B, p.H, p.W, p.Kt}, "gates");
+    p.gates = gates.data_ptr<scalar_t>();
+  }
+  return p;
+}
+
+// Calls fn(std::integral_constant<int, CT>) with CT = C for the common channel counts, 0 (runtime) otherwise.
+template <typename Fn>
+void dispatch_channels(int64_t C, Fn&& fn) {
+  switch (C) {
+    case 16: fn(std::integral_constant<int, 16>()); break;
+    case 32: fn(std::integral_constant<int, 32>()); break;
+    case 48: fn(std::integral_constant<int, 48>()); break;
+    case 64: fn(std::integral_constant<int, 64>()); break;
+    case 96: fn(std::integral_constant<int, 96>()); break;
+    case 128: fn(std::integral_constant<int, 128>()); break;
+    default: fn(std::integral_constant<int, 0>());
+  }
+}
+
+}  // namespace
+
+// Returns the aggregation (B, H, W, L*C + L) and the attention weights (B, H, W, Kt).
+std::vector<torch::Tensor> acla_forward(std::vector<torch::Tensor> values, torch::Tensor offsets, torch::Tensor logits,
+                                        torch::Tensor gates, int64_t keys) {
+  std::vector<torch::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_forward", [&] {
+    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, keys);
+    auto out = torch::empty({p.B, p.H, p.W, p.row()}, values[0].options());
+    auto weights = torch::empty_like(logits);
+    dispatch_channels(p.C, [&](auto ct) {
+      forward_kernel<scalar_t, decltype(ct)::value>(p, out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+    });
+    result = {out, weights};
+  });
+  return result;
+}
+
+// Returns the value gradients (one per map; empty without value_grad), then the offset, logit and gate
+// gradients (the last empty without gates).
+std::vector<torch::Tensor> acla_backward(std::vector<torch::Tensor> values, torch::Tensor offsets, torch::Tensor logits,
+                                         torch::Tensor gates, torch::Tensor weights, int64_t keys,
+                                         torch::Tensor grad_out, bool value_grad, bool off_key_grads) {
+  grad_out = grad_out.contiguous();
+  std::vector<torch::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_backward", [&] {
+    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, keys);
+    TORCH_CHECK(grad_out.sizes() == torch::IntArrayRef({p.B, p.H, p.W, p.row()}), "grad_out has the wrong shape");
+    TORCH_CHECK(weights.is_contiguous() && weights.sizes() == logits.sizes(), "weights must match the logits");
+    // Enough (image, layer) tasks keep every thread busy; otherwise split the channels into blocks as well.
+    const int64_t tasks = p.B * p.L, threads = at::get_num_threads();
+    const int64_t blocks = tasks >= threads ? 1 : std::max<int64_t>(1, std::min<int64_t>(p.C / 8, (2 * threads + tasks - 1) / tasks));
+    const int64_t block = (p.C + blocks - 1) / blocks, per_block = p.B * p.H * p.W * p.Kt * 3;
+    std::vector<scalar_t*> grad_ptrs;
+    for (const auto& v : values) {
+      result.push_back(value_grad ? torch::empty_like(v) : torch::Tensor());  // each task zeroes its own part
+      grad_ptrs.push_back(value_grad ? result.back().data_ptr<scalar_t>() : nullptr);
+    }
+    auto partial = torch::empty({blocks * per_block}, offsets.options());
+    const BackwardOptions opt{value_grad, off_key_grads};
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    const scalar_t* g = grad_out.data_ptr<scalar_t>();
+    scalar_t* part = partial.data_ptr<scalar_t>();
+    dispatch_channels(p.C, [&](auto ct) {
+      at::parallel_for(0, p.B * p.L * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / (p.L * blocks), l = (task / blocks) % p.L, cb = task % blocks;
+          const int64_t c0 = std::min(p.C, cb * block), c1 = std::min(p.C, c0 + block);
+          if (blocks == 1)
+            backward_task<scalar_t, decltype(ct)::value>(p, w, g, grad_ptrs[l], part, opt, b, l, 0, p.C);
+          else
+            backward_task<scalar_t, 0>(p, w, g, grad_ptrs[l], part + cb * per_block, opt, b, l, c0, c1);
+        }
+      });
+    });
+    auto grad_offsets = torch::empty_like(offsets);
+    auto grad_logits = torch::empty_like(logits);
+    auto grad_gates = p.gates ? torch::empty_like(logits) : torch::Tensor();
+    softmax_backward<scalar_t>(p, w, part, blocks, grad_offsets.data_ptr<scalar_t>(), grad_logits.data_ptr<scalar_t>(),
+                               p.gates ? grad_gates.data_ptr<scalar_t>() : nullptr);
+    result.push_back(grad_offsets);
+    result.push_back(grad_logits);
+    result.push_back(grad_gates);
+  });
+  return result;
+}
+
+// The derived module's hard gates from scores (B, H, W, L, K): 1 for the counts[l] highest scores of each query
+// and layer (ties go to the lower key index), 0 elsewhere.
+torch::Tensor top_k_mask(torch::Tensor scores, std::vector<int64_t> counts) {
+  TORCH_CHECK(scores.dim() == 5 && scores.is_contiguous() && scores.device().is_cpu(), "scores must be contiguous CPU (B,H,W,L,K)");
+  const int64_t L = scores.size(3), K = scores.size(4), rows = scores.numel() / K;
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == L, "one count per layer");
+  auto mask = torch::empty_like(scores);
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "top_k_mask", [&] {
+    const scalar_t* s = scores.data_ptr<scalar_t>();
+    scalar_t* m = mask.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = s + r * K;
+        for (int64_t k = 0; k < K; ++k) {
+          int64_t rank = 0;
+          for (int64_t j = 0; j < K; ++j) rank += row[j] > row[k] || (row[j] == row[k] && j < k);
+          m[r * K + k] = rank < counts[r % L] ? 1 : 0;
+        }
+      }
+    });
+  });
+  return mask;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("top_k_mask", &top_k_mask, "per-query top-k key mask (CPU)");
+  m.def("forward", &acla_forward, "fused ACLA attention core (CPU)");
+  m.def("backward", &acla_backward, "its backward (CPU)");
+}
