@@ -96,8 +96,10 @@ class ACLA(nn.Module):
             gates = _nhwc(self._sample_gates(query).flatten(1, 2)) if self.adaptive else None
             off_key_grads = True  # hard-concrete gates: an off key's gate still gets a gradient
         aggregated = attend(refs, offsets, logits, gates, self.keys_per_ref, off_key_grads)  # (B, H, W, L*C + L)
-        out = F.linear(aggregated, self.merged_projection(), self.fuse.bias)  # (B, H, W, C)
-        return query + out.permute(0, 3, 1, 2)
+        # As a 1x1 conv on the channels-last view: oneDNN runs it faster than a matmul on this layout.
+        projection = self.merged_projection()
+        out = F.conv2d(aggregated.permute(0, 3, 1, 2), projection.view(*projection.shape, 1, 1), self.fuse.bias)
+        return query + out
 
     def merged_projection(self) -> torch.Tensor:
         """fuse(sum_l V_l(sample_l)) as one (C, L*C + L) matrix applied after the aggregation.
