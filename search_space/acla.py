@@ -95,22 +95,21 @@ class ACLA(nn.Module):
         else:
             gates = _nhwc(self._sample_gates(query).flatten(1, 2)) if self.adaptive else None
             off_key_grads = True  # hard-concrete gates: an off key's gate still gets a gradient
-        aggregated = attend(refs, offsets, logits, gates, self.keys_per_ref, off_key_grads)  # (B, H, W, L*C + L)
-        # As a 1x1 conv on the channels-last view: oneDNN runs it faster than a matmul on this layout.
-        projection = self.merged_projection()
-        out = F.conv2d(aggregated.permute(0, 3, 1, 2), projection.view(*projection.shape, 1, 1), self.fuse.bias)
-        return query + out
+        # The value projections with the output fusion folded in: fuse(sum V_l(sample_l)) = sum sample_l(fuse V_l).
+        values = [F.conv2d(ref, weight[..., None, None], bias) for ref, (weight, bias) in zip(refs, self.merged_values())]
+        out = attend(values, offsets, logits, gates, self.keys_per_ref, self.fuse.bias, off_key_grads)  # (B, H, W, C)
+        return query + out.permute(0, 3, 1, 2)
 
-    def merged_projection(self) -> torch.Tensor:
-        """fuse(sum_l V_l(sample_l)) as one (C, L*C + L) matrix applied after the aggregation.
+    def merged_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight (C, C), bias (C)) per layer: value projection l followed by the output fusion, as one 1x1 conv.
 
-        A 1x1 conv commutes with the weighted bilinear sum; its bias is weighted by the bilinear mass that fell
-        inside the image, which `attend` returns as the last L columns. Equal to projecting first.
+        The fusion is linear and the bilinear reads and the softmax-weighted sum commute with it, so projecting
+        each reference layer by fuse @ V_l and summing the reads equals fusing the sum of the projected reads,
+        biases included: a tap outside the image reads zero either way.
         """
         fuse = self.fuse.weight.flatten(1)  # (C, C)
-        projections = [proj.weight.flatten(1) for proj in self.value_projs]  # L x (C, C)
-        biases = [proj.bias.unsqueeze(1) for proj in self.value_projs]  # L x (C, 1)
-        return fuse @ torch.cat(projections + biases, dim=1)
+        biases = fuse @ torch.stack([proj.bias for proj in self.value_projs], dim=1)  # (C, L)
+        return [(fuse @ proj.weight.flatten(1), bias) for proj, bias in zip(self.value_projs, biases.unbind(1))]
 
     def _sample_gates(self, query: torch.Tensor) -> torch.Tensor:
         """Binary gates (B, L, K, H, W): hard-concrete with straight-through gradients in training."""

@@ -6,9 +6,9 @@ not counted, as in those tools; for a conv-only network our count equals `FlopCo
 Reference sizes follow the field: a 1280x720 *output* for SR (so a 640x360 input at x2, 426x240 at x3,
 320x180 at x4) and 256x256 for denoise, car and demosaic.
 ACLA's deformable sampling is counted by formula, as the fused kernel computes it: 4 bilinear taps per active
-key, each a multiply-add over the C channels plus the mass column (search_space/fast_sampling.py). Its value
-projections and output fusion are one (L*C + L) -> C product per pixel plus, once per call, the C x C x (L*C + L)
-product that merges them (search_space/acla.py).
+key, each a multiply-add over the C channels (search_space/fast_sampling.py). Its value projections carry the
+output fusion: L convs C -> C per pixel plus, once per call, the L*C*C*C + C*C*L products that merge them
+(search_space/acla.py).
 """
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def backbone_macs(*, scale: int, in_channels: int, channels: int, blocks: int, h
 
 def acla_macs_per_pixel(*, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
                         active_keys: Sequence[float]) -> float:
-    """Per query pixel: the 1x1 predictors, the sampling and the merged value projection and fusion."""
+    """Per query pixel: the 1x1 predictors, the value projections (fusion folded in) and the sampling."""
     predicted = num_refs * keys_per_ref * (4 if adaptive else 3)  # offsets (2), logits (1), gates (1)
-    fixed = channels * predicted + (num_refs * channels + num_refs) * channels
-    sampling = 4 * (channels + 1) * sum(active_keys)  # 4 bilinear taps over C channels and the mass, per key
+    fixed = channels * predicted + num_refs * channels * channels
+    sampling = 4 * channels * sum(active_keys)  # 4 bilinear taps over the C channels, per key
     return fixed + sampling
 
 
@@ -64,7 +64,7 @@ def nonlocal_macs(*, channels: int, pixels: int, reduction: int = 2) -> int:
 def attention_macs(*, kind: str, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
                    active_keys: Sequence[float], pixels: int) -> float:
     if kind in ("acla", "cla"):
-        merge = channels * channels * (num_refs * channels + num_refs)  # once per call, not per pixel
+        merge = num_refs * channels ** 3 + channels * channels * num_refs  # once per call, not per pixel
         return merge + pixels * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
                                                     adaptive=adaptive, active_keys=active_keys)
     if kind == "nonlocal":

@@ -1,15 +1,14 @@
-"""ACLA's attention core, fused on the CPU.
+"""ACLA's attention, fused on the CPU.
 
-`attend(refs, offsets, logits, gates, keys_per_ref)` computes, per query pixel and in channels-last layout, the
-softmax weights of the keys whose gate is on and, for every reference layer l, the weighted sum of its keys read
-bilinearly from `refs[l]` (C channels); then one "mass" column per layer: the same weighted sum read from a map
-of ones, i.e. how much bilinear weight fell inside the image. With it a 1x1 projection with bias commutes exactly
-with the aggregation (acla.py projects after aggregating). The fused kernel (csrc/acla_aggregate.cpp, built on
-first use or by `make install`, with OpenMP threads and this CPU's vector units) never materialises the
-(B, C, K, H, W) samples and never reads a gated-off key; its backward gathers for the offset, logit and gate
-gradients and scatters into disjoint (image, layer, channel-block) slices of the value gradients, so it needs no
-atomics. Where it cannot be built or the tensors are not float CPU tensors, `reference_attend` (torch ops and
-grid_sample) runs instead; tests check that the two agree in forward and gradients.
+`attend(values, offsets, logits, gates, keys_per_ref, bias)` computes, per query pixel and in channels-last
+layout, the softmax weights of the keys whose gate is on, and the bias plus the weighted sum over all layers and
+keys of `values[l]` (the module's projected reference layers) read bilinearly at the keys' offsets. The fused
+kernel (csrc/acla_aggregate.cpp, built on first use or by `make install`, with OpenMP threads and this CPU's
+vector units) never materialises the (B, C, K, H, W) samples and never reads a gated-off key; its backward
+gathers for the offset, logit and gate gradients and scatters into disjoint (image, layer, channel-block)
+slices of the value gradients, so it needs no atomics. Where it cannot be built or the tensors are not float
+CPU tensors, `reference_attend` (torch ops and grid_sample) runs instead; tests check that the two agree in
+forward and gradients.
 """
 from __future__ import annotations
 
@@ -77,40 +76,31 @@ def masked_softmax(logits: torch.Tensor, gates: torch.Tensor | None, dim: int = 
 
 class _FusedAttend(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, keys, off_key_grads, offsets, logits, gates, *values):
+    def forward(ctx, keys, off_key_grads, offsets, logits, gates, bias, *values):
         gates = logits.new_empty(0) if gates is None else gates  # empty: every key on
-        out, weights = load_extension().forward(list(values), offsets, logits, gates, keys)
+        out, weights = load_extension().forward(list(values), offsets, logits, gates, bias, keys)
         ctx.keys, ctx.off_key_grads = keys, off_key_grads
-        ctx.save_for_backward(offsets, logits, gates, weights, *values)
+        ctx.save_for_backward(offsets, logits, gates, bias, weights, *values)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        offsets, logits, gates, weights, *values = ctx.saved_tensors
-        value_grad = any(ctx.needs_input_grad[5:])
-        *grad_values, grad_offsets, grad_logits, grad_gates = load_extension().backward(
-            values, offsets, logits, gates, weights, ctx.keys, grad_out, value_grad, ctx.off_key_grads)
-        return (None, None, grad_offsets, grad_logits, grad_gates if gates.numel() else None, *grad_values)
+        offsets, logits, gates, bias, weights, *values = ctx.saved_tensors
+        value_grad = any(ctx.needs_input_grad[6:])
+        *grad_values, grad_offsets, grad_logits, grad_gates, grad_bias = load_extension().backward(
+            values, offsets, logits, gates, bias, weights, ctx.keys, grad_out, value_grad, ctx.off_key_grads)
+        return (None, None, grad_offsets, grad_logits, grad_gates if gates.numel() else None, grad_bias, *grad_values)
 
 
-def reference_aggregate_layers(refs: Sequence[torch.Tensor], offsets: torch.Tensor, weights: torch.Tensor,
-                               keys: Sequence[int]) -> torch.Tensor:
-    """Per layer, the weighted sum of its keys read with grid_sample (`deformable_sample`), then the masses."""
-    parts, masses = [], []
-    for ref, offset, weight in zip(refs, offsets.split(list(keys), dim=3), weights.split(list(keys), dim=3)):
-        with_ones = torch.cat((ref, torch.ones_like(ref[:, :1])), dim=1)  # the last channel samples the mass
-        sampled = deformable_sample(with_ones, offset.permute(0, 3, 1, 2, 4))  # (B, C+1, k, H, W)
-        summed = (sampled * weight.permute(0, 3, 1, 2).unsqueeze(1)).sum(dim=2)  # (B, C+1, H, W)
-        parts.append(summed[:, :-1])
-        masses.append(summed[:, -1:])
-    return torch.cat(parts + masses, dim=1).permute(0, 2, 3, 1)
-
-
-def reference_attend(refs: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.Tensor,
-                     gates: torch.Tensor | None, keys_per_ref: int) -> torch.Tensor:
-    """`attend` through torch ops and grid_sample, on any device."""
+def reference_attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.Tensor,
+                     gates: torch.Tensor | None, keys_per_ref: int, bias: torch.Tensor) -> torch.Tensor:
+    """`attend` through torch ops and grid_sample (`deformable_sample`), on any device."""
     weights = masked_softmax(logits, gates)
-    return reference_aggregate_layers(refs, offsets, weights, [keys_per_ref] * len(refs))
+    out = bias
+    for value, offset, weight in zip(values, offsets.split(keys_per_ref, dim=3), weights.split(keys_per_ref, dim=3)):
+        sampled = deformable_sample(value, offset.permute(0, 3, 1, 2, 4))  # (B, C, k, H, W)
+        out = out + (sampled * weight.permute(0, 3, 1, 2).unsqueeze(1)).sum(dim=2).permute(0, 2, 3, 1)
+    return out
 
 
 _forced_reference = False
@@ -132,26 +122,26 @@ def fast_path_available(tensor: torch.Tensor) -> bool:
             and load_extension() is not None)
 
 
-def attend(refs: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.Tensor, gates: torch.Tensor | None,
-           keys_per_ref: int, off_key_grads: bool = True) -> torch.Tensor:
-    """ACLA's attention core: softmax weights over the gated-on keys, then `reference_aggregate_layers`.
+def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.Tensor, gates: torch.Tensor | None,
+           keys_per_ref: int, bias: torch.Tensor, off_key_grads: bool = True) -> torch.Tensor:
+    """ACLA's attention: softmax weights over the gated-on keys, then bias + the weighted bilinear reads.
 
-    refs: L maps (B, C, H, W); offsets (B, H, W, L*K, 2) in pixels (dx, dy), layer by layer; logits and gates
-    (B, H, W, L*K), gates 0/1 or None (all on). Returns (B, H, W, L*C + L): L blocks of C channels, then L masses.
-    `off_key_grads=False` skips the gradients of gated-off keys (a derived top-k module, whose gate gradient is
-    zero there), so that they cost nothing in the backward either.
+    values: L maps (B, C, H, W); offsets (B, H, W, L*K, 2) in pixels (dx, dy), layer by layer; logits and gates
+    (B, H, W, L*K), gates 0/1 or None (all on); bias (C). Returns (B, H, W, C). `off_key_grads=False` skips the
+    gradients of gated-off keys (a derived top-k module, whose gate gradient is zero there), so that they cost
+    nothing in the backward either.
     """
-    keys = len(refs) * keys_per_ref
+    keys = len(values) * keys_per_ref
     if offsets.shape[3:] != (keys, 2) or logits.shape[3] != keys or (gates is not None and gates.shape != logits.shape):
-        raise ValueError(f"{len(refs)} reference layers x {keys_per_ref} keys: offsets {tuple(offsets.shape)}, "
+        raise ValueError(f"{len(values)} reference layers x {keys_per_ref} keys: offsets {tuple(offsets.shape)}, "
                          f"logits {tuple(logits.shape)} must hold {keys} keys in dim 3")
-    dtype = refs[0].dtype
-    tensors = [offsets, logits] + ([] if gates is None else [gates])
-    if not (fast_path_available(refs[0]) and all(t.dtype == dtype for t in tensors)):
-        return reference_attend(refs, offsets, logits, gates, keys_per_ref)
-    values = [ref.permute(0, 2, 3, 1).contiguous() for ref in refs]  # free for channels-last maps
+    dtype = values[0].dtype
+    tensors = [offsets, logits, bias] + ([] if gates is None else [gates])
+    if not (fast_path_available(values[0]) and all(t.dtype == dtype and t.device == values[0].device for t in tensors)):
+        return reference_attend(values, offsets, logits, gates, keys_per_ref, bias)
+    maps = [value.permute(0, 2, 3, 1).contiguous() for value in values]  # free for channels-last maps
     return _FusedAttend.apply(keys_per_ref, off_key_grads, offsets.contiguous(), logits.contiguous(),
-                              None if gates is None else gates.contiguous(), *values)
+                              None if gates is None else gates.contiguous(), bias.contiguous(), *maps)
 
 
 def top_k_mask(scores: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:

@@ -25,14 +25,14 @@ def test_plain_backbone_equals_flop_counter(task, scale, in_channels, size):
 
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_acla_convs_counted_and_sampling_by_formula(adaptive):
-    # FlopCounterMode sees the 1x1 convs and the merged projection but not the sampling; the difference must be
-    # exactly the formula's 4 * (C + 1) MACs per active key and pixel (4 bilinear taps over C channels and the mass).
+    # FlopCounterMode sees the 1x1 convs and the merging products but not the sampling; the difference must be
+    # exactly the formula's 4 * C MACs per active key and pixel (4 bilinear taps over the C channels).
     keys = ((2,), (3,), (1, 4), (4, 4)) if adaptive else ((4,), (4,), (4, 4), (4, 4))
     genotype = Genotype(task="denoise", scale=1, in_channels=3, channels=6, blocks=4, stages=2,
                         attention="acla" if adaptive else "cla", max_keys=4, adaptive=adaptive,
                         positions=(0, 1, 2, 3), keys=keys)
     size = (5, 7)
-    sampling = 4 * (6 + 1) * sum(sum(k) for k in keys) * size[0] * size[1]
+    sampling = 4 * 6 * sum(sum(k) for k in keys) * size[0] * size[1]
     assert genotype_macs(genotype, size) - counted_macs(build_network(genotype).eval(), size, 3) == sampling
 
 

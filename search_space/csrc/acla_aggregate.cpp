@@ -1,10 +1,9 @@
-// Fused ACLA attention core on the CPU, channels-last. For query q, with Kt = L*K keys (layer by layer):
-//   w[q, :]         = softmax of logits[q, :] over the keys whose gate is 1 (all keys when there are no gates)
-//   out[q, l*C + c] = sum_{k in layer l} w[q,k] * bilinear(value_l[:, :, c], x + dx_k, y + dy_k)
-//   out[q, L*C + l] = sum_{k in layer l} w[q,k] * mass_k  (mass_k: bilinear weight of the taps inside the image)
-// The mass column lets the module apply its 1x1 value projections, biases included, after the aggregation
-// (search_space/acla.py). Gated-off keys are never read. The backward gathers per query for the offset, logit
-// and gate gradients and scatters into the value gradient from tasks that own disjoint (image, layer,
+// Fused ACLA attention on the CPU, channels-last. For query q, with Kt = L*K keys (layer by layer):
+//   w[q, :]   = softmax of logits[q, :] over the keys whose gate is 1 (all keys when there are no gates)
+//   out[q, c] = bias[c] + sum_l sum_{k in layer l} w[q,k] * bilinear(value_l[:, :, c], x + dx_k, y + dy_k)
+// The values are the module's projected reference layers (search_space/acla.py). Gated-off keys are never read,
+// and the (B, C, K, H, W) samples are never materialised. The backward gathers per query for the offset, logit
+// and gate gradients and scatters into the value gradients from tasks that own disjoint (image, layer,
 // channel-block) slices, so it needs no atomics.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -46,8 +45,8 @@ struct Problem {
   const scalar_t* offsets;              // (B, H, W, Kt, 2) as (dx, dy)
   const scalar_t* logits;               // (B, H, W, Kt)
   const scalar_t* gates;                // (B, H, W, Kt) of 0/1, or nullptr: every key on
+  const scalar_t* bias;                 // (C)
   int64_t B, H, W, C, L, K, Kt;
-  int64_t row() const { return L * C + L; }  // output row per query
 };
 
 // The masked softmax of one query: exp(logit - max) for every key (into e), the weights (into w), and the
@@ -71,7 +70,7 @@ inline scalar_t masked_softmax(const scalar_t* logits, const scalar_t* gates, in
 // CT > 0 fixes the channel count at compile time so the channel loops unroll into registers.
 template <typename scalar_t, int CT>
 void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights) {
-  const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W, row = p.row();
+  const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W;
   at::parallel_for(0, p.B * HW, 16, [&](int64_t begin, int64_t end) {
     scalar_t acc[CT > 0 ? CT : 1];
     std::vector<scalar_t> e(p.Kt);
@@ -79,12 +78,11 @@ void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights
       const int64_t b = q / HW, pixel = q % HW, y = pixel / p.W, x = pixel % p.W;
       scalar_t* w = weights + q * p.Kt;
       masked_softmax<scalar_t>(p.logits + q * p.Kt, p.gates ? p.gates + q * p.Kt : nullptr, p.Kt, e.data(), w);
+      scalar_t* o = out + q * C;
+      scalar_t* a = CT > 0 ? acc : o;  // a register-sized local accumulator when C is known
+      for (int64_t c = 0; c < C; ++c) a[c] = p.bias[c];
       for (int64_t l = 0; l < p.L; ++l) {
-        scalar_t* o = out + q * row + l * C;
-        scalar_t* a = CT > 0 ? acc : o;  // a register-sized local accumulator when C is known
-        for (int64_t c = 0; c < C; ++c) a[c] = 0;
         const scalar_t* base = p.values[l] + b * HW * C;
-        scalar_t mass = 0;
         for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
           if (w[k] == 0) continue;  // a gated-off key costs nothing
           const scalar_t* d = p.offsets + (q * p.Kt + k) * 2;
@@ -92,16 +90,14 @@ void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights
           for (int i = 0; i < 4; ++i) {
             if (t.weight[i] == 0) continue;
             const scalar_t tw = w[k] * t.weight[i];
-            mass += tw;
             const scalar_t* v = base + t.index[i] * C;
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) a[c] += tw * v[c];
           }
         }
-        if (CT > 0)
-          for (int64_t c = 0; c < C; ++c) o[c] = a[c];
-        out[q * row + p.L * C + l] = mass;
       }
+      if (CT > 0)
+        for (int64_t c = 0; c < C; ++c) o[c] = a[c];
     }
   });
 }
@@ -117,7 +113,7 @@ template <typename scalar_t, int CT>
 void backward_task(const Problem<scalar_t>& p, const scalar_t* weights, const scalar_t* grad_out,
                    scalar_t* grad_value, scalar_t* partial, BackwardOptions opt, int64_t b, int64_t l, int64_t c0,
                    int64_t c1) {
-  const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W, row = p.row();
+  const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W;
   const int64_t width = CT > 0 ? CT : c1 - c0;  // CT > 0 only for the whole channel range
   const scalar_t* base = p.values[l] + b * HW * C + c0;
   scalar_t* gbase = grad_value ? grad_value + b * HW * C + c0 : nullptr;
@@ -125,8 +121,7 @@ void backward_task(const Problem<scalar_t>& p, const scalar_t* weights, const sc
     for (int64_t pixel = 0; pixel < HW; ++pixel) std::fill(gbase + pixel * C, gbase + pixel * C + width, scalar_t(0));
   for (int64_t pixel = 0; pixel < HW; ++pixel) {
     const int64_t q = b * HW + pixel, y = pixel / p.W, x = pixel % p.W;
-    const scalar_t* g = grad_out + q * row + l * C + c0;
-    const scalar_t gm = c0 == 0 ? grad_out[q * row + p.L * C + l] : 0;  // the mass column, counted once
+    const scalar_t* g = grad_out + q * C + c0;
     for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
       scalar_t* out = partial + (q * p.Kt + k) * 3;
       const scalar_t wk = weights[q * p.Kt + k];
@@ -140,7 +135,7 @@ void backward_task(const Problem<scalar_t>& p, const scalar_t* weights, const sc
       for (int i = 0; i < 4; ++i) {
         if (t.index[i] < 0) continue;
         const scalar_t* v = base + t.index[i] * C;
-        scalar_t dot = gm;  // the mass column reads a constant 1 at every inside tap
+        scalar_t dot = 0;
 #pragma omp simd reduction(+ : dot)
         for (int64_t c = 0; c < width; ++c) dot += g[c] * v[c];
         gw += t.weight[i] * dot;
@@ -189,7 +184,8 @@ void softmax_backward(const Problem<scalar_t>& p, const scalar_t* weights, const
 
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const std::vector<torch::Tensor>& values, const torch::Tensor& offsets,
-                               const torch::Tensor& logits, const torch::Tensor& gates, int64_t keys) {
+                               const torch::Tensor& logits, const torch::Tensor& gates, const torch::Tensor& bias,
+                               int64_t keys) {
   TORCH_CHECK(!values.empty() && values[0].dim() == 4, "values must be (B, H, W, C) maps");
   const auto& v0 = values[0];
   Problem<scalar_t> p;
@@ -206,8 +202,10 @@ Problem<scalar_t> make_problem(const std::vector<torch::Tensor>& values, const t
   };
   check(offsets, {p.B, p.H, p.W, p.Kt, 2}, "offsets");
   check(logits, {p.B, p.H, p.W, p.Kt}, "logits");
+  check(bias, {p.C}, "bias");
   p.offsets = offsets.data_ptr<scalar_t>();
   p.logits = logits.data_ptr<scalar_t>();
+  p.bias = bias.data_ptr<scalar_t>();
   p.gates = nullptr;
   if (gates.defined() && gates.numel() > 0) {
     check(gates, {p.B, p.H, p.W, p.Kt}, "gates");
@@ -232,13 +230,13 @@ void dispatch_channels(int64_t C, Fn&& fn) {
 
 }  // namespace
 
-// Returns the aggregation (B, H, W, L*C + L) and the attention weights (B, H, W, Kt).
+// Returns the output (B, H, W, C) and the attention weights (B, H, W, Kt).
 std::vector<torch::Tensor> acla_forward(std::vector<torch::Tensor> values, torch::Tensor offsets, torch::Tensor logits,
-                                        torch::Tensor gates, int64_t keys) {
+                                        torch::Tensor gates, torch::Tensor bias, int64_t keys) {
   std::vector<torch::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_forward", [&] {
-    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, keys);
-    auto out = torch::empty({p.B, p.H, p.W, p.row()}, values[0].options());
+    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, bias, keys);
+    auto out = torch::empty_like(values[0]);
     auto weights = torch::empty_like(logits);
     dispatch_channels(p.C, [&](auto ct) {
       forward_kernel<scalar_t, decltype(ct)::value>(p, out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
@@ -249,15 +247,16 @@ std::vector<torch::Tensor> acla_forward(std::vector<torch::Tensor> values, torch
 }
 
 // Returns the value gradients (one per map; empty without value_grad), then the offset, logit and gate
-// gradients (the last empty without gates).
+// gradients (empty without gates), then the bias gradient.
 std::vector<torch::Tensor> acla_backward(std::vector<torch::Tensor> values, torch::Tensor offsets, torch::Tensor logits,
-                                         torch::Tensor gates, torch::Tensor weights, int64_t keys,
+                                         torch::Tensor gates, torch::Tensor bias, torch::Tensor weights, int64_t keys,
                                          torch::Tensor grad_out, bool value_grad, bool off_key_grads) {
   grad_out = grad_out.contiguous();
   std::vector<torch::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_backward", [&] {
-    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, keys);
-    TORCH_CHECK(grad_out.sizes() == torch::IntArrayRef({p.B, p.H, p.W, p.row()}), "grad_out has the wrong shape");
+    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, bias, keys);
+    TORCH_CHECK(grad_out.sizes() == values[0].sizes() && grad_out.scalar_type() == values[0].scalar_type(),
+                "the output gradient must match the values");
     TORCH_CHECK(weights.is_contiguous() && weights.sizes() == logits.sizes(), "weights must match the logits");
     // Enough (image, layer) tasks keep every thread busy; otherwise split the channels into blocks as well.
     const int64_t tasks = p.B * p.L, threads = at::get_num_threads();
@@ -293,6 +292,7 @@ std::vector<torch::Tensor> acla_backward(std::vector<torch::Tensor> values, torc
     result.push_back(grad_offsets);
     result.push_back(grad_logits);
     result.push_back(grad_gates);
+    result.push_back(grad_out.view({-1, p.C}).sum(0));  // the bias gradient
   });
   return result;
 }
