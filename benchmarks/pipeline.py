@@ -1,6 +1,7 @@
 """Quick-profile training throughput: the share of a step spent on data, and steps per second for the plain
-backbone and for a genotype with 2 ACLA modules, on the embedded images (car, q=10). Prints JSON.
-Usage: python benchmarks/pipeline.py [--steps N] [--task car]"""
+backbone and for a genotype with 2 ACLA modules, on the embedded images (car, q=10); and the seconds per search
+step of the quick supernet (an ACLA candidate after every block; one weight and one architecture update).
+Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car]"""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,8 @@ from workers.profiles import get_profile
 from workers.tasks import task_from_options
 from workers.train import make_sampler, train_step
 from search_space.backbone import build_network
+from search_space.search import search_architecture
+from search_space.supernet import Supernet
 
 
 def measure(genotype: Genotype, task, profile, steps: int) -> dict:
@@ -34,6 +37,20 @@ def measure(genotype: Genotype, task, profile, steps: int) -> dict:
     return {"steps_per_s": round(steps / (data_s + compute_s), 3), "data_share": round(data_s / (data_s + compute_s), 4)}
 
 
+def measure_search(base: Genotype, task, profile, steps: int) -> dict:
+    """Seconds per search step (weight update + architecture update, each on its own batch), data included."""
+    train_set, _ = embedded_sets()
+    sampler = make_sampler(task, train_set, profile, seed=0)
+    supernet = Supernet(base=base)
+
+    def run(count: int) -> None:
+        search_architecture(supernet=supernet, batches=sampler, budget_macs=1e15, steps=count, report_every=count)
+    run(1)  # warm-up
+    start = time.perf_counter()
+    run(steps)
+    return {"seconds_per_step": round((time.perf_counter() - start) / steps, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20)
@@ -49,7 +66,9 @@ def main() -> None:
     print(json.dumps({"profile": profile.name, "task": task.label, "batch": profile.batch_size,
                       "patch": profile.patch, "threads": torch.get_num_threads(),
                       "plain": measure(plain, task, profile, args.steps),
-                      "two_acla": measure(two_acla, task, profile, args.steps)}, indent=2))
+                      "two_acla": measure(two_acla, task, profile, args.steps),
+                      "search_supernet": measure_search(Genotype(**base, attention="acla", max_keys=profile.max_keys),
+                                                        task, profile, args.steps)}, indent=2))
 
 
 if __name__ == "__main__":
