@@ -43,21 +43,29 @@ def _cpu_tag() -> tuple[str, list[str]]:
 
 @functools.lru_cache(maxsize=1)
 def load_extension():
-    """The compiled extension, or None (with a warning) where it cannot be built."""
+    """The compiled extension, or None (with a one-line warning) where it cannot be built.
+
+    Built for this CPU first; if the compiler rejects that, once more with portable flags.
+    """
     if os.environ.get("ACLA_DISABLE_FAST_SAMPLING"):
         return None
-    try:
-        from torch.utils.cpp_extension import load
-        tag, arch_flags = _cpu_tag()
-        root = Path(os.environ.get("ACLA_EXTENSION_DIR", Path.home() / ".cache" / "acla-orch"))
-        build_dir = root / f"torch-{torch.__version__}" / tag / "acla_aggregate"
-        build_dir.mkdir(parents=True, exist_ok=True)
-        return load(name="acla_aggregate", sources=[str(_SOURCE)], build_directory=str(build_dir),
-                    extra_cflags=["-O3", "-fopenmp", *arch_flags], extra_ldflags=["-fopenmp"],
-                    verbose=False)
-    except Exception as err:  # no compiler, no ninja, a read-only cache: the reference path still works
-        warnings.warn(f"acla-orch: fast CPU sampling unavailable, using grid_sample ({err.__class__.__name__}: {err})")
-        return None
+    tag, arch_flags = _cpu_tag()
+    attempts = [(tag, arch_flags)] + ([(f"{platform.machine()}-portable", [])] if arch_flags else [])
+    error: Exception | None = None
+    for build_tag, flags in attempts:
+        try:
+            from torch.utils.cpp_extension import load
+            root = Path(os.environ.get("ACLA_EXTENSION_DIR", Path.home() / ".cache" / "acla-orch"))
+            build_dir = root / f"torch-{torch.__version__}" / build_tag / "acla_aggregate"
+            build_dir.mkdir(parents=True, exist_ok=True)
+            return load(name="acla_aggregate", sources=[str(_SOURCE)], build_directory=str(build_dir),
+                        extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as err:  # no compiler, no ninja, a read-only cache: the reference path still works
+            error = err
+    first_line = (str(error).strip().splitlines() or [""])[0][:200]
+    warnings.warn(f"acla-orch: fast CPU attention unavailable, using the grid_sample reference "
+                  f"({error.__class__.__name__}: {first_line})")
+    return None
 
 
 def masked_softmax(logits: torch.Tensor, gates: torch.Tensor | None, dim: int = -1) -> torch.Tensor:

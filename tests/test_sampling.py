@@ -83,3 +83,24 @@ def test_masked_softmax_all_gates_off_has_finite_gate_gradient():
     upstream = torch.tensor([0.3, -1.0, 2.0])
     (masked_softmax(logits, gates) * upstream).sum().backward()
     torch.testing.assert_close(gates.grad, torch.softmax(logits, 0) * upstream)
+
+
+def test_unbuildable_kernel_falls_back_with_one_warning_line(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+    from search_space import fast_sampling
+
+    def broken_build(**kwargs):
+        raise RuntimeError("Error building extension 'acla_aggregate'\nc++: error: unrecognized option\nmore log")
+    monkeypatch.setattr(cpp_extension, "load", broken_build)
+    fast_sampling.load_extension.cache_clear()
+    try:
+        with pytest.warns(UserWarning) as caught:
+            assert fast_sampling.load_extension() is None
+        message = str(caught[0].message)
+        assert "grid_sample reference" in message and "\n" not in message
+        values = [torch.randn(1, 3, 4, 5)]
+        offsets, logits = torch.zeros(1, 4, 5, 2, 2), torch.zeros(1, 4, 5, 2)
+        out = fast_sampling.attend(values, offsets, logits, None, 2, torch.zeros(3))
+        torch.testing.assert_close(out, values[0].permute(0, 2, 3, 1))  # two keys on the query pixel, weights 1/2
+    finally:
+        fast_sampling.load_extension.cache_clear()  # the next caller builds (or loads) the real kernel again
