@@ -93,8 +93,14 @@ def search_architecture(
     report_every: int = 10,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
     key_momentum: float = 0.9,
+    warmup_steps: int = 0,
 ) -> SearchOutcome:
-    """Alternate weight and architecture steps on separate batches; return the derived genotype."""
+    """Alternate weight and architecture steps on separate batches; return the derived genotype.
+
+    The first `warmup_steps` steps train the weights only: a new module starts as the identity, and until its
+    weights have learned something its first effect on the loss is noise, which would push every position
+    probability down before any module has had a chance (the early bias DARTS variants warm up against).
+    """
     check_budget(supernet.base, budget_macs)
     supernet.set_gate_temperature(gate_temperature)
     weight_opt = torch.optim.Adam(supernet.weight_parameters(), lr=weight_lr)
@@ -114,8 +120,9 @@ def search_architecture(
         val_loss = loss_fn(supernet(inputs), targets)
         expected = supernet.expected_macs()
         penalty = penalty_weight * budget_penalty(expected, budget_macs)
-        (val_loss + penalty).backward()
-        arch_opt.step()
+        if step > warmup_steps:
+            (val_loss + penalty).backward()
+            arch_opt.step()
 
         keys_now = supernet.active_keys()
         keys_avg = keys_now if keys_avg is None else [

@@ -108,3 +108,20 @@ def test_search_on_random_data_respects_budget(attention):
 def test_search_rejects_infeasible_budget():
     with pytest.raises(BudgetError):
         search_architecture(supernet=Supernet(base=BASE), batches=_random_batches(), budget_macs=BARE / 2, steps=1)
+
+
+def test_warmup_steps_train_weights_only():
+    torch.manual_seed(0)
+    supernet = Supernet(base=BASE, alpha_init=1.0)
+    gates_before = [p.detach().clone() for p in supernet.arch_parameters()]
+    weights_before = [p.detach().clone() for p in supernet.weight_parameters()]
+    reports = []
+    search_architecture(supernet=supernet, batches=_random_batches(), budget_macs=BARE * 1.15, steps=3,
+                        arch_lr=0.05, warmup_steps=3, report=reports.append, report_every=1)
+    assert all(torch.equal(a, b) for a, b in zip(supernet.arch_parameters(), gates_before))
+    assert any(not torch.equal(a, b) for a, b in zip(supernet.weight_parameters(), weights_before))
+    assert [r["position_probs"] for r in reports] == [[round(torch.sigmoid(torch.tensor(1.0)).item(), 4)] * 4] * 3
+    # after the warm-up the architecture moves (the penalty is active over the budget)
+    search_architecture(supernet=supernet, batches=_random_batches(), budget_macs=BARE * 1.15, steps=4,
+                        arch_lr=0.05, warmup_steps=3)
+    assert not torch.equal(supernet.alpha.detach(), gates_before[0])

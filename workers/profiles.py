@@ -32,6 +32,7 @@ class Profile:
     weight_lr: float = 1e-3
     arch_lr: float = 3e-3
     log_every: int = 10
+    search_warmup: int = 0  # first search steps that train the weights only (search_architecture's warmup_steps)
 
 
 PROFILES = {
@@ -43,7 +44,8 @@ PROFILES = {
                      concurrency=2, log_every=20),
     "paper": Profile("paper", channels=64, blocks=16, stages=4, max_keys=9, patch=48, batch_size=16, lr=1e-4,
                      lr_step=200_000, search_steps=50_000, train_steps=100_000, retrain_steps=600_000,
-                     valid_crop=0, trials=32, concurrency=4, weight_lr=1e-4, arch_lr=3e-4, log_every=1000),
+                     valid_crop=0, trials=32, concurrency=4, weight_lr=1e-4, arch_lr=3e-4, log_every=1000,
+                     search_warmup=10_000),
 }
 
 

@@ -62,6 +62,6 @@ def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: R
     outcome = search_architecture(supernet=supernet, batches=batches, budget_macs=config.budget_macs,
                                   steps=profile.search_steps, weight_lr=config.weight_lr, arch_lr=config.arch_lr,
                                   penalty_weight=config.penalty_weight, gate_temperature=config.gate_temperature,
-                                  report=report, report_every=profile.log_every)
+                                  report=report, report_every=profile.log_every, warmup_steps=profile.search_warmup)
     return SearchResult(genotype=outcome.genotype, macs=genotype_macs(outcome.genotype), outcome=outcome,
                         supernet_state={k.removeprefix("net."): v for k, v in supernet.state_dict().items()})
