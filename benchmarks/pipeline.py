@@ -1,5 +1,6 @@
 """Quick-profile training throughput: the share of a step spent on data, and steps per second for the plain
-backbone and for a genotype with 2 ACLA modules, on the embedded images (car, q=10); and the seconds per search
+backbone, a genotype with 2 ACLA modules and one with 7 (what a 120-step search with a 40-step warm-up derived on
+car: README), on the embedded images (car, q=10); and the seconds per search
 step of the quick supernet (an ACLA candidate after every block; one weight and one architecture update).
 Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car]"""
 from __future__ import annotations
@@ -63,10 +64,13 @@ def main() -> None:
     plain = Genotype(**base)
     two_acla = Genotype(**base, attention="acla", adaptive=True, max_keys=profile.max_keys, positions=(3, 7),
                         keys=((5, 5), (5, 5, 5, 5)))
+    seven_acla = Genotype(**base, attention="acla", adaptive=True, max_keys=profile.max_keys,
+                          positions=tuple(range(7)), keys=((8,), (8,), (8, 8), (8, 8), (8, 8, 8), (8, 8, 8), (8,) * 4))
     print(json.dumps({"profile": profile.name, "task": task.label, "batch": profile.batch_size,
                       "patch": profile.patch, "threads": torch.get_num_threads(),
                       "plain": measure(plain, task, profile, args.steps),
                       "two_acla": measure(two_acla, task, profile, args.steps),
+                      "seven_acla": measure(seven_acla, task, profile, args.steps),
                       "search_supernet": measure_search(Genotype(**base, attention="acla", max_keys=profile.max_keys),
                                                         task, profile, args.steps)}, indent=2))
 
