@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -40,13 +41,31 @@ def mlflow_client(run):
 
 
 def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected 1 or more") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected {lowest} or more") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} must be {lowest} or more")
     return value
+
+
+def search_profile(args, profile):
+    """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
+    steps = args.search_steps or profile.search_steps
+    warmup = profile.search_warmup if args.search_warmup is None else args.search_warmup
+    if warmup >= steps:
+        raise UsageError(f"--search-warmup {warmup} leaves no architecture step in a {steps}-step search; "
+                         f"expected fewer warm-up steps than --search-steps")
+    return dataclasses.replace(profile, search_steps=steps, search_warmup=warmup)
 
 
 def trial_settings(args, task, profile, data, budget):
@@ -169,6 +188,7 @@ def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> 
     name = experiment_name(task.name)
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name, "git_commit": git_commit(),
+            "search_steps": str(profile.search_steps), "search_warmup": str(profile.search_warmup),
             "command_line": request.command_line[:4000]}
     parent_id = start_parent(client, experiment_id, run_name=f"search-{task.label}-{budget_label(budget)}", tags=tags)
     progress, reporter = progress_reporter(not args.json)
@@ -262,7 +282,7 @@ def command_search(args: argparse.Namespace) -> int:
     from .driver import ray_session
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     task = task_spec_from_args(args)
-    profile, data = profile_from_args(args), data_from_args(args)
+    profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
     budgets = args.budgets if getattr(args, "budgets", None) else [args.budget]
     from .driver import check_feasible
     for budget in budgets:  # all input checks before any work starts
@@ -399,6 +419,10 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
         parser.add_argument("--attention", default="acla", choices=("acla", "cla", "nonlocal"))
         parser.add_argument("--trials", type=positive_int, help="outer-search trials (default: the profile's)")
         parser.add_argument("--concurrency", type=positive_int, help="trials at once (default: the profile's)")
+        parser.add_argument("--search-steps", type=positive_int,
+                            help="differentiable-search steps per trial (default: the profile's)")
+        parser.add_argument("--search-warmup", type=non_negative_int,
+                            help="first search steps that train the weights only (default: the profile's)")
         parser.add_argument("--retrain-top", type=positive_int, default=1,
                             help="retrain the best trial (1, default) or the top k Pareto-front members")
         parser.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")

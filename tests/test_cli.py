@@ -51,6 +51,9 @@ def test_cost_help_says_flop_is_mac(tmp_path):
     ["cost", "--task", "car", "--scale", "2", "--budget", "5G"],
     ["search", "--task", "car", "--budget", "1M", "--profile", "smoke"],
     ["search", "--task", "car", "--budget", "50G", "--profile", "huge"],
+    ["search", "--task", "car", "--budget", "50G", "--profile", "smoke", "--search-steps", "3", "--search-warmup", "3"],
+    ["search", "--task", "car", "--budget", "50G", "--profile", "smoke", "--search-warmup=-1"],
+    ["search", "--task", "car", "--budget", "50G", "--profile", "smoke", "--search-steps", "0"],
 ])
 def test_bad_input_is_one_line_exit_2(args, tmp_path):
     out = run(*args, cwd=tmp_path)

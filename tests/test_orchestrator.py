@@ -73,9 +73,13 @@ def check_search(summary, tracking_uri):
 
 
 def test_search_end_to_end_sqlite(run_dir):
-    out = acla("search", "--budget", "2GFLOPs", "--task", "car", "--profile", "smoke", "--json", home=run_dir)
+    out = acla("search", "--budget", "2GFLOPs", "--task", "car", "--profile", "smoke", "--search-steps", "4",
+               "--search-warmup", "2", "--json", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)  # stdout is the JSON alone
+    from mlflow.tracking import MlflowClient
+    tags = MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(summary["parent_run_id"]).data.tags
+    assert (tags["search_steps"], tags["search_warmup"]) == ("4", "2")  # the overrides reached the search
     assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained"}
     assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "params", "psnr",
                                          "ssim", "pareto", "retrained_psnr", "artifact_uri"}
