@@ -164,4 +164,4 @@ def top_k_mask(scores: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
 
 
 if __name__ == "__main__":  # `python -m search_space.fast_sampling`: build now (the install step runs this)
-    print("fast CPU sampling:", "built" if load_extension() is not None else "unavailable (reference path)")
+    print("fast CPU attention kernel:", "built" if load_extension() is not None else "unavailable (reference path)")
