@@ -117,10 +117,12 @@ def search_architecture(
 
         inputs, targets = next(batches)
         arch_opt.zero_grad(set_to_none=True)
-        val_loss = loss_fn(supernet(inputs), targets)
-        expected = supernet.expected_macs()
-        penalty = penalty_weight * budget_penalty(expected, budget_macs)
-        if step > warmup_steps:
+        arch_step = step > warmup_steps
+        with torch.set_grad_enabled(arch_step):  # during the warm-up the validation loss is only reported
+            val_loss = loss_fn(supernet(inputs), targets)
+            expected = supernet.expected_macs()
+            penalty = penalty_weight * budget_penalty(expected, budget_macs)
+        if arch_step:
             (val_loss + penalty).backward()
             arch_opt.step()
 
