@@ -102,16 +102,12 @@ void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights
   });
 }
 
-struct BackwardOptions {
-  bool value_grad;     // scatter into the value gradients
-  bool off_key_grads;  // gradients for gated-off keys too (hard-concrete gates); not for a derived top-k module
-};
-
 // One (image, layer, channel block [c0, c1)) task. Partial dot products over the block go to `partial`
-// (3 per query and key: d loss / d w, then the offset gradient); the caller sums the blocks.
+// (3 per query and key: d loss / d w, then the offset gradient); the caller sums the blocks. Without
+// `grad_value` nothing is scattered; without `off_key_grads` (a derived top-k module) gated-off keys are skipped.
 template <typename scalar_t, int CT>
 void backward_task(const Problem<scalar_t>& p, const scalar_t* weights, const scalar_t* grad_out,
-                   scalar_t* grad_value, scalar_t* partial, BackwardOptions opt, int64_t b, int64_t l, int64_t c0,
+                   scalar_t* grad_value, scalar_t* partial, bool off_key_grads, int64_t b, int64_t l, int64_t c0,
                    int64_t c1) {
   const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W;
   const int64_t width = CT > 0 ? CT : c1 - c0;  // CT > 0 only for the whole channel range
@@ -125,7 +121,7 @@ void backward_task(const Problem<scalar_t>& p, const scalar_t* weights, const sc
     for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
       scalar_t* out = partial + (q * p.Kt + k) * 3;
       const scalar_t wk = weights[q * p.Kt + k];
-      if (!opt.off_key_grads && p.gates && p.gates[q * p.Kt + k] == 0) {
+      if (!off_key_grads && p.gates && p.gates[q * p.Kt + k] == 0) {
         out[0] = out[1] = out[2] = 0;
         continue;
       }
@@ -268,7 +264,6 @@ std::vector<torch::Tensor> acla_backward(std::vector<torch::Tensor> values, torc
       grad_ptrs.push_back(value_grad ? result.back().data_ptr<scalar_t>() : nullptr);
     }
     auto partial = torch::empty({blocks * per_block}, offsets.options());
-    const BackwardOptions opt{value_grad, off_key_grads};
     const scalar_t* w = weights.data_ptr<scalar_t>();
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
     scalar_t* part = partial.data_ptr<scalar_t>();
@@ -278,9 +273,10 @@ std::vector<torch::Tensor> acla_backward(std::vector<torch::Tensor> values, torc
           const int64_t b = task / (p.L * blocks), l = (task / blocks) % p.L, cb = task % blocks;
           const int64_t c0 = std::min(p.C, cb * block), c1 = std::min(p.C, c0 + block);
           if (blocks == 1)
-            backward_task<scalar_t, decltype(ct)::value>(p, w, g, grad_ptrs[l], part, opt, b, l, 0, p.C);
+            backward_task<scalar_t, decltype(ct)::value>(p, w, g, grad_ptrs[l], part, off_key_grads, b, l, 0, p.C);
           else
-            backward_task<scalar_t, 0>(p, w, g, grad_ptrs[l], part + cb * per_block, opt, b, l, c0, c1);
+            backward_task<scalar_t, 0>(p, w, g, grad_ptrs[l], part + cb * per_block, off_key_grads, b, l, c0,
+                                       c1);
         }
       });
     });
