@@ -77,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--json", action="store_true", help="print JSON")
     cost.set_defaults(handler=command_cost)
 
-    from .commands import register_orchestrator_commands
+    from .ablate import register_ablate
+    from .commands import add_platform_args, register_orchestrator_commands
     from .local_commands import add_data_args, register_local_commands
     register_orchestrator_commands(verbs, add_task_args=add_task_args, budget_arg=budget_arg, add_data_args=add_data_args)
+    register_ablate(verbs, add_task_args=add_task_args, budget_arg=budget_arg, add_platform_args=add_platform_args)
     register_local_commands(verbs, add_task_args=add_task_args, budget_arg=budget_arg)
     return parser
 

@@ -230,6 +230,8 @@ def summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
         trials.append({"trial": item["trial"], "run_id": item["run_id"],
                        "backbone": {"channels": genotype["channels"], "blocks": genotype["blocks"], "stages": genotype["stages"]},
                        "positions": genotype["positions"], "keys": genotype["keys"], "macs": int(item["result"]["macs"]),
+                       "proxy_macs": int(item["result"].get("proxy_macs", item["result"]["macs"])),
+                       "position_scores": json.loads(item["result"].get("position_scores", "[]")),
                        "params": int(item["result"]["params"]), "psnr": round(item["result"]["psnr"], 4),
                        "ssim": round(item["result"]["ssim"], 4), "pareto": bool(front.get(item["run_id"], False)),
                        "retrained_psnr": by_trial.get(item["run_id"], {}).get("psnr"),
@@ -244,12 +246,14 @@ def print_summary(summary: dict) -> None:
     from search_space.budget import format_macs
     table = Table(title=f"{summary['experiment']} search {summary['parent_run_id'][:8]}: "
                         f"{summary['task']} within {format_macs(summary['budget_macs'])}MACs")
-    for column in ("trial", "backbone", "positions", "keys", "MACs", "PSNR", "front", "retrained PSNR", "artifacts"):
+    for column in ("trial", "backbone", "positions", "keys", "MACs (proxy)", "PSNR (proxy)", "front", "retrained PSNR",
+                   "artifacts"):
         table.add_column(column)
     for t in summary["trials"]:
         b = t["backbone"]
         table.add_row(t["trial"], f"{b['channels']}ch x {b['blocks']}", str(t["positions"]), str(t["keys"]),
-                      format_macs(t["macs"]), f"{t['psnr']:.2f}", "*" if t["pareto"] else "",
+                      f"{format_macs(t['macs'])} ({format_macs(t['proxy_macs'])})", f"{t['psnr']:.2f}",
+                      "*" if t["pareto"] else "",
                       "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.2f}", t["artifact_uri"])
     Console().print(table)
 

@@ -135,9 +135,11 @@ def budget_label(budget_macs: float) -> str:
     return f"budget-{giga:g}G" if giga >= 1 and float(giga).is_integer() else f"budget-{budget_macs / 1e6:g}M".replace(".", "p")
 
 
-def search_space(feasible: list[str]) -> dict:
+def search_space(feasible: list[str], profile) -> dict:
+    """Optuna's space: the budget's backbones, and the search's rates within 3x of the profile's."""
     return {"backbone": tune.choice(feasible), "penalty_weight": tune.loguniform(0.1, 10.0),
-            "weight_lr": tune.loguniform(3e-4, 3e-3), "arch_lr": tune.loguniform(1e-3, 3e-2),
+            "weight_lr": tune.loguniform(profile.weight_lr / 3, profile.weight_lr * 3),
+            "arch_lr": tune.loguniform(profile.arch_lr / 3, profile.arch_lr * 3),
             "gate_temperature": tune.uniform(0.5, 2.0)}
 
 
@@ -162,7 +164,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     feasible = check_feasible(settings)
     storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
     study = f"acla-{settings.task.label}-{budget_label(settings.budget_macs)}-{settings.profile.name}"
-    searcher = OptunaSearch(space=search_space(feasible), metric=["psnr", "macs"], mode=["max", "min"],
+    searcher = OptunaSearch(space=search_space(feasible, settings.profile), metric=["psnr", "macs"], mode=["max", "min"],
                             study_name=study, storage=storage,
                             sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4))
     search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label,

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from .pareto import pareto_front, plot_front
 
-TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "params",
-                 "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
+TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
+                 "proxy_channels", "params", "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
 
 
 def experiment_name(task_name: str) -> str:
@@ -56,12 +56,19 @@ def log_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial
                                   **search_tags})
     run_id = run.info.run_id
     fields = {**{k: v for k, v in params.items()}, **{f"genotype.{k}": v for k, v in genotype.items()}}
+    scores = json.loads(result.get("position_scores", "[]"))
+    per_position = [Metric(f"position_{kind}_{s['position']}", float(s[kind]), 0, 0)
+                    for s in scores for kind in ("score", "spread", "prob")]
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in fields.items()],
-                     metrics=[Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result])
+                     metrics=[Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result] + per_position)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "genotype.json"
         path.write_text(result["genotype"])
         client.log_artifact(run_id, str(path))
+        if scores:
+            path = Path(folder) / "position_scores.json"
+            path.write_text(json.dumps(scores, indent=1))
+            client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

@@ -4,27 +4,24 @@ overhead benchmark calls it directly.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
+from search_space.backbone import build_network
 from search_space.cost import count_parameters, genotype_macs
 from search_space.genotype import Genotype
 
 from workers.profiles import Profile
-from workers.search_run import SearchConfig, run_search
+from workers.search_run import SearchConfig, position_scores, run_search
 from workers.tasks import TaskSpec
 from workers.train import DataSpec, Report, train
 
-# Widths and depths the outer search may pick, per profile. Depth is a multiple of the stage count.
-BACKBONE_CHOICES = {
-    "smoke": {"channels": (8,), "blocks": (4,), "stages": 2},
-    "quick": {"channels": (16, 24, 32), "blocks": (4, 8), "stages": 4},
-    "paper": {"channels": (32, 48, 64), "blocks": (8, 12, 16), "stages": 4},
-}
 LATENCY_INPUT = 128  # side of the square input the worker times a forward pass on
+FILL_FLOOR = 0.5  # the outer search's backbones cost at least this share of the budget, bare
 
 
 @dataclass(frozen=True)
@@ -46,56 +43,76 @@ def parse_backbone(label: str) -> tuple[int, int]:
     return int(channels[1:]), int(blocks[1:])
 
 
+def bare_macs(task: TaskSpec, channels: int, blocks: int, stages: int) -> int:
+    return genotype_macs(Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels,
+                                  channels=channels, blocks=blocks, stages=stages))
+
+
 def feasible_backbones(task: TaskSpec, profile: Profile, budget_macs: float) -> tuple[list[str], int]:
-    """Backbone labels whose bare cost fits the budget, and the smallest bare cost among all choices."""
-    choices = BACKBONE_CHOICES[profile.name]
-    feasible, smallest = [], None
-    for channels in choices["channels"]:
-        for blocks in choices["blocks"]:
-            bare = genotype_macs(Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels,
-                                          channels=channels, blocks=blocks, stages=choices["stages"]))
-            smallest = bare if smallest is None else min(smallest, bare)
-            if bare <= budget_macs:
-                feasible.append(backbone_label(channels, blocks))
-    return feasible, smallest
+    """The target backbones the outer search may pick, and the smallest bare cost among all widths and depths.
+
+    Every depth of `profile.block_choices` at every width (a multiple of `channel_step` from `min_channels` to
+    `max_channels`) whose bare cost is 50-100% of the budget, so the network a user gets spends the budget they
+    asked for, on width or on attention. Where no width lands in that band (a budget above the profile's
+    widest backbone) the widest one that fits is offered alone.
+    """
+    widths = range(profile.min_channels, profile.max_channels + 1, profile.channel_step)
+    costs = {(c, b): bare_macs(task, c, b, profile.stages) for b in profile.block_choices for c in widths}
+    fitting = [key for key, cost in costs.items() if cost <= budget_macs]
+    banded = [key for key in fitting if costs[key] >= FILL_FLOOR * budget_macs]
+    chosen = banded or ([max(fitting, key=lambda key: costs[key])] if fitting else [])
+    return [backbone_label(c, b) for c, b in sorted(chosen)], min(costs.values())
 
 
 @torch.no_grad()
-def measure_latency_ms(model: torch.nn.Module, in_channels: int, repeats: int = 3) -> float:
+def measure_latency_ms(model: torch.nn.Module, in_channels: int, repeats: int = 7) -> float:
+    """Median of `repeats` forward passes on one thread after two warm-up passes. One thread, because a
+    trial's CPUs are shared with its neighbours' and the OS: with every thread, one genotype measured 26-142 ms."""
     model.eval()
     x = torch.rand(1, in_channels, LATENCY_INPUT, LATENCY_INPUT)
-    model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         model(x)
-        times.append(time.perf_counter() - start)
+        model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return 1000 * statistics.median(times)
 
 
 def run_trial(params: dict, settings: TrialSettings, report: Report | None = None) -> dict:
-    """Search, derive, proxy-train and measure one point of the outer search space. Returns flat metrics."""
+    """Search at the proxy width, derive at the target width within the budget, proxy-train the proxy genotype
+    (inheriting the supernet's weights) and measure. Returns flat metrics: `macs` of the target genotype (what
+    retraining builds), `proxy_macs` of what was trained here."""
     started = time.perf_counter()
     task, profile = settings.task, settings.profile
     channels, blocks = parse_backbone(params["backbone"])
     config = SearchConfig(task=task, budget_macs=settings.budget_macs, channels=channels, blocks=blocks,
-                          stages=BACKBONE_CHOICES[profile.name]["stages"], max_keys=profile.max_keys,
+                          stages=profile.stages, max_keys=profile.max_keys,
                           attention=settings.attention, penalty_weight=params["penalty_weight"],
                           gate_temperature=params["gate_temperature"], weight_lr=params["weight_lr"],
                           arch_lr=params["arch_lr"], seed=settings.seed)
     found = run_search(config, settings.data, profile, report)
-    trained = train(genotype=found.genotype, task=task, data=settings.data, profile=profile,
+    trained = train(genotype=found.proxy_genotype, task=task, data=settings.data, profile=profile,
                     init_state=found.supernet_state, seed=settings.seed)
     genotype = found.genotype
     keys = [k for position in genotype.keys for k in position]
     metrics = trained.metrics
+    target = build_network(genotype)
     return {
         "psnr": metrics[task.headline_metric], "ssim": metrics[task.headline_metric.replace("psnr", "ssim")],
         "psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "psnr_rgb": metrics["psnr_rgb"],
         "ssim_rgb": metrics["ssim_rgb"], "input_psnr": metrics["input_" + task.headline_metric],
-        "macs": genotype_macs(genotype), "params": count_parameters(trained.model),
+        "macs": genotype_macs(genotype), "proxy_macs": genotype_macs(found.proxy_genotype),
+        "params": count_parameters(target), "proxy_channels": found.proxy_genotype.channels,
         "num_modules": len(genotype.positions), "mean_active_keys": sum(keys) / len(keys) if keys else 0.0,
-        "latency_ms": measure_latency_ms(trained.model, task.in_channels),
+        "latency_ms": measure_latency_ms(target, task.in_channels),
         "genotype": genotype.to_json(),
+        "position_scores": json.dumps(position_scores(found.outcome)),
         "trial_seconds": time.perf_counter() - started,  # the trial function alone, wherever it runs
     }

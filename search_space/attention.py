@@ -15,17 +15,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .acla import ACLA
+from .genotype import ATTENTION_KINDS, NONLOCAL_GRID
 
-ATTENTION_KINDS = ("acla", "cla", "nonlocal", "none")
+
+def nonlocal_grid(height: int, width: int, grid: int = NONLOCAL_GRID) -> tuple[int, int]:
+    """The pooled key grid of a non-local block on a height x width map (no pooling below the grid size)."""
+    return min(height, grid), min(width, grid)
 
 
 class NonLocal(nn.Module):
-    """Embedded-Gaussian non-local block: z = x + W softmax(theta(x)^T phi(x)) g(x), over all H*W pixels."""
+    """Embedded-Gaussian non-local block (Wang et al., CVPR 2018): z = x + W softmax(theta(x)^T phi(k)) g(k),
+    where every query pixel attends to keys k pooled to a fixed grid of at most 16 x 16 (adaptive average
+    pooling, as the asymmetric pyramid non-local block of Zhu et al., ICCV 2019, pools its keys). Wang et al.
+    subsample their keys too; a fixed grid keeps the cost linear in the pixels, so a non-local block can stand
+    within a budget at 256x256 (the full form costs 836 GMACs there at 32 channels). On maps no larger than the
+    grid the pooling is the identity and this is the original block.
+    """
 
-    def __init__(self, channels: int, reduction: int = 2) -> None:
+    def __init__(self, channels: int, reduction: int = 2, grid: int = NONLOCAL_GRID) -> None:
         super().__init__()
         inner = max(1, channels // reduction)
-        self.channels, self.inner = channels, inner
+        self.channels, self.inner, self.grid = channels, inner, grid
         self.theta = nn.Conv2d(channels, inner, 1)
         self.phi = nn.Conv2d(channels, inner, 1)
         self.g = nn.Conv2d(channels, inner, 1)
@@ -35,10 +45,12 @@ class NonLocal(nn.Module):
 
     def forward(self, x: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         batch, _, height, width = x.shape
+        grid = nonlocal_grid(height, width, self.grid)
+        pooled = x if grid == (height, width) else F.adaptive_avg_pool2d(x, grid)
         query = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, HW, inner)
-        key = self.phi(x).flatten(2).transpose(1, 2).unsqueeze(1)
-        value = self.g(x).flatten(2).transpose(1, 2).unsqueeze(1)
-        # Embedded Gaussian is an unscaled softmax; SDPA avoids materialising the HW x HW matrix where it can.
+        key = self.phi(pooled).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, keys, inner)
+        value = self.g(pooled).flatten(2).transpose(1, 2).unsqueeze(1)
+        # Embedded Gaussian is an unscaled softmax; SDPA avoids materialising the HW x keys matrix where it can.
         y = F.scaled_dot_product_attention(query, key, value, scale=1.0)  # (B, 1, HW, inner)
         y = y.squeeze(1).transpose(1, 2).reshape(batch, self.inner, height, width)
         return x + self.out(y)
@@ -58,6 +70,7 @@ def make_attention(
     num_refs: int,
     keys_per_ref: int,
     active_keys: Sequence[int] | None = None,
+    nonlocal_grid: int = NONLOCAL_GRID,
 ) -> nn.Module:
     """Build one attention module of `kind` for a position with `num_refs` reference layers."""
     if kind == "acla":
@@ -65,7 +78,7 @@ def make_attention(
     if kind == "cla":
         return ACLA(channels, num_refs, keys_per_ref, adaptive=False)
     if kind == "nonlocal":
-        return NonLocal(channels)
+        return NonLocal(channels, grid=nonlocal_grid)
     if kind == "none":
         return NoAttention()
     raise ValueError(f"unknown attention kind {kind!r}; expected one of {', '.join(ATTENTION_KINDS)}")

@@ -108,6 +108,7 @@ def build_attention_modules(genotype: Genotype) -> list[nn.Module]:
             num_refs=refs_at_position(position, genotype.blocks, genotype.stages),
             keys_per_ref=genotype.max_keys,
             active_keys=keys if genotype.adaptive else None,
+            nonlocal_grid=genotype.nonlocal_grid,
         )
     return modules
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .backbone import upsampler_steps
-from .genotype import Genotype, refs_at_position
+from .genotype import NONLOCAL_GRID, Genotype, refs_at_position
 
 SR_REFERENCE_OUTPUT = (720, 1280)  # (height, width)
 RESTORATION_REFERENCE = (256, 256)
@@ -54,21 +54,27 @@ def acla_macs_per_pixel(*, channels: int, num_refs: int, keys_per_ref: int, adap
     return fixed + sampling
 
 
-def nonlocal_macs(*, channels: int, pixels: int, reduction: int = 2) -> int:
+def nonlocal_macs(*, channels: int, height: int, width: int, grid: int = NONLOCAL_GRID, reduction: int = 2) -> int:
+    """The pooled non-local block (search_space/attention.py): queries at every pixel, keys on a grid of at
+    most grid x grid; the average pooling is not counted, as the field's counters do not count it."""
     inner = max(1, channels // reduction)
-    projections = 3 * channels * inner * pixels + inner * channels * pixels
-    attention = 2 * pixels * pixels * inner  # theta^T phi, then the weighted sum of g
+    pixels = height * width
+    grid_h, grid_w = min(height, grid), min(width, grid)
+    keys = grid_h * grid_w
+    projections = 2 * channels * inner * pixels + 2 * channels * inner * keys  # theta and out; phi and g
+    attention = 2 * pixels * keys * inner  # theta^T phi, then the weighted sum of g
     return projections + attention
 
 
 def attention_macs(*, kind: str, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
-                   active_keys: Sequence[float], pixels: int) -> float:
+                   active_keys: Sequence[float], height: int, width: int, nonlocal_grid: int = NONLOCAL_GRID) -> float:
+    pixels = height * width
     if kind in ("acla", "cla"):
         merge = num_refs * channels ** 3 + channels * channels * num_refs  # once per call, not per pixel
         return merge + pixels * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
                                                     adaptive=adaptive, active_keys=active_keys)
     if kind == "nonlocal":
-        return nonlocal_macs(channels=channels, pixels=pixels)
+        return nonlocal_macs(channels=channels, height=height, width=width, grid=nonlocal_grid)
     if kind == "none":
         return 0
     raise ValueError(f"unknown attention kind {kind!r}")
@@ -84,7 +90,8 @@ def genotype_macs(genotype: Genotype, size: tuple[int, int] | None = None) -> in
         total += attention_macs(kind=genotype.attention, channels=genotype.channels,
                                 num_refs=refs_at_position(position, genotype.blocks, genotype.stages),
                                 keys_per_ref=genotype.max_keys, adaptive=genotype.adaptive,
-                                active_keys=position_keys, pixels=height * width)
+                                active_keys=position_keys, height=height, width=width,
+                                nonlocal_grid=genotype.nonlocal_grid)
     return int(total)
 
 

@@ -11,9 +11,9 @@ import json
 import math
 from dataclasses import dataclass
 
-from .attention import ATTENTION_KINDS
-
 GENOTYPE_VERSION = 1
+ATTENTION_KINDS = ("acla", "cla", "nonlocal", "none")
+NONLOCAL_GRID = 16  # by default a non-local block pools its keys to at most 16 x 16 (search_space/attention.py)
 TASK_NAMES = ("sr", "denoise", "car", "demosaic")
 SR_SCALES = (2, 3, 4)
 
@@ -42,6 +42,7 @@ class Genotype:
     positions: tuple[int, ...] = ()
     keys: tuple[tuple[int, ...], ...] = ()  # per position, per reference layer
     res_scale: float = 1.0
+    nonlocal_grid: int = NONLOCAL_GRID  # a non-local block's keys are pooled to at most this many per side
     version: int = GENOTYPE_VERSION
 
     def __post_init__(self) -> None:
@@ -116,7 +117,7 @@ def validate_genotype(g: Genotype) -> None:
         _check(g.scale in SR_SCALES, f"scale {g.scale!r} is not supported for sr; expected 2, 3 or 4")
     else:
         _check(g.scale == 1, f"scale must be 1 for task {g.task}, got {g.scale!r}")
-    for name in ("in_channels", "channels", "blocks", "stages", "max_keys"):
+    for name in ("in_channels", "channels", "blocks", "stages", "max_keys", "nonlocal_grid"):
         value = getattr(g, name)
         _check(_is_int(value) and value >= 1, f"genotype field {name} must be a positive integer, got {value!r}")
     _check(g.in_channels in (1, 3), f"in_channels must be 1 or 3, got {g.in_channels}")
@@ -124,6 +125,8 @@ def validate_genotype(g: Genotype) -> None:
     _check(g.attention in ATTENTION_KINDS, f"unknown attention {g.attention!r}; expected one of {', '.join(ATTENTION_KINDS)}")
     _check(isinstance(g.adaptive, bool), f"adaptive must be true or false, got {g.adaptive!r}")
     _check(not g.adaptive or g.attention == "acla", "adaptive keys exist only for attention 'acla'")
+    _check(g.adaptive or g.attention != "acla",
+           "attention 'acla' has adaptive keys (\"adaptive\": true); for a fixed key count without gates use 'cla'")
     _check(isinstance(g.res_scale, (int, float)) and math.isfinite(g.res_scale) and g.res_scale > 0,
            f"res_scale must be a positive number, got {g.res_scale!r}")
     positions = g.positions

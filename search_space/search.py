@@ -38,32 +38,78 @@ def check_budget(base: Genotype, budget_macs: float) -> int:
     return bare
 
 
-def derive_genotype(*, base: Genotype, position_probs: Sequence[float], active_keys: Sequence[Sequence[float]],
+def module_macs(base: Genotype, position: int, keys: Sequence[int]) -> int:
+    """MACs that inserting the module of `base.attention` at `position` with `keys` adds to the network."""
+    bare = Genotype.from_dict({**base.to_dict(), "positions": [], "keys": []})
+    one = Genotype.from_dict({**bare.to_dict(), "positions": [position],
+                              "keys": [list(keys)] if base.attention in ("acla", "cla") else []})
+    return genotype_macs(one) - genotype_macs(bare)
+
+
+def derived_keys(base: Genotype, position: int, active_keys: Sequence[float]) -> list[int]:
+    """A derived module's key count per reference layer: ACLA's rounded mean active keys (1..max_keys); every
+    candidate key for CLA."""
+    refs = refs_at_position(position, base.blocks, base.stages)
+    if base.attention == "acla":
+        return [min(base.max_keys, max(1, int(math.floor(float(k) + 0.5)))) for k in list(active_keys)[:refs]]
+    return [base.max_keys] * refs
+
+
+def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_keys: Sequence[Sequence[float]],
                     budget_macs: float) -> Genotype:
-    """Keep positions with p > 0.5, fix their key counts (rounded mean active keys, at least 1), then drop the
-    least likely positions until the network fits the budget. The result never exceeds the budget."""
+    """Fill the budget by ranking: each position whose measured gain is positive, in order of gain per MAC.
+
+    `position_scores[i]` is how much the held-out loss rises when position i is switched off (DARTS-PT's
+    perturbation score, in loss units); key counts are the rounded mean active keys (at least 1). A position
+    that does not fit what is left of the budget is skipped and cheaper ones are still tried (a greedy
+    knapsack), so the result never exceeds the budget, and fills it as far as positions with a positive gain
+    allow. Ties go to the earlier position. Pure: the same inputs give the same genotype.
+    """
     check_budget(base, budget_macs)
-    if len(position_probs) != base.blocks or len(active_keys) != base.blocks:
-        raise ValueError(f"need one probability and one key list per position ({base.blocks})")
-    kept = [i for i, p in enumerate(position_probs) if p > 0.5]
+    if len(position_scores) != base.blocks or len(active_keys) != base.blocks:
+        raise ValueError(f"need one score and one key list per position ({base.blocks})")
+    uses_keys = base.attention in ("acla", "cla")
 
     def keys_at(position: int) -> list[int]:
-        refs = refs_at_position(position, base.blocks, base.stages)
-        if base.attention == "acla":
-            counts = list(active_keys[position])[:refs]
-            return [min(base.max_keys, max(1, int(math.floor(float(k) + 0.5)))) for k in counts]
-        return [base.max_keys] * refs
+        return derived_keys(base, position, active_keys[position])
 
-    def genotype_of(positions: list[int]) -> Genotype:
-        uses_keys = base.attention in ("acla", "cla")
-        return Genotype.from_dict({**base.to_dict(), "positions": positions,
-                                   "keys": [keys_at(p) for p in positions] if uses_keys else []})
+    cost = {i: module_macs(base, i, keys_at(i)) for i in range(base.blocks)}
+    gainful = [i for i in range(base.blocks) if math.isfinite(position_scores[i]) and position_scores[i] > 0]
+    ranked = sorted(gainful, key=lambda i: (-position_scores[i] / max(cost[i], 1), i))
+    left = budget_macs - check_budget(base, budget_macs)
+    kept = []
+    for position in ranked:
+        if cost[position] <= left:
+            kept.append(position)
+            left -= cost[position]
+    kept.sort()
+    return Genotype.from_dict({**base.to_dict(), "positions": kept,
+                               "keys": [keys_at(p) for p in kept] if uses_keys else []})
 
-    genotype = genotype_of(kept)
-    while genotype_macs(genotype) > budget_macs:
-        kept.remove(min(kept, key=lambda i: (position_probs[i], -i)))
-        genotype = genotype_of(kept)
-    return genotype
+
+def _spread(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) if len(values) > 1 else 0.0
+
+
+@torch.no_grad()
+def measure_position_scores(supernet: Supernet, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss) -> list[float]:
+    """DARTS-PT's perturbation score per position: the held-out loss with that position switched off, minus
+    the loss with every position on at its current weight. Deterministic (eval mode: gates are thresholded,
+    no noise) and paired (the same batches for every position), so the differences are not sampling noise."""
+    was_training = supernet.training
+    supernet.eval()
+    weights = supernet.position_probs().detach()
+    base_loss = sum(loss_fn(supernet.net(x, position_weights=weights), y).item() for x, y in batches)
+    scores = []
+    for position in range(len(weights)):
+        off = weights.clone()
+        off[position] = 0.0
+        loss = sum(loss_fn(supernet.net(x, position_weights=off), y).item() for x, y in batches)
+        scores.append((loss - base_loss) / len(batches))
+    supernet.train(was_training)
+    return scores
 
 
 @dataclass
@@ -71,12 +117,31 @@ class SearchOutcome:
     genotype: Genotype
     position_probs: list[float]
     active_keys: list[list[float]]
+    position_scores: list[float]  # mean perturbation score over the last part of the search (loss units)
+    score_spread: list[float]  # its standard deviation over those measurements: how settled each position is
     history: list[dict] = field(default_factory=list)
 
 
 def budget_penalty(expected_macs: torch.Tensor, budget_macs: float) -> torch.Tensor:
     """Zero while E[MACs] <= budget, then linear in the relative excess."""
     return torch.relu(expected_macs / budget_macs - 1.0)
+
+
+def score_steps(steps: int, warmup_steps: int, window: float, measurements: int) -> list[int]:
+    """The steps after which position scores are measured: evenly over the last `window` of the search (at
+    least its final step), never inside the warm-up."""
+    first = min(steps, max(warmup_steps + 1, steps - max(1, int(round(window * steps))) + 1))
+    count = max(1, min(measurements, steps - first + 1))
+    return sorted({first + round(k * (steps - first) / max(1, count - 1)) for k in range(count)} | {steps})
+
+
+def weight_groups(supernet: Supernet, weight_lr: float, offset_lr_scale: float) -> list[dict]:
+    """The weights in two Adam groups: sampling offsets at `offset_lr_scale` times the rate (Deformable-DETR
+    trains its sampling offsets at 0.1x), everything else at the rate."""
+    offsets = {id(p) for m in supernet.net.attention if hasattr(m, "offset_proj") for p in m.offset_proj.parameters()}
+    weights = supernet.weight_parameters()
+    return [{"params": [p for p in weights if id(p) not in offsets], "lr": weight_lr},
+            {"params": [p for p in weights if id(p) in offsets], "lr": weight_lr * offset_lr_scale}]
 
 
 def search_architecture(
@@ -94,19 +159,30 @@ def search_architecture(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
     key_momentum: float = 0.9,
     warmup_steps: int = 0,
+    score_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    score_window: float = 0.5,
+    score_measurements: int = 8,
+    offset_lr_scale: float = 0.1,
 ) -> SearchOutcome:
     """Alternate weight and architecture steps on separate batches; return the derived genotype.
 
-    The first `warmup_steps` steps train the weights only: a new module starts as the identity, and until its
-    weights have learned something its first effect on the loss is noise, which would push every position
-    probability down before any module has had a chance (the early bias DARTS variants warm up against).
+    The first `warmup_steps` steps train the weights only: a new module starts as the identity (its fusion is
+    zero), so every position's architecture gradient is exactly zero until its weights have learned something.
+    Over the last `score_window` of the steps each position's perturbation score is measured
+    `score_measurements` times on the held-out `score_batches` (default: two batches drawn first from
+    `batches`); the genotype is derived from their mean, by ranking (`derive_genotype`). A search run at a
+    proxy scale derives again on the target backbone from the same scores (workers/search_run.py).
     """
     check_budget(supernet.base, budget_macs)
     supernet.set_gate_temperature(gate_temperature)
-    weight_opt = torch.optim.Adam(supernet.weight_parameters(), lr=weight_lr)
+    if score_batches is None:
+        score_batches = [next(batches) for _ in range(2)]
+    weight_opt = torch.optim.Adam(weight_groups(supernet, weight_lr, offset_lr_scale), lr=weight_lr)
     arch_opt = torch.optim.Adam(supernet.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999))
+    measure_at = set(score_steps(steps, warmup_steps, score_window, score_measurements))
     keys_avg: list[list[float]] | None = None
     history: list[dict] = []
+    score_log: list[list[float]] = []
     supernet.train()
     for step in range(1, steps + 1):
         inputs, targets = next(batches)
@@ -129,14 +205,22 @@ def search_architecture(
         keys_now = supernet.active_keys()
         keys_avg = keys_now if keys_avg is None else [
             [key_momentum * a + (1 - key_momentum) * b for a, b in zip(avg, now)] for avg, now in zip(keys_avg, keys_now)]
+        if step in measure_at:
+            score_log.append(measure_position_scores(supernet, score_batches, loss_fn))
         if step % report_every == 0 or step == steps:
             record = {"step": step, "train_loss": train_loss.item(), "val_loss": val_loss.item(),
                       "penalty": penalty.item(), "expected_macs": expected.item(),
                       "position_probs": [round(p, 4) for p in supernet.position_probs().tolist()]}
+            if score_log:
+                record["position_scores"] = [round(v, 6) for v in score_log[-1]]
             history.append(record)
             if report is not None:
                 report(record)
     probs = [float(p) for p in supernet.position_probs().detach()]
     keys_avg = keys_avg or supernet.active_keys()
-    genotype = derive_genotype(base=supernet.base, position_probs=probs, active_keys=keys_avg, budget_macs=budget_macs)
-    return SearchOutcome(genotype=genotype, position_probs=probs, active_keys=keys_avg, history=history)
+    per_position = list(zip(*score_log))
+    scores = [sum(values) / len(values) for values in per_position]
+    spread = [_spread(values) for values in per_position]
+    genotype = derive_genotype(base=supernet.base, position_scores=scores, active_keys=keys_avg, budget_macs=budget_macs)
+    return SearchOutcome(genotype=genotype, position_probs=probs, active_keys=keys_avg, position_scores=scores,
+                         score_spread=spread, history=history)

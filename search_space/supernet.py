@@ -28,7 +28,8 @@ class Supernet(nn.Module):
         self.adaptive = base.attention == "acla"
         modules = [make_attention(base.attention, channels=base.channels,
                                   num_refs=refs_at_position(i, base.blocks, base.stages),
-                                  keys_per_ref=base.max_keys) for i in range(base.blocks)]
+                                  keys_per_ref=base.max_keys, nonlocal_grid=base.nonlocal_grid)
+                   for i in range(base.blocks)]
         self.net = RestorationNet(task=base.task, scale=base.scale, in_channels=base.in_channels,
                                   channels=base.channels, blocks=base.blocks, stages=base.stages,
                                   res_scale=base.res_scale, attention=modules)
@@ -76,6 +77,7 @@ class Supernet(nn.Module):
         for index, module in enumerate(self.net.attention):
             cost = attention_macs(kind=base.attention, channels=base.channels, num_refs=getattr(module, "num_refs", 0),
                                   keys_per_ref=base.max_keys, adaptive=self.adaptive,
-                                  active_keys=self._keys_of(module, expected=True), pixels=height * width)
+                                  active_keys=self._keys_of(module, expected=True), height=height, width=width,
+                                  nonlocal_grid=base.nonlocal_grid)
             total = total + probs[index] * cost
         return total

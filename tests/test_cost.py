@@ -36,13 +36,20 @@ def test_acla_convs_counted_and_sampling_by_formula(adaptive):
     assert genotype_macs(genotype, size) - counted_macs(build_network(genotype).eval(), size, 3) == sampling
 
 
-def test_nonlocal_macs_equal_flop_counter():
+@pytest.mark.parametrize("size", [(6, 5), (20, 17), (33, 8)])  # keys pooled to 16 x 16 above the grid
+def test_nonlocal_macs_equal_flop_counter(size):
     genotype = Genotype(task="denoise", scale=1, in_channels=3, channels=8, blocks=2, stages=1,
                         attention="nonlocal", positions=(1,))
     # In NCHW the SDPA call takes the math path, which FlopCounterMode counts; channels-last (the network's own
     # layout) takes torch's fused CPU kernel, which it does not.
     network = build_network(genotype).to(memory_format=torch.contiguous_format)
-    assert genotype_macs(genotype, (6, 5)) == counted_macs(network, (6, 5), 3)
+    assert genotype_macs(genotype, size) == counted_macs(network, size, 3)
+
+
+def test_pooled_nonlocal_fits_a_budget_at_256():
+    bare = Genotype(task="car", scale=1, in_channels=3, channels=32, blocks=8, stages=4)
+    one = Genotype.from_dict({**bare.to_dict(), "attention": "nonlocal", "positions": [3]})
+    assert genotype_macs(one) - genotype_macs(bare) < 0.1 * genotype_macs(bare)
 
 
 def test_reference_sizes_follow_the_field():

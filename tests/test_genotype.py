@@ -61,3 +61,15 @@ def test_build_network_shapes(task, scale, in_channels, attention):
     y = network(x)
     assert y.shape == (2, in_channels, 6 * scale, 5 * scale)
     y.mean().backward()
+
+
+def test_acla_without_adaptive_keys_is_refused_with_a_pointer_to_cla():
+    with pytest.raises(ValueError, match="use 'cla'"):
+        Genotype.from_dict({**GOOD.to_dict(), "adaptive": False})
+
+
+def test_genotype_module_imports_no_torch():
+    import subprocess
+    import sys
+    code = "import sys, search_space.genotype, search_space.budget; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -55,6 +55,8 @@ def check_search(summary, tracking_uri):
         assert genotype_macs(genotype) <= BUDGET == int(child.data.tags["budget_macs"])
         assert child.data.metrics["macs"] == genotype_macs(genotype)
         assert "backbone" in child.data.params and "penalty_weight" in child.data.params
+        assert {f"position_score_{i}" for i in range(genotype.blocks)} <= set(child.data.metrics)
+        assert "proxy_macs" in child.data.metrics
     every = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
     want = independent_front([(r.info.run_id, r.data.metrics["psnr"], r.data.metrics["macs"]) for r in every])
     assert {r.info.run_id for r in every if r.data.tags["pareto"] == "true"} == want
@@ -67,6 +69,7 @@ def check_search(summary, tracking_uri):
                                                      tracking_uri=tracking_uri)
     model, genotype, task, payload = model_from_checkpoint(checkpoint)
     assert task.name == "car" and payload["profile"] == "smoke"
+    assert 0.5 * BUDGET <= genotype_macs(genotype) <= BUDGET  # the registered model spends its budget
     version = client.get_model_version_by_alias("acla-car", "budget-2G")
     assert version.run_id == retrain[0].info.run_id
     return client
@@ -81,8 +84,16 @@ def test_search_end_to_end_sqlite(run_dir):
     tags = MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(summary["parent_run_id"]).data.tags
     assert (tags["search_steps"], tags["search_warmup"]) == ("4", "2")  # the overrides reached the search
     assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained"}
-    assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "params", "psnr",
-                                         "ssim", "pareto", "retrained_psnr", "artifact_uri"}
+    assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "proxy_macs",
+                                         "params", "psnr", "ssim", "pareto", "retrained_psnr", "artifact_uri",
+                                         "position_scores"}
+    for trial in summary["trials"]:  # one score per position, with how settled it is
+        blocks = trial["backbone"]["blocks"]
+        assert [s["position"] for s in trial["position_scores"]] == list(range(blocks))
+        assert all({"score", "spread", "prob"} <= set(s) for s in trial["position_scores"])
+        assert all(s["score"] > 0 for s in trial["position_scores"] if s["position"] in trial["positions"])
+        # the outer search offers backbones that spend the budget: 50-100% of it, bare
+        assert 0.5 * BUDGET <= trial["macs"] <= BUDGET
     assert summary["retrained"][0]["alias"] == "models:/acla-car@budget-2G"
     check_search(summary, f"sqlite:///{run_dir}/mlflow.db")
     # pareto and status read the same store

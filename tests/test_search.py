@@ -5,7 +5,8 @@ import torch
 from search_space.budget import parse_budget
 from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
-from search_space.search import BudgetError, derive_genotype, search_architecture
+from search_space.search import (BudgetError, derive_genotype, measure_position_scores, module_macs, score_steps,
+                                 search_architecture)
 from search_space.supernet import Supernet
 
 BASE = Genotype(task="denoise", scale=1, in_channels=3, channels=8, blocks=4, stages=2, attention="acla",
@@ -52,34 +53,81 @@ def test_expected_macs_is_differentiable_and_matches_cost():
     assert supernet.alpha.grad.abs().sum() > 0
 
 
-def test_derive_keeps_likely_positions_and_rounds_keys():
-    genotype = derive_genotype(base=BASE, position_probs=[0.9, 0.2, 0.7, 0.51],
+def test_derive_ranks_by_gain_and_rounds_keys():
+    # positions with a positive measured gain are kept (a negative or zero gain never is); keys are rounded
+    genotype = derive_genotype(base=BASE, position_scores=[0.02, -0.01, 0.005, 0.0],
                                active_keys=[[2.6], [4.0], [0.2, 3.4], [1.5, 4.0]], budget_macs=1e12)
-    assert genotype.positions == (0, 2, 3)
-    assert genotype.keys == ((3,), (1, 3), (2, 4))
+    assert genotype.positions == (0, 2)
+    assert genotype.keys == ((3,), (1, 3))
 
 
-def test_derive_never_exceeds_budget():
-    probs = [0.9, 0.8, 0.7, 0.6]
-    keys = [[4.0], [4.0], [4.0, 4.0], [4.0, 4.0]]
-    full = derive_genotype(base=BASE, position_probs=probs, active_keys=keys, budget_macs=1e12)
-    for budget in torch.linspace(BARE, genotype_macs(full) * 1.1, 40).tolist():
-        genotype = derive_genotype(base=BASE, position_probs=probs, active_keys=keys, budget_macs=budget)
+def _greedy_oracle(scores, costs, room):
+    """Independent oracle: every subset, ordered by gain per MAC, taken greedily."""
+    order = sorted((i for i in range(len(scores)) if scores[i] > 0), key=lambda i: (-scores[i] / costs[i], i))
+    kept = []
+    for i in order:
+        if costs[i] <= room:
+            kept.append(i)
+            room -= costs[i]
+    return sorted(kept)
+
+
+def test_derive_fills_a_binding_budget_by_gain_per_mac():
+    keys = [[4.0], [1.0], [4.0, 4.0], [1.0, 1.0]]
+    scores = [0.04, 0.01, 0.05, 0.012]
+    costs = [module_macs(BASE, i, [int(k) for k in keys[i]]) for i in range(4)]
+    assert len(set(costs)) == 4  # the key counts make the modules cost different amounts
+    for fraction in (0.0, 0.3, 0.5, 0.7, 0.9, 1.0, 1.2):
+        budget = BARE + fraction * sum(costs)
+        genotype = derive_genotype(base=BASE, position_scores=scores, active_keys=keys, budget_macs=budget)
         assert genotype_macs(genotype) <= budget
-        # dropping goes from the least likely position
-        assert list(genotype.positions) == sorted(genotype.positions)
-        assert set(genotype.positions) == set(range(len(genotype.positions)))
+        assert list(genotype.positions) == _greedy_oracle(scores, costs, budget - BARE)
+        # what is left of the budget is smaller than every module the ranking passed over
+        left = budget - genotype_macs(genotype)
+        assert all(costs[i] > left for i in range(4) if i not in genotype.positions)
+    # the budget binds: half the room keeps the best gain per MAC first
+    half = derive_genotype(base=BASE, position_scores=scores, active_keys=keys, budget_macs=BARE + 0.5 * sum(costs))
+    best = max(range(4), key=lambda i: scores[i] / costs[i])
+    assert best in half.positions and len(half.positions) < 4
 
 
 def test_derive_is_pure():
-    args = dict(base=BASE, position_probs=[0.9, 0.2, 0.7, 0.6], active_keys=[[2.0], [1.0], [1.0, 1.0], [2.0, 2.0]],
+    args = dict(base=BASE, position_scores=[0.9, 0.2, 0.7, 0.6], active_keys=[[2.0], [1.0], [1.0, 1.0], [2.0, 2.0]],
                 budget_macs=BARE * 1.2)
     assert derive_genotype(**args) == derive_genotype(**args)
 
 
 def test_budget_below_bare_backbone_names_smallest():
     with pytest.raises(BudgetError, match=str(BARE)):
-        derive_genotype(base=BASE, position_probs=[0.9] * 4, active_keys=[[1.0]] * 4, budget_macs=BARE - 1)
+        derive_genotype(base=BASE, position_scores=[0.9] * 4, active_keys=[[1.0]] * 4, budget_macs=BARE - 1)
+
+
+def test_position_scores_oracle():
+    """The perturbation score equals the loss with that position's weight zeroed minus the loss as it is."""
+    torch.manual_seed(0)
+    supernet = Supernet(base=BASE, alpha_init=0.5)
+    for module in supernet.net.attention:  # give every module an effect
+        torch.nn.init.normal_(module.fuse.weight, std=0.3)
+    batches = [next(_random_batches(seed)) for seed in range(2)]
+    scores = measure_position_scores(supernet, batches)
+    supernet.eval()
+    with torch.no_grad():
+        weights = supernet.position_probs()
+        full = sum(torch.nn.functional.l1_loss(supernet.net(x, position_weights=weights), y) for x, y in batches) / 2
+        for position, score in enumerate(scores):
+            off = weights.clone()
+            off[position] = 0
+            loss = sum(torch.nn.functional.l1_loss(supernet.net(x, position_weights=off), y) for x, y in batches) / 2
+            assert score == pytest.approx((loss - full).item(), abs=1e-6)
+    assert any(abs(s) > 1e-4 for s in scores)
+
+
+def test_score_steps_fall_in_the_last_part_after_the_warmup():
+    assert score_steps(100, 0, 0.25, 4) == [76, 84, 92, 100]
+    assert score_steps(100, 90, 0.25, 4) == [91, 94, 97, 100]
+    assert score_steps(3, 0, 0.25, 4) == [3]
+    assert score_steps(8, 0, 0.5, 4) == [5, 6, 7, 8]
+    assert score_steps(1, 0, 0.25, 4) == [1]
 
 
 def _random_batches(seed=0):
@@ -101,6 +149,7 @@ def test_search_on_random_data_respects_budget(attention):
     assert genotype_macs(outcome.genotype) <= budget
     assert [r["step"] for r in reports] == [2, 4, 6]
     assert len(outcome.position_probs) == 4 and len(outcome.history) == 3
+    assert len(outcome.position_scores) == 4 and len(outcome.score_spread) == 4
     # the penalty is active (E[MACs] over budget at p ~ 0.73), so the arch step pushed the probabilities down
     assert max(outcome.position_probs) < torch.sigmoid(torch.tensor(1.0)).item()
 

@@ -1,8 +1,11 @@
 """The shared loops: resume equals uninterrupted, checkpoints describe themselves, evaluation conventions."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
 from workers.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from workers.data import ImageSet
@@ -96,8 +99,23 @@ def test_run_search_on_task_data(attention, tiny_data):
     config = SearchConfig(task=task, budget_macs=6e8, channels=8, blocks=4, stages=2, max_keys=4, attention=attention)
     records = []
     result = run_search(config, tiny_data, SMOKE, records.append)
-    assert result.macs <= config.budget_macs
+    assert genotype_macs(result.genotype) <= config.budget_macs
     assert records and records[-1]["step"] == SMOKE.search_steps
+    assert len(result.outcome.position_scores) == 4 and "position_scores" in records[-1]
     # the derived network can inherit the supernet's weights
     trained = train(genotype=result.genotype, task=task, data=tiny_data, profile=SMOKE, init_state=result.supernet_state)
     assert np.isfinite(trained.metrics["psnr_rgb"])
+
+
+def test_proxy_search_derives_at_the_target_width(tiny_data):
+    """A search at half width derives its genotype on the full-width backbone, within the user's budget."""
+    task = TaskSpec("denoise", sigma=50.0)
+    profile = dataclasses.replace(SMOKE, proxy_width=0.5)
+    bare16 = genotype_macs(Genotype(task="denoise", scale=1, in_channels=3, channels=16, blocks=4, stages=2))
+    config = SearchConfig(task=task, budget_macs=bare16 * 1.1, channels=16, blocks=4, stages=2, max_keys=4)
+    result = run_search(config, tiny_data, profile)
+    assert result.genotype.channels == 16 and result.proxy_genotype.channels == 8
+    assert (result.genotype.positions, result.genotype.keys) == (result.proxy_genotype.positions,
+                                                                 result.proxy_genotype.keys)
+    assert genotype_macs(result.genotype) <= config.budget_macs
+    assert result.supernet_state["head.weight"].shape[0] == 8  # the supernet was the proxy

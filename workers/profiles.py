@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Profile:
     name: str
-    channels: int
+    channels: int  # the reference backbone (ablate, benchmarks); the outer search picks its own from the budget
     blocks: int
     stages: int
     max_keys: int
@@ -33,19 +33,33 @@ class Profile:
     arch_lr: float = 3e-3
     log_every: int = 10
     search_warmup: int = 0  # first search steps that train the weights only (search_architecture's warmup_steps)
+    # The outer search's backbones: `block_choices` deep, a multiple of `channel_step` wide (up to max_channels),
+    # whose bare cost spans 50-100% of the budget.
+    block_choices: tuple[int, ...] = (8,)
+    channel_step: int = 8
+    min_channels: int = 8
+    max_channels: int = 256
+    # DARTS practice: search and proxy-train at `proxy_width` times the channels, then derive and retrain the
+    # genotype at full width. 1.0 searches at full width.
+    proxy_width: float = 1.0
+
+    def proxy_channels(self, channels: int) -> int:
+        """The search-time width of a `channels`-wide backbone: a multiple of 4 (at least 4), never wider."""
+        return min(channels, max(4, int(round(channels * self.proxy_width / 4)) * 4))
 
 
 PROFILES = {
     "smoke": Profile("smoke", channels=8, blocks=4, stages=2, max_keys=4, patch=16, batch_size=2, lr=1e-3,
                      lr_step=1000, search_steps=3, train_steps=6, retrain_steps=8, valid_crop=48, trials=2,
-                     concurrency=2, log_every=2),
+                     concurrency=2, log_every=2, block_choices=(4,), channel_step=4, max_channels=32),
     "quick": Profile("quick", channels=32, blocks=8, stages=4, max_keys=9, patch=48, batch_size=8, lr=5e-4,
-                     lr_step=400, search_steps=40, train_steps=400, retrain_steps=500, valid_crop=256, trials=4,
-                     concurrency=2, log_every=20),
+                     lr_step=400, search_steps=80, train_steps=400, retrain_steps=500, valid_crop=256, trials=4,
+                     concurrency=2, log_every=20, search_warmup=40, block_choices=(8,), channel_step=8, max_channels=128,
+                     proxy_width=0.5),
     "paper": Profile("paper", channels=64, blocks=16, stages=4, max_keys=9, patch=48, batch_size=16, lr=1e-4,
                      lr_step=200_000, search_steps=50_000, train_steps=100_000, retrain_steps=600_000,
                      valid_crop=0, trials=32, concurrency=4, weight_lr=1e-4, arch_lr=3e-4, log_every=1000,
-                     search_warmup=10_000),
+                     search_warmup=10_000, block_choices=(8, 12, 16), channel_step=8, max_channels=256),
 }
 
 

@@ -1,7 +1,11 @@
 """`run_search`: the differentiable search (search_space/search.py) on the task's data pipeline.
 
 Weight steps and architecture steps draw separate batches from two seeded samplers over the training
-images, as DARTS splits its training data. Plain function: `report` is any callable.
+images, as DARTS splits its training data; the position scores are measured on a third, fixed set of
+batches that no step trains on. Where the profile searches at a proxy scale (DARTS searches with fewer
+channels and evaluates scaled up), the supernet is `profile.proxy_width` times as wide as the target
+backbone, and the genotype is derived again, from the same scores, on the full-width target backbone and
+within the user's budget. Plain function: `report` is any callable.
 """
 from __future__ import annotations
 
@@ -11,19 +15,21 @@ import torch
 
 from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
-from search_space.search import SearchOutcome, search_architecture
+from search_space.search import SearchOutcome, derive_genotype, search_architecture
 from search_space.supernet import Supernet
 
 from .profiles import Profile
 from .tasks import TaskSpec
 from .train import DataSpec, Report, make_sampler
 
+SCORE_BATCHES = 4  # held-out batches the position scores are measured on
+
 
 @dataclass(frozen=True)
 class SearchConfig:
     task: TaskSpec
     budget_macs: float
-    channels: int
+    channels: int  # the target width; the supernet is the profile's proxy of it
     blocks: int
     stages: int
     max_keys: int = 9
@@ -34,18 +40,31 @@ class SearchConfig:
     arch_lr: float = 3e-3
     seed: int = 0
 
-    def base_genotype(self) -> Genotype:
+    def base_genotype(self, channels: int | None = None) -> Genotype:
         return Genotype(task=self.task.name, scale=self.task.scale, in_channels=self.task.in_channels,
-                        channels=self.channels, blocks=self.blocks, stages=self.stages, attention=self.attention,
-                        max_keys=self.max_keys, adaptive=self.attention == "acla")
+                        channels=channels or self.channels, blocks=self.blocks, stages=self.stages,
+                        attention=self.attention, max_keys=self.max_keys, adaptive=self.attention == "acla")
 
 
 @dataclass
 class SearchResult:
-    genotype: Genotype
-    macs: int
+    genotype: Genotype  # at the target width, within the budget
+    proxy_genotype: Genotype  # the same positions and keys at the search width (what the trial proxy-trains)
     outcome: SearchOutcome
-    supernet_state: dict
+    supernet_state: dict  # the proxy supernet's weights, keyed as the derived network's
+
+
+def with_channels(genotype: Genotype, channels: int) -> Genotype:
+    return Genotype.from_dict({**genotype.to_dict(), "channels": channels})
+
+
+def proxy_budget(target: Genotype, proxy: Genotype, budget_macs: float) -> float:
+    """The budget scaled by the proxy backbone's share of the target's bare cost (the penalty's budget)."""
+    return budget_macs * genotype_macs(with_bare(proxy)) / genotype_macs(with_bare(target))
+
+
+def with_bare(genotype: Genotype) -> Genotype:
+    return Genotype.from_dict({**genotype.to_dict(), "positions": [], "keys": []})
 
 
 def _alternate(weight_batches, arch_batches):
@@ -56,12 +75,29 @@ def _alternate(weight_batches, arch_batches):
 
 def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: Report | None = None) -> SearchResult:
     torch.manual_seed(config.seed)
-    supernet = Supernet(base=config.base_genotype())
+    target = config.base_genotype()
+    proxy = config.base_genotype(profile.proxy_channels(config.channels))
+    supernet = Supernet(base=proxy)
     batches = _alternate(make_sampler(config.task, data.train, profile, config.seed),
                          make_sampler(config.task, data.train, profile, config.seed + 1))
-    outcome = search_architecture(supernet=supernet, batches=batches, budget_macs=config.budget_macs,
+    held_out = make_sampler(config.task, data.train, profile, config.seed + 2)
+    outcome = search_architecture(supernet=supernet, batches=batches,
+                                  budget_macs=proxy_budget(target, proxy, config.budget_macs),
                                   steps=profile.search_steps, weight_lr=config.weight_lr, arch_lr=config.arch_lr,
                                   penalty_weight=config.penalty_weight, gate_temperature=config.gate_temperature,
-                                  report=report, report_every=profile.log_every, warmup_steps=profile.search_warmup)
-    return SearchResult(genotype=outcome.genotype, macs=genotype_macs(outcome.genotype), outcome=outcome,
+                                  report=report, report_every=profile.log_every, warmup_steps=profile.search_warmup,
+                                  score_batches=[next(held_out) for _ in range(SCORE_BATCHES)])
+    genotype = derive_genotype(base=target, position_scores=outcome.position_scores, active_keys=outcome.active_keys,
+                               budget_macs=config.budget_macs)
+    return SearchResult(genotype=genotype, proxy_genotype=with_channels(genotype, proxy.channels), outcome=outcome,
                         supernet_state={k.removeprefix("net."): v for k, v in supernet.state_dict().items()})
+
+
+def position_scores(outcome: SearchOutcome) -> list[dict]:
+    """Per position: its mean perturbation score, how settled it is (the spread), and its final probability."""
+    return [{"position": i, "score": round(score, 6), "spread": round(spread, 6), "prob": round(prob, 4)}
+            for i, (score, spread, prob) in enumerate(zip(outcome.position_scores, outcome.score_spread,
+                                                          outcome.position_probs))]
+
+
+

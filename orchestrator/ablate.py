@@ -1,0 +1,186 @@
+"""`acla-orch ablate`: the searched placement against the plain backbone, width at equal MACs, non-local,
+fixed-key CLA and ACLA everywhere, trained alike and scored on images no step has seen (workers/ablation.py).
+
+The recipe: check the input -> search (or read --genotype) -> build the six variants within the budget ->
+train every variant and seed as parallel Ray tasks -> record a parent MLflow run with a child per variant,
+a Markdown table and a chart -> print the table (or JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import shlex
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def eval_set_from_args(args, data):
+    """The clean images the variants are scored on: --eval-data, else the validation split (never trained on)."""
+    from workers.data import DataError, ImageSet, list_images
+    if args.eval_data is None:
+        return data.valid
+    try:
+        return ImageSet(Path(args.eval_data).name, list_images(args.eval_data))
+    except DataError as err:
+        raise UsageError(f"--eval-data {err}") from None
+
+
+def searched_genotype(args, task, profile, data, budget):
+    """--genotype, else the differentiable search at the profile's backbone (full width: what is trained here).
+    Returns the genotype, acla-all's key counts, and the position scores (None for a given genotype)."""
+    from search_space.search import derived_keys
+    from workers.search_run import SearchConfig, position_scores, run_search
+    from .local_commands import read_genotype
+    if args.genotype:
+        genotype = read_genotype(args.genotype)
+        if (genotype.task, genotype.scale, genotype.in_channels) != (task.name, task.scale, task.in_channels):
+            raise UsageError(f"genotype {args.genotype} is for {genotype.task} x{genotype.scale}, not {task.label}")
+        return genotype, None, None
+    config = SearchConfig(task=task, budget_macs=budget, channels=profile.channels, blocks=profile.blocks,
+                          stages=profile.stages, max_keys=profile.max_keys, weight_lr=profile.weight_lr,
+                          arch_lr=profile.arch_lr, seed=args.seed)
+    found = run_search(config, data, dataclasses.replace(profile, proxy_width=1.0))
+    base = found.genotype
+    all_keys = [derived_keys(base, p, found.outcome.active_keys[p]) for p in range(base.blocks)]
+    return base, all_keys, position_scores(found.outcome)
+
+
+def train_variant_task(kwargs: dict, storage, prefix: str) -> dict:
+    """One variant and seed inside a Ray task: train on one thread per granted CPU, upload the checkpoint as a
+    manifest-checked set, return the scores with the checkpoint's URI."""
+    import ray
+    from storage.manifest import put_artifact_set
+    from storage.stores import open_store
+    from workers.ablation import set_threads, train_variant
+    set_threads(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    with tempfile.TemporaryDirectory() as folder:
+        local = str(Path(folder) / "model.pt")
+        result = train_variant(**kwargs, checkpoint_path=local)
+        manifest = put_artifact_set(open_store(storage), prefix, {"model.pt": local})
+    return {**result, "checkpoint": manifest.rsplit("/", 1)[0] + "/model.pt"}
+
+
+def run_variants(variants, *, task, data, profile, steps, seeds, storage, prefix) -> list[dict]:
+    """Every variant and seed as a Ray task, as many at once as the cluster's CPUs allow (one CPU each)."""
+    import ray
+    remote = ray.remote(num_cpus=1)(train_variant_task)
+    futures = [remote.remote({"name": v.name, "genotype": v.genotype, "task": task, "data": data, "profile": profile,
+                              "steps": steps, "seed": seed}, storage, f"{prefix}/{v.name}-s{seed}")
+               for v in variants for seed in seeds]
+    return ray.get(futures)
+
+
+def plot_ablation(path: str, rows: list[dict], budget_macs: float, title: str) -> None:
+    """Mean PSNR-Y against GMACs per variant, with the seeds' range as error bars and the budget line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for row in rows:
+        low, high = min(row["psnr_y_seeds"]), max(row["psnr_y_seeds"])
+        axes.errorbar(row["macs"] / 1e9, row["psnr_y"], yerr=[[row["psnr_y"] - low], [high - row["psnr_y"]]],
+                      fmt="o", capsize=4, label=row["name"])
+    axes.axvline(budget_macs / 1e9, color="k", ls="--", lw=1, label=f"budget {budget_macs / 1e9:g} GMACs")
+    axes.set_xlabel("cost (GMACs)")
+    axes.set_ylabel("PSNR-Y on unseen images (dB), mean and range over seeds")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def record_ablation(client, experiment_id, *, tags, rows, runs, report) -> str:
+    """A parent run (the table, the chart and the JSON as artifacts) with a child run per variant."""
+    from mlflow.entities import Metric, Param
+    parent = client.create_run(experiment_id, run_name=f"ablate-{tags['task']}", tags={"acla_kind": "ablation", **tags})
+    parent_id = parent.info.run_id
+    for row in rows:
+        child = client.create_run(experiment_id, run_name=f"ablate-{row['name']}",
+                                  tags={"mlflow.parentRunId": parent_id, "acla_kind": "ablation-variant",
+                                        "variant": row["name"]})
+        metrics = [Metric(k, float(row[k]), 0, 0) for k in ("psnr_y", "ssim_y", "psnr_y_spread", "input_psnr_y",
+                                                            "macs", "params", "train_seconds")]
+        metrics += [Metric("psnr_y_seed", float(r["psnr_y"]), 0, r["seed"]) for r in runs if r["name"] == row["name"]]
+        params = [Param("variant", row["name"]), Param("genotype", json.dumps(row["genotype"])[:6000]),
+                  Param("checkpoints", json.dumps(row["checkpoints"])[:6000])]
+        client.log_batch(child.info.run_id, metrics=metrics, params=params)
+        client.set_terminated(child.info.run_id, "FINISHED")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in (("ablation.md", report["markdown"]), ("ablation.json", json.dumps(report, indent=1))):
+            (Path(folder) / name).write_text(text)
+            client.log_artifact(parent_id, str(Path(folder) / name), "ablation")
+        plot_ablation(str(Path(folder) / "ablation.png"), rows, report["budget_macs"], f"{tags['task']}: ablation")
+        client.log_artifact(parent_id, str(Path(folder) / "ablation.png"), "ablation")
+    client.set_terminated(parent_id, "FINISHED")
+    return parent_id
+
+
+def command_ablate(args: argparse.Namespace) -> int:
+    from workers.ablation import (AblationError, build_variants, check_backbone_budget, markdown_table,
+                                  summarise_variants)
+    from .commands import mlflow_client, settings_from_args
+    from .driver import ray_session
+    from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
+    from .tracking import ensure_experiment, experiment_name
+
+    task, profile = task_spec_from_args(args), profile_from_args(args)
+    data = data_from_args(args)
+    eval_set = eval_set_from_args(args, data)
+    steps, seeds = args.steps or profile.train_steps, list(range(args.seed, args.seed + args.seeds))
+    with user_errors():
+        try:
+            if not args.genotype:
+                check_backbone_budget(task, profile, args.budget)
+            run, _ = settings_from_args(args)  # every target checked before the search starts
+            searched, all_keys, scores = searched_genotype(args, task, profile, data, args.budget)
+            variants = build_variants(searched, args.budget, all_keys)
+        except AblationError as err:
+            raise UsageError(str(err)) from None
+    client = mlflow_client(run)
+    experiment_id = ensure_experiment(client, experiment_name(task.name), run.artifact_root, run.tracking_uri)
+    prefix = f"ablations/{experiment_name(task.name)}/{uuid.uuid4().hex[:12]}"
+    with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
+        runs = run_variants(variants, task=task, data=dataclasses.replace(data, valid=eval_set), profile=profile,
+                            steps=steps, seeds=seeds, storage=run.storage, prefix=prefix)
+    rows = summarise_variants(runs)
+    for row in rows:
+        row["within_budget"] = next(v.within_budget for v in variants if v.name == row["name"])
+    report = {"task": task.label, "budget_macs": int(args.budget), "steps": steps, "seed": args.seed,
+              "seeds": len(seeds), "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
+              "searched_genotype": searched.to_dict(), "position_scores": scores, "variants": rows,
+              "markdown": markdown_table(rows, args.budget)}
+    tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),
+            "seeds": str(len(seeds)), "eval_data": report["eval_data"], "command_line": shlex.join(sys.argv)[:4000]}
+    report["parent_run_id"] = record_ablation(client, experiment_id, tags=tags, rows=rows, runs=runs, report=report)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "markdown"}))
+    else:
+        print(report["markdown"], end="")
+    return 0
+
+
+def register_ablate(verbs, *, add_task_args, budget_arg, add_platform_args) -> None:
+    from .commands import positive_int
+    ablate = verbs.add_parser("ablate", help="the searched ACLA net against plain, width-matched, non-local, CLA "
+                                             "and ACLA-everywhere variants, trained alike",
+                              description="Train six variants with the same steps, seeds and schedule and score "
+                                          "them on clean images that neither the search nor the training used.")
+    add_task_args(ablate)
+    ablate.add_argument("--budget", required=True, type=budget_arg, help="e.g. 14G (1 FLOP = 1 MAC)")
+    ablate.add_argument("--profile", default="quick", help="smoke, quick (default) or paper: the backbone and schedule")
+    ablate.add_argument("--data", help="training images (default: the embedded photos)")
+    ablate.add_argument("--steps", type=positive_int, help="training steps per variant (default: the profile's)")
+    ablate.add_argument("--seed", type=int, default=0, help="first seed (search and training)")
+    ablate.add_argument("--seeds", type=positive_int, default=2, help="training seeds per variant (default 2)")
+    ablate.add_argument("--eval-data", help="folder of clean images to score on (default: the validation split)")
+    ablate.add_argument("--genotype", help="a searched ACLA genotype JSON instead of searching")
+    add_platform_args(ablate)
+    ablate.set_defaults(handler=command_ablate)

@@ -1,0 +1,90 @@
+"""The ablation's variants (workers/ablation.py) against their definitions, and its summary against formulas."""
+import math
+
+import pytest
+
+from search_space.cost import genotype_macs
+from search_space.genotype import Genotype
+from workers.ablation import (VARIANTS, AblationError, build_variants, markdown_table, matched_plain,
+                              summarise_variants)
+
+SEARCHED = Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2, attention="acla", max_keys=4,
+                    adaptive=True, positions=(0, 3), keys=((2,), (3, 1)))
+BARE = genotype_macs(Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2))
+
+
+def test_six_variants_by_definition():
+    budget = genotype_macs(SEARCHED) * 1.02
+    variants = {v.name: v for v in build_variants(SEARCHED, budget)}
+    assert list(variants) == list(VARIANTS)
+    plain, matched = variants["plain"].genotype, variants["plain-matched"].genotype
+    assert plain.attention == "none" and plain.positions == () and (plain.channels, plain.blocks) == (16, 4)
+    assert matched.attention == "none" and matched.positions == ()
+    assert abs(genotype_macs(matched) - genotype_macs(SEARCHED)) <= 0.05 * genotype_macs(SEARCHED)
+    grid = variants["nonlocal"].genotype.nonlocal_grid
+    assert variants["nonlocal"].macs <= budget and (grid == 16 or genotype_macs(Genotype.from_dict(
+        {**variants["nonlocal"].genotype.to_dict(), "nonlocal_grid": grid + 1})) > budget)  # the largest that fits
+    for name in ("nonlocal", "cla"):
+        assert variants[name].genotype.positions == SEARCHED.positions
+        assert variants[name].genotype.attention == name
+    cla = variants["cla"].genotype
+    assert not cla.adaptive and len({k for ks in cla.keys for k in ks}) == 1  # one fixed K everywhere
+    assert variants["acla-all"].genotype.positions == (0, 1, 2, 3)
+    assert variants["acla-searched"].genotype == SEARCHED
+    for v in variants.values():
+        assert v.macs == genotype_macs(v.genotype)
+        assert v.within_budget == (v.macs <= budget)
+        assert v.within_budget or v.name == "acla-all"  # the unconstrained reference alone may exceed it
+
+
+def test_cla_takes_the_largest_fixed_k_that_fits():
+    budget = genotype_macs(SEARCHED) * 1.02
+    cla = next(v for v in build_variants(SEARCHED, budget) if v.name == "cla").genotype
+    k = cla.keys[0][0]
+    assert genotype_macs(cla) <= budget
+    if k < SEARCHED.max_keys:
+        bigger = Genotype.from_dict({**cla.to_dict(), "max_keys": k + 1, "keys": [[k + 1] * len(x) for x in cla.keys]})
+        assert genotype_macs(bigger) > budget
+
+
+def test_matched_plain_is_the_closest_within_tolerance():
+    target = int(BARE * 1.3)
+    matched = matched_plain(target, Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2))
+    gap = abs(genotype_macs(matched) - target)
+    assert gap <= 0.05 * target
+    # brute force over the same widths and depths: nothing is closer
+    for blocks in range(2, 17, 2):
+        for channels in range(8, 65):
+            other = Genotype(task="car", scale=1, in_channels=3, channels=channels, blocks=blocks, stages=2)
+            assert abs(genotype_macs(other) - target) >= gap
+    with pytest.raises(AblationError, match="plain-matched"):
+        matched_plain(target, Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2),
+                      tolerance=1e-9)
+
+
+def test_variants_that_cannot_fit_say_which_and_by_how_much():
+    with pytest.raises(AblationError, match="below the bare"):
+        build_variants(SEARCHED, BARE - 1)
+    with pytest.raises(AblationError, match="variant acla-searched exceeds the budget by"):
+        build_variants(SEARCHED, genotype_macs(SEARCHED) - 1)
+    # nonlocal and cla shrink their keys to fit: with one key each they cost less than ACLA with one key, so they
+    # fit whenever acla-searched does
+    cheap = Genotype.from_dict({**SEARCHED.to_dict(), "positions": [0, 1, 2, 3], "keys": [[1], [1], [1, 1], [1, 1]]})
+    tight = {v.name: v for v in build_variants(cheap, genotype_macs(cheap))}
+    assert tight["nonlocal"].within_budget and tight["cla"].within_budget
+
+
+def test_summary_means_and_spreads():
+    runs = [{"name": n, "seed": s, "genotype": {"positions": []}, "macs": 10, "params": 5, "psnr_y": p, "ssim_y": q,
+             "input_psnr_y": 29.0, "train_seconds": 2.0 * (s + 1), "checkpoint": f"{n}-{s}"}
+            for n, s, p, q in [("plain", 0, 30.0, 0.8), ("plain", 1, 30.5, 0.9), ("acla-searched", 1, 31.0, 0.95),
+                               ("acla-searched", 0, 30.0, 0.85)]]
+    rows = summarise_variants(runs)
+    assert [r["name"] for r in rows] == ["plain", "acla-searched"]  # VARIANTS order
+    plain, searched = rows
+    assert plain["psnr_y"] == pytest.approx(30.25) and plain["psnr_y_spread"] == pytest.approx(0.5)
+    assert searched["psnr_y_seeds"] == [30.0, 31.0]  # by seed
+    assert searched["ssim_y"] == pytest.approx(0.9) and searched["train_seconds"] == pytest.approx(3.0)
+    table = markdown_table(rows, budget_macs=20)
+    assert table.count("\n| ") == 2 and "30.250" in table and "50%" in table and "29.000 dB" in table
+    assert not math.isnan(rows[0]["psnr_y"])
