@@ -62,7 +62,7 @@ def main() -> None:
         nn.init.normal_(module.fuse.weight, std=0.02)
         nn.init.normal_(module.offset_proj.weight, std=0.1)
     full.load_state_dict(half.state_dict())
-    nonlocal_block = NonLocal(channels).train()
+    nonlocal_block = NonLocal(channels, grid=1 << 30).train()  # the full form (every pixel a key), as P2 is defined
     layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
     results["layout"] = args.layout
     for module in (conv, acla, half, full, nonlocal_block):  # every contender in the same layout

@@ -2,7 +2,11 @@
 backbone, a genotype with 2 ACLA modules and one with 7 (what a 120-step search with a 40-step warm-up derived on
 car: README), on the embedded images (car, q=10); and the seconds per search
 step of the quick supernet (an ACLA candidate after every block; one weight and one architecture update).
-Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car]"""
+`equal_macs` sets a searched ACLA genotype (--genotype, default: positions 0-3 with 8 keys, the majority choice
+of the quick search on car) beside the plain backbone widened to its MACs (the ablation's plain-matched): the
+ratio of their training steps/s (target: at least 0.9), and the spread of the trial's latency measurement over
+5 repeats of each.
+Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car] [--genotype G.json]"""
 from __future__ import annotations
 
 import argparse
@@ -52,16 +56,42 @@ def measure_search(base: Genotype, task, profile, steps: int) -> dict:
     return {"seconds_per_step": round((time.perf_counter() - start) / steps, 3)}
 
 
+def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
+    """acla-searched against plain-matched: steps/s (interleaved, twice each) and latency repeatability."""
+    from orchestrator.trial import measure_latency_ms
+    from search_space.backbone import build_network as build
+    from search_space.cost import genotype_macs
+    from workers.ablation import matched_plain
+    bare = Genotype.from_dict({**searched.to_dict(), "attention": "none", "adaptive": False, "positions": [], "keys": []})
+    matched = matched_plain(genotype_macs(searched), bare)
+    rates = {"acla_searched": [], "plain_matched": []}
+    for _ in range(2):  # interleaved, so drift in the machine's speed hits both alike
+        rates["acla_searched"].append(measure(searched, task, profile, steps)["steps_per_s"])
+        rates["plain_matched"].append(measure(matched, task, profile, steps)["steps_per_s"])
+    latency = {name: sorted(round(measure_latency_ms(build(g), task.in_channels), 2) for _ in range(5))
+               for name, g in (("acla_searched", searched), ("plain_matched", matched))}
+    best = {name: max(values) for name, values in rates.items()}
+    return {"acla_searched": {"positions": list(searched.positions), "macs": genotype_macs(searched),
+                              "steps_per_s": rates["acla_searched"], "latency_ms_5_repeats": latency["acla_searched"]},
+            "plain_matched": {"channels": matched.channels, "blocks": matched.blocks, "macs": genotype_macs(matched),
+                              "steps_per_s": rates["plain_matched"], "latency_ms_5_repeats": latency["plain_matched"]},
+            "steps_per_s_ratio": round(best["acla_searched"] / best["plain_matched"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--task", default="car")
+    parser.add_argument("--genotype", help="the searched genotype for the equal-MACs comparison")
     args = parser.parse_args()
     profile = get_profile("quick")
     task = task_from_options(args.task)
     base = dict(task=task.name, scale=task.scale, in_channels=task.in_channels, channels=profile.channels,
                 blocks=profile.blocks, stages=profile.stages)
     plain = Genotype(**base)
+    searched = Genotype.from_json(open(args.genotype).read()) if args.genotype else Genotype(
+        **base, attention="acla", adaptive=True, max_keys=profile.max_keys, positions=(0, 1, 2, 3),
+        keys=((8,), (8,), (8, 8), (8, 8)))
     two_acla = Genotype(**base, attention="acla", adaptive=True, max_keys=profile.max_keys, positions=(3, 7),
                         keys=((5, 5), (5, 5, 5, 5)))
     seven_acla = Genotype(**base, attention="acla", adaptive=True, max_keys=profile.max_keys,
@@ -71,8 +101,9 @@ def main() -> None:
                       "plain": measure(plain, task, profile, args.steps),
                       "two_acla": measure(two_acla, task, profile, args.steps),
                       "seven_acla": measure(seven_acla, task, profile, args.steps),
-                      "search_supernet": measure_search(Genotype(**base, attention="acla", max_keys=profile.max_keys),
-                                                        task, profile, args.steps)}, indent=2))
+                      "search_supernet": measure_search(Genotype(**base, attention="acla", adaptive=True,
+                                                                 max_keys=profile.max_keys), task, profile, args.steps),
+                      "equal_macs": equal_macs(searched, task, profile, args.steps)}, indent=2))
 
 
 if __name__ == "__main__":

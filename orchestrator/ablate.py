@@ -19,6 +19,10 @@ from pathlib import Path
 
 from .errors import UsageError
 
+# The variants, in workers/ablation.py's order; kept here too so that the CLI starts without importing torch
+# (tests/test_ablation.py checks that the two lists agree).
+VARIANT_NAMES = ("plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-searched")
+
 
 def eval_set_from_args(args, data):
     """The clean images the variants are scored on: --eval-data, else the validation split (never trained on)."""
@@ -134,14 +138,14 @@ def command_ablate(args: argparse.Namespace) -> int:
     task, profile = task_spec_from_args(args), profile_from_args(args)
     data = data_from_args(args)
     eval_set = eval_set_from_args(args, data)
-    steps, seeds = args.steps or profile.train_steps, list(range(args.seed, args.seed + args.seeds))
+    steps, seeds = args.steps or profile.retrain_steps, list(range(args.seed, args.seed + args.seeds))
     with user_errors():
         try:
             if not args.genotype:
                 check_backbone_budget(task, profile, args.budget)
             run, _ = settings_from_args(args)  # every target checked before the search starts
             searched, all_keys, scores = searched_genotype(args, task, profile, data, args.budget)
-            variants = build_variants(searched, args.budget, all_keys)
+            variants = [v for v in build_variants(searched, args.budget, all_keys) if v.name in args.variants]
         except AblationError as err:
             raise UsageError(str(err)) from None
     client = mlflow_client(run)
@@ -167,6 +171,15 @@ def command_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def variant_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in VARIANT_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown) or repr(text)}; expected a "
+                                         f"comma-separated subset of {','.join(VARIANT_NAMES)}")
+    return names
+
+
 def register_ablate(verbs, *, add_task_args, budget_arg, add_platform_args) -> None:
     from .commands import positive_int
     ablate = verbs.add_parser("ablate", help="the searched ACLA net against plain, width-matched, non-local, CLA "
@@ -177,10 +190,13 @@ def register_ablate(verbs, *, add_task_args, budget_arg, add_platform_args) -> N
     ablate.add_argument("--budget", required=True, type=budget_arg, help="e.g. 14G (1 FLOP = 1 MAC)")
     ablate.add_argument("--profile", default="quick", help="smoke, quick (default) or paper: the backbone and schedule")
     ablate.add_argument("--data", help="training images (default: the embedded photos)")
-    ablate.add_argument("--steps", type=positive_int, help="training steps per variant (default: the profile's)")
+    ablate.add_argument("--steps", type=positive_int,
+                        help="training steps per variant (default: the profile's retrain schedule)")
     ablate.add_argument("--seed", type=int, default=0, help="first seed (search and training)")
     ablate.add_argument("--seeds", type=positive_int, default=2, help="training seeds per variant (default 2)")
     ablate.add_argument("--eval-data", help="folder of clean images to score on (default: the validation split)")
     ablate.add_argument("--genotype", help="a searched ACLA genotype JSON instead of searching")
+    ablate.add_argument("--variants", type=variant_list, default=VARIANT_NAMES,
+                        help=f"comma-separated subset to train (default: all of {','.join(VARIANT_NAMES)})")
     add_platform_args(ablate)
     ablate.set_defaults(handler=command_ablate)

@@ -146,6 +146,20 @@ class ACLA(nn.Module):
 
 
 
+OFFSET_LR_SCALE = 0.1  # Deformable-DETR trains its sampling offsets at 0.1x the learning rate
+
+
+def parameter_groups(params, model: nn.Module, lr: float, offset_lr_scale: float = OFFSET_LR_SCALE) -> list[dict]:
+    """Optimizer groups for `params`: the sampling-offset predictors of every ACLA module in `model` at
+    `offset_lr_scale` times `lr`, the rest at `lr`. One group when there is no ACLA module."""
+    offsets = {id(p) for m in model.modules() if isinstance(m, ACLA) for p in m.offset_proj.parameters()}
+    params = list(params)
+    groups = [{"params": [p for p in params if id(p) not in offsets], "lr": lr}]
+    if any(id(p) in offsets for p in params):
+        groups.append({"params": [p for p in params if id(p) in offsets], "lr": lr * offset_lr_scale})
+    return groups
+
+
 def _nhwc(tensor: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W, C), contiguous (free when the map is channels-last)."""
     return tensor.permute(0, 2, 3, 1).contiguous()

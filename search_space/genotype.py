@@ -89,10 +89,6 @@ class Genotype:
             raise ValueError(f"genotype is not valid JSON: {err}") from None
         return cls.from_dict(data)
 
-    @property
-    def num_positions(self) -> int:
-        return self.blocks
-
 
 def _as_int(value: object) -> int:
     if not _is_int(value):

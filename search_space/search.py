@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from .acla import OFFSET_LR_SCALE, parameter_groups
 from .budget import format_macs
 from .cost import genotype_macs
 from .genotype import Genotype, refs_at_position
@@ -135,15 +136,6 @@ def score_steps(steps: int, warmup_steps: int, window: float, measurements: int)
     return sorted({first + round(k * (steps - first) / max(1, count - 1)) for k in range(count)} | {steps})
 
 
-def weight_groups(supernet: Supernet, weight_lr: float, offset_lr_scale: float) -> list[dict]:
-    """The weights in two Adam groups: sampling offsets at `offset_lr_scale` times the rate (Deformable-DETR
-    trains its sampling offsets at 0.1x), everything else at the rate."""
-    offsets = {id(p) for m in supernet.net.attention if hasattr(m, "offset_proj") for p in m.offset_proj.parameters()}
-    weights = supernet.weight_parameters()
-    return [{"params": [p for p in weights if id(p) not in offsets], "lr": weight_lr},
-            {"params": [p for p in weights if id(p) in offsets], "lr": weight_lr * offset_lr_scale}]
-
-
 def search_architecture(
     *,
     supernet: Supernet,
@@ -162,7 +154,7 @@ def search_architecture(
     score_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     score_window: float = 0.5,
     score_measurements: int = 8,
-    offset_lr_scale: float = 0.1,
+    offset_lr_scale: float = OFFSET_LR_SCALE,
 ) -> SearchOutcome:
     """Alternate weight and architecture steps on separate batches; return the derived genotype.
 
@@ -177,7 +169,8 @@ def search_architecture(
     supernet.set_gate_temperature(gate_temperature)
     if score_batches is None:
         score_batches = [next(batches) for _ in range(2)]
-    weight_opt = torch.optim.Adam(weight_groups(supernet, weight_lr, offset_lr_scale), lr=weight_lr)
+    weight_opt = torch.optim.Adam(parameter_groups(supernet.weight_parameters(), supernet, weight_lr, offset_lr_scale),
+                                  lr=weight_lr)
     arch_opt = torch.optim.Adam(supernet.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999))
     measure_at = set(score_steps(steps, warmup_steps, score_window, score_measurements))
     keys_avg: list[list[float]] | None = None

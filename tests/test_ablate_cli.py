@@ -77,6 +77,7 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
     (["--budget", "2G", "--eval-data", "EMPTY"], "no images found"),
     (["--budget", "2G", "--genotype", "GENOTYPE"], "variant acla-searched exceeds the budget by"),
     (["--budget", "2G", "--seeds", "0"], "must be 1 or more"),
+    (["--budget", "2G", "--variants", "plain,wide"], "unknown variant(s) wide"),
 ])
 def test_ablate_bad_input_is_one_line(run_dir, tmp_path, extra, message):
     empty = tmp_path / "empty"

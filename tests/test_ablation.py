@@ -13,6 +13,11 @@ SEARCHED = Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, s
 BARE = genotype_macs(Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2))
 
 
+def test_the_cli_lists_the_same_variants():
+    from orchestrator.ablate import VARIANT_NAMES
+    assert VARIANT_NAMES == VARIANTS
+
+
 def test_six_variants_by_definition():
     budget = genotype_macs(SEARCHED) * 1.02
     variants = {v.name: v for v in build_variants(SEARCHED, budget)}

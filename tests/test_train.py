@@ -119,3 +119,17 @@ def test_proxy_search_derives_at_the_target_width(tiny_data):
                                                                  result.proxy_genotype.keys)
     assert genotype_macs(result.genotype) <= config.budget_macs
     assert result.supernet_state["head.weight"].shape[0] == 8  # the supernet was the proxy
+
+
+def test_optimizer_trains_sampling_offsets_at_a_tenth_of_the_rate():
+    from search_space.backbone import build_network
+    from workers.train import make_optimizer
+    profile = get_profile("smoke")
+    model = build_network(genotype_for(TaskSpec("denoise", sigma=25.0)))
+    optimizer, _ = make_optimizer(model, profile)
+    offsets = {id(p) for m in model.attention if hasattr(m, "offset_proj") for p in m.offset_proj.parameters()}
+    assert [g["lr"] for g in optimizer.param_groups] == [profile.lr, pytest.approx(profile.lr * 0.1)]
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == offsets and offsets
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    plain, _ = make_optimizer(build_network(genotype_for(TaskSpec("denoise", sigma=25.0), "none")), profile)
+    assert len(plain.param_groups) == 1

@@ -24,7 +24,7 @@ class Profile:
     lr_step: int  # halve (times lr_gamma) every lr_step iterations
     search_steps: int  # differentiable-search iterations (each one weight + one architecture step)
     train_steps: int  # proxy training of a derived genotype inside a trial
-    retrain_steps: int  # the winners' longer schedule
+    retrain_steps: int  # the winners' longer schedule, and each ablation variant's
     valid_crop: int  # centre crop of validation images (0: whole images)
     trials: int
     concurrency: int
@@ -53,7 +53,7 @@ PROFILES = {
                      lr_step=1000, search_steps=3, train_steps=6, retrain_steps=8, valid_crop=48, trials=2,
                      concurrency=2, log_every=2, block_choices=(4,), channel_step=4, max_channels=32),
     "quick": Profile("quick", channels=32, blocks=8, stages=4, max_keys=9, patch=48, batch_size=8, lr=5e-4,
-                     lr_step=400, search_steps=80, train_steps=400, retrain_steps=500, valid_crop=256, trials=4,
+                     lr_step=400, search_steps=80, train_steps=200, retrain_steps=400, valid_crop=256, trials=4,
                      concurrency=2, log_every=20, search_warmup=40, block_choices=(8,), channel_step=8, max_channels=128,
                      proxy_width=0.5),
     "paper": Profile("paper", channels=64, blocks=16, stages=4, max_keys=9, patch=48, batch_size=16, lr=1e-4,

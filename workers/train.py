@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from search_space.acla import parameter_groups
 from search_space.backbone import build_network
 from search_space.genotype import Genotype
 
@@ -24,7 +25,6 @@ from .profiles import Profile
 from .tasks import TaskSpec
 
 Report = Callable[[dict], None]
-METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,10 @@ def make_sampler(task: TaskSpec, image_set: ImageSet, profile: Profile, seed: in
 
 
 def make_optimizer(model: torch.nn.Module, profile: Profile):
-    """Adam (0.9, 0.999, eps 1e-8) at the profile's rate, decayed by lr_gamma every lr_step iterations."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
+    """Adam (0.9, 0.999, eps 1e-8) at the profile's rate (ACLA's sampling offsets at 0.1x, as Deformable-DETR
+    trains them), decayed by lr_gamma every lr_step iterations."""
+    groups = parameter_groups(model.parameters(), model, profile.lr)
+    optimizer = torch.optim.Adam(groups, lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=profile.lr_step, gamma=profile.lr_gamma)
     return optimizer, scheduler
 
