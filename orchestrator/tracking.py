@@ -58,7 +58,7 @@ def log_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial
     fields = {**{k: v for k, v in params.items()}, **{f"genotype.{k}": v for k, v in genotype.items()}}
     scores = json.loads(result.get("position_scores", "[]"))
     per_position = [Metric(f"position_{kind}_{s['position']}", float(s[kind]), 0, 0)
-                    for s in scores for kind in ("score", "spread", "prob")]
+                    for s in scores for kind in ("score", "spread", "stderr", "prob")]
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in fields.items()],
                      metrics=[Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result] + per_position)
     with tempfile.TemporaryDirectory() as folder:

@@ -57,25 +57,29 @@ def derived_keys(base: Genotype, position: int, active_keys: Sequence[float]) ->
 
 
 def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_keys: Sequence[Sequence[float]],
-                    budget_macs: float) -> Genotype:
+                    budget_macs: float, score_errors: Sequence[float] | None = None) -> Genotype:
     """Fill the budget by ranking: each position whose measured gain is positive, in order of gain per MAC.
 
     `position_scores[i]` is how much the held-out loss rises when position i is switched off (DARTS-PT's
-    perturbation score, in loss units); key counts are the rounded mean active keys (at least 1). A position
-    that does not fit what is left of the budget is skipped and cheaper ones are still tried (a greedy
-    knapsack), so the result never exceeds the budget, and fills it as far as positions with a positive gain
-    allow. Ties go to the earlier position. Pure: the same inputs give the same genotype.
+    perturbation score, in loss units), and `score_errors[i]` its standard error (default 0): a position counts
+    as gainful only when its score exceeds its error, since a decision inside the noise is a coin flip. Key
+    counts are the rounded mean active keys (at least 1). A position that does not fit what is left of the
+    budget is skipped and cheaper ones are still tried (a greedy knapsack), so the result never exceeds the
+    budget, and fills it as far as gainful positions allow; what a gainless search leaves unspent goes to width
+    in the outer search. Ties go to the earlier position. Pure: the same inputs give the same genotype.
     """
     check_budget(base, budget_macs)
-    if len(position_scores) != base.blocks or len(active_keys) != base.blocks:
-        raise ValueError(f"need one score and one key list per position ({base.blocks})")
+    errors = [0.0] * base.blocks if score_errors is None else list(score_errors)
+    if len(position_scores) != base.blocks or len(active_keys) != base.blocks or len(errors) != base.blocks:
+        raise ValueError(f"need one score, one error and one key list per position ({base.blocks})")
     uses_keys = base.attention in ("acla", "cla")
 
     def keys_at(position: int) -> list[int]:
         return derived_keys(base, position, active_keys[position])
 
     cost = {i: module_macs(base, i, keys_at(i)) for i in range(base.blocks)}
-    gainful = [i for i in range(base.blocks) if math.isfinite(position_scores[i]) and position_scores[i] > 0]
+    gainful = [i for i in range(base.blocks)
+               if math.isfinite(position_scores[i]) and position_scores[i] > max(0.0, errors[i])]
     ranked = sorted(gainful, key=lambda i: (-position_scores[i] / max(cost[i], 1), i))
     left = budget_macs - check_budget(base, budget_macs)
     kept = []
@@ -120,6 +124,7 @@ class SearchOutcome:
     active_keys: list[list[float]]
     position_scores: list[float]  # mean perturbation score over the last part of the search (loss units)
     score_spread: list[float]  # its standard deviation over those measurements: how settled each position is
+    score_errors: list[float]  # the standard error of the mean score (spread / sqrt(measurements))
     history: list[dict] = field(default_factory=list)
 
 
@@ -214,6 +219,8 @@ def search_architecture(
     per_position = list(zip(*score_log))
     scores = [sum(values) / len(values) for values in per_position]
     spread = [_spread(values) for values in per_position]
-    genotype = derive_genotype(base=supernet.base, position_scores=scores, active_keys=keys_avg, budget_macs=budget_macs)
+    errors = [value / math.sqrt(len(score_log)) for value in spread]
+    genotype = derive_genotype(base=supernet.base, position_scores=scores, active_keys=keys_avg, budget_macs=budget_macs,
+                               score_errors=errors)
     return SearchOutcome(genotype=genotype, position_probs=probs, active_keys=keys_avg, position_scores=scores,
-                         score_spread=spread, history=history)
+                         score_spread=spread, score_errors=errors, history=history)

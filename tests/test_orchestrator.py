@@ -90,8 +90,8 @@ def test_search_end_to_end_sqlite(run_dir):
     for trial in summary["trials"]:  # one score per position, with how settled it is
         blocks = trial["backbone"]["blocks"]
         assert [s["position"] for s in trial["position_scores"]] == list(range(blocks))
-        assert all({"score", "spread", "prob"} <= set(s) for s in trial["position_scores"])
-        assert all(s["score"] > 0 for s in trial["position_scores"] if s["position"] in trial["positions"])
+        assert all({"score", "spread", "stderr", "prob"} <= set(s) for s in trial["position_scores"])
+        assert all(s["score"] > s["stderr"] for s in trial["position_scores"] if s["position"] in trial["positions"])
         # the outer search offers backbones that spend the budget: 50-100% of it, bare
         assert 0.5 * BUDGET <= trial["macs"] <= BUDGET
     assert summary["retrained"][0]["alias"] == "models:/acla-car@budget-2G"

@@ -61,6 +61,16 @@ def test_derive_ranks_by_gain_and_rounds_keys():
     assert genotype.keys == ((3,), (1, 3))
 
 
+def test_derive_keeps_no_position_whose_score_is_inside_its_error():
+    keys = [[4.0], [4.0], [4.0, 4.0], [4.0, 4.0]]
+    genotype = derive_genotype(base=BASE, position_scores=[0.02, 0.01, 0.005, 0.004], active_keys=keys,
+                               budget_macs=1e12, score_errors=[0.001, 0.02, 0.004, 0.004])
+    assert genotype.positions == (0, 2)  # 0.01 < 0.02 and 0.004 is not above 0.004: coin flips, left out
+    plain = derive_genotype(base=BASE, position_scores=[1e-6] * 4, active_keys=keys, budget_macs=1e12,
+                            score_errors=[1e-5] * 4)
+    assert plain.positions == ()  # nothing measurable: the plain backbone (the outer search spends on width)
+
+
 def _greedy_oracle(scores, costs, room):
     """Independent oracle: every subset, ordered by gain per MAC, taken greedily."""
     order = sorted((i for i in range(len(scores)) if scores[i] > 0), key=lambda i: (-scores[i] / costs[i], i))

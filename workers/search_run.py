@@ -88,16 +88,18 @@ def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: R
                                   report=report, report_every=profile.log_every, warmup_steps=profile.search_warmup,
                                   score_batches=[next(held_out) for _ in range(SCORE_BATCHES)])
     genotype = derive_genotype(base=target, position_scores=outcome.position_scores, active_keys=outcome.active_keys,
-                               budget_macs=config.budget_macs)
+                               budget_macs=config.budget_macs, score_errors=outcome.score_errors)
     return SearchResult(genotype=genotype, proxy_genotype=with_channels(genotype, proxy.channels), outcome=outcome,
                         supernet_state={k.removeprefix("net."): v for k, v in supernet.state_dict().items()})
 
 
 def position_scores(outcome: SearchOutcome) -> list[dict]:
-    """Per position: its mean perturbation score, how settled it is (the spread), and its final probability."""
-    return [{"position": i, "score": round(score, 6), "spread": round(spread, 6), "prob": round(prob, 4)}
-            for i, (score, spread, prob) in enumerate(zip(outcome.position_scores, outcome.score_spread,
-                                                          outcome.position_probs))]
+    """Per position: its mean perturbation score, how settled it is (the spread, and the standard error that a
+    kept position's score must exceed), and its final probability."""
+    return [{"position": i, "score": round(score, 7), "spread": round(spread, 7), "stderr": round(error, 7),
+             "prob": round(prob, 4)}
+            for i, (score, spread, error, prob) in enumerate(zip(outcome.position_scores, outcome.score_spread,
+                                                                 outcome.score_errors, outcome.position_probs))]
 
 
 
