@@ -58,7 +58,7 @@ def measure_search(base: Genotype, task, profile, steps: int) -> dict:
 
 def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
     """acla-searched against plain-matched: steps/s (interleaved, twice each) and latency repeatability."""
-    from orchestrator.trial import measure_latency_ms
+    from workers.latency import measure_latency_ms
     from search_space.backbone import build_network as build
     from search_space.cost import genotype_macs
     from workers.ablation import matched_plain

@@ -161,7 +161,7 @@ def print_summary(summary: dict) -> None:
                       f"{format_macs(t['macs'])} ({format_macs(t['proxy_macs'])})", f"{t['psnr']:.2f}",
                       "*" if t["pareto"] else "",
                       "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.2f}", t["artifact_uri"])
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # a pipe gets whole URIs, not 80 columns
 
 
 @contextlib.contextmanager

@@ -5,22 +5,19 @@ overhead benchmark calls it directly.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import dataclass
-
-import torch
 
 from search_space.backbone import build_network
 from search_space.cost import count_parameters, genotype_macs
 from search_space.genotype import Genotype
 
+from workers.latency import measure_latency_ms
 from workers.profiles import Profile
 from workers.search_run import SearchConfig, position_scores, run_search
 from workers.tasks import TaskSpec
 from workers.train import DataSpec, Report, train
 
-LATENCY_INPUT = 128  # side of the square input the worker times a forward pass on
 FILL_FLOOR = 0.5  # the outer search's backbones cost at least this share of the budget, bare
 
 
@@ -62,27 +59,6 @@ def feasible_backbones(task: TaskSpec, profile: Profile, budget_macs: float) -> 
     banded = [key for key in fitting if costs[key] >= FILL_FLOOR * budget_macs]
     chosen = banded or ([max(fitting, key=lambda key: costs[key])] if fitting else [])
     return [backbone_label(c, b) for c, b in sorted(chosen)], min(costs.values())
-
-
-@torch.no_grad()
-def measure_latency_ms(model: torch.nn.Module, in_channels: int, repeats: int = 7) -> float:
-    """Median of `repeats` forward passes on one thread after two warm-up passes. One thread, because a
-    trial's CPUs are shared with its neighbours' and the OS: with every thread, one genotype measured 26-142 ms."""
-    model.eval()
-    x = torch.rand(1, in_channels, LATENCY_INPUT, LATENCY_INPUT)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model(x)
-        model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return 1000 * statistics.median(times)
 
 
 def run_trial(params: dict, settings: TrialSettings, report: Report | None = None) -> dict:
