@@ -197,6 +197,10 @@ def command_search(args: argparse.Namespace) -> int:
     from .driver import check_feasible
     for budget in budgets:  # all input checks before any work starts
         check_feasible(trial_settings(args, task, profile, data, budget))
+        from .trial import unused_budget_warning
+        warning = unused_budget_warning(task, profile, budget)
+        if warning:
+            print(warning, file=sys.stderr)
     run, store = settings_from_args(args)
     client = mlflow_client(run)
     summaries = []

@@ -21,6 +21,18 @@ from workers.train import DataSpec, Report, train
 FILL_FLOOR = 0.5  # the outer search's backbones cost at least this share of the budget, bare
 
 
+def unused_budget_warning(task: TaskSpec, profile: Profile, budget_macs: float) -> str | None:
+    """A one-line warning when the profile's widest backbone leaves more than half the budget unused."""
+    from search_space.budget import format_macs
+    feasible, _ = feasible_backbones(task, profile, budget_macs)
+    widest = max((bare_macs(task, *parse_backbone(label), profile.stages) for label in feasible), default=0)
+    if feasible and widest < FILL_FLOOR * budget_macs:
+        return (f"acla-orch: warning: the {profile.name} profile's widest backbone ({feasible[-1]}, "
+                f"{format_macs(widest)}MACs) uses {widest / budget_macs:.0%} of the {format_macs(budget_macs)}MACs "
+                f"budget; the networks found will cost less than it allows")
+    return None
+
+
 @dataclass(frozen=True)
 class TrialSettings:
     task: TaskSpec

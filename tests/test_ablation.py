@@ -93,3 +93,4 @@ def test_summary_means_and_spreads():
     table = markdown_table(rows, budget_macs=20)
     assert table.count("\n| ") == 2 and "30.250" in table and "50%" in table and "29.000 dB" in table
     assert not math.isnan(rows[0]["psnr_y"])
+
