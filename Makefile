@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test bench clean
 
-$(STAMP): pyproject.toml search_space/csrc/acla_aggregate.cpp
+$(STAMP): pyproject.toml search_space/ops/csrc/acla_aggregate.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m search_space.fast_sampling
+	$(PY) -m search_space.ops
 	touch $(STAMP)
 
 install: $(STAMP)

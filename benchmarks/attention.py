@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from search_space.acla import ACLA
 from search_space.attention import NonLocal
-from search_space.fast_sampling import fast_path_available, reference_sampling
+from search_space.ops import cpu_kernel_available, use_reference
 
 
 def time_fwd_bwd(module: nn.Module, x: torch.Tensor, refs: tuple, repeats: int) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
         t_acla = time_fwd_bwd(acla, x, refs, args.repeats)
         t_half = time_fwd_bwd(half, x, refs, args.repeats)
         t_full = time_fwd_bwd(full, x, refs, args.repeats)
-        with reference_sampling():
+        with use_reference():
             t_acla_ref = time_fwd_bwd(acla, x, refs, args.repeats)
             t_half_ref = time_fwd_bwd(half, x, refs, args.repeats)
         t_nl = time_fwd_bwd(nonlocal_block, x, (), max(1, args.repeats // 2))
@@ -90,7 +90,7 @@ def main() -> None:
             "half_keys_over_derived_all_keys_fast": round(t_half / t_full, 2),
             "half_keys_over_search_all_keys_fast": round(t_half / t_acla, 2),
             "half_keys_over_all_keys_reference": round(t_half_ref / t_acla_ref, 2)}
-    results["fast_path"] = fast_path_available(torch.zeros(1))
+    results["fast_path"] = cpu_kernel_available(torch.zeros(1))
     if args.memory:
         results["acla_peak_memory_mib"] = {f"{s}x{s}": peak_memory_mib(s) for s in (64, 128, 256)}
         sizes = sorted(results["acla_peak_memory_mib"].items(), key=lambda kv: int(kv[0].split("x")[0]))

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fast_sampling import attend, masked_softmax, top_k_mask
+from .ops import attend, masked_softmax, top_k_mask
 from .sampling import deformable_sample, spread_offsets
 
 __all__ = ["ACLA", "deformable_sample", "masked_softmax"]

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .attention import NoAttention, make_attention
+from .cost import upsampler_steps
 from .genotype import Genotype, refs_at_position
 
 
@@ -30,17 +31,6 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(torch.relu(self.conv1(x))) * self.res_scale
-
-
-def upsampler_steps(scale: int) -> list[int]:
-    """EDSR's pixel-shuffle steps: x2 and x4 as repeated x2, x3 as one x3."""
-    if scale == 1:
-        return []
-    if scale == 3:
-        return [3]
-    if scale in (2, 4):
-        return [2] * (scale // 2)
-    raise ValueError(f"scale {scale} is not supported; expected 1, 2, 3 or 4")
 
 
 class RestorationNet(nn.Module):

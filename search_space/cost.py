@@ -6,7 +6,7 @@ not counted, as in those tools; for a conv-only network our count equals `FlopCo
 Reference sizes follow the field: a 1280x720 *output* for SR (so a 640x360 input at x2, 426x240 at x3,
 320x180 at x4) and 256x256 for denoise, car and demosaic.
 ACLA's deformable sampling is counted by formula, as the fused kernel computes it: 4 bilinear taps per active
-key, each a multiply-add over the C channels (search_space/fast_sampling.py). Its value projections carry the
+key, each a multiply-add over the C channels (search_space/ops/acla_attend.py). Its value projections carry the
 output fusion: L convs C -> C per pixel plus, once per call, the L*C*C*C + C*C*L products that merge them
 (search_space/acla.py).
 """
@@ -14,11 +14,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .backbone import upsampler_steps
 from .genotype import NONLOCAL_GRID, Genotype, refs_at_position
 
 SR_REFERENCE_OUTPUT = (720, 1280)  # (height, width)
 RESTORATION_REFERENCE = (256, 256)
+
+
+def upsampler_steps(scale: int) -> list[int]:
+    """EDSR's pixel-shuffle steps: x2 and x4 as repeated x2, x3 as one x3."""
+    if scale == 1:
+        return []
+    if scale == 3:
+        return [3]
+    if scale in (2, 4):
+        return [2] * (scale // 2)
+    raise ValueError(f"scale {scale} is not supported; expected 1, 2, 3 or 4")
 
 
 def reference_input_size(task: str, scale: int) -> tuple[int, int]:

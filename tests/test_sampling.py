@@ -87,20 +87,38 @@ def test_masked_softmax_all_gates_off_has_finite_gate_gradient():
 
 def test_unbuildable_kernel_falls_back_with_one_warning_line(monkeypatch):
     import torch.utils.cpp_extension as cpp_extension
-    from search_space import fast_sampling
+    from search_space.ops import acla_attend as op
 
     def broken_build(**kwargs):
         raise RuntimeError("Error building extension 'acla_aggregate'\nc++: error: unrecognized option\nmore log")
     monkeypatch.setattr(cpp_extension, "load", broken_build)
-    fast_sampling.load_extension.cache_clear()
+    op.load_extension.cache_clear()
     try:
         with pytest.warns(UserWarning) as caught:
-            assert fast_sampling.load_extension() is None
+            assert op.load_extension() is None
         message = str(caught[0].message)
         assert "grid_sample reference" in message and "\n" not in message
         values = [torch.randn(1, 3, 4, 5)]
         offsets, logits = torch.zeros(1, 4, 5, 2, 2), torch.zeros(1, 4, 5, 2)
-        out = fast_sampling.attend(values, offsets, logits, None, 2, torch.zeros(3))
+        out = op.attend(values, offsets, logits, None, 2, torch.zeros(3))
         torch.testing.assert_close(out, values[0].permute(0, 2, 3, 1))  # two keys on the query pixel, weights 1/2
     finally:
-        fast_sampling.load_extension.cache_clear()  # the next caller builds (or loads) the real kernel again
+        op.load_extension.cache_clear()  # the next caller builds (or loads) the real kernel again
+
+
+@pytest.mark.parametrize("variable,deprecated", [("ACLA_DISABLE_CPU_KERNEL", False), ("ACLA_DISABLE_FAST_SAMPLING", True)])
+def test_environment_forces_the_reference(monkeypatch, variable, deprecated):
+    """The new variable, and its old name for one release, with a deprecation warning."""
+    import warnings
+    from search_space.ops import acla_attend as op
+    monkeypatch.setenv(variable, "1")
+    op.load_extension.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert op.load_extension() is None and not op.cpu_kernel_available(torch.zeros(1))
+        assert any(issubclass(w.category, DeprecationWarning) and "ACLA_DISABLE_CPU_KERNEL" in str(w.message)
+                   for w in caught) == deprecated
+    finally:
+        monkeypatch.delenv(variable)
+        op.load_extension.cache_clear()

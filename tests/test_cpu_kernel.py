@@ -3,10 +3,10 @@ tolerance, and a float64 naive loop exactly."""
 import pytest
 import torch
 
-from search_space.fast_sampling import attend, fast_path_available, reference_attend, reference_sampling, top_k_mask
+from search_space.ops import attend, cpu_kernel_available, reference_attend, top_k_mask, use_reference
 from tests.oracles import naive_deformable_sample
 
-pytestmark = pytest.mark.skipif(not fast_path_available(torch.zeros(1)), reason="fast CPU kernel could not be built")
+pytestmark = pytest.mark.skipif(not cpu_kernel_available(torch.zeros(1)), reason="fast CPU kernel could not be built")
 
 
 def case(batch, channels, layers, keys, height, width, spread, seed, gated=True, dtype=torch.float32):
@@ -88,7 +88,7 @@ def test_integer_offsets_shift_exactly_in_float32():
 def test_top_k_mask_matches_torch_topk():
     scores = torch.randn(2, 5, 6, 3, 9, generator=torch.Generator().manual_seed(7))
     fast = top_k_mask(scores, (1, 4, 9))
-    with reference_sampling():
+    with use_reference():
         ref = top_k_mask(scores, (1, 4, 9))
     assert torch.equal(fast, ref)
     assert fast.sum(-1).mean(dim=(0, 1, 2)).tolist() == [1.0, 4.0, 9.0]

@@ -1,4 +1,4 @@
-"""ACLA's attention, fused on the CPU.
+"""ACLA's attention op: the fused CPU kernel (csrc/acla_aggregate.cpp), its build, and the dispatcher.
 
 `attend(values, offsets, logits, gates, keys_per_ref, bias)` computes, per query pixel and in channels-last
 layout, the softmax weights of the keys whose gate is on, and the bias plus the weighted sum over all layers and
@@ -7,8 +7,9 @@ kernel (csrc/acla_aggregate.cpp, built on first use or by `make install`, with O
 vector units) never materialises the (B, C, K, H, W) samples and never reads a gated-off key; its backward
 gathers for the offset, logit and gate gradients and scatters into disjoint (image, layer, channel-block)
 slices of the value gradients, so it needs no atomics. Where it cannot be built or the tensors are not float
-CPU tensors, `reference_attend` (torch ops and grid_sample) runs instead; tests check that the two agree in
-forward and gradients.
+CPU tensors, `reference_attend` (torch ops and grid_sample, ops/reference.py) runs instead; tests check that the
+two agree in forward and gradients. `ACLA_DISABLE_CPU_KERNEL=1` forces the reference
+(`ACLA_DISABLE_FAST_SAMPLING`, its old name, still works for one release, with a deprecation warning).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from .sampling import deformable_sample
+from .reference import reference_attend
 
 _SOURCE = Path(__file__).parent / "csrc" / "acla_aggregate.cpp"
 
@@ -47,7 +48,11 @@ def load_extension():
 
     Built for this CPU first; if the compiler rejects that, once more with portable flags.
     """
+    if os.environ.get("ACLA_DISABLE_CPU_KERNEL"):
+        return None
     if os.environ.get("ACLA_DISABLE_FAST_SAMPLING"):
+        warnings.warn("acla-orch: ACLA_DISABLE_FAST_SAMPLING is deprecated and goes in the next release; "
+                      "set ACLA_DISABLE_CPU_KERNEL=1 instead", DeprecationWarning, stacklevel=2)
         return None
     tag, arch_flags = _cpu_tag()
     attempts = [(tag, arch_flags)] + ([(f"{platform.machine()}-portable", [])] if arch_flags else [])
@@ -68,20 +73,6 @@ def load_extension():
     return None
 
 
-def masked_softmax(logits: torch.Tensor, gates: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
-    """Softmax of `logits` over `dim` in which keys with gate 0 take no part.
-
-    `gates` may carry straight-through gradients: its forward value must be 0 or 1. With every gate off the
-    weights are 0 and the denominator falls back to the unmasked sum, so the gate gradients stay finite.
-    """
-    if gates is None:
-        return torch.softmax(logits, dim=dim)
-    shifted = torch.exp(logits - logits.amax(dim=dim, keepdim=True).detach())  # any shift is exact for a softmax
-    on = (shifted * gates).sum(dim=dim, keepdim=True)
-    denominator = torch.where(on > 0, on, shifted.sum(dim=dim, keepdim=True))
-    return shifted * gates / denominator
-
-
 class _FusedAttend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, keys, off_key_grads, offsets, logits, gates, bias, *values):
@@ -100,22 +91,11 @@ class _FusedAttend(torch.autograd.Function):
         return (None, None, grad_offsets, grad_logits, grad_gates if gates.numel() else None, grad_bias, *grad_values)
 
 
-def reference_attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.Tensor,
-                     gates: torch.Tensor | None, keys_per_ref: int, bias: torch.Tensor) -> torch.Tensor:
-    """`attend` through torch ops and grid_sample (`deformable_sample`), on any device."""
-    weights = masked_softmax(logits, gates)
-    out = bias
-    for value, offset, weight in zip(values, offsets.split(keys_per_ref, dim=3), weights.split(keys_per_ref, dim=3)):
-        sampled = deformable_sample(value, offset.permute(0, 3, 1, 2, 4))  # (B, C, k, H, W)
-        out = out + (sampled * weight.permute(0, 3, 1, 2).unsqueeze(1)).sum(dim=2).permute(0, 2, 3, 1)
-    return out
-
-
 _forced_reference = False
 
 
 @contextlib.contextmanager
-def reference_sampling():
+def use_reference():
     """Run the grid_sample reference inside this block (benchmarks compare both paths in one run)."""
     global _forced_reference
     previous, _forced_reference = _forced_reference, True
@@ -125,7 +105,7 @@ def reference_sampling():
         _forced_reference = previous
 
 
-def fast_path_available(tensor: torch.Tensor) -> bool:
+def cpu_kernel_available(tensor: torch.Tensor) -> bool:
     return (not _forced_reference and tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
             and load_extension() is not None)
 
@@ -145,7 +125,7 @@ def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.
                          f"logits {tuple(logits.shape)} must hold {keys} keys in dim 3")
     dtype = values[0].dtype
     tensors = [offsets, logits, bias] + ([] if gates is None else [gates])
-    if not (fast_path_available(values[0]) and all(t.dtype == dtype and t.device == values[0].device for t in tensors)):
+    if not (cpu_kernel_available(values[0]) and all(t.dtype == dtype and t.device == values[0].device for t in tensors)):
         return reference_attend(values, offsets, logits, gates, keys_per_ref, bias)
     maps = [value.permute(0, 2, 3, 1).contiguous() for value in values]  # free for channels-last maps
     return _FusedAttend.apply(keys_per_ref, off_key_grads, offsets.contiguous(), logits.contiguous(),
@@ -155,7 +135,7 @@ def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.
 def top_k_mask(scores: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
     """scores (B, H, W, L, K) -> 0/1 mask keeping each query's counts[l] highest-scored keys of layer l."""
     counts = [int(c) for c in counts]
-    if fast_path_available(scores):
+    if cpu_kernel_available(scores):
         return load_extension().top_k_mask(scores.detach().contiguous(), counts)
     mask = torch.zeros_like(scores)
     for layer, count in enumerate(counts):
@@ -163,5 +143,3 @@ def top_k_mask(scores: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
     return mask
 
 
-if __name__ == "__main__":  # `python -m search_space.fast_sampling`: build now (the install step runs this)
-    print("fast CPU attention kernel:", "built" if load_extension() is not None else "unavailable (reference path)")
