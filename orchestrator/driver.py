@@ -55,6 +55,10 @@ def ray_session(run: RunSettings):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Ray Tune's own SIGINT handler stops the trials and lets fit() return normally, which would read as a
+    # finished search (retraining a winner of 2 of 12 trials and moving the alias); without it Ctrl-C raises
+    # KeyboardInterrupt here, and the search is marked KILLED.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if run.ray_address in (None, "", "local"):
         ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
     else:

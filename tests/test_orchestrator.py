@@ -152,3 +152,29 @@ def test_bad_input_fails_before_any_work(args, fragment, run_dir):
     assert len(out.stderr.strip().splitlines()) == 1
     assert time.time() - started < 60
     assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))  # no half-made run anywhere
+
+
+def test_ctrl_c_cancels_the_search(run_dir):
+    """SIGINT during the trials: exit 130, the parent run KILLED, nothing retrained or registered."""
+    from mlflow.tracking import MlflowClient
+    env = {**os.environ, "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", "--budget", "2G", "--task", "car",
+                               "--profile", "smoke", "--trials", "8", "--concurrency", "1", "--search-steps", "30"],
+                              env=env, cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(run_dir, "tune")) and time.time() < deadline and search.poll() is None:
+        time.sleep(0.5)
+    time.sleep(5)  # inside Tune's fit()
+    assert search.poll() is None, "the search ended before it could be interrupted"
+    search.send_signal(signal.SIGINT)
+    _, stderr = search.communicate(timeout=120)
+    assert search.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name("acla-car")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert not client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'retrain'")
+    assert not client.search_registered_models()
