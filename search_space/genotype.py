@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass
 
 GENOTYPE_VERSION = 1
+# Far above any published restoration CNN (EDSR: 256 channels, 32 blocks; RCAN: 200 blocks), low enough that a
+# typo cannot ask for terabytes or an hour of cost counting.
+UPPER_BOUNDS = {"channels": 1024, "blocks": 512, "stages": 512, "max_keys": 64, "nonlocal_grid": 256}
 ATTENTION_KINDS = ("acla", "cla", "nonlocal", "none")
 NONLOCAL_GRID = 16  # by default a non-local block pools its keys to at most 16 x 16 (search_space/attention.py)
 TASK_NAMES = ("sr", "denoise", "car", "demosaic")
@@ -87,6 +90,8 @@ class Genotype:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"genotype is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ValueError("genotype JSON is nested too deeply; expected one flat object") from None
         return cls.from_dict(data)
 
 
@@ -110,12 +115,13 @@ def validate_genotype(g: Genotype) -> None:
     _check(g.version == GENOTYPE_VERSION, f"genotype version {g.version!r} is not supported; expected {GENOTYPE_VERSION}")
     _check(g.task in TASK_NAMES, f"unknown task {g.task!r}; expected one of {', '.join(TASK_NAMES)}")
     if g.task == "sr":
-        _check(g.scale in SR_SCALES, f"scale {g.scale!r} is not supported for sr; expected 2, 3 or 4")
+        _check(_is_int(g.scale) and g.scale in SR_SCALES, f"scale {g.scale!r} is not supported for sr; expected 2, 3 or 4")
     else:
-        _check(g.scale == 1, f"scale must be 1 for task {g.task}, got {g.scale!r}")
+        _check(_is_int(g.scale) and g.scale == 1, f"scale must be 1 for task {g.task}, got {g.scale!r}")
     for name in ("in_channels", "channels", "blocks", "stages", "max_keys", "nonlocal_grid"):
-        value = getattr(g, name)
-        _check(_is_int(value) and value >= 1, f"genotype field {name} must be a positive integer, got {value!r}")
+        value, highest = getattr(g, name), UPPER_BOUNDS.get(name)
+        _check(_is_int(value) and 1 <= value <= (highest or value),
+               f"genotype field {name} must be an integer from 1 to {highest or 'any'}, got {value!r}")
     _check(g.in_channels in (1, 3), f"in_channels must be 1 or 3, got {g.in_channels}")
     _check(g.blocks % g.stages == 0, f"blocks ({g.blocks}) must be a multiple of stages ({g.stages})")
     _check(g.attention in ATTENTION_KINDS, f"unknown attention {g.attention!r}; expected one of {', '.join(ATTENTION_KINDS)}")

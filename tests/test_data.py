@@ -85,3 +85,11 @@ def test_patches_are_aligned_and_seeded(task, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(next(again), (inputs, targets)))
     if task.name == "demosaic":  # the input stays an RGGB mosaic after flips and rotations
         assert (inputs[:, 1, 0::2, 0::2] == 0).all() and (inputs[:, 0, 1::2, :] == 0).all()
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is over twice the limit: Pillow refuses
+    with pytest.raises(DataError, match="too large to decode safely"):
+        load_image(path)

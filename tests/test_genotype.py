@@ -25,7 +25,7 @@ def test_json_round_trip():
     ({"keys": [[2], [3]]}, "reference layers"),
     ({"keys": [[2], [9, 1]]}, "key count"),
     ({"blocks": 5}, "multiple of stages"),
-    ({"channels": "8"}, "positive integer"),
+    ({"channels": "8"}, "must be an integer from 1 to 1024"),
     ({"attention": "none", "adaptive": False}, "takes no positions"),
     ({"positions": 3}, "positions must be a list"),
     ({"keys": [["x"], [1, 1]]}, "keys must be a list"),
@@ -74,3 +74,20 @@ def test_genotype_module_imports_no_torch():
     code = ("import sys, search_space.genotype, search_space.budget, search_space.cost; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"scale": 3.0}, "scale 3.0 is not supported"),
+    ({"channels": 1_000_000}, "channels must be an integer from 1 to 1024"),
+    ({"blocks": 100_000_000, "stages": 2}, "blocks must be an integer from 1 to 512"),
+    ({"max_keys": 10_000_000}, "max_keys must be an integer from 1 to 64"),
+    ({"nonlocal_grid": 0}, "nonlocal_grid must be an integer from 1 to 256"),
+])
+def test_out_of_range_fields_are_refused_by_name(change, message):
+    with pytest.raises(ValueError, match=message):
+        Genotype.from_dict({**GOOD.to_dict(), **change})
+
+
+def test_deeply_nested_json_is_a_value_error():
+    with pytest.raises(ValueError, match="nested too deeply"):
+        Genotype.from_json("[" * 100_000 + "]" * 100_000)

@@ -42,6 +42,9 @@ def _decode(path: str, mtime_ns: int) -> np.ndarray:
             return _to_uint8_array(image, path)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path}: cannot decode image ({err.__class__.__name__}: {err})") from None
+    except Image.DecompressionBombError as err:  # Pillow's guard against images that would fill the memory
+        raise DataError(f"{path}: image too large to decode safely ({err}); expected at most "
+                        f"{Image.MAX_IMAGE_PIXELS} pixels") from None
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
