@@ -11,11 +11,14 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shlex
 import signal
 import sys
 
 from .errors import UsageError
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
 from .settings import check_ray_address, check_tracking_uri, open_artifact_store, resolve_settings
 
@@ -300,13 +303,17 @@ def command_retrain(args: argparse.Namespace) -> int:
     tags = trial.data.tags
     if tags.get("acla_kind") != "trial" or trial.info.status != "FINISHED":
         raise UsageError(f"run {args.run_id} is not a finished search trial")
+    trial_id = tags.get("trial_id", args.run_id[:8])
+    if not SAFE_NAME.fullmatch(trial_id):  # it becomes Ray Train's run name, a folder: never a path from a tag
+        raise UsageError(f"run {args.run_id} has a trial_id tag {trial_id[:80]!r} that is not a plain name; "
+                         f"expected letters, digits, '_' or '-' (1-64 of them)")
     genotype_path = mlflow.artifacts.download_artifacts(run_id=args.run_id, artifact_path="genotype.json",
                                                         tracking_uri=run.tracking_uri)
     task = TaskSpec(**json.loads(tags["task_spec"]))
     args.profile = args.profile or tags.get("profile", "quick")
     profile, data = profile_from_args(args), data_from_args(args)
     settings = trial_settings(args, task, profile, data, float(tags["budget_macs"]))
-    winner = {"trial": tags.get("trial_id", args.run_id[:8]), "run_id": args.run_id,
+    winner = {"trial": trial_id, "run_id": args.run_id,
               "result": {"genotype": open(genotype_path).read(), "macs": trial.data.metrics["macs"]}}
     from .winners import retrain_winners
     with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):

@@ -24,3 +24,8 @@ def test_sweep_then_retrain_one_trial(run_dir):
     assert client.get_model_version_by_alias("acla-car", "budget-1500M").run_id == retrained["run_id"]
     out = acla("retrain", "--run-id", "0123456789abcdef", home=run_dir)
     assert out.returncode == 2 and "no MLflow run" in out.stderr
+    # a trial_id tag is never a path: a tampered one is refused before anything is written
+    other = searches[1]["trials"][0]["run_id"]
+    client.set_tag(other, "trial_id", "/../../../../tmp/acla-escape")
+    out = acla("retrain", "--run-id", other, home=run_dir)
+    assert out.returncode == 2 and "not a plain name" in out.stderr and len(out.stderr.strip().splitlines()) == 1
