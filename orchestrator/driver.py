@@ -125,6 +125,16 @@ def _restore_callback(key: int) -> RecordTrials:
     return RecordTrials(None, None, key=key)
 
 
+def keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Ray Tune copies the driver's AWS credentials into each trial actor's runtime_env, which Ray's
+    runtime_env_agent then writes in plain text to its log under the run directory. Trials need no credentials
+    of their own here (the driver writes MLflow and the artifact store; on a local Ray the workers inherit the
+    environment anyway, and cluster nodes use their own role), so they are taken off Tune's list."""
+    from ray.tune.execution import class_cache
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        class_cache.ENV_VARS_TO_PROPAGATE.discard(name)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -192,6 +202,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
         reporter(len(recorded), request.trials)
 
     recorder = RecordTrials(on_complete, on_error)
+    keep_credentials_out_of_trial_runtime_envs()
     cpus = max(1, (os.cpu_count() or 1) // request.concurrency)
     import torch
     gpus = 1 if torch.cuda.is_available() else 0

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,13 @@ def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
     assert {r["run_id"] for r in table["front"]} == {r["run_id"] for r in from_mlflow["front"]}
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     assert_no_secret(client, "acla-car", out.stderr)
+    # nowhere under the run directory either, Ray's logs included (the short Ray folder is linked from there)
+    leaks = [str(path) for path in Path(run_dir).rglob("*") if path.is_file() and not path.is_symlink()
+             and SECRET_KEY.encode() in path.read_bytes()]
+    ray_dir = Path(run_dir) / "ray"
+    leaks += [str(path) for path in ray_dir.resolve().rglob("*") if path.is_file() and SECRET_KEY.encode() in
+              path.read_bytes()] if ray_dir.is_symlink() else []
+    assert not leaks, leaks
 
 
 @pytest.fixture
