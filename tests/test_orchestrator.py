@@ -162,7 +162,10 @@ def test_ctrl_c_cancels_the_search(run_dir):
     env.pop("RAY_ADDRESS", None)
     search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", "--budget", "2G", "--task", "car",
                                "--profile", "smoke", "--trials", "8", "--concurrency", "1", "--search-steps", "30"],
-                              env=env, cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=env, cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              # as a terminal delivers Ctrl-C: a test run in the background (CI) starts its children
+                              # with SIGINT ignored, which Python keeps
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not os.path.exists(os.path.join(run_dir, "tune")) and time.time() < deadline and search.poll() is None:
         time.sleep(0.5)
