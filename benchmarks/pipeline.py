@@ -62,7 +62,7 @@ def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
     from search_space.backbone import build_network as build
     from search_space.cost import genotype_macs
     from workers.ablation import matched_plain
-    bare = Genotype.from_dict({**searched.to_dict(), "attention": "none", "adaptive": False, "positions": [], "keys": []})
+    bare = searched.bare().replace(attention="none", adaptive=False)
     matched = matched_plain(genotype_macs(searched), bare)
     rates = {"acla_searched": [], "plain_matched": []}
     for _ in range(2):  # interleaved, so drift in the machine's speed hits both alike

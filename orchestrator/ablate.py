@@ -58,11 +58,12 @@ def searched_genotype(args, task, profile, data, budget):
 def train_variant_task(kwargs: dict, storage, prefix: str) -> dict:
     """One variant and seed inside a Ray task: train on one thread per granted CPU, upload the checkpoint as a
     manifest-checked set, return the scores with the checkpoint's URI."""
-    import ray
     from storage.manifest import put_artifact_set
     from storage.stores import open_store
-    from workers.ablation import set_threads, train_variant
-    set_threads(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    from workers.ablation import train_variant
+
+    from .driver import use_granted_cpus
+    use_granted_cpus()
     with tempfile.TemporaryDirectory() as folder:
         local = str(Path(folder) / "model.pt")
         result = train_variant(**kwargs, checkpoint_path=local)

@@ -74,11 +74,16 @@ def ray_session(run: RunSettings):
 
 def tune_trial(config: dict, settings: TrialSettings) -> None:
     """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report once."""
+    use_granted_cpus()
+    tune.report(run_trial(config, settings))
+
+
+def use_granted_cpus() -> None:
+    """Inside a Ray task or trial: as many torch threads as CPUs Ray granted it."""
     import ray
     import torch
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    tune.report(run_trial(config, settings))
 
 
 class RecordTrials(tune.Callback):

@@ -15,12 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .acla import ACLA
+from .cost import nonlocal_grid
 from .genotype import ATTENTION_KINDS, NONLOCAL_GRID
-
-
-def nonlocal_grid(height: int, width: int, grid: int = NONLOCAL_GRID) -> tuple[int, int]:
-    """The pooled key grid of a non-local block on a height x width map (no pooling below the grid size)."""
-    return min(height, grid), min(width, grid)
 
 
 class NonLocal(nn.Module):

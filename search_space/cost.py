@@ -64,12 +64,17 @@ def acla_macs_per_pixel(*, channels: int, num_refs: int, keys_per_ref: int, adap
     return fixed + sampling
 
 
+def nonlocal_grid(height: int, width: int, grid: int = NONLOCAL_GRID) -> tuple[int, int]:
+    """The pooled key grid of a non-local block on a height x width map (no pooling below the grid size)."""
+    return min(height, grid), min(width, grid)
+
+
 def nonlocal_macs(*, channels: int, height: int, width: int, grid: int = NONLOCAL_GRID, reduction: int = 2) -> int:
     """The pooled non-local block (search_space/attention.py): queries at every pixel, keys on a grid of at
     most grid x grid; the average pooling is not counted, as the field's counters do not count it."""
     inner = max(1, channels // reduction)
     pixels = height * width
-    grid_h, grid_w = min(height, grid), min(width, grid)
+    grid_h, grid_w = nonlocal_grid(height, width, grid)
     keys = grid_h * grid_w
     projections = 2 * channels * inner * pixels + 2 * channels * inner * keys  # theta and out; phi and g
     attention = 2 * pixels * keys * inner  # theta^T phi, then the weighted sum of g

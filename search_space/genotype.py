@@ -68,6 +68,19 @@ class Genotype:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def replace(self, **changes) -> "Genotype":
+        """This genotype with `changes`, validated like any other."""
+        return Genotype.from_dict({**self.to_dict(), **changes})
+
+    def bare(self) -> "Genotype":
+        """The same backbone and attention kind with no module inserted."""
+        return self.replace(positions=[], keys=[])
+
+    @property
+    def uses_keys(self) -> bool:
+        """Whether the attention kind takes key counts (ACLA and CLA)."""
+        return self.attention in ("acla", "cla")
+
     @classmethod
     def from_dict(cls, data: object) -> "Genotype":
         if not isinstance(data, dict):
@@ -136,8 +149,7 @@ def validate_genotype(g: Genotype) -> None:
     for p in positions:
         _check(0 <= p < g.blocks, f"position {p} is out of range; expected 0..{g.blocks - 1} (after residual block i)")
     _check(g.attention != "none" or not positions, "attention 'none' takes no positions")
-    uses_keys = g.attention in ("acla", "cla")
-    if uses_keys:
+    if g.uses_keys:
         _check(len(g.keys) == len(positions), f"keys must hold one entry per position ({len(positions)}), got {len(g.keys)}")
         for p, ks in zip(positions, g.keys):
             refs = refs_at_position(p, g.blocks, g.stages)

@@ -8,6 +8,7 @@ plain function: no Ray, no MLflow; progress goes to a `report` callable.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -33,7 +34,7 @@ class BudgetError(ValueError):
 
 def check_budget(base: Genotype, budget_macs: float) -> int:
     """The bare backbone's MACs; raise BudgetError when even that exceeds the budget."""
-    bare = genotype_macs(Genotype.from_dict({**base.to_dict(), "positions": [], "keys": []}))
+    bare = genotype_macs(base.bare())
     if bare > budget_macs:
         raise BudgetError(budget_macs, bare)
     return bare
@@ -41,9 +42,8 @@ def check_budget(base: Genotype, budget_macs: float) -> int:
 
 def module_macs(base: Genotype, position: int, keys: Sequence[int]) -> int:
     """MACs that inserting the module of `base.attention` at `position` with `keys` adds to the network."""
-    bare = Genotype.from_dict({**base.to_dict(), "positions": [], "keys": []})
-    one = Genotype.from_dict({**bare.to_dict(), "positions": [position],
-                              "keys": [list(keys)] if base.attention in ("acla", "cla") else []})
+    bare = base.bare()
+    one = bare.replace(positions=[position], keys=[list(keys)] if base.uses_keys else [])
     return genotype_macs(one) - genotype_macs(bare)
 
 
@@ -68,11 +68,10 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
     budget, and fills it as far as gainful positions allow; what a gainless search leaves unspent goes to width
     in the outer search. Ties go to the earlier position. Pure: the same inputs give the same genotype.
     """
-    check_budget(base, budget_macs)
+    bare_macs = check_budget(base, budget_macs)
     errors = [0.0] * base.blocks if score_errors is None else list(score_errors)
     if len(position_scores) != base.blocks or len(active_keys) != base.blocks or len(errors) != base.blocks:
         raise ValueError(f"need one score, one error and one key list per position ({base.blocks})")
-    uses_keys = base.attention in ("acla", "cla")
 
     def keys_at(position: int) -> list[int]:
         return derived_keys(base, position, active_keys[position])
@@ -81,20 +80,14 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
     gainful = [i for i in range(base.blocks)
                if math.isfinite(position_scores[i]) and position_scores[i] > max(0.0, errors[i])]
     ranked = sorted(gainful, key=lambda i: (-position_scores[i] / max(cost[i], 1), i))
-    left = budget_macs - check_budget(base, budget_macs)
+    left = budget_macs - bare_macs
     kept = []
     for position in ranked:
         if cost[position] <= left:
             kept.append(position)
             left -= cost[position]
     kept.sort()
-    return Genotype.from_dict({**base.to_dict(), "positions": kept,
-                               "keys": [keys_at(p) for p in kept] if uses_keys else []})
-
-
-def _spread(values: Sequence[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) if len(values) > 1 else 0.0
+    return base.replace(positions=kept, keys=[keys_at(p) for p in kept] if base.uses_keys else [])
 
 
 @torch.no_grad()
@@ -217,8 +210,8 @@ def search_architecture(
     probs = [float(p) for p in supernet.position_probs().detach()]
     keys_avg = keys_avg or supernet.active_keys()
     per_position = list(zip(*score_log))
-    scores = [sum(values) / len(values) for values in per_position]
-    spread = [_spread(values) for values in per_position]
+    scores = [statistics.fmean(values) for values in per_position]
+    spread = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in per_position]
     errors = [value / math.sqrt(len(score_log)) for value in spread]
     genotype = derive_genotype(base=supernet.base, position_scores=scores, active_keys=keys_avg, budget_macs=budget_macs,
                                score_errors=errors)

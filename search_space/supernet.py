@@ -24,7 +24,7 @@ class Supernet(nn.Module):
         super().__init__()
         if base.attention == "none":
             raise ValueError("a supernet needs an attention kind to search over, not 'none'")
-        self.base = Genotype.from_dict({**base.to_dict(), "positions": [], "keys": []})
+        self.base = base.bare()
         self.adaptive = base.attention == "acla"
         modules = [make_attention(base.attention, channels=base.channels,
                                   num_refs=refs_at_position(i, base.blocks, base.stages),

@@ -17,17 +17,14 @@ Plain functions: the orchestrator runs `train_variant` as Ray tasks and records 
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
-
 from search_space.budget import format_macs
 from search_space.cost import count_parameters, genotype_macs
-from search_space.genotype import Genotype
+from search_space.genotype import Genotype, refs_at_position
 
 from .profiles import Profile
 from .tasks import TaskSpec
@@ -49,10 +46,6 @@ class Variant:
     within_budget: bool
 
 
-def _variant(name: str, base: Genotype, **change) -> Genotype:
-    return Genotype.from_dict({**base.to_dict(), **change})
-
-
 def matched_plain(target_macs: int, bare: Genotype, tolerance: float = MATCH_TOLERANCE) -> Genotype:
     """The plain backbone whose MACs are closest to `target_macs`, over every width from half to four times
     `bare`'s and every depth from one block per stage to four times `bare`'s (in whole stages: one channel
@@ -61,7 +54,7 @@ def matched_plain(target_macs: int, bare: Genotype, tolerance: float = MATCH_TOL
     best, best_gap = bare, abs(genotype_macs(bare) - target_macs)
     for blocks in range(bare.stages, 4 * bare.blocks + 1, bare.stages):
         for channels in range(max(1, bare.channels // 2), 4 * bare.channels + 1):
-            candidate = _variant("plain-matched", bare, channels=channels, blocks=blocks)
+            candidate = bare.replace(channels=channels, blocks=blocks)
             macs = genotype_macs(candidate)
             if abs(macs - target_macs) < best_gap:
                 best, best_gap = candidate, abs(macs - target_macs)
@@ -77,7 +70,7 @@ def matched_plain(target_macs: int, bare: Genotype, tolerance: float = MATCH_TOL
 def _fixed_key_cla(searched: Genotype, budget_macs: float) -> Genotype:
     """CLA at the searched positions with the largest uniform K that fits the budget."""
     for keys in range(searched.max_keys, 0, -1):
-        candidate = _variant("cla", searched, attention="cla", adaptive=False, max_keys=keys,
+        candidate = searched.replace(attention="cla", adaptive=False, max_keys=keys,
                              keys=[[keys] * len(k) for k in searched.keys])
         if genotype_macs(candidate) <= budget_macs:
             return candidate
@@ -99,7 +92,7 @@ def check_backbone_budget(task: TaskSpec, profile: Profile, budget_macs: float) 
 def _fitting_nonlocal(searched: Genotype, budget_macs: float) -> Genotype:
     """The non-local block at the searched positions with the largest key grid (up to 16 x 16) that fits."""
     for grid in range(searched.nonlocal_grid, 0, -1):
-        candidate = _variant("nonlocal", searched, attention="nonlocal", adaptive=False, keys=[], nonlocal_grid=grid)
+        candidate = searched.replace(attention="nonlocal", adaptive=False, keys=[], nonlocal_grid=grid)
         if genotype_macs(candidate) <= budget_macs:
             return candidate
     over = genotype_macs(candidate) - budget_macs
@@ -112,7 +105,7 @@ def build_variants(searched: Genotype, budget_macs: float, all_keys: Sequence[Se
     position (default: every candidate key). Raises AblationError for a variant that cannot fit the budget."""
     if searched.attention != "acla":
         raise AblationError(f"ablate compares against a searched ACLA genotype, got attention {searched.attention!r}")
-    bare = _variant("plain", searched, attention="none", adaptive=False, positions=[], keys=[])
+    bare = searched.replace(attention="none", adaptive=False, positions=[], keys=[])
     searched_macs = genotype_macs(searched)
     if genotype_macs(bare) > budget_macs:
         raise AblationError(f"budget {format_macs(budget_macs)}MACs is below the bare {bare.channels}ch x "
@@ -123,13 +116,13 @@ def build_variants(searched: Genotype, budget_macs: float, all_keys: Sequence[Se
                             f"{format_macs(searched_macs - budget_macs)}MACs")
     every = list(range(searched.blocks))
     keys_all = [list(k) for k in all_keys] if all_keys is not None else [
-        [searched.max_keys] * (1 + p // (searched.blocks // searched.stages)) for p in every]
+        [searched.max_keys] * refs_at_position(p, searched.blocks, searched.stages) for p in every]
     genotypes = {
         "plain": bare,
         "plain-matched": matched_plain(searched_macs, bare) if searched.positions else bare,
         "nonlocal": _fitting_nonlocal(searched, budget_macs),
         "cla": _fixed_key_cla(searched, budget_macs),
-        "acla-all": _variant("acla-all", searched, positions=every, keys=keys_all),
+        "acla-all": searched.replace(positions=every, keys=keys_all),
         "acla-searched": searched,
     }
     variants = []
@@ -185,13 +178,3 @@ def markdown_table(rows: Sequence[dict], budget_macs: float) -> str:
     if rows:
         lines.append(f"\nDegraded input: {rows[0]['input_psnr_y']:.3f} dB PSNR-Y.")
     return "\n".join(lines) + "\n"
-
-
-def mean_gap(rows: Sequence[dict], first: str, second: str) -> float:
-    """Mean PSNR-Y of variant `first` minus that of `second` (nan when either is missing)."""
-    by_name = {r["name"]: r["psnr_y"] for r in rows}
-    return by_name[first] - by_name[second] if first in by_name and second in by_name else math.nan
-
-
-def set_threads(count: int) -> None:
-    torch.set_num_threads(max(1, count))

@@ -54,17 +54,9 @@ class SearchResult:
     supernet_state: dict  # the proxy supernet's weights, keyed as the derived network's
 
 
-def with_channels(genotype: Genotype, channels: int) -> Genotype:
-    return Genotype.from_dict({**genotype.to_dict(), "channels": channels})
-
-
 def proxy_budget(target: Genotype, proxy: Genotype, budget_macs: float) -> float:
     """The budget scaled by the proxy backbone's share of the target's bare cost (the penalty's budget)."""
-    return budget_macs * genotype_macs(with_bare(proxy)) / genotype_macs(with_bare(target))
-
-
-def with_bare(genotype: Genotype) -> Genotype:
-    return Genotype.from_dict({**genotype.to_dict(), "positions": [], "keys": []})
+    return budget_macs * genotype_macs(proxy.bare()) / genotype_macs(target.bare())
 
 
 def _alternate(weight_batches, arch_batches):
@@ -89,7 +81,7 @@ def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: R
                                   score_batches=[next(held_out) for _ in range(SCORE_BATCHES)])
     genotype = derive_genotype(base=target, position_scores=outcome.position_scores, active_keys=outcome.active_keys,
                                budget_macs=config.budget_macs, score_errors=outcome.score_errors)
-    return SearchResult(genotype=genotype, proxy_genotype=with_channels(genotype, proxy.channels), outcome=outcome,
+    return SearchResult(genotype=genotype, proxy_genotype=genotype.replace(channels=proxy.channels), outcome=outcome,
                         supernet_state={k.removeprefix("net."): v for k, v in supernet.state_dict().items()})
 
 
