@@ -4,7 +4,9 @@ C=64, L=4 reference layers, K=9 keys per layer, batch 4, at 96x96 and 128x128, o
 ACLA runs as in the search (training mode, adaptive gates, all K candidate keys sampled) and as a derived
 module keeping about half its keys (top-5 of 9), each with the fused CPU kernel ("fast") and with the grid_sample
 reference. `--memory` adds ACLA's peak memory (forward+backward, fresh process per size) at 64^2, 128^2, 256^2.
-Prints JSON.   Usage: python benchmarks/attention.py [--repeats N] [--memory]
+`--device cuda` instead compares, on one GPU in one run, ACLA through the Triton kernels against the grid_sample
+reference and a 3x3 conv, with each one's peak GPU memory (`--sizes`, default 96). Prints JSON.
+Usage: python benchmarks/attention.py [--repeats N] [--memory] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import torch.nn as nn
 
 from search_space.acla import ACLA
 from search_space.attention import NonLocal
-from search_space.ops import cpu_kernel_available, use_reference
+from search_space.ops import attention_backend, cpu_kernel_available, use_backend, use_reference
 
 
 def time_fwd_bwd(module: nn.Module, x: torch.Tensor, refs: tuple, repeats: int) -> float:
     """Median seconds of one forward and one backward (an upstream gradient in the output's layout)."""
     grad = torch.randn_like(x)  # same shape and memory format as every contender's output
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
 
     def once():
         module.zero_grad(set_to_none=True)
@@ -33,13 +36,67 @@ def time_fwd_bwd(module: nn.Module, x: torch.Tensor, refs: tuple, repeats: int) 
         inp = x.detach().requires_grad_(True)
         out = module(inp, refs) if refs is not None else module(inp)
         out.backward(grad)
-    once()  # warm-up
+    once()  # warm-up (and, on a GPU, the kernels' compilation)
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         once()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peak_gpu_mib(module: nn.Module, x: torch.Tensor, refs: tuple | None) -> float:
+    """Peak GPU memory of one forward+backward beyond what was allocated before it (inputs, weights)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = module(x.detach().requires_grad_(True), refs) if refs is not None else module(x.detach().requires_grad_(True))
+    out.backward(torch.ones_like(out))
+    torch.cuda.synchronize()
+    module.zero_grad(set_to_none=True)
+    return round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
+
+
+def kernel_comparison(device: torch.device, sizes: list[int], repeats: int, backend: str = "triton",
+                      channels: int = 64, layers: int = 4, keys: int = 9, batch: int = 4) -> dict:
+    """ACLA (search form, all keys sampled; and derived, top-5 of 9) through `backend` against the grid_sample
+    reference and a 3x3 conv, on `device`, channels-last. Targets: within 3x the conv, 5x faster than the
+    reference (C=64, L=4, K=9, batch 4, 96x96)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    acla = ACLA(channels, layers, keys, adaptive=True).train()
+    half = ACLA(channels, layers, keys, adaptive=True, active_keys=(keys // 2 + 1,) * layers).train()
+    for module in (acla, half):
+        nn.init.normal_(module.fuse.weight, std=0.02)
+        nn.init.normal_(module.offset_proj.weight, std=0.1)
+    for module in (conv, acla, half):
+        module.to(device=device, memory_format=torch.channels_last)
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+               "backend": backend, "torch": torch.__version__, "channels": channels, "refs": layers, "keys": keys,
+               "batch": batch, "sizes": {}}
+    for size in sizes:
+        x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        refs = tuple(torch.randn_like(x).requires_grad_(True) for _ in range(layers))
+        row = {"conv3x3_s": time_fwd_bwd(conv, x, None, repeats)}
+        with use_backend(backend):
+            row["acla_kernel_s"] = time_fwd_bwd(acla, x, refs, repeats)
+            row["acla_half_keys_kernel_s"] = time_fwd_bwd(half, x, refs, repeats)
+        with use_reference():
+            row["acla_reference_s"] = time_fwd_bwd(acla, x, refs, repeats)
+        row = {k: round(v, 6) for k, v in row.items()}
+        row["kernel_over_conv"] = round(row["acla_kernel_s"] / row["conv3x3_s"], 2)
+        row["reference_over_kernel"] = round(row["acla_reference_s"] / row["acla_kernel_s"], 2)
+        row["half_keys_over_all_keys"] = round(row["acla_half_keys_kernel_s"] / row["acla_kernel_s"], 2)
+        if device.type == "cuda":
+            with use_backend(backend):
+                row["acla_kernel_peak_mib"] = peak_gpu_mib(acla, x, refs)
+            with use_reference():
+                row["acla_reference_peak_mib"] = peak_gpu_mib(acla, x, refs)
+            row["conv3x3_peak_mib"] = peak_gpu_mib(conv, x, None)
+        results["sizes"][f"{size}x{size}"] = row
+    return results
 
 
 def main() -> None:
@@ -48,7 +105,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="96,128")
     parser.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory at 64^2, 128^2, 256^2")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the Triton kernel against the reference and a conv on the GPU")
     args = parser.parse_args()
+    if args.device == "cuda":
+        if not torch.cuda.is_available() or attention_backend("cuda") != "triton":
+            raise SystemExit("benchmarks/attention.py: --device cuda needs a GPU and Triton (pip install -e '.[gpu]')")
+        sizes = [int(v) for v in args.sizes.split(",")] if args.sizes != "96,128" else [96]
+        print(json.dumps(kernel_comparison(torch.device("cuda"), sizes, max(args.repeats, 20)), indent=2))
+        return
     torch.manual_seed(0)
     channels, layers, keys, batch = 64, 4, 9, 4
     results = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Sequence
 
@@ -86,7 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_library_notes() -> None:
+    """The package's own log lines (logger `acla_orch`, such as which attention implementation runs) on stderr."""
+    logger = logging.getLogger("acla_orch")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("acla-orch: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    show_library_notes()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

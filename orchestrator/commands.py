@@ -143,6 +143,7 @@ def summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
                        "position_scores": json.loads(item["result"].get("position_scores", "[]")),
                        "params": int(item["result"]["params"]), "psnr": round(item["result"]["psnr"], 4),
                        "ssim": round(item["result"]["ssim"], 4), "pareto": bool(front.get(item["run_id"], False)),
+                       "attention_backend": item["result"].get("attention_backend"),
                        "retrained_psnr": by_trial.get(item["run_id"], {}).get("psnr"),
                        "artifact_uri": item["artifact_uri"]})
     return {"experiment": name, "parent_run_id": parent_id, "task": task.label, "budget_macs": int(budget),

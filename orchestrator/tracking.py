@@ -20,6 +20,7 @@ from .pareto import pareto_front, plot_front
 
 TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
                  "proxy_channels", "params", "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
+TRIAL_PARAMS = ("device", "attention_backend")  # strings a trial reports about where it ran
 
 
 def experiment_name(task_name: str) -> str:
@@ -55,7 +56,8 @@ def log_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial
                             tags={"mlflow.parentRunId": parent_id, "acla_kind": "trial", "trial_id": trial_id,
                                   **search_tags})
     run_id = run.info.run_id
-    fields = {**{k: v for k, v in params.items()}, **{f"genotype.{k}": v for k, v in genotype.items()}}
+    fields = {**params, **{f"genotype.{k}": v for k, v in genotype.items()},
+              **{k: result[k] for k in TRIAL_PARAMS if k in result}}
     scores = json.loads(result.get("position_scores", "[]"))
     per_position = [Metric(f"position_{kind}_{s['position']}", float(s[kind]), 0, 0)
                     for s in scores for kind in ("score", "spread", "stderr", "prob")]

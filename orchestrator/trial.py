@@ -12,6 +12,7 @@ from search_space.backbone import build_network
 from search_space.cost import count_parameters, genotype_macs
 from search_space.genotype import Genotype
 
+from workers.device import describe_device, training_device
 from workers.latency import measure_latency_ms
 from workers.profiles import Profile
 from workers.search_run import SearchConfig, position_scores, run_search
@@ -85,9 +86,10 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
                           attention=settings.attention, penalty_weight=params["penalty_weight"],
                           gate_temperature=params["gate_temperature"], weight_lr=params["weight_lr"],
                           arch_lr=params["arch_lr"], seed=settings.seed)
-    found = run_search(config, settings.data, profile, report)
+    device = training_device()
+    found = run_search(config, settings.data, profile, report, device=device)
     trained = train(genotype=found.proxy_genotype, task=task, data=settings.data, profile=profile,
-                    init_state=found.supernet_state, seed=settings.seed)
+                    init_state=found.supernet_state, seed=settings.seed, device=device)
     genotype = found.genotype
     keys = [k for position in genotype.keys for k in position]
     metrics = trained.metrics
@@ -101,6 +103,7 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
         "num_modules": len(genotype.positions), "mean_active_keys": sum(keys) / len(keys) if keys else 0.0,
         "latency_ms": measure_latency_ms(target, task.in_channels),
         "genotype": genotype.to_json(),
+        **describe_device(device),  # where it ran and which attention implementation served it (MLflow params)
         "position_scores": json.dumps(position_scores(found.outcome)),
         "trial_seconds": time.perf_counter() - started,  # the trial function alone, wherever it runs
     }

@@ -1,7 +1,14 @@
+import os
 import shutil
 import tempfile
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU tensors through Triton's interpreter where there is no GPU; set before the first
+    # kernel is defined (search_space.ops imports them on first use). tests/test_triton_kernel.py.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
 

@@ -38,6 +38,7 @@ def check_search(summary, tracking_uri):
     import mlflow
     from search_space.genotype import Genotype
     from search_space.cost import genotype_macs
+    from search_space.ops import attention_backend
     from workers.checkpoint import model_from_checkpoint
 
     client = MlflowClient(tracking_uri)
@@ -57,6 +58,9 @@ def check_search(summary, tracking_uri):
         assert "backbone" in child.data.params and "penalty_weight" in child.data.params
         assert {f"position_score_{i}" for i in range(genotype.blocks)} <= set(child.data.metrics)
         assert "proxy_macs" in child.data.metrics
+        # Where it ran and which attention implementation served it (the dispatcher's choice in that process).
+        assert child.data.params["device"] == "cpu"
+        assert child.data.params["attention_backend"] == attention_backend("cpu")
     every = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
     want = independent_front([(r.info.run_id, r.data.metrics["psnr"], r.data.metrics["macs"]) for r in every])
     assert {r.info.run_id for r in every if r.data.tags["pareto"] == "true"} == want
@@ -85,7 +89,7 @@ def test_search_end_to_end_sqlite(run_dir):
     assert (tags["search_steps"], tags["search_warmup"]) == ("4", "2")  # the overrides reached the search
     assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained"}
     assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "proxy_macs",
-                                         "params", "psnr", "ssim", "pareto", "retrained_psnr", "artifact_uri",
+                                         "params", "psnr", "ssim", "pareto", "retrained_psnr", "artifact_uri", "attention_backend",
                                          "position_scores"}
     for trial in summary["trials"]:  # one score per position, with how settled it is
         blocks = trial["backbone"]["blocks"]

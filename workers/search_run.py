@@ -18,6 +18,7 @@ from search_space.genotype import Genotype
 from search_space.search import SearchOutcome, derive_genotype, search_architecture
 from search_space.supernet import Supernet
 
+from .device import to_device, training_device
 from .profiles import Profile
 from .tasks import TaskSpec
 from .train import DataSpec, Report, make_sampler
@@ -65,14 +66,17 @@ def _alternate(weight_batches, arch_batches):
         yield next(arch_batches)
 
 
-def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: Report | None = None) -> SearchResult:
+def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: Report | None = None,
+               device: torch.device | None = None) -> SearchResult:
+    """`device` defaults to `training_device()` (the GPU when there is one)."""
+    device = device or training_device()
     torch.manual_seed(config.seed)
     target = config.base_genotype()
     proxy = config.base_genotype(profile.proxy_channels(config.channels))
-    supernet = Supernet(base=proxy)
-    batches = _alternate(make_sampler(config.task, data.train, profile, config.seed),
-                         make_sampler(config.task, data.train, profile, config.seed + 1))
-    held_out = make_sampler(config.task, data.train, profile, config.seed + 2)
+    supernet = Supernet(base=proxy).to(device)
+    batches = to_device(_alternate(make_sampler(config.task, data.train, profile, config.seed),
+                                   make_sampler(config.task, data.train, profile, config.seed + 1)), device)
+    held_out = to_device(make_sampler(config.task, data.train, profile, config.seed + 2), device)
     outcome = search_architecture(supernet=supernet, batches=batches,
                                   budget_macs=proxy_budget(target, proxy, config.budget_macs),
                                   steps=profile.search_steps, weight_lr=config.weight_lr, arch_lr=config.arch_lr,

@@ -20,6 +20,7 @@ from search_space.genotype import Genotype
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, ImageSet, PatchSampler, prepare_pairs, to_tensor
+from .device import training_device
 from .metrics import image_metrics
 from .profiles import Profile
 from .tasks import TaskSpec
@@ -69,14 +70,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs:
 def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profile, report: Report | None = None,
           resume_from: str | None = None, checkpoint_path: str | None = None, steps: int | None = None,
           stop_after: int | None = None, seed: int = 0, init_state: dict | None = None,
-          checkpoint_every: int = 0) -> TrainResult:
+          checkpoint_every: int = 0, device: torch.device | None = None) -> TrainResult:
     """Train `genotype` for `steps` (default: the profile's proxy schedule) and evaluate it on `data.valid`.
 
     `stop_after` ends early without changing the schedule (an interruption); `resume_from` continues exactly.
+    `device` defaults to `training_device()` (the GPU when there is one).
     """
     total = profile.train_steps if steps is None else steps
     torch.manual_seed(seed)
-    model = build_network(genotype)
+    device = device or training_device()
+    model = build_network(genotype).to(device)
     if init_state is not None:  # weights inherited from the supernet, where shapes match
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}, strict=False)
@@ -101,6 +104,7 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
     while step < last:
         fetch = time.perf_counter()
         inputs, targets = next(sampler)
+        inputs, targets = inputs.to(device), targets.to(device)
         data_seconds += time.perf_counter() - fetch
         loss = train_step(model, optimizer, inputs, targets)
         scheduler.step()
@@ -117,6 +121,10 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
     if checkpoint_path:
         _save(checkpoint_path, model, genotype, task, profile, step, optimizer, scheduler, sampler, metrics)
     return TrainResult(model=model, metrics=metrics, steps=step, checkpoint=checkpoint_path, history=history)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.zeros(0)).device
 
 
 def _save(path, model, genotype, task, profile, step, optimizer, scheduler, sampler, metrics=None) -> None:
@@ -146,7 +154,7 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, cro
     """Mean PSNR/SSIM (Y and RGB) of the model and of the task's classical baseline over whole images (or a
     centre crop), with seeded noise and the task's border crop; outputs are quantised to uint8 first."""
     was_training = model.training
-    device = next(iter(model.parameters()), torch.zeros(0)).device
+    device = model_device(model)
     model.eval()
     totals: dict[str, float] = {}
     images = image_set.images()

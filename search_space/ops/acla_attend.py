@@ -1,21 +1,28 @@
-"""ACLA's attention op: the fused CPU kernel (csrc/acla_aggregate.cpp), its build, and the dispatcher.
+"""ACLA's attention op: the dispatcher, the fused CPU kernel (csrc/acla_aggregate.cpp) and its build.
 
 `attend(values, offsets, logits, gates, keys_per_ref, bias)` computes, per query pixel and in channels-last
 layout, the softmax weights of the keys whose gate is on, and the bias plus the weighted sum over all layers and
-keys of `values[l]` (the module's projected reference layers) read bilinearly at the keys' offsets. The fused
-kernel (csrc/acla_aggregate.cpp, built on first use or by `make install`, with OpenMP threads and this CPU's
+keys of `values[l]` (the module's projected reference layers) read bilinearly at the keys' offsets.
+
+Three implementations keep that contract, and `attention_backend` picks, in order: the Triton kernels
+(triton_attend.py) for CUDA tensors where Triton is installed (the `gpu` extra); the fused C++ kernel for CPU
+tensors; the torch/grid_sample reference (reference.py) for anything else. The first call on each device logs
+the choice once (logger `acla_orch.attention`), and every trial records it as the MLflow param
+`attention_backend`. The CPU kernel (built on first use or by `make install`, with OpenMP threads and this CPU's
 vector units) never materialises the (B, C, K, H, W) samples and never reads a gated-off key; its backward
-gathers for the offset, logit and gate gradients and scatters into disjoint (image, layer, channel-block)
-slices of the value gradients, so it needs no atomics. Where it cannot be built or the tensors are not float
-CPU tensors, `reference_attend` (torch ops and grid_sample, ops/reference.py) runs instead; tests check that the
-two agree in forward and gradients. `ACLA_DISABLE_CPU_KERNEL=1` forces the reference
-(`ACLA_DISABLE_FAST_SAMPLING`, its old name, still works for one release, with a deprecation warning).
+gathers for the offset, logit and gate gradients and scatters into disjoint (image, layer, channel-block) slices
+of the value gradients, so it needs no atomics. Tests check every path against the reference, forward and
+gradients. `ACLA_DISABLE_CPU_KERNEL=1` and `ACLA_DISABLE_TRITON=1` turn the kernels off
+(`ACLA_DISABLE_FAST_SAMPLING`, the CPU kernel's old switch, still works for one release, with a deprecation
+warning).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
+import importlib.util
+import logging
 import os
 import platform
 import warnings
@@ -91,23 +98,57 @@ class _FusedAttend(torch.autograd.Function):
         return (None, None, grad_offsets, grad_logits, grad_gates if gates.numel() else None, grad_bias, *grad_values)
 
 
-_forced_reference = False
+BACKENDS = ("triton", "cpu-kernel", "reference")
+_forced_backend: str | None = None
+_logged: set[tuple[str, str]] = set()
+log = logging.getLogger("acla_orch.attention")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_module():
+    """search_space.ops.triton_attend, or None where Triton is not installed (the `gpu` extra brings it) or
+    `ACLA_DISABLE_TRITON` is set. Imported on first use, so `TRITON_INTERPRET` set before then takes effect."""
+    if os.environ.get("ACLA_DISABLE_TRITON") or importlib.util.find_spec("triton") is None:
+        return None
+    from . import triton_attend
+    return triton_attend
 
 
 @contextlib.contextmanager
-def use_reference():
-    """Run the grid_sample reference inside this block (benchmarks compare both paths in one run)."""
-    global _forced_reference
-    previous, _forced_reference = _forced_reference, True
+def use_backend(name: str):
+    """Run `name` inside this block whatever the tensors' device (benchmarks compare paths in one run; the
+    Triton tests run it on CPU tensors under TRITON_INTERPRET=1)."""
+    global _forced_backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    previous, _forced_backend = _forced_backend, name
     try:
         yield
     finally:
-        _forced_reference = previous
+        _forced_backend = previous
+
+
+def use_reference():
+    """Run the grid_sample reference inside this block."""
+    return use_backend("reference")
+
+
+def attention_backend(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """Which implementation `attend` runs for tensors on `device`: the Triton kernel for float32 CUDA tensors,
+    the fused C++ kernel for float CPU tensors, the grid_sample reference otherwise (or where the first two
+    cannot be loaded). A `use_backend` block overrides the choice."""
+    if _forced_backend is not None:
+        return _forced_backend
+    kind = torch.device(device).type
+    if kind == "cuda" and dtype == torch.float32 and triton_module() is not None:
+        return "triton"
+    if kind == "cpu" and dtype in (torch.float32, torch.float64) and load_extension() is not None:
+        return "cpu-kernel"
+    return "reference"
 
 
 def cpu_kernel_available(tensor: torch.Tensor) -> bool:
-    return (not _forced_reference and tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
-            and load_extension() is not None)
+    return attention_backend(tensor.device, tensor.dtype) == "cpu-kernel"
 
 
 def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.Tensor, gates: torch.Tensor | None,
@@ -123,9 +164,17 @@ def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.
     if offsets.shape[3:] != (keys, 2) or logits.shape[3] != keys or (gates is not None and gates.shape != logits.shape):
         raise ValueError(f"{len(values)} reference layers x {keys_per_ref} keys: offsets {tuple(offsets.shape)}, "
                          f"logits {tuple(logits.shape)} must hold {keys} keys in dim 3")
-    dtype = values[0].dtype
+    dtype, device = values[0].dtype, values[0].device
     tensors = [offsets, logits, bias] + ([] if gates is None else [gates])
-    if not (cpu_kernel_available(values[0]) and all(t.dtype == dtype and t.device == values[0].device for t in tensors)):
+    backend = attention_backend(device, dtype)
+    if not all(t.dtype == dtype and t.device == device for t in tensors):
+        backend = "reference"
+    if (backend, device.type) not in _logged:
+        _logged.add((backend, device.type))
+        log.info("ACLA attention on %s tensors: %s", device.type, backend)
+    if backend == "triton":
+        return triton_module().triton_attend(values, offsets, logits, gates, keys_per_ref, bias, off_key_grads)
+    if backend == "reference":
         return reference_attend(values, offsets, logits, gates, keys_per_ref, bias)
     maps = [value.permute(0, 2, 3, 1).contiguous() for value in values]  # free for channels-last maps
     return _FusedAttend.apply(keys_per_ref, off_key_grads, offsets.contiguous(), logits.contiguous(),

@@ -1,0 +1,31 @@
+"""Where a trial or a retrain computes: the GPU Ray assigned to it when there is one, else the CPU.
+
+Ray sets CUDA_VISIBLE_DEVICES for each task from its resource request, so inside a trial that asked for no GPU
+`torch.cuda.is_available()` is false. `ACLA_DEVICE` (for example `cpu`) overrides the choice.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from search_space.ops import attention_backend
+
+
+def training_device() -> torch.device:
+    name = os.environ.get("ACLA_DEVICE", "").strip()
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe_device(device: torch.device) -> dict:
+    """The MLflow params that say where a trial ran its tensors and which attention implementation served it."""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "attention_backend": attention_backend(device)}
+
+
+def to_device(batches, device: torch.device):
+    """An iterator of (inputs, targets) moved to `device` (a no-op on the CPU)."""
+    for inputs, targets in batches:
+        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
