@@ -122,3 +122,20 @@ def test_environment_forces_the_reference(monkeypatch, variable, deprecated):
     finally:
         monkeypatch.delenv(variable)
         op.load_extension.cache_clear()
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """torch's build lock has no timeout; one left by a killed build would make every later build wait forever."""
+    import os
+    import time
+    from search_space.ops import acla_attend as op
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    op._clear_stale_lock(lock)  # fresh: a build is running
+    assert lock.exists()
+    old = time.time() - op.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match="stale kernel build lock"):
+        op._clear_stale_lock(lock)
+    assert not lock.exists()
+    op._clear_stale_lock(lock)  # no lock: nothing to do

@@ -17,8 +17,18 @@ pytestmark = pytest.mark.skipif(
     triton_module() is None or (DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"),
     reason="Triton is not installed, or there is neither a GPU nor its interpreter")
 
-# (batch, channels, layers, keys, height, width): odd sizes, one channel, K=1, one-row and one-column images.
-SHAPES = [(2, 5, 2, 3, 6, 7), (1, 64, 2, 9, 5, 6), (3, 1, 1, 1, 4, 5), (1, 33, 2, 2, 1, 6), (2, 16, 1, 4, 5, 1)]
+
+
+def random_shapes(count: int, seed: int) -> list[tuple[int, ...]]:
+    gen = torch.Generator().manual_seed(seed)
+    bounds = ((1, 3), (1, 40), (1, 3), (1, 6), (1, 7), (1, 7))
+    return [tuple(int(torch.randint(lo, hi + 1, (1,), generator=gen)) for lo, hi in bounds) for _ in range(count)]
+
+
+# (batch, channels, layers, keys, height, width): odd sizes, one channel, K=1, one-row and one-column images,
+# and seeded random shapes.
+SHAPES = [(2, 5, 2, 3, 6, 7), (1, 64, 2, 9, 5, 6), (3, 1, 1, 1, 4, 5), (1, 33, 2, 2, 1, 6),
+          (2, 16, 1, 4, 5, 1)] + random_shapes(3, seed=2026)
 
 
 def on_device(tensors):

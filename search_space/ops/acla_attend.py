@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import platform
+import time
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -49,6 +50,21 @@ def _cpu_tag() -> tuple[str, list[str]]:
     return "x86_64-" + hashlib.sha1(flags.encode()).hexdigest()[:10], ["-march=native", "-mprefer-vector-width=256"]
 
 
+STALE_LOCK_SECONDS = 600  # a build takes about 90 s on 2 cores; a lock this old was left by a killed build
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    """torch's build lock has no timeout: a build killed mid-way (Ctrl-C, OOM) leaves it, and every later build
+    waits on it forever. Remove one older than any real build, saying so."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age > STALE_LOCK_SECONDS:
+        warnings.warn(f"acla-orch: removing a stale kernel build lock ({lock}, {age / 60:.0f} min old)")
+        lock.unlink(missing_ok=True)
+
+
 @functools.lru_cache(maxsize=1)
 def load_extension():
     """The compiled extension, or None (with a one-line warning) where it cannot be built.
@@ -70,6 +86,7 @@ def load_extension():
             root = Path(os.environ.get("ACLA_EXTENSION_DIR", Path.home() / ".cache" / "acla-orch"))
             build_dir = root / f"torch-{torch.__version__}" / build_tag / "acla_aggregate"
             build_dir.mkdir(parents=True, exist_ok=True)
+            _clear_stale_lock(build_dir / "lock")
             return load(name="acla_aggregate", sources=[str(_SOURCE)], build_directory=str(build_dir),
                         extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as err:  # no compiler, no ninja, a read-only cache: the reference path still works
