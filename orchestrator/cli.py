@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from typing import Sequence
 
-from .errors import UsageError
+from .errors import Terminated, UsageError, raise_terminated, signals_received
 
 TASKS = ("sr", "denoise", "car", "demosaic")
 
@@ -100,6 +101,7 @@ def show_library_notes() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     show_library_notes()
+    signal.signal(signal.SIGTERM, raise_terminated)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -107,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"acla-orch: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated) or signal.SIGTERM in signals_received:
+            print("acla-orch: terminated", file=sys.stderr)
+            return 143
         print("acla-orch: interrupted", file=sys.stderr)
         return 130
 

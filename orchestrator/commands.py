@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import sys
 
 from .errors import UsageError
@@ -188,13 +187,8 @@ def storage_faults(run):
         raise
 
 
-def _terminate_as_interrupt(signum, frame):
-    raise KeyboardInterrupt  # so SIGTERM marks the parent run KILLED and shuts Ray down, as Ctrl-C does
-
-
 def command_search(args: argparse.Namespace) -> int:
     from .driver import ray_session
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     task = task_spec_from_args(args)
     profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
     budgets = args.budgets if getattr(args, "budgets", None) else [args.budget]

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
-from .errors import UsageError
+from .errors import UsageError, raise_terminated
 from .settings import RunSettings
 from .trial import TrialSettings, feasible_backbones, run_trial
 
@@ -66,6 +67,9 @@ def ray_session(run: RunSettings):
             ray.init(address=run.ray_address, **kwargs)
         except (ConnectionError, RuntimeError) as err:
             raise UsageError(f"Ray is not reachable at {run.ray_address}: {err}") from None
+    # ray.init installs a C++ failure handler for SIGTERM that dumps a stack and aborts (exit 134); put back
+    # the one that cancels like Ctrl-C (runs KILLED, Ray shut down, exit 143).
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield ray
     finally:

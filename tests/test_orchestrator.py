@@ -158,8 +158,28 @@ def test_bad_input_fails_before_any_work(args, fragment, run_dir):
     assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))  # no half-made run anywhere
 
 
-def test_ctrl_c_cancels_the_search(run_dir):
-    """SIGINT during the trials: exit 130, the parent run KILLED, nothing retrained or registered."""
+def processes_mentioning(text: str, within: float) -> list[str]:
+    """Command lines of live processes that contain `text`, after waiting up to `within` s for them to go."""
+    deadline = time.time() + within
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    line = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if entry.isdigit() and int(entry) != os.getpid() and text in line:
+                found.append(line[:200])
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("signum,status,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_cancel_the_search(run_dir, signum, status, word):
+    """SIGINT or SIGTERM during the trials: exit 130 or 143, the parent run KILLED, nothing retrained or
+    registered, no Ray process left."""
     from mlflow.tracking import MlflowClient
     env = {**os.environ, "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -175,13 +195,14 @@ def test_ctrl_c_cancels_the_search(run_dir):
         time.sleep(0.5)
     time.sleep(5)  # inside Tune's fit()
     assert search.poll() is None, "the search ended before it could be interrupted"
-    search.send_signal(signal.SIGINT)
+    search.send_signal(signum)
     _, stderr = search.communicate(timeout=120)
-    assert search.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr
+    assert search.returncode == status, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"acla-orch: {word}" and "Traceback" not in stderr
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     experiment = client.get_experiment_by_name("acla-car")
     parents = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert not client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'retrain'")
     assert not client.search_registered_models()
+    assert processes_mentioning(run_dir, within=15) == []  # Ray shut down: nothing of this run still running
