@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -48,6 +49,23 @@ def ray_temp_dir(run_dir: Path) -> Path:
     return short
 
 
+def require_local_token() -> None:
+    """Token authentication for the local Ray this process starts, whatever the caller's environment says.
+
+    Ray 2.60 binds its GCS, raylet and worker gRPC servers to every interface, and will not take a loopback node
+    address (`ray.init(_node_ip_address="127.0.0.1")` is turned back into the machine's IP), so the cluster
+    cannot be kept off the network; what stops a stranger on it is the token. Unless the user brings one
+    (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), a fresh random one is made for this run and held in the
+    environment that Ray's processes inherit: it is never written to a file (Ray's own default would save one
+    to ~/.ray/auth_token)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        # Unset, Ray 2.60 turns token authentication on for a new local cluster, and refreshes the config it
+        # read at import; set to anything else ("disabled"), it would not.
+        os.environ.pop("RAY_AUTH_MODE", None)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
 @contextmanager
 def ray_session(run: RunSettings):
     """Join RAY_ADDRESS/--address, or start a local Ray sized to this machine; always shut it down."""
@@ -61,6 +79,7 @@ def ray_session(run: RunSettings):
     # KeyboardInterrupt here, and the search is marked KILLED.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if run.ray_address in (None, "", "local"):
+        require_local_token()
         ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
     else:
         try:

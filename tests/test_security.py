@@ -1,0 +1,67 @@
+"""What a stranger on the network, or a tampered artifact, can do: nothing.
+
+Ray 2.60 binds its GCS, raylet and worker servers to every interface and turns a loopback node address back into
+the machine's IP, so the local Ray that a search starts cannot be kept off the network. It runs with token
+authentication instead, with a per-run token that lives only in the environment of its processes.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HOLD_A_LOCAL_RAY = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from orchestrator.driver import ray_session
+    from orchestrator.settings import RunSettings
+    run = RunSettings(run_dir=Path(sys.argv[1]), tracking_uri="", artifact_root="", ray_address=None)
+    with ray_session(run) as ray:
+        print(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "token": os.environ["RAY_AUTH_TOKEN"]}),
+              flush=True)
+        sys.stdin.readline()
+""")
+
+CONNECT = textwrap.dedent("""
+    import sys, ray
+    try:
+        ray.init(address=sys.argv[1], include_dashboard=False, logging_level="ERROR")
+        print("CONNECTED", int(ray.cluster_resources()["CPU"]))
+    except Exception as err:
+        print("REFUSED", type(err).__name__)
+""")
+
+
+def connect(gcs: str, home: str, **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", CONNECT, gcs], env={**environ, "HOME": home, **env},
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_local_ray_refuses_a_client_without_its_token_and_writes_the_token_nowhere(run_dir, tmp_path):
+    """Even when the user's environment says RAY_AUTH_MODE=disabled."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}
+    env.pop("RAY_AUTH_TOKEN", None)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCAL_RAY, run_dir], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        started = json.loads(holder.stdout.readline())
+        stranger = tmp_path / "stranger"
+        stranger.mkdir()
+        assert connect(started["gcs"], str(stranger)) == "REFUSED ConnectionError"
+        assert connect(started["gcs"], str(stranger), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=started["token"]) == \
+            "CONNECTED " + str(os.cpu_count())
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    token = started["token"].encode()
+    for folder in (run_dir, str(tmp_path)):  # the run's files and logs, and the home where Ray would save one
+        for parent, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(parent, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    with open(path, "rb") as handle:
+                        assert token not in handle.read(), path
