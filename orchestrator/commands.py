@@ -314,7 +314,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
         retrained = retrain_winners(run=run, store=store, client=client, experiment_id=trial.info.experiment_id,
                                     parent_id=tags["mlflow.parentRunId"], request_settings=settings, winners=[winner],
-                                    retrain_workers=args.retrain_workers)
+                                    retrain_workers=args.retrain_workers, set_alias=args.set_alias)
     print(json.dumps(retrained[0]) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in retrained[0].items()))
     return 0
 
@@ -374,6 +374,8 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
     retrain.add_argument("--seed", type=int, default=0)
     retrain.add_argument("--attention", default="acla", help=argparse.SUPPRESS)
     retrain.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
+    retrain.add_argument("--set-alias", action="store_true",
+                         help="point the budget's alias (models:/acla-TASK@budget-...) at the retrained model")
     add_platform_args(retrain)
     retrain.set_defaults(handler=command_retrain)
 

@@ -6,14 +6,16 @@ import os
 from pathlib import Path
 
 MODEL_PIP_REQUIREMENTS = ["torch==2.13.0", "acla-orch"]
+MODEL_CODE = str(Path(__file__).with_name("mlflow_model.py"))  # the registered model's loader: no pickle
 
 
-def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers):
-    """Ray Train each winner; log it as a run linked to its trial; register the model with a budget alias."""
+def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers,
+                    set_alias: bool = True):
+    """Ray Train each winner; log it as a run linked to its trial; register the model, and point the budget's
+    alias at the best winner when `set_alias` (a search does; `retrain` only with --set-alias)."""
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pyfunc
     from search_space.genotype import Genotype
-    from workers.checkpoint import model_from_checkpoint
 
     from storage.manifest import put_artifact_set
 
@@ -30,7 +32,6 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
                                    data=settings.data, storage=run.storage,
                                    name=f"retrain-{winner['trial']}", num_workers=retrain_workers,
                                    steps=settings.profile.retrain_steps, seed=settings.seed)
-        model, _, _, _ = model_from_checkpoint(outcome.checkpoint_file)
         # Ray Train wrote the checkpoint; its manifest marks it complete for every later reader.
         put_artifact_set(store, outcome.checkpoint_key, {CHECKPOINT_FILE: outcome.checkpoint_file})
         run_obj = client.create_run(experiment_id, run_name=f"retrain-{winner['trial']}",
@@ -45,22 +46,26 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
             mlflow.log_params({"checkpoint_uri": outcome.checkpoint_uri, "workers": retrain_workers,
                                "steps": settings.profile.retrain_steps, "genotype": genotype.to_json()[:6000]})
             mlflow.log_artifact(outcome.checkpoint_file, "checkpoint")
-            info = mlflow.pytorch.log_model(model, name="model", registered_model_name=registered,
-                                            pip_requirements=MODEL_PIP_REQUIREMENTS, serialization_format="pickle")
+            # A model from code: the checkpoint (tensors and JSON, read with weights_only) beside the loader's
+            # source; nothing of the registered model is a pickle.
+            info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE,
+                                           artifacts={"checkpoint": outcome.checkpoint_file},
+                                           registered_model_name=registered, pip_requirements=MODEL_PIP_REQUIREMENTS)
         version = info.registered_model_version
         genotype_file = Path(outcome.checkpoint_file).with_name("genotype.json")
         genotype_file.write_text(genotype.to_json())
         model_set = put_artifact_set(store, f"models/{registered}/v{version}",
                                      {CHECKPOINT_FILE: outcome.checkpoint_file, "genotype.json": genotype_file})
         client.set_tag(retrain_id, "model_set_uri", model_set.rsplit("/", 1)[0])
-        if rank == 0:  # the alias names the best winner of this budget
+        aliased = set_alias and rank == 0  # the alias names the best winner of this budget
+        if aliased:
             client.set_registered_model_alias(registered, alias, version)
         client.set_tag(winner["run_id"], "retrained_psnr", f"{metrics.get(headline, float('nan')):.4f}")
         outcomes.append({"trial": winner["trial"], "trial_run_id": winner["run_id"], "run_id": retrain_id,
                          "psnr": metrics.get("psnr"), "macs": winner["result"]["macs"],
                          "checkpoint_uri": outcome.checkpoint_uri, "model_set_uri": model_set.rsplit("/", 1)[0],
                          "model_uri": f"models:/{registered}/{version}",
-                         "alias": f"models:/{registered}@{alias}" if rank == 0 else None})
+                         "alias": f"models:/{registered}@{alias}" if aliased else None})
     return outcomes
 
 

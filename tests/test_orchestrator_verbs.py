@@ -20,8 +20,21 @@ def test_sweep_then_retrain_one_trial(run_dir):
     out = acla("retrain", "--run-id", trial_id, "--json", "--retrain-workers", "1", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     retrained = json.loads(out.stdout)
+    assert retrained["trial_run_id"] == trial_id and retrained["alias"] is None  # registered, alias untouched
+    assert client.get_registered_model("acla-car").aliases == {}
+    out = acla("retrain", "--run-id", trial_id, "--json", "--retrain-workers", "1", "--set-alias", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    retrained = json.loads(out.stdout)
     assert retrained["trial_run_id"] == trial_id and retrained["alias"] == "models:/acla-car@budget-1500M"
     assert client.get_model_version_by_alias("acla-car", "budget-1500M").run_id == retrained["run_id"]
+    # the registered model loads through its own code, unpickling nothing, and restores an image
+    import mlflow.pyfunc
+    import numpy as np
+    mlflow.set_tracking_uri(f"sqlite:///{run_dir}/mlflow.db")
+    loaded = mlflow.pyfunc.load_model("models:/acla-car@budget-1500M")
+    restored = loaded.predict(np.full((1, 3, 16, 16), 0.5, dtype=np.float32))
+    assert restored.shape == (1, 3, 16, 16) and np.isfinite(restored).all()
+    assert loaded.unwrap_python_model().genotype.task == "car"
     out = acla("retrain", "--run-id", "0123456789abcdef", home=run_dir)
     assert out.returncode == 2 and "no MLflow run" in out.stderr
     # a trial_id tag is never a path: a tampered one is refused before anything is written

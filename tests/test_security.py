@@ -65,3 +65,45 @@ def test_local_ray_refuses_a_client_without_its_token_and_writes_the_token_nowhe
                 if os.path.isfile(path) and not os.path.islink(path):
                     with open(path, "rb") as handle:
                         assert token not in handle.read(), path
+
+
+class PlantsAMarker:
+    """A pickle that runs code when loaded: it creates the file named in its argument."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_registered_model_loads_without_unpickling_and_refuses_a_crafted_pickle(tmp_path):
+    import glob
+    import mlflow.pyfunc
+    import numpy as np
+    import torch
+    from orchestrator.winners import MODEL_CODE
+    from search_space.backbone import build_network
+    from search_space.genotype import Genotype
+    from workers.checkpoint import save_checkpoint
+    from workers.tasks import task_from_options
+
+    genotype = Genotype(task="car", scale=1, in_channels=3, channels=8, blocks=2, stages=1)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model=build_network(genotype), genotype=genotype,
+                                 task=task_from_options("car"), profile="smoke", step=0)
+    mlflow.pyfunc.save_model(str(tmp_path / "model"), python_model=MODEL_CODE, artifacts={"checkpoint": str(checkpoint)})
+    assert not glob.glob(str(tmp_path / "model" / "**" / "*.pkl"), recursive=True)  # no pickle in the model
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    assert loaded.predict(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 3, 8, 8)
+
+    marker = tmp_path / "code-ran"
+    stored = glob.glob(str(tmp_path / "model" / "artifacts" / "*"))
+    assert len(stored) == 1
+    torch.save({"model": PlantsAMarker(str(marker))}, stored[0])  # the tampered weights file
+    try:
+        mlflow.pyfunc.load_model(str(tmp_path / "model"))
+        raise AssertionError("a crafted pickle was loaded")
+    except Exception as err:
+        assert "not a readable acla-orch checkpoint" in str(err), err
+    assert not marker.exists()
+    torch.load(stored[0], weights_only=False)  # what a pickle-based loader would have done: run its code
+    assert marker.exists()
