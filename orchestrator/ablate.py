@@ -133,11 +133,12 @@ def command_ablate(args: argparse.Namespace) -> int:
                                   summarise_variants)
     from .commands import mlflow_client, settings_from_args
     from .driver import ray_session
-    from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
+    from .local_commands import check_training_data, data_from_args, profile_from_args, task_spec_from_args, user_errors
     from .tracking import ensure_experiment, experiment_name
 
     task, profile = task_spec_from_args(args), profile_from_args(args)
     data = data_from_args(args)
+    check_training_data(data, task, profile)
     eval_set = eval_set_from_args(args, data)
     steps, seeds = args.steps or profile.retrain_steps, list(range(args.seed, args.seed + args.seeds))
     with user_errors():
@@ -182,7 +183,7 @@ def variant_list(text: str) -> tuple[str, ...]:
 
 
 def register_ablate(verbs, *, add_task_args, budget_arg, add_platform_args) -> None:
-    from .commands import positive_int
+    from .argtypes import positive_int, seed_arg
     ablate = verbs.add_parser("ablate", help="the searched ACLA net against plain, width-matched, non-local, CLA "
                                              "and ACLA-everywhere variants, trained alike",
                               description="Train six variants with the same steps, seeds and schedule and score "
@@ -193,7 +194,7 @@ def register_ablate(verbs, *, add_task_args, budget_arg, add_platform_args) -> N
     ablate.add_argument("--data", help="training images (default: the embedded photos)")
     ablate.add_argument("--steps", type=positive_int,
                         help="training steps per variant (default: the profile's retrain schedule)")
-    ablate.add_argument("--seed", type=int, default=0, help="first seed (search and training)")
+    ablate.add_argument("--seed", type=seed_arg, default=0, help="first seed (search and training)")
     ablate.add_argument("--seeds", type=positive_int, default=2, help="training seeds per variant (default 2)")
     ablate.add_argument("--eval-data", help="folder of clean images to score on (default: the validation split)")
     ablate.add_argument("--genotype", help="a searched ACLA genotype JSON instead of searching")

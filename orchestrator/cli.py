@@ -18,7 +18,8 @@ TASKS = ("sr", "denoise", "car", "demosaic")
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse prints usage + error; the user gets one line
-        print(f"acla-orch: error: {message} (see 'acla-orch {self.prog.split()[-1]} --help')", file=sys.stderr)
+        verb = self.prog.split()[1:]  # "acla-orch" alone for a top-level error, "acla-orch search" for a verb's
+        print(f"acla-orch: error: {message} (see '{' '.join(['acla-orch', *verb[-1:]])} --help')", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -15,46 +15,35 @@ import re
 import shlex
 import sys
 
+from .argtypes import non_negative_int, positive_int, seed_arg
 from .errors import UsageError
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
-from .settings import check_ray_address, check_tracking_uri, open_artifact_store, resolve_settings
+from .local_commands import check_training_data, data_from_args, profile_from_args, task_spec_from_args, user_errors
+from .settings import (check_ray_address, check_s3_endpoint, check_tracking_uri, create_sqlite_folder,
+                       open_artifact_store, resolve_settings)
 
-def settings_from_args(args):
+def settings_from_args(args, *, read_only: bool = False):
+    """Every target checked, cheapest first, before anything is created: a bad one is one line and leaves no
+    file behind. `read_only` verbs (status, pareto, retrain) need a tracking store that a search has made."""
     run = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=args.artifact_root, address=args.address,
                            s3_endpoint=args.s3_endpoint, create_bucket=args.create_bucket)
-    check_tracking_uri(run.tracking_uri)
-    run_store = open_artifact_store(run)
+    check_tracking_uri(run.tracking_uri, must_exist=read_only)
+    if run.storage.is_s3:
+        check_s3_endpoint(run.storage.resolved_endpoint())
     check_ray_address(run.ray_address)
+    run_store = open_artifact_store(run)
     return run, run_store
 
 
 def mlflow_client(run):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    create_sqlite_folder(run.tracking_uri)
     os.environ.update(run.storage.mlflow_environment())  # MLflow's S3 artifacts use the same endpoint
     import mlflow
     from mlflow.tracking import MlflowClient
     mlflow.set_tracking_uri(run.tracking_uri)
     return MlflowClient(run.tracking_uri)
-
-
-def positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, lowest: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected {lowest} or more") from None
-    if value < lowest:
-        raise argparse.ArgumentTypeError(f"{value} must be {lowest} or more")
-    return value
 
 
 def search_profile(args, profile):
@@ -191,6 +180,7 @@ def command_search(args: argparse.Namespace) -> int:
     from .driver import ray_session
     task = task_spec_from_args(args)
     profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
+    check_training_data(data, task, profile)
     budgets = args.budgets if getattr(args, "budgets", None) else [args.budget]
     from .driver import check_feasible
     for budget in budgets:  # all input checks before any work starts
@@ -218,7 +208,7 @@ def command_search(args: argparse.Namespace) -> int:
 def command_pareto(args: argparse.Namespace) -> int:
     from .tracking import experiment_name, update_front
     from .pareto import plot_front
-    run, store = settings_from_args(args)
+    run, store = settings_from_args(args, read_only=args.source == "mlflow")
     if args.source == "table":
         return pareto_from_table(args, store)
     client = mlflow_client(run)
@@ -266,7 +256,7 @@ def print_front(name: str, front: list[dict], as_json: bool) -> None:
 
 
 def command_status(args: argparse.Namespace) -> int:
-    run, _ = settings_from_args(args)
+    run, _ = settings_from_args(args, read_only=True)
     client = mlflow_client(run)
     rows = []
     for experiment in client.search_experiments(filter_string="name LIKE 'acla-%'"):
@@ -289,7 +279,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     from workers.tasks import TaskSpec
 
     from .driver import ray_session
-    run, store = settings_from_args(args)
+    run, store = settings_from_args(args, read_only=True)
     client = mlflow_client(run)
     try:
         trial = client.get_run(args.run_id)
@@ -371,7 +361,7 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
     retrain.add_argument("--run-id", required=True, help="the MLflow run id of a finished trial")
     retrain.add_argument("--profile", help="profile whose retrain schedule to use (default: the trial's)")
     retrain.add_argument("--data", help="training images (default: the embedded photos)")
-    retrain.add_argument("--seed", type=int, default=0)
+    retrain.add_argument("--seed", type=seed_arg, default=0)
     retrain.add_argument("--attention", default="acla", help=argparse.SUPPRESS)
     retrain.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
     retrain.add_argument("--set-alias", action="store_true",

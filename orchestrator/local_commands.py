@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .argtypes import positive_int, seed_arg
 from .errors import UsageError
 
 
@@ -54,12 +55,22 @@ def run_home() -> Path:
     return Path(os.environ.get("ACLA_HOME", "acla-runs"))
 
 
+def check_output_folder(path: Path) -> None:
+    """The folder an output goes to exists and is writable: a mistyped folder is an error, not a new tree."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{path}: folder {folder} is not writable")
+
+
 def write_image_atomically(path: Path, image: np.ndarray) -> None:
     from PIL import Image
     from workers.atomic import write_atomically
     suffix = path.suffix.lower()
     if suffix not in (".png", ".bmp", ".tif", ".tiff", ".ppm"):
         raise UsageError(f"{path}: output must be a lossless image (.png, .bmp, .tif or .ppm), got '{suffix or 'no suffix'}'")
+    check_output_folder(path)
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary))
 
 
@@ -110,6 +121,15 @@ def data_from_args(args: argparse.Namespace):
     return DataSpec(train_set, valid_set)
 
 
+def check_training_data(data, task, profile) -> None:
+    """Every training and validation image readable, and the training images big enough for the profile's
+    patches, from their headers: before Ray starts, not inside each trial."""
+    from workers.data import check_images
+    with user_errors():
+        check_images(data.train, min_side=profile.patch * task.scale)
+        check_images(data.valid)
+
+
 def profile_from_args(args: argparse.Namespace):
     from workers.profiles import get_profile
     try:
@@ -140,7 +160,14 @@ def command_train(args: argparse.Namespace) -> int:
         raise UsageError(f"genotype {args.genotype} is for {genotype.task} x{genotype.scale} with "
                          f"{genotype.in_channels} channel(s), not {task.label}; pass matching task flags")
     profile, data = profile_from_args(args), data_from_args(args)
-    output = Path(args.output or run_home() / "train" / f"{task.label}-{profile.name}.pt")
+    home = run_home()
+    if args.output:
+        output = Path(args.output)
+        check_output_folder(output)
+    elif home.exists() and not home.is_dir():
+        raise UsageError(f"ACLA_HOME {home} is a file; expected a folder for the run directory (or pass --output)")
+    else:
+        output = home / "train" / f"{task.label}-{profile.name}.pt"
     steps = args.steps or profile.train_steps
     with user_errors(), progress_bar(f"train {task.label}", steps) as report:
         result = train(genotype=genotype, task=task, data=data, profile=profile, report=report, steps=steps,
@@ -169,22 +196,24 @@ def command_evaluate(args: argparse.Namespace) -> int:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
     parser.add_argument("--data", help="folder of training images or a DIV2K root (default: the embedded photos)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
+
+
+BENCHMARK_NAMES = ("Set5", "Set14", "Kodak24", "McMaster", "CBSD68", "classic5", "LIVE1")  # workers.data.BENCHMARKS
 
 
 def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
     evaluate_verb = verbs.add_parser("evaluate", help="PSNR/SSIM of a checkpoint on a standard test set")
     evaluate_verb.add_argument("checkpoint", help="a checkpoint written by train or search")
-    evaluate_verb.add_argument("--benchmark", required=True,
-                               help="Set5, Set14, Kodak24, McMaster, CBSD68, classic5 or LIVE1")
+    evaluate_verb.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES, help="standard test set")
     evaluate_verb.add_argument("--datasets", default="../shared/datasets", help="folder holding the test sets")
-    evaluate_verb.add_argument("--seed", type=int, default=0, help="noise seed for denoise")
+    evaluate_verb.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
     evaluate_verb.add_argument("--json", action="store_true")
     evaluate_verb.set_defaults(handler=command_evaluate)
 
     degrade = verbs.add_parser("degrade", help="make the network input of a task from a clean image")
     add_task_args(degrade)
-    degrade.add_argument("--seed", type=int, default=0, help="noise seed for denoise")
+    degrade.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
     degrade.add_argument("input", help="clean image")
     degrade.add_argument("output", help="degraded image to write (.png)")
     degrade.set_defaults(handler=command_degrade)
@@ -200,7 +229,7 @@ def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
     add_task_args(train_verb)
     add_data_args(train_verb)
     train_verb.add_argument("--genotype", required=True, help="genotype JSON file")
-    train_verb.add_argument("--steps", type=int, help="iterations (default: the profile's)")
+    train_verb.add_argument("--steps", type=positive_int, help="iterations (default: the profile's)")
     train_verb.add_argument("--resume", help="checkpoint to continue from")
     train_verb.add_argument("--output", help="checkpoint path (default under $ACLA_HOME or ./acla-runs)")
     train_verb.set_defaults(handler=command_train)

@@ -45,8 +45,31 @@ def resolve_settings(*, tracking_uri: str | None, artifact_root: str | None, add
                        create_bucket=create_bucket)
 
 
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast, naming the URI, when MLflow's tracking store cannot be reached."""
+DATABASE_DRIVERS = {  # SQLAlchemy's default driver per scheme, and what to install for it
+    "postgresql": (("psycopg2",), "psycopg2-binary"), "postgresql+psycopg2": (("psycopg2",), "psycopg2-binary"),
+    "postgresql+psycopg": (("psycopg",), "psycopg[binary]"), "mysql": (("MySQLdb",), "mysqlclient"),
+    "mysql+pymysql": (("pymysql",), "pymysql"), "mssql": (("pyodbc",), "pyodbc"), "mssql+pyodbc": (("pyodbc",), "pyodbc"),
+}
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced, for messages."""
+    parsed = urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@", 1)
+    return uri
+
+
+def nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_tracking_uri(uri: str, *, must_exist: bool = False) -> None:
+    """Fail fast, naming the URI, when MLflow's tracking store cannot be reached or used. Creates nothing.
+
+    `must_exist`: a verb that only reads (status, pareto, retrain) needs a store that a search has made."""
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         try:
@@ -61,16 +84,58 @@ def check_tracking_uri(uri: str) -> None:
         path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if path is None or not str(path):
             raise UsageError(f"tracking URI {uri} is not a sqlite file URI; expected sqlite:///PATH/mlflow.db")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UsageError(f"cannot create the MLflow database folder {path.parent}: {err.strerror}") from None
-        if not os.access(path.parent, os.W_OK):
-            raise UsageError(f"MLflow database folder {path.parent} is not writable")
-    elif parsed.scheme in ("postgresql", "mysql", "mssql", "databricks"):
-        return
+        check_sqlite_store(path, must_exist)
+    elif parsed.scheme in DATABASE_DRIVERS:
+        modules, package = DATABASE_DRIVERS[parsed.scheme]
+        import importlib.util
+        if not any(importlib.util.find_spec(module) for module in modules):
+            raise UsageError(f"tracking URI {redact(uri)} needs the {parsed.scheme} driver, which is not installed; "
+                             f"pip install {package}")
     else:
-        raise UsageError(f"tracking URI {uri!r} is not supported; expected http(s)://HOST:PORT or sqlite:///PATH")
+        raise UsageError(f"tracking URI {redact(uri)!r} is not supported; expected http(s)://HOST:PORT, "
+                         f"sqlite:///PATH or a database URI such as postgresql://USER@HOST/DB")
+
+
+def check_sqlite_store(path: Path, must_exist: bool) -> None:
+    if path.exists():
+        if not path.is_file():
+            raise UsageError(f"MLflow database {path} is not a file")
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise UsageError(f"{path} is not an MLflow sqlite database (not a sqlite file); move it aside or pass "
+                             f"another --tracking-uri")
+        return
+    if must_exist:
+        raise UsageError(f"no MLflow store at {path}; run a search first, or set ACLA_HOME or --tracking-uri")
+    folder = nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a folder; ACLA_HOME (or the --tracking-uri path) must name a "
+                         f"folder")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"MLflow database folder {path.parent} is not writable")
+
+
+def create_sqlite_folder(uri: str) -> None:
+    """The folder of a sqlite tracking store, made when the first run is about to be written."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot create the MLflow database folder {folder}: {err.strerror}") from None
+
+
+def check_s3_endpoint(endpoint: str | None) -> None:
+    if endpoint is None:
+        return
+    parsed = urlparse(endpoint)
+    try:
+        port_ok = parsed.port is None or 0 < parsed.port
+    except ValueError:
+        port_ok = False
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or not port_ok:
+        raise UsageError(f"S3 endpoint {endpoint!r} is not a URL; expected http(s)://HOST[:PORT]")
 
 
 def open_artifact_store(run: RunSettings):
@@ -90,10 +155,15 @@ def check_ray_address(address: str | None) -> None:
     if address in (None, "", "auto", "local"):
         return
     parsed = urlparse(address if "://" in address else f"ray://{address}")
-    if not parsed.hostname or not parsed.port:
-        raise UsageError(f"Ray address {address!r} is not valid; expected HOST:PORT, ray://HOST:PORT or auto")
     try:
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=3):
+        port = parsed.port
+    except ValueError:  # not a number, or outside 0-65535
+        port = None
+    if not parsed.hostname or not port:
+        raise UsageError(f"Ray address {address!r} is not valid; expected HOST:PORT (port 1-65535), "
+                         f"ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=3):
             pass
     except OSError as err:
         raise UsageError(f"Ray is not reachable at {address} ({err.strerror or err}); start the cluster or fix --address") from None

@@ -110,8 +110,15 @@ def parse_root(root: str) -> None:
 
 class LocalStore:
     def __init__(self, root: Path) -> None:
+        """Checked, not created: folders appear with the first file written (a failed command leaves none)."""
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        existing = root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise StorageError(f"artifact root {root}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK):
+            raise StorageError(f"artifact root {root}: {existing} is not writable")
 
     def _path(self, key: str) -> Path:
         return self.root / key

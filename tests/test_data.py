@@ -91,5 +91,33 @@ def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (100, 100)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is over twice the limit: Pillow refuses
-    with pytest.raises(DataError, match="too large to decode safely"):
+    with pytest.raises(DataError, match="above Pillow.s limit"):
         load_image(path)
+
+
+def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
+    """ACLA_MAX_PIXELS bounds what is decoded (default 40 Mpixels), checked from the header before decoding."""
+    from workers.data import DEFAULT_MAX_PIXELS, DataError, ImageSet, check_images, load_image, max_pixels
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(path)
+    monkeypatch.delenv("ACLA_MAX_PIXELS", raising=False)
+    assert max_pixels() == DEFAULT_MAX_PIXELS == 40_000_000
+    monkeypatch.setenv("ACLA_MAX_PIXELS", "11999")
+    with pytest.raises(DataError, match="120x100 .*ACLA_MAX_PIXELS"):
+        load_image(path)
+    with pytest.raises(DataError, match="ACLA_MAX_PIXELS"):
+        check_images(ImageSet("one", (str(path),)))
+    monkeypatch.setenv("ACLA_MAX_PIXELS", "12000")
+    assert load_image(path).shape == (100, 120, 3)
+    check_images(ImageSet("one", (str(path),)), min_side=100)
+    with pytest.raises(DataError, match="smaller than the 101x101 patch"):
+        check_images(ImageSet("one", (str(path),)), min_side=101)
+    monkeypatch.setenv("ACLA_MAX_PIXELS", "lots")
+    with pytest.raises(DataError, match="not a number"):
+        max_pixels()
+
+
+def test_cli_benchmark_names_are_the_data_layers():
+    from orchestrator.local_commands import BENCHMARK_NAMES
+    from workers.data import BENCHMARKS
+    assert BENCHMARK_NAMES == tuple(BENCHMARKS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +35,65 @@ class DataError(ValueError):
     """An image or a folder that cannot be used; the message names it."""
 
 
+DEFAULT_MAX_PIXELS = 40_000_000  # an 8K photograph (33 Mpixels) fits; ACLA_MAX_PIXELS changes it
+
+
+def max_pixels() -> int:
+    """The largest image, in pixels, that is decoded (ACLA_MAX_PIXELS, default 40 million): the metrics and the
+    degradations hold several float copies of an image, so a bigger one would exhaust the memory instead."""
+    text = os.environ.get("ACLA_MAX_PIXELS", "")
+    try:
+        value = int(float(text)) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(f"ACLA_MAX_PIXELS={text!r} is not a number; expected a pixel count such as 40000000") from None
+    if value < 1:
+        raise DataError(f"ACLA_MAX_PIXELS={text!r} must be 1 or more")
+    return value
+
+
+def _open_checked(path: str) -> Image.Image:
+    """The image opened (header only), refused before any decoding when it is above the pixel limit."""
+    limit = max_pixels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:  # Pillow's hard stop, far above the default limit
+            raise DataError(f"{path}: image is above Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS} pixels; "
+                            f"expected at most {limit} (ACLA_MAX_PIXELS)") from None
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise DataError(f"{path}: image is {width}x{height} ({width * height / 1e6:.1f} Mpixels), above the limit of "
+                        f"{limit / 1e6:.1f} Mpixels; set ACLA_MAX_PIXELS to allow it")
+    return image
+
+
 @functools.lru_cache(maxsize=512)
 def _decode(path: str, mtime_ns: int) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with _open_checked(path) as image, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
             return _to_uint8_array(image, path)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path}: cannot decode image ({err.__class__.__name__}: {err})") from None
-    except Image.DecompressionBombError as err:  # Pillow's guard against images that would fill the memory
-        raise DataError(f"{path}: image too large to decode safely ({err}); expected at most "
-                        f"{Image.MAX_IMAGE_PIXELS} pixels") from None
+
+
+def check_images(image_set: "ImageSet", min_side: int = 1) -> None:
+    """Every image of the set readable, within the pixel limit, and at least `min_side` pixels on each side,
+    checked from the headers (and the PNG checksums) without decoding: a bad file is one line naming it,
+    before any trial starts, rather than a failure inside every trial."""
+    for path in image_set.paths:
+        try:
+            with _open_checked(path) as image:
+                width, height = image.size
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DataError(f"{path}: cannot decode image ({err.__class__.__name__}: {err})") from None
+        if min(width, height) < min_side:
+            raise DataError(f"{path}: image {width}x{height} is smaller than the {min_side}x{min_side} patch "
+                            f"or scale it needs; remove it or use a smaller --profile patch")
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

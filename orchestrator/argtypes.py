@@ -1,0 +1,29 @@
+"""argparse value types shared by every verb: a bad value is one line naming the flag, before anything runs."""
+from __future__ import annotations
+
+import argparse
+
+SEED_LIMIT = 2 ** 32  # numpy's and Optuna's seeds are 32-bit
+
+
+def _int_at_least(text: str, lowest: int, highest: int | None = None) -> int:
+    expected = f"{lowest} or more" if highest is None else f"{lowest} to {highest}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected {expected}") from None
+    if value < lowest or (highest is not None and value > highest):
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected {expected}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def seed_arg(text: str) -> int:
+    return _int_at_least(text, 0, SEED_LIMIT - 1)

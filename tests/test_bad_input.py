@@ -1,0 +1,182 @@
+"""Bad input, through the real CLI in a subprocess: each case is one line on stderr naming what was wrong, exit
+status 2, no traceback, and nothing left behind (no file in the working folder or the run directory, so no
+MLflow run either). Cases from issue #11, and the field's usual mistakes. The cases run three at a time."""
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+def png_header(path, width, height):
+    """A PNG whose header claims width x height (no pixel data): Pillow reads the size on open."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+def photo(path, size=(48, 48)):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+
+GENOTYPE = {"version": 1, "task": "car", "scale": 1, "in_channels": 3, "channels": 8, "blocks": 4, "stages": 2}
+
+def genotype(**change):
+    def setup(work):
+        (work / "g.json").write_text(json.dumps({**GENOTYPE, **change}))
+    return setup
+
+def nested(work):
+    (work / "g.json").write_text("[" * 100000 + "]" * 100000)
+
+def text_file(name, content):
+    def setup(work):
+        (work / name).write_text(content)
+    return setup
+
+def bomb(work):
+    png_header(work / "big.png", 40000, 40000)
+    photo(work / "clean.png")
+
+def big_compare(work):
+    png_header(work / "a.png", 11000, 11000)
+    png_header(work / "b.png", 11000, 11000)
+
+def data_dir(kind):
+    def setup(work):
+        folder = work / "photos"
+        folder.mkdir()
+        for i in range(3):
+            photo(folder / f"p{i}.png", (96, 96))
+        if kind == "corrupt":
+            (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+        elif kind == "small":
+            photo(folder / "tiny.png", (8, 8))
+    return setup
+
+def empty_dir(work):
+    (work / "photos").mkdir()
+
+def corrupt_db(work):
+    home = work / "home"
+    home.mkdir()
+    (home / "mlflow.db").write_bytes(b"this is not sqlite" * 100)
+
+def home_is_file(work):
+    (work / "home").write_text("a file")
+    (work / "g.json").write_text(json.dumps(GENOTYPE))
+
+def checkpoint_garbage(work):
+    (work / "ckpt.pt").write_bytes(b"garbage" * 10)
+    (work / "g.json").write_text(json.dumps(GENOTYPE))
+
+def nothing(work):
+    pass
+
+S = ["search", "--task", "car", "--profile", "smoke"]
+CASES = [
+    ("no verb", [], nothing, "required: verb (see 'acla-orch --help')"),
+    ("unknown verb", ["frobnicate"], nothing, "invalid choice"),
+    ("budget words", S + ["--budget", "fifty"], nothing, "(see 'acla-orch search --help')"),
+    ("budget negative", S + ["--budget=-5G"], nothing, "budget"),
+    ("budget zero", S + ["--budget", "0"], nothing, "budget"),
+    ("budget nan", S + ["--budget", "nan"], nothing, "budget"),
+    ("budget inf", S + ["--budget", "inf"], nothing, "budget"),
+    ("budget too small", S + ["--budget", "1M"], nothing, "smallest"),
+    ("task unknown", ["search", "--task", "deblur", "--budget", "5G"], nothing, "invalid choice"),
+    ("scale 5", ["search", "--task", "sr", "--scale", "5", "--budget", "5G"], nothing, "invalid choice"),
+    ("quality 15", S + ["--budget", "5G", "--quality", "15"], nothing, "invalid choice"),
+    ("sigma 30", ["search", "--task", "denoise", "--sigma", "30", "--budget", "5G"], nothing, "invalid choice"),
+    ("profile unknown", ["search", "--task", "car", "--profile", "huge", "--budget", "5G"], nothing, "profile"),
+    ("trials 0", S + ["--budget", "5G", "--trials", "0"], nothing, "trials"),
+    ("concurrency 0", S + ["--budget", "5G", "--concurrency", "0"], nothing, "concurrency"),
+    ("retrain-top 0", S + ["--budget", "5G", "--retrain-top", "0"], nothing, "1 or more"),
+    ("retrain-workers 0", S + ["--budget", "5G", "--retrain-workers", "0"], nothing, "retrain-workers"),
+    ("search-steps 0", S + ["--budget", "5G", "--search-steps", "0"], nothing, "search-steps"),
+    ("warmup >= steps", S + ["--budget", "5G", "--search-steps", "3", "--search-warmup", "3"], nothing, "warmup"),
+    ("seed -1", S + ["--budget", "5G", "--seed", "-1"], nothing, "seed"),
+    ("seed huge", S + ["--budget", "5G", "--seed", "99999999999999999999"], nothing, "seed"),
+    ("tracking postgres no driver", S + ["--budget", "5G", "--tracking-uri", "postgresql://u@127.0.0.1:9/db"], nothing, "postgres"),
+    ("tracking unreachable", S + ["--budget", "5G", "--tracking-uri", "http://127.0.0.1:9"], nothing, "not reachable"),
+    ("tracking scheme", S + ["--budget", "5G", "--tracking-uri", "ftp://x"], nothing, "tracking"),
+    ("s3 endpoint not a url", S + ["--budget", "5G", "--artifact-root", "s3://bucket/x", "--s3-endpoint", "notaurl"], nothing, "endpoint"),
+    ("s3 root without bucket", S + ["--budget", "5G", "--artifact-root", "s3://"], nothing, "bucket"),
+    ("ray port out of range", S + ["--budget", "5G", "--address", "127.0.0.1:99999"], nothing, "address"),
+    ("ray unreachable", S + ["--budget", "5G", "--address", "127.0.0.1:9"], nothing, "not reachable"),
+    ("data missing", S + ["--budget", "5G", "--data", "nowhere"], nothing, "nowhere"),
+    ("data empty", S + ["--budget", "5G", "--data", "photos"], empty_dir, "photos"),
+    ("data corrupt image", S + ["--budget", "5G", "--data", "photos"], data_dir("corrupt"), "broken.png"),
+    ("data too small image", S + ["--budget", "5G", "--data", "photos"], data_dir("small"), "tiny.png"),
+    ("genotype missing", ["cost", "--task", "car", "--genotype", "missing.json"], nothing, "missing.json"),
+    ("genotype not json", ["cost", "--task", "car", "--genotype", "g.json"], text_file("g.json", "{not json"), "g.json"),
+    ("genotype array", ["cost", "--task", "car", "--genotype", "g.json"], text_file("g.json", "[1, 2]"), "g.json"),
+    ("genotype nested", ["cost", "--task", "car", "--genotype", "g.json"], nested, "g.json"),
+    ("genotype unknown field", ["cost", "--task", "car", "--genotype", "g.json"], genotype(colour=1), "unknown field"),
+    ("genotype channels 1e6", ["cost", "--task", "car", "--genotype", "g.json"], genotype(channels=1000000), "channels"),
+    ("genotype blocks 1e8", ["cost", "--task", "car", "--genotype", "g.json"], genotype(blocks=100000000), "blocks"),
+    ("genotype max_keys 1e7", ["cost", "--task", "car", "--genotype", "g.json"], genotype(max_keys=10000000), "max_keys"),
+    ("genotype scale float", ["cost", "--task", "car", "--genotype", "g.json"], genotype(scale=2.0), "scale"),
+    ("genotype positions", ["cost", "--task", "car", "--genotype", "g.json"], genotype(positions=[99]), "out of range"),
+    ("decompression bomb degrade", ["degrade", "--task", "car", "big.png", "out.png"], bomb, "big.png"),
+    ("decompression bomb compare", ["compare", "clean.png", "big.png", "--task", "car"], bomb, "big.png"),
+    ("compare 11000 square", ["compare", "a.png", "b.png", "--task", "car"], big_compare, "a.png"),
+    ("degrade missing input", ["degrade", "--task", "car", "nope.png", "out.png"], nothing, "nope.png"),
+    ("degrade output folder missing", ["degrade", "--task", "car", "clean.png", "no/such/out.png"], lambda w: photo(w / "clean.png"), "no/such"),
+    ("status corrupt db", ["status"], corrupt_db, "mlflow.db"),
+    ("train home is a file", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke"], home_is_file, "home"),
+    ("train steps 0", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--steps", "0"], genotype(), "steps"),
+    ("train steps -5", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--steps", "-5"], genotype(), "steps"),
+    ("train resume garbage", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--resume", "ckpt.pt"], checkpoint_garbage, "ckpt.pt"),
+    ("evaluate missing ckpt", ["evaluate", "nope.pt", "--benchmark", "Set5"], nothing, "nope.pt"),
+    ("evaluate unknown benchmark", ["evaluate", "ckpt.pt", "--benchmark", "Set7"], checkpoint_garbage, "Set7"),
+    ("retrain without a store", ["retrain", "--run-id", "0123456789abcdef"], nothing, "no MLflow store"),
+    ("ablate unknown variant", ["ablate", "--task", "car", "--budget", "5G", "--profile", "smoke", "--variants", "bogus"], nothing, "bogus"),
+    ("ablate seeds 0", ["ablate", "--task", "car", "--budget", "5G", "--profile", "smoke", "--seeds", "0"], nothing, "seeds"),
+    ("pareto unreachable tracking", ["pareto", "--task", "car", "--tracking-uri", "http://127.0.0.1:9"], nothing, "not reachable"),
+]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_case(case, folder: Path) -> dict:
+    _, argv, setup, _ = case
+    work = folder / f"case-{CASES.index(case)}"
+    work.mkdir()
+    setup(work)
+    before = set(work.rglob("*"))
+    env = {**os.environ, "ACLA_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
+    for variable in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_ENDPOINT_URL", "ACLA_MAX_PIXELS"):
+        env.pop(variable, None)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=300)
+    return {"returncode": out.returncode, "stderr": out.stderr,
+            "left": sorted(str(p.relative_to(work)) for p in set(work.rglob("*")) - before)}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad-input")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda case: run_case(case, folder), CASES))
+    return {case[0]: result for case, result in zip(CASES, results)}
+
+
+def test_at_least_forty_cases():
+    assert len(CASES) >= 40 and len({case[0] for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name,fragment", [(case[0], case[3]) for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(outcomes, name, fragment):
+    outcome = outcomes[name]
+    lines = outcome["stderr"].strip().splitlines()
+    assert outcome["returncode"] == 2, outcome["stderr"][-2000:]
+    assert len(lines) == 1 and lines[0].startswith("acla-orch: error: "), outcome["stderr"][-2000:]
+    assert "Traceback" not in outcome["stderr"]
+    assert fragment.lower() in lines[0].lower()
+    assert outcome["left"] == []
