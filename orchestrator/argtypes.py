@@ -13,7 +13,7 @@ def _int_at_least(text: str, lowest: int, highest: int | None = None) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected {expected}") from None
     if value < lowest or (highest is not None and value > highest):
-        raise argparse.ArgumentTypeError(f"{value} is out of range; expected {expected}")
+        raise argparse.ArgumentTypeError(f"{value} must be {expected}")
     return value
 
 
