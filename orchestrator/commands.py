@@ -1,22 +1,19 @@
-"""The orchestrator's verbs: search, sweep, pareto, status, retrain. Flags become dataclasses here once; the
-winners' retraining and registration live in winners.py, the ablation in ablate.py.
-
-The parent MLflow run ends FINISHED only when everything it announces exists; an error marks it FAILED and
-Ctrl-C marks it KILLED, so no half-made run looks finished.
+"""The orchestrator's verbs: search, sweep, pareto, status, retrain, resume. Each checks its inputs and targets
+first; one search's recipe is search_job.py, the winners' retraining and registration winners.py, resuming
+resume.py, the ablation ablate.py.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import re
-import shlex
 import sys
 
 from .argtypes import non_negative_int, positive_int, seed_arg
 from .errors import UsageError
+from .search_job import print_summary, run_one_budget, search_profile, trial_settings
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 from .local_commands import check_training_data, data_from_args, profile_from_args, task_spec_from_args, user_errors
@@ -44,116 +41,6 @@ def mlflow_client(run):
     from mlflow.tracking import MlflowClient
     mlflow.set_tracking_uri(run.tracking_uri)
     return MlflowClient(run.tracking_uri)
-
-
-def search_profile(args, profile):
-    """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
-    steps = args.search_steps or profile.search_steps
-    warmup = profile.search_warmup if args.search_warmup is None else args.search_warmup
-    if warmup >= steps:
-        raise UsageError(f"--search-warmup {warmup} leaves no architecture step in a {steps}-step search; "
-                         f"expected fewer warm-up steps than --search-steps")
-    return dataclasses.replace(profile, search_steps=steps, search_warmup=warmup)
-
-
-def trial_settings(args, task, profile, data, budget):
-    from .trial import TrialSettings
-    return TrialSettings(task=task, budget_macs=budget, profile=profile, data=data, attention=args.attention,
-                         seed=args.seed)
-
-
-def progress_reporter(enabled: bool):
-    """A rich progress bar on stderr while trials run (quiet when stderr is not a terminal)."""
-    from rich.progress import Progress
-    progress = Progress(disable=not (enabled and sys.stderr.isatty()), transient=True)
-    progress.start()
-    task_id = progress.add_task("trials", total=None)
-
-    def report(done: int, total: int) -> None:
-        progress.update(task_id, completed=done, total=total, description=f"trials {done}/{total}")
-    return progress, report
-
-
-def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> dict:
-    from .driver import SearchRequest, budget_label, git_commit, run_search_on_ray
-    from .winners import pick_winners, record_trials, retrain_winners
-    from .tracking import ensure_experiment, experiment_name, log_front, start_parent, update_front
-
-    settings = trial_settings(args, task, profile, data, budget)
-    request = SearchRequest(settings=settings, run=run, trials=args.trials or profile.trials,
-                            concurrency=args.concurrency or profile.concurrency, command_line=shlex.join(sys.argv))
-    name = experiment_name(task.name)
-    experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
-    tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name, "git_commit": git_commit(),
-            "search_steps": str(profile.search_steps), "search_warmup": str(profile.search_warmup),
-            "command_line": request.command_line[:4000]}
-    parent_id = start_parent(client, experiment_id, run_name=f"search-{task.label}-{budget_label(budget)}", tags=tags)
-    progress, reporter = progress_reporter(not args.json)
-    try:
-        recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter)
-        progress.stop()
-        if not recorded:
-            raise UsageError("no trial finished; see the Ray logs under the run directory")
-        rows = update_front(client, experiment_id)
-        record_trials(store, name, parent_id, recorded, rows)
-        title = f"{name}: PSNR vs MACs"
-        log_front(client, parent_id, rows, budget_macs=budget, title=title)
-        front_ids = {r["run_id"] for r in rows if r["pareto"]}
-        winners = pick_winners(recorded, front_ids, args.retrain_top)
-        retrained = retrain_winners(run=run, store=store, client=client, experiment_id=experiment_id, parent_id=parent_id,
-                                    request_settings=settings, winners=winners,
-                                    retrain_workers=args.retrain_workers) if not args.no_retrain else []
-        if retrained:
-            log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
-                      retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained")
-        client.set_terminated(parent_id, "FINISHED")
-    except KeyboardInterrupt:
-        progress.stop()
-        client.set_terminated(parent_id, "KILLED")
-        raise
-    except BaseException:
-        progress.stop()
-        client.set_terminated(parent_id, "FAILED")
-        raise
-    return summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
-
-
-def summarise(name, parent_id, budget, task, profile, recorded, rows, retrained) -> dict:
-    front = {r["run_id"]: r["pareto"] for r in rows}
-    by_trial = {r["trial_run_id"]: r for r in retrained}
-    trials = []
-    for item in sorted(recorded, key=lambda r: -r["result"]["psnr"]):
-        genotype = json.loads(item["result"]["genotype"])
-        trials.append({"trial": item["trial"], "run_id": item["run_id"],
-                       "backbone": {"channels": genotype["channels"], "blocks": genotype["blocks"], "stages": genotype["stages"]},
-                       "positions": genotype["positions"], "keys": genotype["keys"], "macs": int(item["result"]["macs"]),
-                       "proxy_macs": int(item["result"].get("proxy_macs", item["result"]["macs"])),
-                       "position_scores": json.loads(item["result"].get("position_scores", "[]")),
-                       "params": int(item["result"]["params"]), "psnr": round(item["result"]["psnr"], 4),
-                       "ssim": round(item["result"]["ssim"], 4), "pareto": bool(front.get(item["run_id"], False)),
-                       "attention_backend": item["result"].get("attention_backend"),
-                       "retrained_psnr": by_trial.get(item["run_id"], {}).get("psnr"),
-                       "artifact_uri": item["artifact_uri"]})
-    return {"experiment": name, "parent_run_id": parent_id, "task": task.label, "budget_macs": int(budget),
-            "profile": profile.name, "trials": trials, "retrained": retrained}
-
-
-def print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from search_space.budget import format_macs
-    table = Table(title=f"{summary['experiment']} search {summary['parent_run_id'][:8]}: "
-                        f"{summary['task']} within {format_macs(summary['budget_macs'])}MACs")
-    for column in ("trial", "backbone", "positions", "keys", "MACs (proxy)", "PSNR (proxy)", "front", "retrained PSNR",
-                   "artifacts"):
-        table.add_column(column)
-    for t in summary["trials"]:
-        b = t["backbone"]
-        table.add_row(t["trial"], f"{b['channels']}ch x {b['blocks']}", str(t["positions"]), str(t["keys"]),
-                      f"{format_macs(t['macs'])} ({format_macs(t['proxy_macs'])})", f"{t['psnr']:.2f}",
-                      "*" if t["pareto"] else "",
-                      "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.2f}", t["artifact_uri"])
-    Console(width=None if sys.stdout.isatty() else 200).print(table)  # a pipe gets whole URIs, not 80 columns
 
 
 @contextlib.contextmanager
@@ -256,20 +143,29 @@ def print_front(name: str, front: list[dict], as_json: bool) -> None:
 
 
 def command_status(args: argparse.Namespace) -> int:
+    """The searches of this run directory: MLflow's status, or `INTERRUPTED` where the search state shows the
+    driver gone while the run is still marked RUNNING, with the command that resumes it."""
+    from .state import SearchState
     run, _ = settings_from_args(args, read_only=True)
     client = mlflow_client(run)
+    states = {s["parent_run_id"]: s["status"] for s in SearchState(run.run_dir).searches()}
     rows = []
     for experiment in client.search_experiments(filter_string="name LIKE 'acla-%'"):
         for parent in client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'"):
-            rows.append({"experiment": experiment.name, "run_id": parent.info.run_id, "status": parent.info.status,
+            run_id, status = parent.info.run_id, parent.info.status
+            if status == "RUNNING" and states.get(run_id) == "interrupted":
+                status = "INTERRUPTED"
+            rows.append({"experiment": experiment.name, "run_id": run_id, "status": status,
                          "task": parent.data.tags.get("task"), "budget_macs": parent.data.tags.get("budget_macs"),
-                         "profile": parent.data.tags.get("profile"), "start_time": parent.info.start_time})
+                         "profile": parent.data.tags.get("profile"), "start_time": parent.info.start_time,
+                         "resume": f"acla-orch resume {run_id}" if status in ("INTERRUPTED", "KILLED") else None})
     if args.json:
         print(json.dumps({"run_dir": str(run.run_dir), "tracking_uri": run.tracking_uri, "searches": rows}))
     else:
         print(f"run directory {run.run_dir}, tracking {run.tracking_uri}")
         for r in rows:
-            print(f"{r['run_id'][:8]}  {r['status']:<9} {r['experiment']:<14} {r['task']:<16} budget {r['budget_macs']} ({r['profile']})")
+            print(f"{r['run_id'][:8]}  {r['status']:<11} {r['experiment']:<14} {r['task']:<16} budget "
+                  f"{r['budget_macs']} ({r['profile']})" + (f"  -> {r['resume']}" if r["resume"] else ""))
     return 0
 
 
@@ -368,6 +264,9 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
                          help="point the budget's alias (models:/acla-TASK@budget-...) at the retrained model")
     add_platform_args(retrain)
     retrain.set_defaults(handler=command_retrain)
+
+    from .resume import register_resume
+    register_resume(verbs, add_platform_args)
 
     status = verbs.add_parser("status", help="the searches of this run directory and their state")
     add_platform_args(status)

@@ -119,9 +119,9 @@ class RecordTrials(tune.Callback):
     _handlers: dict[int, tuple] = {}
     errors: dict[int, BaseException] = {}
 
-    def __init__(self, on_complete, on_error, key: int | None = None) -> None:
+    def __init__(self, on_complete, on_error, on_start=None, key: int | None = None) -> None:
         self.key = id(on_complete) if key is None else key
-        RecordTrials._handlers.setdefault(self.key, (on_complete, on_error))
+        RecordTrials._handlers.setdefault(self.key, (on_complete, on_error, on_start))
 
     def __reduce__(self):
         return (_restore_callback, (self.key,))
@@ -131,9 +131,13 @@ class RecordTrials(tune.Callback):
         if handlers is None or self.key in RecordTrials.errors:  # restored elsewhere, or already failed
             return
         try:
-            handlers[which](trial)
+            if handlers[which] is not None:
+                handlers[which](trial)
         except Exception as err:
             RecordTrials.errors[self.key] = err
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._call(2, trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._call(0, trial)
@@ -195,23 +199,72 @@ def check_feasible(settings: TrialSettings) -> list[str]:
     return feasible
 
 
-def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent_id: str, reporter) -> list[dict]:
-    """Optuna through Ray Tune; each finished trial is recorded in MLflow from the driver as it ends."""
+@dataclass
+class ResumePlan:
+    """What a resumed search already has: its finished trials (as recorded), how many trials are done (finished
+    or failed), and the configs of the trials that were running when it stopped (run again first)."""
+    recorded: list[dict]
+    done: int
+    interrupted: list[dict]
+
+
+def study_name(settings: TrialSettings, parent_id: str) -> str:
+    return f"acla-{settings.task.label}-{budget_label(settings.budget_macs)}-{settings.profile.name}-{parent_id[:12]}"
+
+
+def prepare_study(storage, name: str, resume: ResumePlan | None) -> None:
+    """On resume: the trials Optuna still holds as RUNNING (their driver died) are failed, and the interrupted
+    configs are queued to run again, as they were."""
+    import optuna
+    from optuna.trial import TrialState
+    if resume is None:
+        return
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # the search stopped before Optuna's first trial
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    for config in resume.interrupted:
+        study.enqueue_trial(config, skip_if_exists=False)
+
+
+def trial_error(trial) -> str:
+    """The last line of the trial's error (Tune keeps the traceback in a file), for MLflow and the state."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1][:2000] if lines else f"trial failed ({path or 'no error file'})"
+
+
+def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent_id: str, reporter, state,
+                      resume: ResumePlan | None = None) -> list[dict]:
+    """Optuna through Ray Tune; each trial's start and end go to the search state, and each finished trial is
+    recorded in MLflow from the driver as it ends. A resumed search runs only the trials it still owes."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from .sampler import ReproducibleTPE
     from .tracking import log_failed_trial, log_trial
 
     settings = request.settings
     feasible = check_feasible(settings)
     storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
-    study = f"acla-{settings.task.label}-{budget_label(settings.budget_macs)}-{settings.profile.name}"
+    study = study_name(settings, parent_id)
+    prepare_study(storage, study, resume)
     searcher = OptunaSearch(space=search_space(feasible, settings.profile), metric=["psnr", "macs"], mode=["max", "min"],
-                            study_name=study, storage=storage,
-                            sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4))
+                            study_name=study, storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4))
     search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label,
                    "task_spec": json.dumps(dataclasses.asdict(settings.task)), "profile": settings.profile.name}
-    recorded: list[dict] = []
+    recorded: list[dict] = list(resume.recorded) if resume else []
+    remaining = request.trials - (resume.done if resume else 0)
+    if remaining <= 0:
+        return recorded
+
+    def on_start(trial) -> None:
+        state.trial_started(parent_id, trial.trial_id, dict(trial.config), settings.seed)
 
     def on_complete(trial) -> None:
         result = trial.last_result or {}
@@ -220,29 +273,42 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
         params = dict(trial.config)
         run_id = log_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=params,
                            result=result, search_tags=search_tags)
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        result = {k: v for k, v in result.items() if k in RESULT_KEYS}
+        state.trial_finished(parent_id, trial.trial_id, run_id, result, artifact_uri)
         recorded.append({"trial": trial.trial_id, "run_id": run_id, "params": params, "result": result,
-                         "artifact_uri": client.get_run(run_id).info.artifact_uri})
+                         "artifact_uri": artifact_uri})
         reporter(len(recorded), request.trials)
 
     def on_error(trial) -> None:
-        log_failed_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=dict(trial.config),
-                         error=str(trial.error_file or "trial failed"), search_tags=search_tags)
+        error = trial_error(trial)
+        run_id = log_failed_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=dict(trial.config),
+                                  error=error, search_tags=search_tags)
+        state.trial_failed(parent_id, trial.trial_id, run_id, error)
         reporter(len(recorded), request.trials)
 
-    recorder = RecordTrials(on_complete, on_error)
+    recorder = RecordTrials(on_complete, on_error, on_start)
     keep_credentials_out_of_trial_runtime_envs()
     cpus = max(1, (os.cpu_count() or 1) // request.concurrency)
     import torch
     gpus = 1 if torch.cuda.is_available() else 0
     trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings), {"cpu": cpus, "gpu": gpus})
     tuner = tune.Tuner(trainable,
-                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=request.trials,
+                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                                    max_concurrent_trials=request.concurrency),
                        run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
                                                  storage_path=str(request.run.run_dir / "tune"),
+                                                 # a trial whose worker dies is run once more, then failed
+                                                 failure_config=tune.FailureConfig(max_failures=1),
                                                  callbacks=[recorder], verbose=0))
     try:
         tuner.fit()
     finally:
         recorder.finish()
     return recorded
+
+
+# What a finished trial's result keeps (Tune adds its own bookkeeping: time, hostname, config, ...).
+RESULT_KEYS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
+               "params", "proxy_channels", "num_modules", "mean_active_keys", "latency_ms", "genotype",
+               "position_scores", "trial_seconds", "device", "attention_backend")

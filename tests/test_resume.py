@@ -1,0 +1,157 @@
+"""Durable search state and resume: the sampler proposes after an interruption what it would have without one;
+the state survives its writer and knows a dead driver; and a search killed with -9 is finished by `resume`
+exactly as an uninterrupted one (tests of issue #11)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from orchestrator.sampler import ReproducibleTPE
+from orchestrator.state import SearchState
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def objective(trial) -> tuple[float, float]:
+    x = trial.suggest_float("x", -3, 3)
+    width = trial.suggest_categorical("width", [32, 48, 64])
+    return -(x - 1) ** 2 + width / 100, width * (1 + x * x)
+
+
+def completed_params(study) -> list[dict]:
+    return [t.params for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def test_sampler_proposes_the_same_trials_after_an_interruption():
+    uninterrupted = optuna.create_study(directions=["maximize", "minimize"], sampler=ReproducibleTPE(7, 4))
+    uninterrupted.optimize(objective, n_trials=8)
+
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"],
+                                sampler=ReproducibleTPE(7, 4))
+    first.optimize(objective, n_trials=5)
+    dead = first.ask()  # the sixth trial was running when the driver died
+    objective(dead)
+    # resume: a new process, a new sampler; the stale trial failed and its config queued again
+    storage.set_trial_state_values(dead._trial_id, optuna.trial.TrialState.FAIL)
+    resumed = optuna.load_study(study_name="s", storage=storage, sampler=ReproducibleTPE(7, 4))
+    resumed.enqueue_trial(dead.params)
+    resumed.optimize(objective, n_trials=3)
+    assert completed_params(resumed) == completed_params(uninterrupted)
+    assert len({json.dumps(p, sort_keys=True) for p in completed_params(uninterrupted)}) == 8  # none twice
+
+
+def test_concurrent_trials_get_different_proposals():
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=ReproducibleTPE(3, 4))
+    asked = [study.ask() for _ in range(3)]  # three in flight, none completed
+    for trial in asked:
+        objective(trial)
+    assert len({json.dumps(t.params, sort_keys=True) for t in asked}) == 3
+
+
+def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
+    state = SearchState(tmp_path)
+    state.begin("p1", "e1", {"budget": 2e9})
+    state.trial_started("p1", "t1", {"x": 1}, 0)
+    state.trial_finished("p1", "t1", "r1", {"psnr": 30.0}, "file:///a")
+    state.trial_started("p1", "t2", {"x": 2}, 0)
+    assert SearchState(tmp_path).search("p1")["status"] == "running"  # this process is its driver
+    script = (f"from orchestrator.state import SearchState; s = SearchState({str(tmp_path)!r}); "
+              f"s.begin('p2', 'e1', {{}}); s.trial_started('p2', 't9', {{}}, 0)")
+    writer = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert writer.returncode == 0
+    reread = SearchState(tmp_path)
+    assert reread.search("p2")["status"] == "interrupted"  # its driver has exited, the search never ended
+    trials = reread.trials("p1")
+    assert [(t["trial_id"], t["state"]) for t in trials] == [("t1", "finished"), ("t2", "running")]
+    assert trials[0]["result"] == {"psnr": 30.0} and trials[0]["config"] == {"x": 1}
+    reread.end("p1", "killed")
+    assert reread.search("p1")["status"] == "killed"
+
+
+def kill_processes_mentioning(text: str) -> None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if text.encode() in handle.read():
+                    os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            continue
+
+
+SEARCH = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--trials", "3", "--concurrency", "1",
+          "--no-retrain", "--json"]
+
+
+def trial_set(summary: dict) -> list[tuple]:
+    return sorted((t["macs"], round(t["psnr"], 4), json.dumps(t["positions"]), t["pareto"]) for t in summary["trials"])
+
+
+def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from storage.manifest import verify_artifact_set
+    from storage.stores import StorageConfig, open_store
+    from tests.test_orchestrator import acla
+
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    os.makedirs(whole)
+    os.makedirs(broken)
+    out = acla(*SEARCH, home=whole)
+    assert out.returncode == 0, out.stderr[-3000:]
+    uninterrupted = json.loads(out.stdout)
+
+    env = {**os.environ, "ACLA_HOME": broken, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *SEARCH], env=env, cwd=broken,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state, deadline = SearchState(broken), time.time() + 300
+    while time.time() < deadline and driver.poll() is None:  # one trial finished and the next one running
+        searches = state.searches()
+        trials = state.trials(searches[0]["parent_run_id"]) if searches else []
+        if [t["state"] for t in trials] == ["finished", "running"]:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the search ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
+    driver.wait()
+    kill_processes_mentioning(broken)  # Ray's daemons, should any have left the session: the machine is gone
+    status = json.loads(acla("status", "--json", home=broken).stdout)
+    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
+    parent_id = status["searches"][0]["run_id"]
+
+    out = acla("resume", "--last", "--json", home=broken)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = json.loads(out.stdout)
+    assert resumed["parent_run_id"] == parent_id
+
+    # the front, and every trial, equal the uninterrupted search's
+    assert trial_set(resumed) == trial_set(uninterrupted)
+    # exactly one MLflow trial run per trial, none left RUNNING, the parent FINISHED
+    client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
+    experiment = client.get_experiment_by_name("acla-car")
+    runs = client.search_runs([experiment.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
+    assert len(trial_runs) == 3 and client.get_run(parent_id).info.status == "FINISHED"
+    # no finished trial ran twice: the interrupted one ran again, nothing else did
+    trials = SearchState(broken).trials(parent_id)
+    assert sorted(t["state"] for t in trials) == ["finished", "finished", "finished", "interrupted"]
+    configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
+    finished = [c for c, t in zip(configs, trials) if t["state"] == "finished"]
+    assert len(set(finished)) == 3
+    assert configs.count(configs[[t["state"] for t in trials].index("interrupted")]) == 2  # the same config again
+    # every artifact set verifies
+    store = open_store(StorageConfig(os.path.join(broken, "artifacts")))
+    manifests = [key.rsplit("/", 1)[0] for key in store.list() if key.endswith("manifest.json")]
+    assert len(manifests) >= 4  # three genotypes and the trial table
+    for prefix in manifests:
+        verify_artifact_set(store, prefix)
