@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 SEED_LIMIT = 2 ** 32  # numpy's and Optuna's seeds are 32-bit
 
@@ -27,3 +28,14 @@ def non_negative_int(text: str) -> int:
 
 def seed_arg(text: str) -> int:
     return _int_at_least(text, 0, SEED_LIMIT - 1)
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def run_id_arg(text: str) -> str:
+    """An MLflow run id (32 hex digits): it goes into MLflow filters and names, so nothing else is accepted."""
+    if not RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an MLflow run id; expected 32 hex digits "
+                                         f"(see `acla-orch status`)")
+    return text

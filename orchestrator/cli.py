@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Sequence
 
-from .errors import Terminated, UsageError, raise_terminated, signals_received
+from .errors import Terminated, UsageError, install_signal_handlers, signals_received
 
 TASKS = ("sr", "denoise", "car", "demosaic")
 
@@ -102,7 +102,7 @@ def show_library_notes() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     show_library_notes()
-    signal.signal(signal.SIGTERM, raise_terminated)
+    install_signal_handlers()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

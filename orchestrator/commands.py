@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from .argtypes import non_negative_int, positive_int, seed_arg
+from .argtypes import non_negative_int, positive_int, run_id_arg, seed_arg
 from .errors import UsageError
 from .search_job import print_summary, run_one_budget, search_profile, trial_settings
 
@@ -254,7 +254,7 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
     pareto.set_defaults(handler=command_pareto)
 
     retrain = verbs.add_parser("retrain", help="retrain one trial's genotype on Ray Train and register it")
-    retrain.add_argument("--run-id", required=True, help="the MLflow run id of a finished trial")
+    retrain.add_argument("--run-id", required=True, type=run_id_arg, help="the MLflow run id of a finished trial")
     retrain.add_argument("--profile", help="profile whose retrain schedule to use (default: the trial's)")
     retrain.add_argument("--data", help="training images (default: the embedded photos)")
     retrain.add_argument("--seed", type=seed_arg, default=0)

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
-from .errors import UsageError, raise_terminated
+from .errors import UsageError, install_signal_handlers
 from .settings import RunSettings
 from .trial import TrialSettings, feasible_backbones, run_trial
 
@@ -87,8 +86,8 @@ def ray_session(run: RunSettings):
         except (ConnectionError, RuntimeError) as err:
             raise UsageError(f"Ray is not reachable at {run.ray_address}: {err}") from None
     # ray.init installs a C++ failure handler for SIGTERM that dumps a stack and aborts (exit 134); put back
-    # the one that cancels like Ctrl-C (runs KILLED, Ray shut down, exit 143).
-    signal.signal(signal.SIGTERM, raise_terminated)
+    # the ones that cancel cleanly (runs KILLED, Ray shut down, exit 143 or 130).
+    install_signal_handlers()
     try:
         yield ray
     finally:

@@ -1,4 +1,6 @@
-"""User-facing errors: the CLI prints them as one line and exits with status 2."""
+"""User-facing errors (the CLI prints them as one line and exits with status 2), and cancellation by signal."""
+import os
+import signal
 
 
 class UsageError(Exception):
@@ -13,6 +15,21 @@ class Terminated(KeyboardInterrupt):
 signals_received: list[int] = []  # a library on the way up (Ray Tune) may re-raise a plain KeyboardInterrupt
 
 
-def raise_terminated(signum, frame):
+def cancel(signum, frame):
+    """SIGINT or SIGTERM: cancel cleanly (an exception where the signal lands, so that every `except` and
+    `finally` on the way up runs). A second signal while that cleanup runs forces the exit at once."""
     signals_received.append(signum)
-    raise Terminated
+    signal.signal(signal.SIGINT, force_exit)
+    signal.signal(signal.SIGTERM, force_exit)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def force_exit(signum, frame):
+    os.write(2, b"acla-orch: forced exit; runs left RUNNING show as interrupted in `acla-orch status`\n")
+    os._exit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job keeps ignoring Ctrl-C
+            signal.signal(signum, cancel)

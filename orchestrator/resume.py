@@ -93,11 +93,12 @@ def command_resume(args: argparse.Namespace) -> int:
 
 
 def register_resume(verbs, add_platform_args) -> None:
+    from .argtypes import run_id_arg
     resume = verbs.add_parser("resume", help="finish an interrupted search (its finished trials are kept)",
                               description="Continue a search whose driver stopped (Ctrl-C, a crash, kill -9): "
                                           "finished trials are kept, interrupted ones run again, then the front, "
                                           "the retrains and the registry, as the search would have.")
-    resume.add_argument("parent_run_id", nargs="?", help="the search's parent MLflow run id (see `acla-orch status`)")
+    resume.add_argument("parent_run_id", nargs="?", type=run_id_arg, help="the search's parent MLflow run id (see `acla-orch status`)")
     resume.add_argument("--last", action="store_true", help="the most recent interrupted search of this run directory")
     add_platform_args(resume)
     resume.set_defaults(handler=command_resume)

@@ -176,11 +176,8 @@ def processes_mentioning(text: str, within: float) -> list[str]:
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("signum,status,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-def test_ctrl_c_and_sigterm_cancel_the_search(run_dir, signum, status, word):
-    """SIGINT or SIGTERM during the trials: exit 130 or 143, the parent run KILLED, nothing retrained or
-    registered, no Ray process left."""
-    from mlflow.tracking import MlflowClient
+def start_search_to_interrupt(run_dir):
+    """A smoke search in a subprocess, returned once it is inside Tune's fit()."""
     env = {**os.environ, "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
@@ -195,6 +192,15 @@ def test_ctrl_c_and_sigterm_cancel_the_search(run_dir, signum, status, word):
         time.sleep(0.5)
     time.sleep(5)  # inside Tune's fit()
     assert search.poll() is None, "the search ended before it could be interrupted"
+    return search
+
+
+@pytest.mark.parametrize("signum,status,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_cancel_the_search(run_dir, signum, status, word):
+    """SIGINT or SIGTERM during the trials: exit 130 or 143, the parent run KILLED, nothing retrained or
+    registered, no Ray process left."""
+    from mlflow.tracking import MlflowClient
+    search = start_search_to_interrupt(run_dir)
     search.send_signal(signum)
     _, stderr = search.communicate(timeout=120)
     assert search.returncode == status, stderr[-2000:]
@@ -206,3 +212,27 @@ def test_ctrl_c_and_sigterm_cancel_the_search(run_dir, signum, status, word):
     assert not client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'retrain'")
     assert not client.search_registered_models()
     assert processes_mentioning(run_dir, within=15) == []  # Ray shut down: nothing of this run still running
+
+
+def test_a_second_ctrl_c_forces_the_exit(run_dir):
+    """Ctrl-C twice: the second one does not wait for the cleanup the first started."""
+    search = start_search_to_interrupt(run_dir)
+    search.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    search.send_signal(signal.SIGINT)
+    _, stderr = search.communicate(timeout=60)
+    assert search.returncode == 130, stderr[-2000:]
+    assert "forced exit" in stderr or stderr.strip().splitlines()[-1] == "acla-orch: interrupted"
+    kill_processes_mentioning(run_dir)  # a forced exit may leave Ray's daemons: the user asked for that
+
+
+def kill_processes_mentioning(text: str) -> None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if text.encode() in handle.read():
+                    os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            continue

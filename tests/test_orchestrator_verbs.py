@@ -35,7 +35,7 @@ def test_sweep_then_retrain_one_trial(run_dir):
     restored = loaded.predict(np.full((1, 3, 16, 16), 0.5, dtype=np.float32))
     assert restored.shape == (1, 3, 16, 16) and np.isfinite(restored).all()
     assert loaded.unwrap_python_model().genotype.task == "car"
-    out = acla("retrain", "--run-id", "0123456789abcdef", home=run_dir)
+    out = acla("retrain", "--run-id", "0123456789abcdef0123456789abcdef", home=run_dir)
     assert out.returncode == 2 and "no MLflow run" in out.stderr
     # a trial_id tag is never a path: a tampered one is refused before anything is written
     other = searches[1]["trials"][0]["run_id"]

@@ -74,18 +74,6 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
     assert reread.search("p1")["status"] == "killed"
 
 
-def kill_processes_mentioning(text: str) -> None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if text.encode() in handle.read():
-                    os.kill(int(entry), signal.SIGKILL)
-        except OSError:
-            continue
-
-
 SEARCH = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--trials", "3", "--concurrency", "1",
           "--no-retrain", "--json"]
 
@@ -98,7 +86,7 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
     from mlflow.tracking import MlflowClient
     from storage.manifest import verify_artifact_set
     from storage.stores import StorageConfig, open_store
-    from tests.test_orchestrator import acla
+    from tests.test_orchestrator import acla, kill_processes_mentioning
 
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     os.makedirs(whole)
@@ -155,3 +143,21 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
     assert len(manifests) >= 4  # three genotypes and the trial table
     for prefix in manifests:
         verify_artifact_set(store, prefix)
+
+
+def test_same_seed_same_genotype_and_psnr_on_the_cpu():
+    """A trial is a function of its config and seed on the CPU (what resume relies on to rebuild the front)."""
+    from orchestrator.trial import TrialSettings, feasible_backbones, run_trial
+    from workers.data import embedded_sets
+    from workers.profiles import get_profile
+    from workers.tasks import task_from_options
+    from workers.train import DataSpec
+    task, profile = task_from_options("car"), get_profile("smoke")
+    backbones, _ = feasible_backbones(task, profile, 2e9)
+    settings = TrialSettings(task=task, budget_macs=2e9, profile=profile, data=DataSpec(*embedded_sets()), seed=3)
+    params = {"backbone": backbones[0], "penalty_weight": 1.0, "weight_lr": profile.weight_lr,
+              "arch_lr": profile.arch_lr, "gate_temperature": 1.0}
+    first, second = run_trial(params, settings), run_trial(params, settings)
+    assert first["genotype"] == second["genotype"]
+    assert first["psnr"] == second["psnr"] and first["macs"] == second["macs"]
+    assert first["position_scores"] == second["position_scores"]
