@@ -152,6 +152,56 @@ class RecordTrials(tune.Callback):
             raise error
 
 
+class StopOnStoreFailure(tune.Stopper):
+    """Stops every trial, and starts no new one, once recording a trial has failed or (with an S3 artifact
+    root) the store has stopped answering: probed every PROBE_SECONDS, failed after two misses in a row, so a
+    search notices an outage within about 10 s even while no trial is finishing. Runs in the driver; like
+    RecordTrials it pickles as its key."""
+    PROBE_SECONDS = 4.0
+    _stores: dict[int, object] = {}
+    _probes: dict[int, list] = {}  # key -> [time of the last probe, misses in a row]: kept across copies
+    failures: dict[int, str] = {}
+
+    def __init__(self, key: int, storage=None) -> None:
+        self.key = key
+        if storage is not None:
+            StopOnStoreFailure._stores[key] = storage
+            StopOnStoreFailure._probes[key] = [0.0, 0]
+
+    def __reduce__(self):
+        return (StopOnStoreFailure, (self.key,))
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if self.key in RecordTrials.errors or self.key in StopOnStoreFailure.failures:
+            return True
+        storage, probe = StopOnStoreFailure._stores.get(self.key), StopOnStoreFailure._probes.get(self.key)
+        if storage is None or probe is None or time.monotonic() - probe[0] < self.PROBE_SECONDS:
+            return False
+        probe[0] = time.monotonic()
+        from storage.stores import StorageError, check_bucket
+        try:
+            check_bucket(storage)
+            probe[1] = 0
+        except StorageError as err:
+            probe[1] += 1
+            if probe[1] >= 2:
+                StopOnStoreFailure.failures[self.key] = str(err)
+                return True
+        return False
+
+    def finish(self) -> None:
+        """Forget the store; raise the outage it saw."""
+        from storage.stores import StorageError
+        StopOnStoreFailure._stores.pop(self.key, None)
+        StopOnStoreFailure._probes.pop(self.key, None)
+        failure = StopOnStoreFailure.failures.pop(self.key, None)
+        if failure is not None:
+            raise StorageError(failure)
+
+
 def _restore_callback(key: int) -> RecordTrials:
     return RecordTrials(None, None, key=key)
 
@@ -287,6 +337,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
         reporter(len(recorded), request.trials)
 
     recorder = RecordTrials(on_complete, on_error, on_start)
+    stopper = StopOnStoreFailure(recorder.key, request.run.storage if request.run.storage.is_s3 else None)
     keep_credentials_out_of_trial_runtime_envs()
     cpus = max(1, (os.cpu_count() or 1) // request.concurrency)
     import torch
@@ -299,11 +350,14 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
                                                  storage_path=str(request.run.run_dir / "tune"),
                                                  # a trial whose worker dies is run once more, then failed
                                                  failure_config=tune.FailureConfig(max_failures=1),
-                                                 callbacks=[recorder], verbose=0))
+                                                 stop=stopper, callbacks=[recorder], verbose=0))
     try:
         tuner.fit()
     finally:
-        recorder.finish()
+        try:
+            recorder.finish()
+        finally:
+            stopper.finish()
     return recorded
 
 

@@ -63,14 +63,19 @@ def log_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial
                     for s in scores for kind in ("score", "spread", "stderr", "prob")]
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in fields.items()],
                      metrics=[Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result] + per_position)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "genotype.json"
-        path.write_text(result["genotype"])
-        client.log_artifact(run_id, str(path))
-        if scores:
-            path = Path(folder) / "position_scores.json"
-            path.write_text(json.dumps(scores, indent=1))
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "genotype.json"
+            path.write_text(result["genotype"])
             client.log_artifact(run_id, str(path))
+            if scores:
+                path = Path(folder) / "position_scores.json"
+                path.write_text(json.dumps(scores, indent=1))
+                client.log_artifact(run_id, str(path))
+    except BaseException as err:  # the artifact store failed: the run never half-exists as RUNNING
+        client.set_tag(run_id, "error", f"recording failed: {err.__class__.__name__}: {err}"[:4000])
+        client.set_terminated(run_id, "FAILED")
+        raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

@@ -130,12 +130,14 @@ def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):
     assert out.returncode == 2 and "denied" in out.stderr, out.stderr
 
 
-def test_s3_server_stopped_mid_search_fails_with_one_line(run_dir, monkeypatch):
-    """Stop the S3 server while trials run: the search ends with one line and exit 2, its parent run FAILED."""
+def test_s3_outage_stops_the_search_and_resume_completes_it(run_dir, monkeypatch):
+    """Stop the S3 server after a trial has finished: no new trial starts, the search ends soon with one line
+    and exit 2, no MLflow run is left RUNNING; once the server is back, `resume` completes the search."""
     import shutil
     import tempfile
 
     from mlflow.tracking import MlflowClient
+    from orchestrator.state import SearchState
     from tests.s3server import WeedServer
     server = WeedServer(tempfile.mkdtemp(prefix="acla-weed-mid-")).start()
     try:
@@ -143,21 +145,48 @@ def test_s3_server_stopped_mid_search_fails_with_one_line(run_dir, monkeypatch):
         server.client().create_bucket(Bucket=bucket)
         env = {**os.environ, **s3_environment(server), "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true",
                "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-        search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", "--budget", "2G", "--task", "car",
-                                   "--profile", "smoke", "--artifact-root", f"s3://{bucket}/run"], env=env, cwd=run_dir,
+        args = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--trials", "3", "--concurrency",
+                "1", "--no-retrain", "--artifact-root", f"s3://{bucket}/run"]
+        search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=run_dir,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and not os.path.isdir(os.path.join(run_dir, "tune")):
-            time.sleep(0.5)  # trials are starting: the next artifact upload will find the server gone
+        state, deadline = SearchState(run_dir), time.time() + 240
+        while time.time() < deadline and search.poll() is None:
+            searches = state.searches()
+            if searches and [t["state"] for t in state.trials(searches[0]["parent_run_id"])][:1] == ["finished"]:
+                break
+            time.sleep(0.2)
         server.stop()
+        stopped = time.time()
         _, stderr = search.communicate(timeout=300)
+        took = time.time() - stopped
+        print(f"the search ended {took:.1f} s after the S3 server stopped")  # pytest -s shows it
         assert search.returncode == 2, stderr[-3000:]
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("acla-orch: error: the artifact store failed during the run") and "Traceback" not in stderr
+        assert took < 30, f"the search went on for {took:.0f} s after the store stopped"
         client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
-        parents = client.search_runs([client.get_experiment_by_name("acla-car").experiment_id],
-                                     filter_string="tags.acla_kind = 'search'")
-        assert [p.info.status for p in parents] == ["FAILED"]
+        experiment_id = client.get_experiment_by_name("acla-car").experiment_id
+        assert [p.info.status for p in client.search_runs([experiment_id], filter_string="tags.acla_kind = 'search'")] \
+            == ["FAILED"]
+        assert not [r for r in client.search_runs([experiment_id]) if r.info.status == "RUNNING"]
+        trials_before = len(state.trials(state.searches()[0]["parent_run_id"]))
+        assert trials_before <= 2  # the finished one, and at most the one running when the store went
+
+        server.start()  # the same folder and ports: the store is back
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", "--last", "--json"], env=env,
+                             cwd=run_dir, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert len(json.loads(out.stdout)["trials"]) == 3
+        runs = client.search_runs([experiment_id])
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        finished = [r for r in runs if r.data.tags.get("acla_kind") == "trial" and r.info.status == "FINISHED"]
+        assert len(finished) == 3
+        _, sets = manifests(server, bucket)
+        for key, value in s3_environment(server).items():
+            monkeypatch.setenv(key, value)
+        store = open_store(StorageConfig(f"s3://{bucket}/run", endpoint=server.endpoint))
+        for prefix in sets:
+            verify_artifact_set(store, prefix[len("run/"):])
     finally:
         server.stop()
         shutil.rmtree(server.folder, ignore_errors=True)
