@@ -2,7 +2,7 @@
 
 SQLite (the standard library's), one transaction per change, WAL journal: a search killed at any point leaves
 the last committed state. One row per search (its parent MLflow run id, the request that `resume` replays, the
-driver's host and pid, its status), one per trial start (the Tune trial id, its config, seed, state: running,
+driver's host and pid, its status), one per trial (the Tune trial id, its config, seed, attempts, state: running,
 finished or failed; the MLflow run id and the result once finished), and one per finished retrain (its outcome).
 
 A search whose status is `running` but whose driver is gone (same host, pid not alive) is `interrupted`;
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS searches (
 CREATE TABLE IF NOT EXISTS trials (
     parent_run_id TEXT NOT NULL, trial_id TEXT NOT NULL, config TEXT NOT NULL, seed INTEGER NOT NULL,
     state TEXT NOT NULL, mlflow_run_id TEXT, result TEXT, error TEXT, artifact_uri TEXT, started REAL NOT NULL,
-    PRIMARY KEY (parent_run_id, trial_id));
+    attempts INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (parent_run_id, trial_id));
 CREATE TABLE IF NOT EXISTS retrains (
     parent_run_id TEXT NOT NULL, trial_run_id TEXT NOT NULL, outcome TEXT NOT NULL,
     PRIMARY KEY (parent_run_id, trial_run_id));
@@ -87,8 +87,11 @@ class SearchState:
 
     # trials
     def trial_started(self, parent_run_id: str, trial_id: str, config: dict, seed: int) -> None:
-        self._write("INSERT OR REPLACE INTO trials (parent_run_id, trial_id, config, seed, state, started) "
-                    "VALUES (?, ?, ?, ?, 'running', ?)", (parent_run_id, trial_id, json.dumps(config), seed, time.time()))
+        """A trial starts, or starts again after its worker died (Tune's retry): `attempts` counts them."""
+        self._write("INSERT INTO trials (parent_run_id, trial_id, config, seed, state, started) "
+                    "VALUES (?, ?, ?, ?, 'running', ?) ON CONFLICT(parent_run_id, trial_id) DO UPDATE SET "
+                    "state='running', attempts=attempts+1",
+                    (parent_run_id, trial_id, json.dumps(config), seed, time.time()))
 
     def trial_finished(self, parent_run_id: str, trial_id: str, mlflow_run_id: str, result: dict,
                        artifact_uri: str) -> None:
