@@ -26,10 +26,12 @@ def search_profile(args, profile):
     return dataclasses.replace(profile, search_steps=steps, search_warmup=warmup)
 
 
-def trial_settings(args, task, profile, data, budget):
+def trial_settings(args, task, profile, data, budget, run=None):
+    """What each trial needs; with the run, its checkpoints go under `<run dir>/trial-checkpoints`."""
     from .trial import TrialSettings
     return TrialSettings(task=task, budget_macs=budget, profile=profile, data=data, attention=args.attention,
-                         seed=args.seed)
+                         seed=args.seed,
+                         checkpoint_root=None if run is None else str(run.run_dir / "trial-checkpoints"))
 
 
 def progress_reporter(enabled: bool):
@@ -53,7 +55,7 @@ def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> 
     from .winners import pick_winners, record_trials
     from .tracking import ensure_experiment, experiment_name, log_front, start_parent, update_front
 
-    settings = trial_settings(args, task, profile, data, budget)
+    settings = trial_settings(args, task, profile, data, budget, run)
     request = SearchRequest(settings=settings, run=run, trials=args.trials or profile.trials,
                             concurrency=args.concurrency or profile.concurrency, command_line=shlex.join(sys.argv))
     name = experiment_name(task.name)

@@ -4,9 +4,13 @@ overhead benchmark calls it directly.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from search_space.backbone import build_network
 from search_space.cost import count_parameters, genotype_macs
@@ -15,7 +19,8 @@ from search_space.genotype import Genotype
 from workers.device import describe_device, training_device
 from workers.latency import measure_latency_ms
 from workers.profiles import Profile
-from workers.search_run import SearchConfig, position_scores, run_search
+from workers.search_run import (SearchConfig, load_search_result, position_scores, run_search,
+                                save_search_result)
 from workers.tasks import TaskSpec
 from workers.train import DataSpec, Report, train
 
@@ -42,6 +47,7 @@ class TrialSettings:
     data: DataSpec
     attention: str = "acla"
     seed: int = 0
+    checkpoint_root: str | None = None  # where a trial keeps its progress, to continue after an interruption
 
 
 def backbone_label(channels: int, blocks: int) -> str:
@@ -74,6 +80,17 @@ def feasible_backbones(task: TaskSpec, profile: Profile, budget_macs: float) -> 
     return [backbone_label(c, b) for c, b in sorted(chosen)], min(costs.values())
 
 
+def trial_folder(settings: TrialSettings, params: dict) -> Path | None:
+    """The trial's checkpoint folder, named by what determines its result (config, seed, budget, profile): the
+    same trial run again (Tune's retry, or `resume`) finds it and continues. On a cluster it is found where the
+    run directory is shared; elsewhere the trial starts over, which gives the same result."""
+    if settings.checkpoint_root is None:
+        return None
+    key = json.dumps({"params": params, "seed": settings.seed, "budget": settings.budget_macs,
+                      "profile": settings.profile.name, "task": settings.task.label}, sort_keys=True)
+    return Path(settings.checkpoint_root) / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
 def run_trial(params: dict, settings: TrialSettings, report: Report | None = None) -> dict:
     """Search at the proxy width, derive at the target width within the budget, proxy-train the proxy genotype
     (inheriting the supernet's weights) and measure. Returns flat metrics: `macs` of the target genotype (what
@@ -87,14 +104,23 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
                           gate_temperature=params["gate_temperature"], weight_lr=params["weight_lr"],
                           arch_lr=params["arch_lr"], seed=settings.seed)
     device = training_device()
-    found = run_search(config, settings.data, profile, report, device=device)
+    folder = trial_folder(settings, params)
+    if folder is not None and (folder / "search.pt").is_file():  # searched before it was interrupted
+        found = load_search_result(folder / "search.pt")
+    else:
+        found = run_search(config, settings.data, profile, report, device=device)
+        if folder is not None:
+            save_search_result(found, folder / "search.pt")
+    progress = None if folder is None else str(folder / "train.pt")
     trained = train(genotype=found.proxy_genotype, task=task, data=settings.data, profile=profile,
-                    init_state=found.supernet_state, seed=settings.seed, device=device)
+                    init_state=found.supernet_state, seed=settings.seed, device=device, checkpoint_path=progress,
+                    checkpoint_every=max(1, profile.train_steps // 10),
+                    resume_from=progress if progress and os.path.isfile(progress) else None)
     genotype = found.genotype
     keys = [k for position in genotype.keys for k in position]
     metrics = trained.metrics
     target = build_network(genotype)
-    return {
+    result = {
         "psnr": metrics[task.headline_metric], "ssim": metrics[task.headline_metric.replace("psnr", "ssim")],
         "psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "psnr_rgb": metrics["psnr_rgb"],
         "ssim_rgb": metrics["ssim_rgb"], "input_psnr": metrics["input_" + task.headline_metric],
@@ -107,3 +133,6 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
         "position_scores": json.dumps(position_scores(found.outcome)),
         "trial_seconds": time.perf_counter() - started,  # the trial function alone, wherever it runs
     }
+    if folder is not None:  # done: its progress is no longer needed
+        shutil.rmtree(folder, ignore_errors=True)
+    return result

@@ -161,3 +161,41 @@ def test_same_seed_same_genotype_and_psnr_on_the_cpu():
     assert first["genotype"] == second["genotype"]
     assert first["psnr"] == second["psnr"] and first["macs"] == second["macs"]
     assert first["position_scores"] == second["position_scores"]
+
+
+def test_an_interrupted_trial_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """A trial stopped during its proxy training (after its search) runs again without searching again, from
+    its last training checkpoint, and ends exactly as an uninterrupted trial."""
+    import dataclasses
+
+    import orchestrator.trial as trial_module
+    from orchestrator.trial import TrialSettings, feasible_backbones, run_trial, trial_folder
+    from workers.data import embedded_sets
+    from workers.profiles import get_profile
+    from workers.tasks import task_from_options
+    from workers.train import DataSpec
+    task, profile = task_from_options("car"), get_profile("smoke")
+    settings = TrialSettings(task=task, budget_macs=2e9, profile=profile, data=DataSpec(*embedded_sets()), seed=5)
+    params = {"backbone": feasible_backbones(task, profile, 2e9)[0][0], "penalty_weight": 1.0,
+              "weight_lr": profile.weight_lr, "arch_lr": profile.arch_lr, "gate_temperature": 1.0}
+    uninterrupted = run_trial(params, settings)
+
+    kept = dataclasses.replace(settings, checkpoint_root=str(tmp_path))
+    real_train, real_search = trial_module.train, trial_module.run_search
+
+    def killed_halfway(**kwargs):
+        real_train(**kwargs, stop_after=profile.train_steps // 2)
+        raise RuntimeError("the worker died")
+    monkeypatch.setattr(trial_module, "train", killed_halfway)
+    with pytest.raises(RuntimeError, match="worker died"):
+        run_trial(params, kept)
+    folder = trial_folder(kept, params)
+    assert (folder / "search.pt").is_file() and (folder / "train.pt").is_file()
+
+    searches = []
+    monkeypatch.setattr(trial_module, "train", real_train)
+    monkeypatch.setattr(trial_module, "run_search", lambda *a, **k: searches.append(1) or real_search(*a, **k))
+    resumed = run_trial(params, kept)
+    assert searches == []  # the search was not run again
+    assert resumed["genotype"] == uninterrupted["genotype"] and resumed["psnr"] == uninterrupted["psnr"]
+    assert not folder.exists()  # a finished trial's progress is removed

@@ -89,6 +89,29 @@ def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: R
                         supernet_state={k.removeprefix("net."): v for k, v in supernet.state_dict().items()})
 
 
+def save_search_result(result: SearchResult, path) -> None:
+    """The search's outcome as plain JSON and tensors (read back with weights_only), written atomically: a trial
+    interrupted after its search does not search again."""
+    import dataclasses
+    import json
+
+    from .atomic import write_atomically
+    outcome = {k: v for k, v in dataclasses.asdict(result.outcome).items() if k != "genotype"}
+    payload = {"genotype": result.genotype.to_json(), "proxy_genotype": result.proxy_genotype.to_json(),
+               "outcome_genotype": result.outcome.genotype.to_json(), "outcome": json.dumps(outcome),
+               "supernet_state": {k: v.detach().cpu() for k, v in result.supernet_state.items()}}
+    write_atomically(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_search_result(path) -> SearchResult:
+    import json
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    outcome = SearchOutcome(genotype=Genotype.from_json(payload["outcome_genotype"]), **json.loads(payload["outcome"]))
+    return SearchResult(genotype=Genotype.from_json(payload["genotype"]),
+                        proxy_genotype=Genotype.from_json(payload["proxy_genotype"]), outcome=outcome,
+                        supernet_state=payload["supernet_state"])
+
+
 def position_scores(outcome: SearchOutcome) -> list[dict]:
     """Per position: its mean perturbation score, how settled it is (the spread, and the standard error that a
     kept position's score must exceed), and its final probability."""
