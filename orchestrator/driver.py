@@ -48,6 +48,20 @@ def ray_temp_dir(run_dir: Path) -> Path:
     return short
 
 
+def keep_local_ray_on_loopback() -> None:
+    """The local Ray a search starts listens on 127.0.0.1 only.
+
+    Ray 2.60 binds its GCS, raylet and worker servers to the node's address, and on Linux takes the machine's
+    outward IP for it (it turns a requested 127.0.0.1 back into that IP); its single-machine mode, which it
+    uses on macOS and Windows and `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` selects, takes the loopback address
+    instead. That switch is read when Ray is imported, so the driver's already-read copy is set too; the
+    processes Ray starts read the environment. Only for a Ray this process starts: a driver joining a cluster
+    must advertise an address the other nodes reach."""
+    from ray._private import ray_constants
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def require_local_token() -> None:
     """Token authentication for the local Ray this process starts, whatever the caller's environment says.
 
@@ -79,6 +93,7 @@ def ray_session(run: RunSettings):
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if run.ray_address in (None, "", "local"):
         require_local_token()
+        keep_local_ray_on_loopback()
         ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
     else:
         try:

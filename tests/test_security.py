@@ -1,9 +1,9 @@
 """What a stranger on the network, or a tampered artifact, can do: nothing.
 
-Ray 2.60 binds its GCS, raylet and worker servers to every interface and turns a loopback node address back into
-the machine's IP, so the local Ray that a search starts cannot be kept off the network. It runs with token
-authentication instead, with a per-run token that lives only in the environment of its processes.
+The local Ray a search starts listens on loopback only, and runs with token authentication (other users of the
+machine reach loopback too), with a per-run token that lives only in the environment of its processes.
 """
+import ipaddress
 import json
 import os
 import subprocess
@@ -34,14 +34,60 @@ CONNECT = textwrap.dedent("""
 """)
 
 
+def listening_addresses(pids: set[int]) -> list[str]:
+    """host:port of every TCP socket in LISTEN state held by one of `pids` (from /proc, no tools needed)."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                    continue
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # /proc prints host order
+                host = str(ipaddress.ip_address(words))
+                found.append(f"{host}:{int(port, 16)}")
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    host = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    return host.is_loopback or (host.version == 6 and host.ipv4_mapped is not None and host.ipv4_mapped.is_loopback)
+
+
+def pids_mentioning(text: str) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if text.encode() in handle.read():
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def connect(gcs: str, home: str, **env) -> str:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a client on this machine joins a loopback-only Ray
     out = subprocess.run([sys.executable, "-c", CONNECT, gcs], env={**environ, "HOME": home, **env},
                          capture_output=True, text=True, timeout=120)
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_local_ray_refuses_a_client_without_its_token_and_writes_the_token_nowhere(run_dir, tmp_path):
+def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_and_writes_it_nowhere(run_dir,
+                                                                                                     tmp_path):
     """Even when the user's environment says RAY_AUTH_MODE=disabled."""
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}
     env.pop("RAY_AUTH_TOKEN", None)
@@ -49,6 +95,9 @@ def test_local_ray_refuses_a_client_without_its_token_and_writes_the_token_nowhe
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         started = json.loads(holder.stdout.readline())
+        listening = listening_addresses(pids_mentioning(run_dir) | {holder.pid})
+        assert len(listening) >= 2 and all(is_loopback(a) for a in listening), listening  # GCS, raylet, ...
+        assert started["gcs"].startswith("127.0.0.1:")
         stranger = tmp_path / "stranger"
         stranger.mkdir()
         assert connect(started["gcs"], str(stranger)) == "REFUSED ConnectionError"
