@@ -199,3 +199,24 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(tmp_path, monkeypatc
     assert searches == []  # the search was not run again
     assert resumed["genotype"] == uninterrupted["genotype"] and resumed["psnr"] == uninterrupted["psnr"]
     assert not folder.exists()  # a finished trial's progress is removed
+
+
+def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatch):
+    """Each finished retrain is recorded as it ends; a resumed search skips those, retrains the rest, and the
+    budget's alias still goes to the best winner only."""
+    import orchestrator.winners as winners_module
+    from orchestrator.search_job import retrain_each
+    state = SearchState(tmp_path)
+    state.begin("p", "e", {})
+    state.retrain_finished("p", "run-a", {"trial_run_id": "run-a", "psnr": 31.0, "alias": "models:/acla-car@b"})
+    calls = []
+
+    def retrain(*, winners, set_alias, **kwargs):
+        calls.append((winners[0]["run_id"], set_alias))
+        return [{"trial_run_id": winners[0]["run_id"], "psnr": 30.0, "alias": None}]
+    monkeypatch.setattr(winners_module, "retrain_winners", retrain)
+    winners = [{"run_id": "run-a"}, {"run_id": "run-b"}]
+    outcomes = retrain_each(None, None, None, "e", "p", None, winners, 1, state)
+    assert calls == [("run-b", False)]  # run-a was done before the interruption
+    assert [o["trial_run_id"] for o in outcomes] == ["run-a", "run-b"]
+    assert set(SearchState(tmp_path).retrains("p")) == {"run-a", "run-b"}
