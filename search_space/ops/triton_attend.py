@@ -53,6 +53,22 @@ def _softmax_tile(logits, gates, q, qmask, Kt, HAS_GATES: tl.constexpr, BLOCK_K:
 
 
 @triton.jit
+def _query_pixels(q, H, W):
+    """Image index and (y, x) of each query (float, for the offsets)."""
+    pixel = q % (H * W)
+    return q // (H * W), (pixel // W).to(tl.float32), (pixel % W).to(tl.float32)
+
+
+@triton.jit
+def _key_position(offsets, q, qmask, Kt, k, x, y):
+    """The top-left tap of key k of each query and the bilinear fractions: (x0, y0, ax, ay)."""
+    px = x + tl.load(offsets + (q * Kt + k) * 2, mask=qmask, other=0.0)
+    py = y + tl.load(offsets + (q * Kt + k) * 2 + 1, mask=qmask, other=0.0)
+    fx, fy = tl.floor(px), tl.floor(py)
+    return fx.to(tl.int32), fy.to(tl.int32), px - fx, py - fy
+
+
+@triton.jit
 def _forward(values, offsets, logits, gates, bias, out, weights, Q, B, H, W, C, K, Kt,
              HAS_GATES: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -61,10 +77,7 @@ def _forward(values, offsets, logits, gates, bias, out, weights, Q, B, H, W, C, 
     cols = tl.arange(0, BLOCK_K)
     tl.store(weights + q[:, None] * Kt + cols[None, :], w, mask=qmask[:, None] & (cols[None, :] < Kt))
     HW = H * W
-    b = q // HW
-    pixel = q % HW
-    y = (pixel // W).to(tl.float32)
-    x = (pixel % W).to(tl.float32)
+    b, y, x = _query_pixels(q, H, W)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
     acc = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32) + tl.load(bias + c, mask=cmask, other=0.0)[None, :]
@@ -74,11 +87,7 @@ def _forward(values, offsets, logits, gates, bias, out, weights, Q, B, H, W, C, 
         if HAS_GATES:
             wk = wk * tl.load(gates + q * Kt + k, mask=qmask, other=0.0)
         wk = tl.where(qmask, wk / denominator, 0.0)
-        px = x + tl.load(offsets + (q * Kt + k) * 2, mask=qmask, other=0.0)
-        py = y + tl.load(offsets + (q * Kt + k) * 2 + 1, mask=qmask, other=0.0)
-        fx, fy = tl.floor(px), tl.floor(py)
-        ax, ay = px - fx, py - fy
-        x0, y0 = fx.to(tl.int32), fy.to(tl.int32)
+        x0, y0, ax, ay = _key_position(offsets, q, qmask, Kt, k, x, y)
         base = ((k // K) * B + b).to(tl.int64) * HW
         for i in tl.static_range(4):
             xi = x0 + (i % 2)
@@ -100,10 +109,7 @@ def _backward_queries(values, offsets, logits, gates, grad_out, grad_offsets, gr
     qmask = q < Q
     w, e, top, denominator = _softmax_tile(logits, gates, q, qmask, Kt, HAS_GATES, BLOCK_K)
     HW = H * W
-    b = q // HW
-    pixel = q % HW
-    y = (pixel // W).to(tl.float32)
-    x = (pixel % W).to(tl.float32)
+    b, y, x = _query_pixels(q, H, W)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
     g = tl.load(grad_out + q[:, None].to(tl.int64) * C + c[None, :], mask=qmask[:, None] & cmask[None, :], other=0.0)
@@ -118,11 +124,7 @@ def _backward_queries(values, offsets, logits, gates, grad_out, grad_offsets, gr
         wanted = qmask
         if not OFF_KEY_GRADS:
             wanted = wanted & (on != 0)
-        px = x + tl.load(offsets + (q * Kt + k) * 2, mask=qmask, other=0.0)
-        py = y + tl.load(offsets + (q * Kt + k) * 2 + 1, mask=qmask, other=0.0)
-        fx, fy = tl.floor(px), tl.floor(py)
-        ax, ay = px - fx, py - fy
-        x0, y0 = fx.to(tl.int32), fy.to(tl.int32)
+        x0, y0, ax, ay = _key_position(offsets, q, qmask, Kt, k, x, y)
         layer_base = ((k // K) * B + b) * HW
         gw = tl.zeros((BLOCK_Q,), dtype=tl.float32)
         gx = tl.zeros((BLOCK_Q,), dtype=tl.float32)
