@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .errors import Terminated, UsageError, install_signal_handlers, signals_received
 
-TASKS = ("sr", "denoise", "car", "demosaic")
+from search_space.genotype import QUALITIES, SIGMAS, SR_SCALES, TASK_NAMES  # torch-free
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,10 +32,10 @@ def budget_arg(text: str) -> float:
 
 
 def add_task_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, choices=TASKS, help="restoration task")
-    parser.add_argument("--scale", type=int, choices=(2, 3, 4), help="SR scale (default 2; sr only)")
-    parser.add_argument("--sigma", type=float, choices=(15.0, 25.0, 50.0), help="denoise noise level on 0-255 (default 25)")
-    parser.add_argument("--quality", type=int, choices=(10, 20, 30, 40), help="JPEG quality for car (default 10)")
+    parser.add_argument("--task", required=True, choices=TASK_NAMES, help="restoration task")
+    parser.add_argument("--scale", type=int, choices=SR_SCALES, help="SR scale (default 2; sr only)")
+    parser.add_argument("--sigma", type=float, choices=SIGMAS, help="denoise noise level on 0-255 (default 25)")
+    parser.add_argument("--quality", type=int, choices=QUALITIES, help="JPEG quality for car (default 10)")
     parser.add_argument("--gray", action="store_true", help="car on the gray/Y channel (classic5) instead of RGB")
 
 

@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from search_space.genotype import TASK_NAMES
+
 from .argtypes import non_negative_int, positive_int, run_id_arg, seed_arg
 from .errors import UsageError
 from .search_job import print_summary, run_one_budget, search_profile, trial_settings
@@ -246,7 +248,7 @@ def register_orchestrator_commands(verbs, *, add_task_args, budget_arg, add_data
     sweep.set_defaults(handler=command_search)
 
     pareto = verbs.add_parser("pareto", help="the current Pareto front of a task, from MLflow")
-    pareto.add_argument("--task", required=True, choices=("sr", "denoise", "car", "demosaic"))
+    pareto.add_argument("--task", required=True, choices=TASK_NAMES)
     pareto.add_argument("--plot", help="write the front as a PNG")
     pareto.add_argument("--source", choices=("table", "mlflow"), default="table",
                         help="read the Parquet trial table in the artifact store (default) or query MLflow")

@@ -17,8 +17,12 @@ GENOTYPE_VERSION = 1
 UPPER_BOUNDS = {"channels": 1024, "blocks": 512, "stages": 512, "max_keys": 64, "nonlocal_grid": 256}
 ATTENTION_KINDS = ("acla", "cla", "nonlocal", "none")
 NONLOCAL_GRID = 16  # by default a non-local block pools its keys to at most 16 x 16 (search_space/attention.py)
+# The tasks and their options, named once here (torch-free, so the CLI reads them without loading torch); the
+# degradations and metric settings of each are workers/tasks.py.
 TASK_NAMES = ("sr", "denoise", "car", "demosaic")
 SR_SCALES = (2, 3, 4)
+SIGMAS = (15.0, 25.0, 50.0)  # denoise, on the 0-255 scale
+QUALITIES = (10, 20, 30, 40)  # car, JPEG quality
 
 
 def stage_of_block(block: int, blocks: int, stages: int) -> int:
@@ -128,7 +132,7 @@ def validate_genotype(g: Genotype) -> None:
     _check(g.version == GENOTYPE_VERSION, f"genotype version {g.version!r} is not supported; expected {GENOTYPE_VERSION}")
     _check(g.task in TASK_NAMES, f"unknown task {g.task!r}; expected one of {', '.join(TASK_NAMES)}")
     if g.task == "sr":
-        _check(_is_int(g.scale) and g.scale in SR_SCALES, f"scale {g.scale!r} is not supported for sr; expected 2, 3 or 4")
+        _check(_is_int(g.scale) and g.scale in SR_SCALES, f"scale {g.scale!r} is not supported for sr; expected one of {', '.join(map(str, SR_SCALES))}")
     else:
         _check(_is_int(g.scale) and g.scale == 1, f"scale must be 1 for task {g.task}, got {g.scale!r}")
     for name in ("in_channels", "channels", "blocks", "stages", "max_keys", "nonlocal_grid"):

@@ -18,12 +18,11 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import convolve
 
+from search_space.genotype import QUALITIES, SIGMAS, SR_SCALES, TASK_NAMES  # the task names and options, once
+
 from .imresize import crop_to_multiple, imresize, round_to_uint8
 from .metrics import as_255, rgb_to_y
 
-TASK_NAMES = ("sr", "denoise", "car", "demosaic")
-SIGMAS = (15.0, 25.0, 50.0)
-QUALITIES = (10, 20, 30, 40)
 
 
 @dataclass(frozen=True)
@@ -37,14 +36,15 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if self.name not in TASK_NAMES:
             raise ValueError(f"unknown task {self.name!r}; expected one of {', '.join(TASK_NAMES)}")
-        if self.name == "sr" and self.scale not in (2, 3, 4):
-            raise ValueError(f"scale {self.scale} is not supported; expected 2, 3 or 4")
+        if self.name == "sr" and self.scale not in SR_SCALES:
+            raise ValueError(f"scale {self.scale} is not supported; expected one of {', '.join(map(str, SR_SCALES))}")
         if self.name != "sr" and self.scale != 1:
             raise ValueError(f"--scale applies to sr only, not {self.name}")
         if self.name == "denoise" and self.sigma not in SIGMAS:
-            raise ValueError(f"sigma {self.sigma:g} is not supported; expected 15, 25 or 50")
+            raise ValueError(f"sigma {self.sigma:g} is not supported; expected one of {', '.join(f'{v:g}' for v in SIGMAS)}")
         if self.name == "car" and self.quality not in QUALITIES:
-            raise ValueError(f"JPEG quality {self.quality} is not supported; expected 10, 20, 30 or 40")
+            raise ValueError(f"JPEG quality {self.quality} is not supported; expected one of "
+                             f"{', '.join(map(str, QUALITIES))}")
         if self.gray and self.name != "car":
             raise ValueError("--gray applies to car only")
 
