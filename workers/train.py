@@ -34,6 +34,17 @@ class DataSpec:
     valid: ImageSet
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """How a distributed worker (Ray Train, orchestrator/retrain.py) runs `train`: its model wrapper (DDP), its
+    own patch stream (a rank's sampler is seeded apart, and restarts rather than resuming rank 0's state), whether
+    it evaluates at the end, and a callback for every checkpoint written: (path, step, metrics)."""
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    sampler_seed: int | None = None
+    evaluate: bool = True
+    on_checkpoint: Callable[[str, int, dict], None] | None = None
+
+
 @dataclass
 class TrainResult:
     model: torch.nn.Module
@@ -70,21 +81,24 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs:
 def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profile, report: Report | None = None,
           resume_from: str | None = None, checkpoint_path: str | None = None, steps: int | None = None,
           stop_after: int | None = None, seed: int = 0, init_state: dict | None = None,
-          checkpoint_every: int = 0, device: torch.device | None = None) -> TrainResult:
+          checkpoint_every: int = 0, device: torch.device | None = None,
+          hooks: TrainHooks | None = None) -> TrainResult:
     """Train `genotype` for `steps` (default: the profile's proxy schedule) and evaluate it on `data.valid`.
 
     `stop_after` ends early without changing the schedule (an interruption); `resume_from` continues exactly.
     `device` defaults to `training_device()` (the GPU when there is one).
     """
+    hooks = hooks or TrainHooks()
     total = profile.train_steps if steps is None else steps
     torch.manual_seed(seed)
     device = device or training_device()
-    model = build_network(genotype).to(device)
+    model = build_network(genotype).to(device)  # the bare network: what checkpoints hold
     if init_state is not None:  # weights inherited from the supernet, where shapes match
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    net = hooks.wrap_model(model) if hooks.wrap_model else model  # what steps (DDP on a Ray Train worker)
     optimizer, scheduler = make_optimizer(model, profile)
-    sampler = make_sampler(task, data.train, profile, seed)
+    sampler = make_sampler(task, data.train, profile, seed if hooks.sampler_seed is None else hooks.sampler_seed)
     step = 0
     if resume_from:
         payload = load_checkpoint(resume_from)
@@ -94,19 +108,20 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
         state = payload["training_state"]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        sampler.set_state(state["sampler"])
+        if hooks.sampler_seed is None:
+            sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         step = payload["step"]
     last = min(total, stop_after) if stop_after is not None else total
     history: list[dict] = []
-    model.train()
+    net.train()
     started, data_seconds = time.perf_counter(), 0.0
     while step < last:
         fetch = time.perf_counter()
         inputs, targets = next(sampler)
         inputs, targets = inputs.to(device), targets.to(device)
         data_seconds += time.perf_counter() - fetch
-        loss = train_step(model, optimizer, inputs, targets)
+        loss = train_step(net, optimizer, inputs, targets)
         scheduler.step()
         step += 1
         if step % profile.log_every == 0 or step == last:
@@ -117,9 +132,14 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
                 report(record)
         if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and step < last:
             _save(checkpoint_path, model, genotype, task, profile, step, optimizer, scheduler, sampler)
-    metrics = evaluate(model, task, data.valid, crop=profile.valid_crop) if step == total else {}
+            if hooks.on_checkpoint:
+                hooks.on_checkpoint(checkpoint_path, step, {})
+    done = step == total and hooks.evaluate
+    metrics = evaluate(model, task, data.valid, crop=profile.valid_crop) if done else {}
     if checkpoint_path:
         _save(checkpoint_path, model, genotype, task, profile, step, optimizer, scheduler, sampler, metrics)
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint(checkpoint_path, step, metrics)
     return TrainResult(model=model, metrics=metrics, steps=step, checkpoint=checkpoint_path, history=history)
 
 

@@ -1,0 +1,74 @@
+"""Retraining on Ray Train runs the shared training loop (workers.train) and survives a dead worker: the
+worker group starts again and resumes from its last checkpoint through `ray.train.get_checkpoint()`."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+RETRAIN = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from orchestrator.driver import ray_session
+    from orchestrator.retrain import retrain_genotype
+    from orchestrator.settings import RunSettings
+    from search_space.genotype import Genotype
+    from workers.data import embedded_sets
+    from workers.tasks import task_from_options
+    from workers.train import DataSpec
+    home = Path(sys.argv[1])
+    run = RunSettings(run_dir=home, tracking_uri="", artifact_root=str(home / "artifacts"), ray_address=None)
+    genotype = Genotype(task="car", scale=1, in_channels=3, channels=8, blocks=2, stages=1)
+    with ray_session(run):
+        outcome = retrain_genotype(genotype=genotype, task=task_from_options("car"), profile_name="smoke",
+                                   data=DataSpec(*embedded_sets()), storage=run.storage, name="resume-test",
+                                   num_workers=1, steps=int(sys.argv[2]), seed=0)
+    print(json.dumps({k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}))
+""")
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    children: dict[int, list[int]] = {}
+    names = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                names[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append((child, names.get(child, "")))
+            todo.append(child)
+    return found
+
+
+def test_a_dead_retrain_worker_resumes_from_its_last_checkpoint(tmp_path):
+    home, steps = str(tmp_path / "home"), 400
+    script = subprocess.Popen([sys.executable, "-c", RETRAIN, home, str(steps)], cwd=str(tmp_path),
+                              env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.time() + 240
+    checkpoints = os.path.join(home, "artifacts", "ray-train", "resume-test", "checkpoint_*")
+    while time.time() < deadline and script.poll() is None and not glob.glob(checkpoints):
+        time.sleep(0.2)  # the first checkpoint (step 100) is in Ray Train's storage
+    time.sleep(3)  # and registered by Ray Train's controller (it lands on disk first)
+    workers = [pid for pid, line in descendants(script.pid) if line.startswith("ray::RayTrainWorker")]
+    assert script.poll() is None and workers, "the retrain ended before a worker could be killed"
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, stderr = script.communicate(timeout=600)
+    assert script.returncode == 0, stderr[-3000:]
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert metrics["step"] == steps and metrics["psnr"] == metrics["psnr"]  # finished, evaluated
+    assert 0 < metrics["resumed_from_step"] < steps  # the new worker group continued, it did not start over
