@@ -12,35 +12,10 @@ import tempfile
 import time
 
 from orchestrator.state import SearchState
+from tests.procs import kill_mentioning, processes
 from tests.s3server import free_port_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def processes() -> list[tuple[int, int, str]]:
-    """(pid, parent pid, command line) of every live process."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                line = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        found.append((int(entry), parent, line))
-    return found
-
-
-def stop_cluster(temp_dir: str) -> None:
-    for pid, _, line in processes():
-        if temp_dir in line and pid != os.getpid():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path):
@@ -80,7 +55,7 @@ def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path):
         assert [t["state"] for t in trials] == ["finished"] * 4
         assert max(t["attempts"] for t in trials) == 2  # the trial on the dead node ran again, once
     finally:
-        stop_cluster(temp_dir)
+        kill_mentioning(temp_dir)  # every process of this cluster, by PID
 
 
 def test_a_failed_trial_is_recorded_with_its_reason(tmp_path):

@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from tests.procs import kill_mentioning, mentioning
 from tests.s3server import free_port_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,24 +159,6 @@ def test_bad_input_fails_before_any_work(args, fragment, run_dir):
     assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))  # no half-made run anywhere
 
 
-def processes_mentioning(text: str, within: float) -> list[str]:
-    """Command lines of live processes that contain `text`, after waiting up to `within` s for them to go."""
-    deadline = time.time() + within
-    while True:
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    line = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if entry.isdigit() and int(entry) != os.getpid() and text in line:
-                found.append(line[:200])
-        if not found or time.time() > deadline:
-            return found
-        time.sleep(0.5)
-
-
 def start_search_to_interrupt(run_dir):
     """A smoke search in a subprocess, returned once it is inside Tune's fit()."""
     env = {**os.environ, "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
@@ -211,7 +194,7 @@ def test_ctrl_c_and_sigterm_cancel_the_search(run_dir, signum, status, word):
     assert [p.info.status for p in parents] == ["KILLED"]
     assert not client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'retrain'")
     assert not client.search_registered_models()
-    assert processes_mentioning(run_dir, within=15) == []  # Ray shut down: nothing of this run still running
+    assert mentioning(run_dir, within=15) == []  # Ray shut down: nothing of this run still running
 
 
 def test_a_second_ctrl_c_forces_the_exit(run_dir):
@@ -223,16 +206,4 @@ def test_a_second_ctrl_c_forces_the_exit(run_dir):
     _, stderr = search.communicate(timeout=60)
     assert search.returncode == 130, stderr[-2000:]
     assert "forced exit" in stderr or stderr.strip().splitlines()[-1] == "acla-orch: interrupted"
-    kill_processes_mentioning(run_dir)  # a forced exit may leave Ray's daemons: the user asked for that
-
-
-def kill_processes_mentioning(text: str) -> None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if text.encode() in handle.read():
-                    os.kill(int(entry), signal.SIGKILL)
-        except OSError:
-            continue
+    kill_mentioning(run_dir)  # a forced exit may leave Ray's daemons: the user asked for that

@@ -86,7 +86,8 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
     from mlflow.tracking import MlflowClient
     from storage.manifest import verify_artifact_set
     from storage.stores import StorageConfig, open_store
-    from tests.test_orchestrator import acla, kill_processes_mentioning
+    from tests.procs import kill_mentioning
+    from tests.test_orchestrator import acla
 
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     os.makedirs(whole)
@@ -111,7 +112,7 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
     assert driver.poll() is None, "the search ended before it could be killed"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
     driver.wait()
-    kill_processes_mentioning(broken)  # Ray's daemons, should any have left the session: the machine is gone
+    kill_mentioning(broken)  # Ray's daemons, should any have left the session: the machine is gone
     status = json.loads(acla("status", "--json", home=broken).stdout)
     assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
     parent_id = status["searches"][0]["run_id"]

@@ -9,6 +9,8 @@ import sys
 import textwrap
 import time
 
+from tests.procs import descendants
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RETRAIN = textwrap.dedent("""
@@ -30,28 +32,6 @@ RETRAIN = textwrap.dedent("""
                                    num_workers=1, steps=int(sys.argv[2]), seed=0)
     print(json.dumps({k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}))
 """)
-
-
-def descendants(root: int) -> list[tuple[int, str]]:
-    children: dict[int, list[int]] = {}
-    names = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                names[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append((child, names.get(child, "")))
-            todo.append(child)
-    return found
 
 
 def test_a_dead_retrain_worker_resumes_from_its_last_checkpoint(tmp_path):

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests.procs import mentioning
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOLD_A_LOCAL_RAY = textwrap.dedent("""
@@ -65,19 +67,6 @@ def is_loopback(address: str) -> bool:
     return host.is_loopback or (host.version == 6 and host.ipv4_mapped is not None and host.ipv4_mapped.is_loopback)
 
 
-def pids_mentioning(text: str) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if text.encode() in handle.read():
-                        found.add(int(entry))
-            except OSError:
-                continue
-    return found
-
-
 def connect(gcs: str, home: str, **env) -> str:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a client on this machine joins a loopback-only Ray
@@ -95,7 +84,7 @@ def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_a
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         started = json.loads(holder.stdout.readline())
-        listening = listening_addresses(pids_mentioning(run_dir) | {holder.pid})
+        listening = listening_addresses({pid for pid, _ in mentioning(run_dir)} | {holder.pid})
         assert len(listening) >= 2 and all(is_loopback(a) for a in listening), listening  # GCS, raylet, ...
         assert started["gcs"].startswith("127.0.0.1:")
         stranger = tmp_path / "stranger"

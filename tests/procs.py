@@ -1,0 +1,57 @@
+"""The live processes, read from /proc (no tools needed): to find what a test started, and to stop exactly that
+by PID (never a bare `ray stop`)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every live process but this one."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                line = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append((int(entry), parent, line))
+    return found
+
+
+def mentioning(text: str, within: float = 0.0) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose command line holds `text`, after waiting up to `within` s for
+    them to go."""
+    deadline = time.time() + within
+    while True:
+        found = [(pid, line) for pid, _, line in processes() if text in line]
+        if not found or time.time() >= deadline:
+            return found
+        time.sleep(0.5)
+
+
+def kill_mentioning(text: str) -> None:
+    for pid, _ in mentioning(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `root`."""
+    table = processes()
+    children: dict[int, list[tuple[int, str]]] = {}
+    for pid, parent, line in table:
+        children.setdefault(parent, []).append((pid, line))
+    found, todo = [], [root]
+    while todo:
+        for pid, line in children.get(todo.pop(), []):
+            found.append((pid, line))
+            todo.append(pid)
+    return found
