@@ -65,12 +65,10 @@ def keep_local_ray_on_loopback() -> None:
 def require_local_token() -> None:
     """Token authentication for the local Ray this process starts, whatever the caller's environment says.
 
-    Ray 2.60 binds its GCS, raylet and worker gRPC servers to every interface, and will not take a loopback node
-    address (`ray.init(_node_ip_address="127.0.0.1")` is turned back into the machine's IP), so the cluster
-    cannot be kept off the network; what stops a stranger on it is the token. Unless the user brings one
-    (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), a fresh random one is made for this run and held in the
-    environment that Ray's processes inherit: it is never written to a file (Ray's own default would save one
-    to ~/.ray/auth_token)."""
+    The cluster listens on loopback only (keep_local_ray_on_loopback), but other users of the same machine reach
+    loopback too; the token stops them. Unless the user brings one (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), a
+    fresh random one is made for this run and held in the environment that Ray's processes inherit: it is never
+    written to a file (Ray's own default would save one to ~/.ray/auth_token)."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         # Unset, Ray 2.60 turns token authentication on for a new local cluster, and refreshes the config it
         # read at import; set to anything else ("disabled"), it would not.
@@ -311,7 +309,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     from ray.tune.search.optuna import OptunaSearch
 
     from .sampler import ReproducibleTPE
-    from .tracking import log_failed_trial, log_trial
+    from .tracking import TRIAL_RESULT_KEYS, log_failed_trial, log_trial
 
     settings = request.settings
     feasible = check_feasible(settings)
@@ -338,7 +336,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
         run_id = log_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=params,
                            result=result, search_tags=search_tags)
         artifact_uri = client.get_run(run_id).info.artifact_uri
-        result = {k: v for k, v in result.items() if k in RESULT_KEYS}
+        result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
         state.trial_finished(parent_id, trial.trial_id, run_id, result, artifact_uri)
         recorded.append({"trial": trial.trial_id, "run_id": run_id, "params": params, "result": result,
                          "artifact_uri": artifact_uri})
@@ -375,8 +373,3 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
             stopper.finish()
     return recorded
 
-
-# What a finished trial's result keeps (Tune adds its own bookkeeping: time, hostname, config, ...).
-RESULT_KEYS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
-               "params", "proxy_channels", "num_modules", "mean_active_keys", "latency_ms", "genotype",
-               "position_scores", "trial_seconds", "device", "attention_backend")

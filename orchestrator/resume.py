@@ -13,6 +13,7 @@ Resuming replays the search's own request with the same parent MLflow run and th
 from __future__ import annotations
 
 import argparse
+import json
 
 from .errors import UsageError
 
@@ -31,20 +32,25 @@ def stored_request(args: argparse.Namespace, budget: float) -> dict:
 
 
 def resume_plan(state, parent_id: str):
-    """What the search already has, from its state: finished trials as recorded, and the interrupted ones."""
+    """What the search already has, from its state: finished trials as recorded, and the configs still owed:
+    those of trials cut off (running when the driver died, or interrupted before and never run to an end since),
+    each once."""
     from .driver import ResumePlan
-    recorded, interrupted, done = [], [], 0
-    for trial in state.trials(parent_id):
+    trials = state.trials(parent_id)
+    ended = {json.dumps(t["config"], sort_keys=True) for t in trials if t["state"] in ("finished", "failed")}
+    recorded, owed = [], {}
+    for trial in trials:
         if trial["state"] == "finished":
             recorded.append({"trial": trial["trial_id"], "run_id": trial["mlflow_run_id"], "params": trial["config"],
                              "result": trial["result"], "artifact_uri": trial["artifact_uri"]})
-            done += 1
-        elif trial["state"] == "failed":
-            done += 1
-        else:  # running (or interrupted by an earlier resume that stopped too)
-            state.trial_interrupted(parent_id, trial["trial_id"])
-            interrupted.append(trial["config"])
-    return ResumePlan(recorded=recorded, done=done, interrupted=interrupted)
+        elif trial["state"] in ("running", "interrupted"):
+            if trial["state"] == "running":
+                state.trial_interrupted(parent_id, trial["trial_id"])
+            key = json.dumps(trial["config"], sort_keys=True)
+            if key not in ended:
+                owed.setdefault(key, trial["config"])
+    done = sum(1 for t in trials if t["state"] in ("finished", "failed"))
+    return ResumePlan(recorded=recorded, done=done, interrupted=list(owed.values()))
 
 
 def close_stale_runs(client, experiment_id: str, parent_id: str) -> None:

@@ -221,3 +221,20 @@ def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatc
     assert calls == [("run-b", False)]  # run-a was done before the interruption
     assert [o["trial_run_id"] for o in outcomes] == ["run-a", "run-b"]
     assert set(SearchState(tmp_path).retrains("p")) == {"run-a", "run-b"}
+
+
+def test_a_second_resume_owes_only_what_is_still_unfinished(tmp_path):
+    """A config cut off twice is owed once; one that an earlier resume already ran to its end is not owed."""
+    from orchestrator.resume import resume_plan
+    state = SearchState(tmp_path)
+    state.begin("p", "e", {})
+    for trial_id, config in (("t1", {"x": 1}), ("t2", {"x": 2}), ("t3", {"x": 2}), ("t4", {"x": 3}), ("t5", {"x": 3})):
+        state.trial_started("p", trial_id, config, 0)
+    state.trial_finished("p", "t1", "r1", {"psnr": 30.0}, "file:///a")
+    state.trial_interrupted("p", "t2")  # cut off by the first crash ...
+    state.trial_finished("p", "t3", "r3", {"psnr": 29.0}, "file:///b")  # ... and run to its end by the first resume
+    state.trial_interrupted("p", "t4")  # cut off by the first crash, and again (t5) by the second
+    plan = resume_plan(state, "p")
+    assert plan.done == 2 and [r["run_id"] for r in plan.recorded] == ["r1", "r3"]
+    assert plan.interrupted == [{"x": 3}]
+    assert {t["trial_id"]: t["state"] for t in state.trials("p")}["t5"] == "interrupted"
