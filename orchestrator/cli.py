@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .errors import Terminated, UsageError, install_signal_handlers, signals_received
 
-from search_space.genotype import QUALITIES, SIGMAS, SR_SCALES, TASK_NAMES  # torch-free
+from search_space.registry import TASK_NAMES, TASKS  # torch-free
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,11 +32,15 @@ def budget_arg(text: str) -> float:
 
 
 def add_task_args(parser: argparse.ArgumentParser) -> None:
+    """--task and each task's option flag, from the task table (search_space/registry.py)."""
     parser.add_argument("--task", required=True, choices=TASK_NAMES, help="restoration task")
-    parser.add_argument("--scale", type=int, choices=SR_SCALES, help="SR scale (default 2; sr only)")
-    parser.add_argument("--sigma", type=float, choices=SIGMAS, help="denoise noise level on 0-255 (default 25)")
-    parser.add_argument("--quality", type=int, choices=QUALITIES, help="JPEG quality for car (default 10)")
-    parser.add_argument("--gray", action="store_true", help="car on the gray/Y channel (classic5) instead of RGB")
+    for task in TASKS.values():
+        if task.option is not None:
+            option = task.option
+            parser.add_argument(f"--{option.name}", type=type(option.values[0]), choices=option.values, help=option.help)
+    gray = [name for name, task in TASKS.items() if task.gray]
+    parser.add_argument("--gray", action="store_true",
+                        help=f"{'/'.join(gray)} on the gray/Y channel (classic5) instead of RGB")
 
 
 def command_cost(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from search_space.genotype import TASK_NAMES
+from search_space.registry import TASK_NAMES
 
 from .argtypes import non_negative_int, positive_int, run_id_arg, seed_arg
 from .errors import UsageError

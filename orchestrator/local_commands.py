@@ -32,9 +32,11 @@ def user_errors():
 
 
 def task_spec_from_args(args: argparse.Namespace):
+    from search_space.registry import TASKS
     from workers.tasks import task_from_options
+    options = {t.option.name: getattr(args, t.option.name, None) for t in TASKS.values() if t.option is not None}
     try:
-        return task_from_options(args.task, scale=args.scale, sigma=args.sigma, quality=args.quality, gray=args.gray)
+        return task_from_options(args.task, gray=args.gray, **options)
     except ValueError as err:
         raise UsageError(str(err)) from None
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import AttentionModule
 from .ops import attend, masked_softmax, top_k_mask
 from .sampling import deformable_sample, spread_offsets
 
@@ -28,7 +29,7 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return hard + (soft - soft.detach())  # soft - soft is exactly 0, so the forward value is exactly `hard`
 
 
-class ACLA(nn.Module):
+class ACLA(AttentionModule):
     """Cross-layer attention with learned offsets and (optionally) adaptive key selection.
 
     `adaptive=False` is CLA: K keys per layer, no gates. `active_keys` (one count per reference layer) turns an
@@ -67,6 +68,20 @@ class ACLA(nn.Module):
         self._reset_parameters(gate_init)
         self.last_active_keys: torch.Tensor | None = None  # (L,) mean active keys per query, no grad
         self.last_expected_keys: torch.Tensor | None = None  # (L,) expected active keys, differentiable
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [] if self.gate_proj is None else list(self.gate_proj.parameters())
+
+    def set_gate_temperature(self, temperature: float) -> None:
+        self.gate_temperature = temperature
+
+    def key_counts(self, expected: bool) -> list | None:
+        if not self.adaptive:
+            return None
+        value = self.last_expected_keys if expected else self.last_active_keys
+        if value is None:
+            return None
+        return list(value.unbind(0)) if expected else [float(v) for v in value]
 
     def _reset_parameters(self, gate_init: float) -> None:
         # Offsets start at a fixed spread around the query; weights zero so every pixel starts the same.
@@ -163,3 +178,12 @@ def parameter_groups(params, model: nn.Module, lr: float, offset_lr_scale: float
 def _nhwc(tensor: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W, C), contiguous (free when the map is channels-last)."""
     return tensor.permute(0, 2, 3, 1).contiguous()
+
+
+def build_acla(*, channels: int, num_refs: int, keys_per_ref: int, active_keys: Sequence[int] | None = None,
+               **_) -> ACLA:
+    return ACLA(channels, num_refs, keys_per_ref, adaptive=True, active_keys=active_keys)
+
+
+def build_cla(*, channels: int, num_refs: int, keys_per_ref: int, **_) -> ACLA:
+    return ACLA(channels, num_refs, keys_per_ref, adaptive=False)

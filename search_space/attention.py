@@ -14,12 +14,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .acla import ACLA
 from .cost import nonlocal_grid
-from .genotype import ATTENTION_KINDS, NONLOCAL_GRID
+from .genotype import NONLOCAL_GRID
+from .registry import get_kind, resolve
 
 
-class NonLocal(nn.Module):
+class AttentionModule(nn.Module):
+    """What the supernet asks of every module at a position (none of it by attribute name): its reference
+    layers, its gate parameters and temperature, and its key counts of the last forward pass. A kind without
+    keys or gates keeps these defaults."""
+    num_refs = 0
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def set_gate_temperature(self, temperature: float) -> None:
+        pass
+
+    def key_counts(self, expected: bool) -> list | None:
+        """Mean keys per query per reference layer of the last forward pass (`expected`: differentiable); None
+        where the kind uses all its keys or none."""
+        return None
+
+
+class NonLocal(AttentionModule):
     """Embedded-Gaussian non-local block (Wang et al., CVPR 2018): z = x + W softmax(theta(x)^T phi(k)) g(k),
     where every query pixel attends to keys k pooled to a fixed grid of at most 16 x 16 (adaptive average
     pooling, as the asymmetric pyramid non-local block of Zhu et al., ICCV 2019, pools its keys). Wang et al.
@@ -52,7 +70,7 @@ class NonLocal(nn.Module):
         return x + self.out(y)
 
 
-class NoAttention(nn.Module):
+class NoAttention(AttentionModule):
     """The plain backbone's position: returns x unchanged."""
 
     def forward(self, x: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -68,13 +86,14 @@ def make_attention(
     active_keys: Sequence[int] | None = None,
     nonlocal_grid: int = NONLOCAL_GRID,
 ) -> nn.Module:
-    """Build one attention module of `kind` for a position with `num_refs` reference layers."""
-    if kind == "acla":
-        return ACLA(channels, num_refs, keys_per_ref, adaptive=True, active_keys=active_keys)
-    if kind == "cla":
-        return ACLA(channels, num_refs, keys_per_ref, adaptive=False)
-    if kind == "nonlocal":
-        return NonLocal(channels, grid=nonlocal_grid)
-    if kind == "none":
+    """Build one attention module of `kind` (its registry entry's factory) for a position with `num_refs`
+    reference layers."""
+    entry = get_kind(kind)
+    if entry.build is None:
         return NoAttention()
-    raise ValueError(f"unknown attention kind {kind!r}; expected one of {', '.join(ATTENTION_KINDS)}")
+    return resolve(entry.build)(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
+                                active_keys=active_keys, nonlocal_grid=nonlocal_grid)
+
+
+def build_nonlocal(*, channels: int, nonlocal_grid: int = NONLOCAL_GRID, **_) -> NonLocal:
+    return NonLocal(channels, grid=nonlocal_grid)

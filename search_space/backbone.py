@@ -16,6 +16,7 @@ import torch.nn as nn
 from .attention import NoAttention, make_attention
 from .cost import upsampler_steps
 from .genotype import Genotype, refs_at_position
+from .registry import get_task
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -50,6 +51,7 @@ class RestorationNet(nn.Module):
         if blocks % stages:
             raise ValueError(f"blocks ({blocks}) must be a multiple of stages ({stages})")
         self.task, self.scale, self.blocks, self.stages = task, scale, blocks, stages
+        self.upscales = get_task(task).upscales
         self.blocks_per_stage = blocks // stages
         self.head = conv3x3(in_channels, channels)
         self.body = nn.ModuleList(ResBlock(channels, res_scale) for _ in range(blocks))
@@ -85,7 +87,7 @@ class RestorationNet(nn.Module):
                 refs.append(features)
         features = self.body_end(features) + head
         out = self.tail(self.upsample(features))
-        return out if self.task == "sr" else x + out
+        return out if self.upscales else x + out  # same-size tasks learn the residual on their input
 
 
 def build_attention_modules(genotype: Genotype) -> list[nn.Module]:

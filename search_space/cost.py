@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .genotype import NONLOCAL_GRID, Genotype, refs_at_position
-
-SR_REFERENCE_OUTPUT = (720, 1280)  # (height, width)
-RESTORATION_REFERENCE = (256, 256)
+from .registry import get_kind, get_task, resolve
 
 
 def upsampler_steps(scale: int) -> list[int]:
@@ -32,10 +30,10 @@ def upsampler_steps(scale: int) -> list[int]:
 
 
 def reference_input_size(task: str, scale: int) -> tuple[int, int]:
-    """The input (height, width) at which the field quotes a network's MACs."""
-    if task == "sr":
-        return SR_REFERENCE_OUTPUT[0] // scale, SR_REFERENCE_OUTPUT[1] // scale
-    return RESTORATION_REFERENCE
+    """The input (height, width) at which the field quotes a network's MACs (the task table's reference size is
+    the output's for a task that upscales)."""
+    height, width = get_task(task).reference_size
+    return (height // scale, width // scale) if get_task(task).upscales else (height, width)
 
 
 def conv_macs(in_channels: int, out_channels: int, kernel: int, pixels: int) -> int:
@@ -81,18 +79,26 @@ def nonlocal_macs(*, channels: int, height: int, width: int, grid: int = NONLOCA
     return projections + attention
 
 
+def acla_macs(*, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool, active_keys: Sequence[float],
+              height: int, width: int, **_) -> float:
+    """One ACLA (or CLA) module: the value merge once per call, then the per-pixel work."""
+    merge = num_refs * channels ** 3 + channels * channels * num_refs
+    return merge + height * width * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
+                                                        adaptive=adaptive, active_keys=active_keys)
+
+
+def nonlocal_module_macs(*, channels: int, height: int, width: int, nonlocal_grid: int = NONLOCAL_GRID, **_) -> int:
+    return nonlocal_macs(channels=channels, height=height, width=width, grid=nonlocal_grid)
+
+
 def attention_macs(*, kind: str, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
                    active_keys: Sequence[float], height: int, width: int, nonlocal_grid: int = NONLOCAL_GRID) -> float:
-    pixels = height * width
-    if kind in ("acla", "cla"):
-        merge = num_refs * channels ** 3 + channels * channels * num_refs  # once per call, not per pixel
-        return merge + pixels * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
-                                                    adaptive=adaptive, active_keys=active_keys)
-    if kind == "nonlocal":
-        return nonlocal_macs(channels=channels, height=height, width=width, grid=nonlocal_grid)
-    if kind == "none":
+    """MACs of one module of `kind`, by the formula its registry entry names (search_space/registry.py)."""
+    entry = get_kind(kind)
+    if entry.macs is None:
         return 0
-    raise ValueError(f"unknown attention kind {kind!r}")
+    return resolve(entry.macs)(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref, adaptive=adaptive,
+                               active_keys=active_keys, height=height, width=width, nonlocal_grid=nonlocal_grid)
 
 
 def genotype_macs(genotype: Genotype, size: tuple[int, int] | None = None) -> int:

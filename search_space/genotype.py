@@ -11,18 +11,13 @@ import json
 import math
 from dataclasses import dataclass
 
+from .registry import ATTENTION_KINDS, TASK_NAMES, TASKS, get_kind
+
 GENOTYPE_VERSION = 1
 # Far above any published restoration CNN (EDSR: 256 channels, 32 blocks; RCAN: 200 blocks), low enough that a
 # typo cannot ask for terabytes or an hour of cost counting.
 UPPER_BOUNDS = {"channels": 1024, "blocks": 512, "stages": 512, "max_keys": 64, "nonlocal_grid": 256}
-ATTENTION_KINDS = ("acla", "cla", "nonlocal", "none")
 NONLOCAL_GRID = 16  # by default a non-local block pools its keys to at most 16 x 16 (search_space/attention.py)
-# The tasks and their options, named once here (torch-free, so the CLI reads them without loading torch); the
-# degradations and metric settings of each are workers/tasks.py.
-TASK_NAMES = ("sr", "denoise", "car", "demosaic")
-SR_SCALES = (2, 3, 4)
-SIGMAS = (15.0, 25.0, 50.0)  # denoise, on the 0-255 scale
-QUALITIES = (10, 20, 30, 40)  # car, JPEG quality
 
 
 def stage_of_block(block: int, blocks: int, stages: int) -> int:
@@ -83,7 +78,7 @@ class Genotype:
     @property
     def uses_keys(self) -> bool:
         """Whether the attention kind takes key counts (ACLA and CLA)."""
-        return self.attention in ("acla", "cla")
+        return get_kind(self.attention).uses_keys
 
     @classmethod
     def from_dict(cls, data: object) -> "Genotype":
@@ -131,8 +126,10 @@ def validate_genotype(g: Genotype) -> None:
     """Raise ValueError naming the first field that is wrong and what it should be."""
     _check(g.version == GENOTYPE_VERSION, f"genotype version {g.version!r} is not supported; expected {GENOTYPE_VERSION}")
     _check(g.task in TASK_NAMES, f"unknown task {g.task!r}; expected one of {', '.join(TASK_NAMES)}")
-    if g.task == "sr":
-        _check(_is_int(g.scale) and g.scale in SR_SCALES, f"scale {g.scale!r} is not supported for sr; expected one of {', '.join(map(str, SR_SCALES))}")
+    task = TASKS[g.task]
+    if task.upscales:
+        scales = task.option.values
+        _check(_is_int(g.scale) and g.scale in scales, f"scale {g.scale!r} is not supported for {g.task}; expected one of {', '.join(map(str, scales))}")
     else:
         _check(_is_int(g.scale) and g.scale == 1, f"scale must be 1 for task {g.task}, got {g.scale!r}")
     for name in ("in_channels", "channels", "blocks", "stages", "max_keys", "nonlocal_grid"):
@@ -143,16 +140,18 @@ def validate_genotype(g: Genotype) -> None:
     _check(g.blocks % g.stages == 0, f"blocks ({g.blocks}) must be a multiple of stages ({g.stages})")
     _check(g.attention in ATTENTION_KINDS, f"unknown attention {g.attention!r}; expected one of {', '.join(ATTENTION_KINDS)}")
     _check(isinstance(g.adaptive, bool), f"adaptive must be true or false, got {g.adaptive!r}")
-    _check(not g.adaptive or g.attention == "acla", "adaptive keys exist only for attention 'acla'")
-    _check(g.adaptive or g.attention != "acla",
-           "attention 'acla' has adaptive keys (\"adaptive\": true); for a fixed key count without gates use 'cla'")
+    kind = get_kind(g.attention)
+    adaptive_kinds = [name for name in ATTENTION_KINDS if get_kind(name).adaptive]
+    _check(not g.adaptive or kind.adaptive, f"adaptive keys exist only for attention {', '.join(map(repr, adaptive_kinds))}")
+    _check(g.adaptive or not kind.adaptive,
+           f"attention {g.attention!r} has adaptive keys (\"adaptive\": true); for a fixed key count without gates use 'cla'")
     _check(isinstance(g.res_scale, (int, float)) and math.isfinite(g.res_scale) and g.res_scale > 0,
            f"res_scale must be a positive number, got {g.res_scale!r}")
     positions = g.positions
     _check(list(positions) == sorted(set(positions)), f"positions must be strictly increasing, got {list(positions)}")
     for p in positions:
         _check(0 <= p < g.blocks, f"position {p} is out of range; expected 0..{g.blocks - 1} (after residual block i)")
-    _check(g.attention != "none" or not positions, "attention 'none' takes no positions")
+    _check(kind.inserts or not positions, f"attention {g.attention!r} takes no positions")
     if g.uses_keys:
         _check(len(g.keys) == len(positions), f"keys must hold one entry per position ({len(positions)}), got {len(g.keys)}")
         for p, ks in zip(positions, g.keys):
@@ -160,7 +159,8 @@ def validate_genotype(g: Genotype) -> None:
             _check(len(ks) == refs, f"position {p} has {refs} reference layers, but keys gives {len(ks)} counts")
             for k in ks:
                 _check(1 <= k <= g.max_keys, f"key count {k} at position {p} is out of range; expected 1..{g.max_keys}")
-            if g.attention == "cla":
-                _check(all(k == g.max_keys for k in ks), f"cla uses all {g.max_keys} keys; got {list(ks)} at position {p}")
+            if not kind.adaptive:
+                _check(all(k == g.max_keys for k in ks),
+                       f"{g.attention} uses all {g.max_keys} keys; got {list(ks)} at position {p}")
     else:
         _check(not g.keys, f"attention {g.attention!r} takes no key counts")

@@ -19,6 +19,7 @@ from .acla import OFFSET_LR_SCALE, parameter_groups
 from .budget import format_macs
 from .cost import genotype_macs
 from .genotype import Genotype, refs_at_position
+from .registry import get_kind
 from .supernet import Supernet
 
 
@@ -51,7 +52,7 @@ def derived_keys(base: Genotype, position: int, active_keys: Sequence[float]) ->
     """A derived module's key count per reference layer: ACLA's rounded mean active keys (1..max_keys); every
     candidate key for CLA."""
     refs = refs_at_position(position, base.blocks, base.stages)
-    if base.attention == "acla":
+    if get_kind(base.attention).adaptive:
         return [min(base.max_keys, max(1, int(math.floor(float(k) + 0.5)))) for k in list(active_keys)[:refs]]
     return [base.max_keys] * refs
 

@@ -16,16 +16,17 @@ from .backbone import RestorationNet
 from .attention import make_attention
 from .cost import attention_macs, backbone_macs, reference_input_size
 from .genotype import Genotype, refs_at_position
+from .registry import get_kind
 
 
 class Supernet(nn.Module):
     def __init__(self, *, base: Genotype, alpha_init: float = 0.0) -> None:
         """`base` gives the backbone, the attention kind and the candidate keys per reference (no positions)."""
         super().__init__()
-        if base.attention == "none":
-            raise ValueError("a supernet needs an attention kind to search over, not 'none'")
+        if not get_kind(base.attention).inserts:
+            raise ValueError(f"a supernet needs an attention kind to search over, not {base.attention!r}")
         self.base = base.bare()
-        self.adaptive = base.attention == "acla"
+        self.adaptive = get_kind(base.attention).adaptive
         modules = [make_attention(base.attention, channels=base.channels,
                                   num_refs=refs_at_position(i, base.blocks, base.stages),
                                   keys_per_ref=base.max_keys, nonlocal_grid=base.nonlocal_grid)
@@ -42,11 +43,8 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, position_weights=self.position_probs())
 
-    def _gate_parameters(self) -> list[nn.Parameter]:
-        return [p for m in self.net.attention if getattr(m, "gate_proj", None) is not None for p in m.gate_proj.parameters()]
-
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha, *self._gate_parameters()]
+        return [self.alpha, *(p for m in self.net.attention for p in m.gate_parameters())]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
@@ -54,15 +52,12 @@ class Supernet(nn.Module):
 
     def set_gate_temperature(self, temperature: float) -> None:
         for module in self.net.attention:
-            if hasattr(module, "gate_temperature"):
-                module.gate_temperature = temperature
+            module.set_gate_temperature(temperature)
 
     def _keys_of(self, module: nn.Module, expected: bool) -> list:
-        num_refs = getattr(module, "num_refs", 0)
-        value = getattr(module, "last_expected_keys" if expected else "last_active_keys", None)
-        if value is None or not self.adaptive:
-            return [float(self.base.max_keys)] * num_refs
-        return list(value.unbind(0)) if expected else [float(v) for v in value]
+        """The module's key counts, or all its keys where it has no gates (or has not run yet)."""
+        counts = module.key_counts(expected)
+        return [float(self.base.max_keys)] * module.num_refs if counts is None else counts
 
     def active_keys(self) -> list[list[float]]:
         """Mean active keys per query, per position and reference layer, from the last forward pass."""
@@ -75,7 +70,7 @@ class Supernet(nn.Module):
                                                  blocks=base.blocks, height=height, width=width)))
         probs = self.position_probs()
         for index, module in enumerate(self.net.attention):
-            cost = attention_macs(kind=base.attention, channels=base.channels, num_refs=getattr(module, "num_refs", 0),
+            cost = attention_macs(kind=base.attention, channels=base.channels, num_refs=module.num_refs,
                                   keys_per_ref=base.max_keys, adaptive=self.adaptive,
                                   active_keys=self._keys_of(module, expected=True), height=height, width=width,
                                   nonlocal_grid=base.nonlocal_grid)

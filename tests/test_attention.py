@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from search_space.acla import ACLA
-from search_space.attention import ATTENTION_KINDS, NonLocal, make_attention
+from search_space.attention import NonLocal, make_attention
+from search_space.registry import ATTENTION_KINDS
 from tests.oracles import naive_cross_layer_attention
 
 VARIANTS = [(kind, None) for kind in ATTENTION_KINDS] + [("acla", (2, 1, 3))]

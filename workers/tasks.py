@@ -18,15 +18,15 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import convolve
 
-from search_space.genotype import QUALITIES, SIGMAS, SR_SCALES, TASK_NAMES  # the task names and options, once
+from search_space.registry import TASKS, get_task, resolve  # the tasks and their options, once
 
 from .imresize import crop_to_multiple, imresize, round_to_uint8
 from .metrics import as_255, rgb_to_y
 
 
-
 @dataclass(frozen=True)
 class TaskSpec:
+    """One task variant: the task's registry entry (search_space/registry.py) with its option's value."""
     name: str
     scale: int = 1
     sigma: float = 25.0
@@ -34,19 +34,22 @@ class TaskSpec:
     gray: bool = False
 
     def __post_init__(self) -> None:
-        if self.name not in TASK_NAMES:
-            raise ValueError(f"unknown task {self.name!r}; expected one of {', '.join(TASK_NAMES)}")
-        if self.name == "sr" and self.scale not in SR_SCALES:
-            raise ValueError(f"scale {self.scale} is not supported; expected one of {', '.join(map(str, SR_SCALES))}")
-        if self.name != "sr" and self.scale != 1:
-            raise ValueError(f"--scale applies to sr only, not {self.name}")
-        if self.name == "denoise" and self.sigma not in SIGMAS:
-            raise ValueError(f"sigma {self.sigma:g} is not supported; expected one of {', '.join(f'{v:g}' for v in SIGMAS)}")
-        if self.name == "car" and self.quality not in QUALITIES:
-            raise ValueError(f"JPEG quality {self.quality} is not supported; expected one of "
-                             f"{', '.join(map(str, QUALITIES))}")
-        if self.gray and self.name != "car":
-            raise ValueError("--gray applies to car only")
+        task = get_task(self.name)
+        option = task.option
+        if option is not None:
+            value = getattr(self, option.name)
+            if value not in option.values:
+                shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in option.values)
+                raise ValueError(f"{option.name} {value:g} is not supported for {self.name}; expected one of {shown}")
+        if not task.upscales and self.scale != 1:
+            raise ValueError(f"--scale applies to {', '.join(n for n, t in TASKS.items() if t.upscales)} only, "
+                             f"not {self.name}")
+        if self.gray and not task.gray:
+            raise ValueError(f"--gray applies to {', '.join(n for n, t in TASKS.items() if t.gray)} only")
+
+    @property
+    def entry(self):
+        return get_task(self.name)
 
     @property
     def in_channels(self) -> int:
@@ -54,53 +57,79 @@ class TaskSpec:
 
     @property
     def border(self) -> int:
-        return self.scale if self.name == "sr" else 0
+        return self.scale if self.entry.border_is_scale else 0
 
     @property
     def label(self) -> str:
-        detail = {"sr": f"x{self.scale}", "denoise": f"sigma{self.sigma:g}", "car": f"q{self.quality}", "demosaic": "rggb"}
-        return f"{self.name}-{detail[self.name]}" + ("-gray" if self.gray else "")
+        """The variant's name: sr-x2, denoise-sigma25, car-q10 (-gray), demosaic."""
+        option = self.entry.option
+        detail = option.label.format(getattr(self, option.name)) if option else "rggb"
+        return f"{self.name}-{detail}" + ("-gray" if self.gray else "")
 
     @property
     def headline_metric(self) -> str:
         """The metric papers report for the task: Y for sr and car, RGB for denoise and demosaic."""
-        return "psnr_y" if self.name in ("sr", "car") else "psnr_rgb"
+        return self.entry.headline_metric
 
     def prepare_target(self, image: np.ndarray) -> np.ndarray:
         """The clean image as the task sees it: gray/Y for gray car, RGB otherwise; cropped for sr."""
         image = to_gray_y(image) if self.gray else to_rgb(image)
-        return crop_to_multiple(image, self.scale) if self.name == "sr" else image
+        return crop_to_multiple(image, self.scale) if self.entry.upscales else image
 
     def degrade(self, target: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """The network input for a prepared target. Denoise needs `rng` (seeded at evaluation)."""
-        if self.name == "sr":
-            return imresize(target, 1 / self.scale)
-        if self.name == "denoise":
-            if rng is None:
-                raise ValueError("denoise needs a random generator for its noise")
-            noise = rng.normal(0.0, self.sigma, target.shape)
-            return ((target.astype(np.float64) + noise) / 255.0).astype(np.float32)  # not clipped
-        if self.name == "demosaic":
-            return bayer_mosaic(target)
-        return jpeg_roundtrip(target, self.quality)
+        return resolve(self.entry.degrade)(self, target, rng)
 
     def baseline(self, degraded: np.ndarray) -> np.ndarray:
         """The classical reference output: bicubic for sr, bilinear demosaic, the input itself otherwise."""
-        if self.name == "sr":
-            return imresize(degraded, self.scale)
-        if self.name == "demosaic":
-            return bilinear_demosaic(degraded)
-        return degraded
+        return resolve(self.entry.baseline)(self, degraded)
 
 
-def task_from_options(name: str, *, scale: int | None = None, sigma: float | None = None, quality: int | None = None,
-                      gray: bool = False) -> TaskSpec:
-    """A TaskSpec with the task's defaults (sr x2, sigma 25, q10) for options left out."""
-    if name == "sr":
-        return TaskSpec(name, scale=scale or 2)
-    if scale is not None:
-        raise ValueError(f"--scale applies to sr only, not {name}")
-    return TaskSpec(name, sigma=25.0 if sigma is None else float(sigma), quality=quality or 10, gray=gray)
+def task_from_options(name: str, *, gray: bool = False, **options) -> TaskSpec:
+    """A TaskSpec from the CLI's option flags (None where not given): the task's own option, or its default
+    (sr x2, sigma 25, q10). Another task's option is refused."""
+    task = get_task(name)
+    given = {key: value for key, value in options.items() if value is not None}
+    for key in given:
+        if task.option is None or key != task.option.name:
+            owners = [n for n, t in TASKS.items() if t.option is not None and t.option.name == key]
+            raise ValueError(f"--{key} applies to {', '.join(owners) or 'no task'} only, not {name}")
+    if task.option is not None:
+        value = given.get(task.option.name, task.option.default)
+        given[task.option.name] = type(task.option.default)(value)
+    return TaskSpec(name, gray=gray, **given)
+
+
+# The degradations and classical baselines the task table names, each (spec, image[, rng]).
+def degrade_sr(spec: TaskSpec, target: np.ndarray, rng=None) -> np.ndarray:
+    return imresize(target, 1 / spec.scale)
+
+
+def add_gaussian_noise(spec: TaskSpec, target: np.ndarray, rng=None) -> np.ndarray:
+    if rng is None:
+        raise ValueError("denoise needs a random generator for its noise")
+    noise = rng.normal(0.0, spec.sigma, target.shape)
+    return ((target.astype(np.float64) + noise) / 255.0).astype(np.float32)  # not clipped
+
+
+def jpeg_degrade(spec: TaskSpec, target: np.ndarray, rng=None) -> np.ndarray:
+    return jpeg_roundtrip(target, spec.quality)
+
+
+def bayer_degrade(spec: TaskSpec, target: np.ndarray, rng=None) -> np.ndarray:
+    return bayer_mosaic(target)
+
+
+def bicubic_baseline(spec: TaskSpec, degraded: np.ndarray) -> np.ndarray:
+    return imresize(degraded, spec.scale)
+
+
+def bilinear_baseline(spec: TaskSpec, degraded: np.ndarray) -> np.ndarray:
+    return bilinear_demosaic(degraded)
+
+
+def identity_baseline(spec: TaskSpec, degraded: np.ndarray) -> np.ndarray:
+    return degraded
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
