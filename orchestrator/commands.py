@@ -72,12 +72,13 @@ def command_search(args: argparse.Namespace) -> int:
     check_training_data(data, task, profile)
     budgets = args.budgets if getattr(args, "budgets", None) else [args.budget]
     from .driver import check_feasible
-    for budget in budgets:  # all input checks before any work starts
-        check_feasible(trial_settings(args, task, profile, data, budget))
-        from .trial import unused_budget_warning
-        warning = unused_budget_warning(task, profile, budget)
-        if warning:
-            print(warning, file=sys.stderr)
+    from .trial import unused_budget_warning
+    with user_errors():
+        for budget in budgets:  # the one budget check, before any work starts
+            check_feasible(trial_settings(args, task, profile, data, budget))
+            warning = unused_budget_warning(task, profile, budget)
+            if warning:
+                print(warning, file=sys.stderr)
     run, store = settings_from_args(args)
     client = mlflow_client(run)
     summaries = []

@@ -252,12 +252,11 @@ def search_space(feasible: list[str], profile) -> dict:
 
 
 def check_feasible(settings: TrialSettings) -> list[str]:
-    from search_space.budget import format_macs
+    """The budget's backbones; BudgetError (search_space/budget.py's one check) when there is none."""
+    from search_space.budget import check_budget
     feasible, smallest = feasible_backbones(settings.task, settings.profile, settings.budget_macs)
-    if not feasible:
-        raise UsageError(f"budget {format_macs(settings.budget_macs)}MACs is below the smallest feasible network "
-                         f"({smallest} MACs = {format_macs(smallest)}FLOPs for {settings.task.label} with the "
-                         f"{settings.profile.name} profile); pass --budget {format_macs(smallest)} or more")
+    check_budget(settings.budget_macs, smallest, f"the {settings.profile.name} profile's narrowest backbone for "
+                                                 f"{settings.task.label}")
     return feasible
 
 
@@ -312,7 +311,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     from .tracking import TRIAL_RESULT_KEYS, log_failed_trial, log_trial
 
     settings = request.settings
-    feasible = check_feasible(settings)
+    feasible, _ = feasible_backbones(settings.task, settings.profile, settings.budget_macs)  # checked by the CLI
     storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
     study = study_name(settings, parent_id)
     prepare_study(storage, study, resume)

@@ -21,7 +21,7 @@ from .errors import UsageError
 @contextmanager
 def user_errors():
     """Input errors from the core become one-line usage errors."""
-    from search_space.search import BudgetError
+    from search_space.budget import BudgetError
     from workers.checkpoint import CheckpointError
     from storage.stores import StorageError
     from workers.data import DataError

@@ -31,3 +31,19 @@ def format_macs(macs: float) -> str:
         if abs(macs) >= factor:
             return f"{macs / factor:.2f}{unit}"
     return f"{macs:.0f}"
+
+
+class BudgetError(ValueError):
+    """The budget is below the smallest network that can be built: the one message for it, wherever it is found."""
+
+    def __init__(self, budget_macs: float, smallest_macs: float, what: str) -> None:
+        self.budget_macs, self.smallest_macs = budget_macs, smallest_macs
+        super().__init__(f"budget {format_macs(budget_macs)}MACs is below the smallest feasible network, {what} at "
+                         f"{int(smallest_macs)} MACs ({format_macs(smallest_macs)}FLOPs); pass --budget "
+                         f"{format_macs(smallest_macs)} or more")
+
+
+def check_budget(budget_macs: float, smallest_macs: float, what: str) -> None:
+    """The one budget check: BudgetError when even the smallest network (`what`) costs more than the budget."""
+    if smallest_macs > budget_macs:
+        raise BudgetError(budget_macs, smallest_macs, what)

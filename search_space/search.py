@@ -16,28 +16,17 @@ import torch
 import torch.nn.functional as F
 
 from .acla import OFFSET_LR_SCALE, parameter_groups
-from .budget import format_macs
+from .budget import check_budget
 from .cost import genotype_macs
 from .genotype import Genotype, refs_at_position
 from .registry import get_kind
 from .supernet import Supernet
 
 
-class BudgetError(ValueError):
-    """The budget is below the smallest feasible network."""
-
-    def __init__(self, budget_macs: float, smallest_macs: int) -> None:
-        self.budget_macs, self.smallest_macs = budget_macs, smallest_macs
-        super().__init__(f"budget {format_macs(budget_macs)}MACs is below the bare backbone's "
-                         f"{format_macs(smallest_macs)}MACs; the smallest feasible budget for this backbone is "
-                         f"{smallest_macs} MACs ({format_macs(smallest_macs)}FLOPs)")
-
-
-def check_budget(base: Genotype, budget_macs: float) -> int:
-    """The bare backbone's MACs; raise BudgetError when even that exceeds the budget."""
+def check_bare_budget(base: Genotype, budget_macs: float) -> int:
+    """The bare backbone's MACs, checked against the budget (search_space/budget.py's one check)."""
     bare = genotype_macs(base.bare())
-    if bare > budget_macs:
-        raise BudgetError(budget_macs, bare)
+    check_budget(budget_macs, bare, f"the bare {base.channels}ch x {base.blocks} backbone for {base.task}")
     return bare
 
 
@@ -69,7 +58,7 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
     budget, and fills it as far as gainful positions allow; what a gainless search leaves unspent goes to width
     in the outer search. Ties go to the earlier position. Pure: the same inputs give the same genotype.
     """
-    bare_macs = check_budget(base, budget_macs)
+    bare_macs = check_bare_budget(base, budget_macs)
     errors = [0.0] * base.blocks if score_errors is None else list(score_errors)
     if len(position_scores) != base.blocks or len(active_keys) != base.blocks or len(errors) != base.blocks:
         raise ValueError(f"need one score, one error and one key list per position ({base.blocks})")
@@ -164,7 +153,7 @@ def search_architecture(
     `batches`); the genotype is derived from their mean, by ranking (`derive_genotype`). A search run at a
     proxy scale derives again on the target backbone from the same scores (workers/search_run.py).
     """
-    check_budget(supernet.base, budget_macs)
+    check_bare_budget(supernet.base, budget_macs)
     supernet.set_gate_temperature(gate_temperature)
     if score_batches is None:
         score_batches = [next(batches) for _ in range(2)]

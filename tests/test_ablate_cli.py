@@ -70,7 +70,7 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--budget", "100M"], "below the smoke profile's bare"),
+    (["--budget", "100M"], "below the smallest feasible network, the smoke profile's bare"),
     (["--budget", "2G", "--steps", "0"], "must be 1 or more"),
     (["--budget", "2G", "--steps", "-3"], "must be 1 or more"),
     (["--budget", "2G", "--eval-data", "/nonexistent/folder"], "--eval-data /nonexistent/folder: not a folder"),

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from search_space.budget import BudgetError
 from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
 from workers.ablation import (VARIANTS, AblationError, build_variants, markdown_table, matched_plain,
@@ -68,7 +69,7 @@ def test_matched_plain_is_the_closest_within_tolerance():
 
 
 def test_variants_that_cannot_fit_say_which_and_by_how_much():
-    with pytest.raises(AblationError, match="below the bare"):
+    with pytest.raises(BudgetError, match="below the smallest feasible network, the bare 16ch x 4 backbone"):
         build_variants(SEARCHED, BARE - 1)
     with pytest.raises(AblationError, match="variant acla-searched exceeds the budget by"):
         build_variants(SEARCHED, genotype_macs(SEARCHED) - 1)

@@ -5,7 +5,8 @@ import torch
 from search_space.budget import parse_budget
 from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
-from search_space.search import (BudgetError, derive_genotype, measure_position_scores, module_macs, score_steps,
+from search_space.budget import BudgetError
+from search_space.search import (derive_genotype, measure_position_scores, module_macs, score_steps,
                                  search_architecture)
 from search_space.supernet import Supernet
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from search_space.budget import format_macs
+from search_space.budget import check_budget, format_macs
 from search_space.cost import count_parameters, genotype_macs
 from search_space.genotype import Genotype, refs_at_position
 
@@ -80,13 +80,11 @@ def _fixed_key_cla(searched: Genotype, budget_macs: float) -> Genotype:
 
 
 def check_backbone_budget(task: TaskSpec, profile: Profile, budget_macs: float) -> None:
-    """AblationError when the budget is below the profile's bare backbone (before any search runs)."""
+    """BudgetError when the budget is below the profile's bare backbone (before any search runs)."""
     bare = genotype_macs(Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels,
                                   channels=profile.channels, blocks=profile.blocks, stages=profile.stages))
-    if bare > budget_macs:
-        raise AblationError(f"budget {format_macs(budget_macs)}MACs is below the {profile.name} profile's bare "
-                            f"{profile.channels}ch x {profile.blocks} backbone ({format_macs(bare)}MACs for "
-                            f"{task.label}); expected --budget {format_macs(bare)} or more")
+    check_budget(budget_macs, bare, f"the {profile.name} profile's bare {profile.channels}ch x {profile.blocks} "
+                                    f"backbone for {task.label}")
 
 
 def _fitting_nonlocal(searched: Genotype, budget_macs: float) -> Genotype:
@@ -107,10 +105,7 @@ def build_variants(searched: Genotype, budget_macs: float, all_keys: Sequence[Se
         raise AblationError(f"ablate compares against a searched ACLA genotype, got attention {searched.attention!r}")
     bare = searched.replace(attention="none", adaptive=False, positions=[], keys=[])
     searched_macs = genotype_macs(searched)
-    if genotype_macs(bare) > budget_macs:
-        raise AblationError(f"budget {format_macs(budget_macs)}MACs is below the bare {bare.channels}ch x "
-                            f"{bare.blocks} backbone's {format_macs(genotype_macs(bare))}MACs; expected "
-                            f"--budget {format_macs(genotype_macs(bare))} or more")
+    check_budget(budget_macs, genotype_macs(bare), f"the bare {bare.channels}ch x {bare.blocks} backbone")
     if searched_macs > budget_macs:
         raise AblationError(f"variant acla-searched exceeds the budget by "
                             f"{format_macs(searched_macs - budget_macs)}MACs")
