@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,3 +142,26 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
         op._clear_stale_lock(lock)
     assert not lock.exists()
     op._clear_stale_lock(lock)  # no lock: nothing to do
+
+
+def test_a_built_kernel_loads_past_a_lock_left_by_a_killed_process(tmp_path):
+    """Once this source is built, loading takes no build lock: a lock left by a process killed while loading
+    (found in session 5: every later trial waited on it) blocks nothing. A changed source is built again."""
+    import shutil
+    import subprocess
+    import sys
+    from search_space.ops import acla_attend as op
+    module = op.load_extension()
+    if module is None:
+        pytest.skip("no compiler here: the kernel is not built")
+    built = Path(module.__file__).parent
+    copy = tmp_path / built.relative_to(built.parents[2])
+    copy.mkdir(parents=True)
+    for name in ("acla_aggregate.so", "build.key"):
+        shutil.copy(built / name, copy / name)
+    (copy / "lock").write_text("")  # fresh: younger than STALE_LOCK_SECONDS, so torch would wait on it
+    probe = "from search_space.ops.acla_attend import load_extension; print(load_extension() is not None)"
+    env = {**os.environ, "ACLA_EXTENSION_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+    assert op._import_built(copy, "another source") is None  # a stamp of other code is not trusted

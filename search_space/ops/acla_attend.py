@@ -65,6 +65,35 @@ def _clear_stale_lock(lock: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
+def _build_key(flags: list[str]) -> str:
+    """What a build depends on: the kernel source, the flags and torch's version."""
+    text = _SOURCE.read_bytes() + repr((flags, torch.__version__)).encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def _import_built(build_dir: Path, key: str):
+    """The extension already built from this very source, imported without torch's build lock; None otherwise.
+    Only a real build takes the lock, so a process killed while loading cannot leave one behind for the others
+    (and two checkouts of the same source share one build rather than rebuilding each other's)."""
+    library, stamp = build_dir / "acla_aggregate.so", build_dir / "build.key"
+    try:
+        if stamp.read_text() != key or not library.exists():
+            return None
+    except OSError:
+        return None
+    spec = importlib.util.spec_from_file_location("acla_aggregate", library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stamp_build(build_dir: Path, key: str) -> None:
+    stamp = build_dir / "build.key"
+    partial = stamp.with_name(f"build.key.{os.getpid()}")
+    partial.write_text(key)
+    partial.replace(stamp)
+
+
 @functools.lru_cache(maxsize=1)
 def load_extension():
     """The compiled extension, or None (with a one-line warning) where it cannot be built.
@@ -86,9 +115,15 @@ def load_extension():
             root = Path(os.environ.get("ACLA_EXTENSION_DIR", Path.home() / ".cache" / "acla-orch"))
             build_dir = root / f"torch-{torch.__version__}" / build_tag / "acla_aggregate"
             build_dir.mkdir(parents=True, exist_ok=True)
+            key = _build_key(flags)
+            built = _import_built(build_dir, key)
+            if built is not None:
+                return built
             _clear_stale_lock(build_dir / "lock")
-            return load(name="acla_aggregate", sources=[str(_SOURCE)], build_directory=str(build_dir),
-                        extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"], verbose=False)
+            module = load(name="acla_aggregate", sources=[str(_SOURCE)], build_directory=str(build_dir),
+                          extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"], verbose=False)
+            _stamp_build(build_dir, key)
+            return module
         except Exception as err:  # no compiler, no ninja, a read-only cache: the reference path still works
             error = err
     first_line = (str(error).strip().splitlines() or [""])[0][:200]
