@@ -19,9 +19,6 @@ from pathlib import Path
 
 from .errors import UsageError
 
-# The variants, in workers/ablation.py's order; kept here too so that the CLI starts without importing torch
-# (tests/test_ablation.py checks that the two lists agree).
-VARIANT_NAMES = ("plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-searched")
 
 
 def eval_set_from_args(args, data):
@@ -103,35 +100,21 @@ def plot_ablation(path: str, rows: list[dict], budget_macs: float, title: str) -
 
 
 def record_ablation(client, experiment_id, *, tags, rows, runs, report) -> str:
-    """A parent run (the table, the chart and the JSON as artifacts) with a child run per variant."""
-    from mlflow.entities import Metric, Param
-    parent = client.create_run(experiment_id, run_name=f"ablate-{tags['task']}", tags={"acla_kind": "ablation", **tags})
-    parent_id = parent.info.run_id
-    for row in rows:
-        child = client.create_run(experiment_id, run_name=f"ablate-{row['name']}",
-                                  tags={"mlflow.parentRunId": parent_id, "acla_kind": "ablation-variant",
-                                        "variant": row["name"]})
-        metrics = [Metric(k, float(row[k]), 0, 0) for k in ("psnr_y", "ssim_y", "psnr_y_spread", "input_psnr_y",
-                                                            "macs", "params", "train_seconds")]
-        metrics += [Metric("psnr_y_seed", float(r["psnr_y"]), 0, r["seed"]) for r in runs if r["name"] == row["name"]]
-        params = [Param("variant", row["name"]), Param("genotype", json.dumps(row["genotype"])[:6000]),
-                  Param("checkpoints", json.dumps(row["checkpoints"])[:6000])]
-        client.log_batch(child.info.run_id, metrics=metrics, params=params)
-        client.set_terminated(child.info.run_id, "FINISHED")
+    """The ablation's table, JSON and chart written to a temporary folder, then recorded in MLflow (tracking.py):
+    a parent run with them as artifacts, and a child run per variant."""
+    from .tracking import log_ablation
     with tempfile.TemporaryDirectory() as folder:
         for name, text in (("ablation.md", report["markdown"]), ("ablation.json", json.dumps(report, indent=1))):
             (Path(folder) / name).write_text(text)
-            client.log_artifact(parent_id, str(Path(folder) / name), "ablation")
         plot_ablation(str(Path(folder) / "ablation.png"), rows, report["budget_macs"], f"{tags['task']}: ablation")
-        client.log_artifact(parent_id, str(Path(folder) / "ablation.png"), "ablation")
-    client.set_terminated(parent_id, "FINISHED")
-    return parent_id
+        return log_ablation(client, experiment_id, tags=tags, rows=rows, runs=runs, folder=folder)
 
 
 def command_ablate(args: argparse.Namespace) -> int:
     from workers.ablation import (AblationError, build_variants, check_backbone_budget, markdown_table,
                                   summarise_variants)
-    from .commands import mlflow_client, settings_from_args
+    from .cli import settings_from_args
+    from .tracking import mlflow_client
     from .driver import ray_session
     from .local_commands import check_training_data, data_from_args, profile_from_args, task_spec_from_args, user_errors
     from .tracking import ensure_experiment, experiment_name
@@ -171,34 +154,3 @@ def command_ablate(args: argparse.Namespace) -> int:
     else:
         print(report["markdown"], end="")
     return 0
-
-
-def variant_list(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in VARIANT_NAMES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown) or repr(text)}; expected a "
-                                         f"comma-separated subset of {','.join(VARIANT_NAMES)}")
-    return names
-
-
-def register_ablate(verbs, *, add_task_args, budget_arg, add_platform_args) -> None:
-    from .argtypes import positive_int, seed_arg
-    ablate = verbs.add_parser("ablate", help="the searched ACLA net against plain, width-matched, non-local, CLA "
-                                             "and ACLA-everywhere variants, trained alike",
-                              description="Train six variants with the same steps, seeds and schedule and score "
-                                          "them on clean images that neither the search nor the training used.")
-    add_task_args(ablate)
-    ablate.add_argument("--budget", required=True, type=budget_arg, help="e.g. 14G (1 FLOP = 1 MAC)")
-    ablate.add_argument("--profile", default="quick", help="smoke, quick (default) or paper: the backbone and schedule")
-    ablate.add_argument("--data", help="training images (default: the embedded photos)")
-    ablate.add_argument("--steps", type=positive_int,
-                        help="training steps per variant (default: the profile's retrain schedule)")
-    ablate.add_argument("--seed", type=seed_arg, default=0, help="first seed (search and training)")
-    ablate.add_argument("--seeds", type=positive_int, default=2, help="training seeds per variant (default 2)")
-    ablate.add_argument("--eval-data", help="folder of clean images to score on (default: the validation split)")
-    ablate.add_argument("--genotype", help="a searched ACLA genotype JSON instead of searching")
-    ablate.add_argument("--variants", type=variant_list, default=VARIANT_NAMES,
-                        help=f"comma-separated subset to train (default: all of {','.join(VARIANT_NAMES)})")
-    add_platform_args(ablate)
-    ablate.set_defaults(handler=command_ablate)

@@ -5,15 +5,22 @@ Bad input gives one line on stderr and exit status 2. Tracebacks are for bugs.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import importlib
 import logging
+import shlex
 import signal
 import sys
 from typing import Sequence
 
 from .errors import Terminated, UsageError, install_signal_handlers, signals_received
 
-from search_space.registry import TASK_NAMES, TASKS  # torch-free
+from search_space.registry import SEARCHABLE_KINDS, TASK_NAMES, TASKS  # torch-free
+
+from .argtypes import non_negative_int, positive_int, run_id_arg, seed_arg
+
+VARIANT_NAMES = ("plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-searched")  # workers.ablation.VARIANTS
+BENCHMARK_NAMES = ("Set5", "Set14", "Kodak24", "McMaster", "CBSD68", "classic5", "LIVE1")  # workers.data.BENCHMARKS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,37 +50,166 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
                         help=f"{'/'.join(gray)} on the gray/Y channel (classic5) instead of RGB")
 
 
-def command_cost(args: argparse.Namespace) -> int:
-    from search_space.backbone import build_network
-    from search_space.budget import format_macs
-    from search_space.cost import count_parameters, genotype_macs, reference_input_size
-    from .local_commands import read_genotype, task_spec_from_args
-
-    spec = task_spec_from_args(args)
-    if args.genotype:
-        genotype = read_genotype(args.genotype)
-        if (genotype.task, genotype.scale) != (spec.name, spec.scale):
-            raise UsageError(f"genotype {args.genotype} is for task {genotype.task} x{genotype.scale}, "
-                             f"not {spec.name} x{spec.scale}; pass the matching --task/--scale")
-        height, width = reference_input_size(genotype.task, genotype.scale)
-        result = {"task": spec.name, "scale": spec.scale, "macs": genotype_macs(genotype),
-                  "params": count_parameters(build_network(genotype)),
-                  "reference_input": [height, width], "reference_output": [height * spec.scale, width * spec.scale]}
-    else:
-        result = {"task": spec.name, "scale": spec.scale, "budget_macs": int(args.budget)}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            shown = format_macs(value) + " (1 FLOP = 1 MAC)" if key in ("macs", "budget_macs") else value
-            print(f"{key:>17}: {shown}")
-    return 0
+def settings_from_args(args, *, read_only: bool = False):
+    """Every target checked, cheapest first, before anything is created: a bad one is one line and leaves no
+    file behind. `read_only` verbs (status, pareto, retrain) need a tracking store that a search has made."""
+    from .settings import check_ray_address, check_s3_endpoint, check_tracking_uri, open_artifact_store, resolve_settings
+    run = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=args.artifact_root, address=args.address,
+                           s3_endpoint=args.s3_endpoint, create_bucket=args.create_bucket)
+    check_tracking_uri(run.tracking_uri, must_exist=read_only)
+    if run.storage.is_s3:
+        check_s3_endpoint(run.storage.resolved_endpoint())
+    check_ray_address(run.ray_address)
+    run_store = open_artifact_store(run)
+    return run, run_store
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="acla-orch", description="Neural-architecture search for image restoration with ACLA.")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=OneLineParser)
+def search_profile(args, profile):
+    """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
+    steps = args.search_steps or profile.search_steps
+    warmup = profile.search_warmup if args.search_warmup is None else args.search_warmup
+    if warmup >= steps:
+        raise UsageError(f"--search-warmup {warmup} leaves no architecture step in a {steps}-step search; "
+                         f"expected fewer warm-up steps than --search-steps")
+    return dataclasses.replace(profile, search_steps=steps, search_warmup=warmup)
 
+
+def search_job_from_args(args: argparse.Namespace):
+    """The flags of `search`, `sweep` or a replayed `resume`, as the dataclass everything below reads."""
+    from .local_commands import data_from_args, profile_from_args, task_spec_from_args
+    from .records import SearchJob
+    from .resume import stored_request
+    task = task_spec_from_args(args)
+    profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
+    return SearchJob(task=task, profile=profile, data=data,
+                     budgets=tuple(args.budgets if getattr(args, "budgets", None) else [args.budget]),
+                     attention=args.attention, trials=args.trials or profile.trials,
+                     concurrency=args.concurrency or profile.concurrency, seed=args.seed, retrain_top=args.retrain_top,
+                     retrain_workers=args.retrain_workers, retrain=not args.no_retrain, json=args.json,
+                     command_line=shlex.join(sys.argv), request=stored_request(args),
+                     resume_parent=getattr(args, "resume_parent", None))
+
+
+def command_search(args: argparse.Namespace) -> int:
+    """`search` and `sweep` (and `resume`, which replays a search's flags): the flags become a SearchJob and the
+    checked targets, then the recipe (search_job.py) runs."""
+    from .search_job import run_search
+    job = search_job_from_args(args)
+    run, store = settings_from_args(args)
+    return run_search(job, run, store)
+
+
+def add_platform_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under the run dir)")
+    parser.add_argument("--artifact-root", help="where checkpoints and models land (default: <run dir>/artifacts)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL, else AWS)")
+    parser.add_argument("--create-bucket", action="store_true", help="create the artifact bucket if it is missing")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
+    parser.add_argument("--data", help="folder of training images or a DIV2K root (default: the embedded photos)")
+    parser.add_argument("--seed", type=seed_arg, default=0)
+
+
+def add_search_args(parser: argparse.ArgumentParser) -> None:
+    add_task_args(parser)
+    add_data_args(parser)
+    add_platform_args(parser)
+    parser.add_argument("--attention", default="acla", choices=SEARCHABLE_KINDS,
+                        help="the attention kind to place (default acla)")
+    parser.add_argument("--trials", type=positive_int, help="outer-search trials (default: the profile's)")
+    parser.add_argument("--concurrency", type=positive_int, help="trials at once (default: the profile's)")
+    parser.add_argument("--search-steps", type=positive_int,
+                        help="differentiable-search steps per trial (default: the profile's)")
+    parser.add_argument("--search-warmup", type=non_negative_int,
+                        help="first search steps that train the weights only (default: the profile's)")
+    parser.add_argument("--retrain-top", type=positive_int, default=1,
+                        help="retrain the best trial (1, default) or the top k Pareto-front members")
+    parser.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
+    parser.add_argument("--no-retrain", action="store_true", help="stop after the search and the front")
+
+
+def variant_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in VARIANT_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown) or repr(text)}; expected a "
+                                         f"comma-separated subset of {','.join(VARIANT_NAMES)}")
+    return names
+
+
+def add_orchestrator_verbs(verbs) -> None:
+    search = verbs.add_parser("search", help="budgeted architecture search on Ray Tune + Optuna, tracked in MLflow",
+                              description="Search where to insert ACLA under a MACs budget, record every trial and "
+                                          "the Pareto front in MLflow, retrain the winners on Ray Train. "
+                                          "1 FLOP = 1 multiply-accumulate here.")
+    search.add_argument("--budget", required=True, type=budget_arg, help="e.g. 50GFLOPs, 25GMACs, 50G, 5e10 or 800M")
+    add_search_args(search)
+    search.set_defaults(handler="cli:command_search")
+
+    sweep = verbs.add_parser("sweep", help="several budgets in one Ray session, filling one front")
+    sweep.add_argument("--budgets", required=True, type=lambda text: [budget_arg(b) for b in text.split(",")],
+                       help="comma-separated budgets, e.g. 20G,35G,50G,80G")
+    add_search_args(sweep)
+    sweep.set_defaults(handler="cli:command_search")
+
+    pareto = verbs.add_parser("pareto", help="the current Pareto front of a task, from MLflow")
+    pareto.add_argument("--task", required=True, choices=TASK_NAMES)
+    pareto.add_argument("--plot", help="write the front as a PNG")
+    pareto.add_argument("--source", choices=("table", "mlflow"), default="table",
+                        help="read the Parquet trial table in the artifact store (default) or query MLflow")
+    add_platform_args(pareto)
+    pareto.set_defaults(handler="commands:command_pareto")
+
+    retrain = verbs.add_parser("retrain", help="retrain one trial's genotype on Ray Train and register it")
+    retrain.add_argument("--run-id", required=True, type=run_id_arg, help="the MLflow run id of a finished trial")
+    retrain.add_argument("--profile", help="profile whose retrain schedule to use (default: the trial's)")
+    retrain.add_argument("--data", help="training images (default: the embedded photos)")
+    retrain.add_argument("--seed", type=seed_arg, default=0)
+    retrain.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
+    retrain.add_argument("--set-alias", action="store_true",
+                         help="point the budget's alias (models:/acla-TASK@budget-...) at the retrained model")
+    add_platform_args(retrain)
+    retrain.set_defaults(handler="commands:command_retrain")
+
+    resume = verbs.add_parser("resume", help="finish an interrupted search (its finished trials are kept)",
+                              description="Continue a search whose driver stopped (Ctrl-C, a crash, kill -9): "
+                                          "finished trials are kept, interrupted ones run again, then the front, "
+                                          "the retrains and the registry, as the search would have.")
+    resume.add_argument("parent_run_id", nargs="?", type=run_id_arg,
+                        help="the search's parent MLflow run id (see `acla-orch status`)")
+    resume.add_argument("--last", action="store_true", help="the most recent interrupted search of this run directory")
+    add_platform_args(resume)
+    resume.set_defaults(handler="resume:command_resume")
+
+    status = verbs.add_parser("status", help="the searches of this run directory and their state")
+    add_platform_args(status)
+    status.set_defaults(handler="commands:command_status")
+
+    ablate = verbs.add_parser("ablate", help="the searched ACLA net against plain, width-matched, non-local, CLA "
+                                             "and ACLA-everywhere variants, trained alike",
+                              description="Train six variants with the same steps, seeds and schedule and score "
+                                          "them on clean images that neither the search nor the training used.")
+    add_task_args(ablate)
+    ablate.add_argument("--budget", required=True, type=budget_arg, help="e.g. 14G (1 FLOP = 1 MAC)")
+    ablate.add_argument("--profile", default="quick", help="smoke, quick (default) or paper: the backbone and schedule")
+    ablate.add_argument("--data", help="training images (default: the embedded photos)")
+    ablate.add_argument("--steps", type=positive_int,
+                        help="training steps per variant (default: the profile's retrain schedule)")
+    ablate.add_argument("--seed", type=seed_arg, default=0, help="first seed (search and training)")
+    ablate.add_argument("--seeds", type=positive_int, default=2, help="training seeds per variant (default 2)")
+    ablate.add_argument("--eval-data", help="folder of clean images to score on (default: the validation split)")
+    ablate.add_argument("--genotype", help="a searched ACLA genotype JSON instead of searching")
+    ablate.add_argument("--variants", type=variant_list, default=VARIANT_NAMES,
+                        help=f"comma-separated subset to train (default: all of {','.join(VARIANT_NAMES)})")
+    add_platform_args(ablate)
+    ablate.set_defaults(handler="ablate:command_ablate")
+
+
+def add_local_verbs(verbs) -> None:
     cost = verbs.add_parser("cost", help="analytic MACs and parameters of a genotype, or a parsed budget",
                             description="MACs at the field's reference size (1280x720 output for SR, 256x256 otherwise). "
                                         "1 FLOP = 1 multiply-accumulate here, as fvcore and ptflops count.")
@@ -82,14 +218,45 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--genotype", help="genotype JSON file")
     which.add_argument("--budget", type=budget_arg, help="a budget such as 50GFLOPs, 25GMACs, 50G, 5e10 or 800M")
     cost.add_argument("--json", action="store_true", help="print JSON")
-    cost.set_defaults(handler=command_cost)
+    cost.set_defaults(handler="local_commands:command_cost")
 
-    from .ablate import register_ablate
-    from .commands import add_platform_args, register_orchestrator_commands
-    from .local_commands import add_data_args, register_local_commands
-    register_orchestrator_commands(verbs, add_task_args=add_task_args, budget_arg=budget_arg, add_data_args=add_data_args)
-    register_ablate(verbs, add_task_args=add_task_args, budget_arg=budget_arg, add_platform_args=add_platform_args)
-    register_local_commands(verbs, add_task_args=add_task_args, budget_arg=budget_arg)
+    evaluate_verb = verbs.add_parser("evaluate", help="PSNR/SSIM of a checkpoint on a standard test set")
+    evaluate_verb.add_argument("checkpoint", help="a checkpoint written by train or search")
+    evaluate_verb.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES, help="standard test set")
+    evaluate_verb.add_argument("--datasets", default="../shared/datasets", help="folder holding the test sets")
+    evaluate_verb.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
+    evaluate_verb.add_argument("--json", action="store_true")
+    evaluate_verb.set_defaults(handler="local_commands:command_evaluate")
+
+    degrade = verbs.add_parser("degrade", help="make the network input of a task from a clean image")
+    add_task_args(degrade)
+    degrade.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
+    degrade.add_argument("input", help="clean image")
+    degrade.add_argument("output", help="degraded image to write (.png)")
+    degrade.set_defaults(handler="local_commands:command_degrade")
+
+    compare = verbs.add_parser("compare", help="PSNR/SSIM (Y and RGB) with the task's conventions")
+    add_task_args(compare)
+    compare.add_argument("reference", help="clean reference image")
+    compare.add_argument("test", help="restored image")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(handler="local_commands:command_compare")
+
+    train_verb = verbs.add_parser("train", help="train one genotype locally and write a checkpoint")
+    add_task_args(train_verb)
+    add_data_args(train_verb)
+    train_verb.add_argument("--genotype", required=True, help="genotype JSON file")
+    train_verb.add_argument("--steps", type=positive_int, help="iterations (default: the profile's)")
+    train_verb.add_argument("--resume", help="checkpoint to continue from")
+    train_verb.add_argument("--output", help="checkpoint path (default under $ACLA_HOME or ./acla-runs)")
+    train_verb.set_defaults(handler="local_commands:command_train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="acla-orch", description="Neural-architecture search for image restoration with ACLA.")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=OneLineParser)
+    add_local_verbs(verbs)
+    add_orchestrator_verbs(verbs)
     return parser
 
 
@@ -110,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        module, _, name = args.handler.partition(":")  # the verb's module is imported only when it runs
+        return getattr(importlib.import_module(f"orchestrator.{module}"), name)(args)
     except UsageError as err:
         print(f"acla-orch: error: {err}", file=sys.stderr)
         return 2

@@ -19,8 +19,9 @@ from pathlib import Path
 from ray import tune
 
 from .errors import UsageError, install_signal_handlers
+from .records import TrialRecord
 from .settings import RunSettings
-from .trial import TrialSettings, feasible_backbones, run_trial
+from .trial import TrialSettings, run_trial
 
 
 @dataclass
@@ -30,6 +31,7 @@ class SearchRequest:
     trials: int
     concurrency: int
     command_line: str
+    backbones: list[str]  # the budget's backbones (workers/backbones.py), checked before the search started
 
 
 def ray_temp_dir(run_dir: Path) -> Path:
@@ -251,20 +253,11 @@ def search_space(feasible: list[str], profile) -> dict:
             "gate_temperature": tune.uniform(0.5, 2.0)}
 
 
-def check_feasible(settings: TrialSettings) -> list[str]:
-    """The budget's backbones; BudgetError (search_space/budget.py's one check) when there is none."""
-    from search_space.budget import check_budget
-    feasible, smallest = feasible_backbones(settings.task, settings.profile, settings.budget_macs)
-    check_budget(settings.budget_macs, smallest, f"the {settings.profile.name} profile's narrowest backbone for "
-                                                 f"{settings.task.label}")
-    return feasible
-
-
 @dataclass
 class ResumePlan:
     """What a resumed search already has: its finished trials (as recorded), how many trials are done (finished
     or failed), and the configs of the trials that were running when it stopped (run again first)."""
-    recorded: list[dict]
+    recorded: list[TrialRecord]
     done: int
     interrupted: list[dict]
 
@@ -311,15 +304,14 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     from .tracking import TRIAL_RESULT_KEYS, log_failed_trial, log_trial
 
     settings = request.settings
-    feasible, _ = feasible_backbones(settings.task, settings.profile, settings.budget_macs)  # checked by the CLI
     storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
     study = study_name(settings, parent_id)
     prepare_study(storage, study, resume)
-    searcher = OptunaSearch(space=search_space(feasible, settings.profile), metric=["psnr", "macs"], mode=["max", "min"],
+    searcher = OptunaSearch(space=search_space(request.backbones, settings.profile), metric=["psnr", "macs"], mode=["max", "min"],
                             study_name=study, storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4))
     search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label,
                    "task_spec": json.dumps(dataclasses.asdict(settings.task)), "profile": settings.profile.name}
-    recorded: list[dict] = list(resume.recorded) if resume else []
+    recorded: list[TrialRecord] = list(resume.recorded) if resume else []
     remaining = request.trials - (resume.done if resume else 0)
     if remaining <= 0:
         return recorded
@@ -337,8 +329,8 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
         artifact_uri = client.get_run(run_id).info.artifact_uri
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
         state.trial_finished(parent_id, trial.trial_id, run_id, result, artifact_uri)
-        recorded.append({"trial": trial.trial_id, "run_id": run_id, "params": params, "result": result,
-                         "artifact_uri": artifact_uri})
+        recorded.append(TrialRecord(trial=trial.trial_id, run_id=run_id, params=params, result=result,
+                                    artifact_uri=artifact_uri))
         reporter(len(recorded), request.trials)
 
     def on_error(trial) -> None:

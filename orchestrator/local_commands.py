@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .argtypes import positive_int, seed_arg
 from .errors import UsageError
 
 
@@ -76,6 +75,32 @@ def write_image_atomically(path: Path, image: np.ndarray) -> None:
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary))
 
 
+def command_cost(args: argparse.Namespace) -> int:
+    from search_space.backbone import build_network
+    from search_space.budget import format_macs
+    from search_space.cost import count_parameters, genotype_macs, reference_input_size
+
+    spec = task_spec_from_args(args)
+    if args.genotype:
+        genotype = read_genotype(args.genotype)
+        if (genotype.task, genotype.scale) != (spec.name, spec.scale):
+            raise UsageError(f"genotype {args.genotype} is for task {genotype.task} x{genotype.scale}, "
+                             f"not {spec.name} x{spec.scale}; pass the matching --task/--scale")
+        height, width = reference_input_size(genotype.task, genotype.scale)
+        result = {"task": spec.name, "scale": spec.scale, "macs": genotype_macs(genotype),
+                  "params": count_parameters(build_network(genotype)),
+                  "reference_input": [height, width], "reference_output": [height * spec.scale, width * spec.scale]}
+    else:
+        result = {"task": spec.name, "scale": spec.scale, "budget_macs": int(args.budget)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            shown = format_macs(value) + " (1 FLOP = 1 MAC)" if key in ("macs", "budget_macs") else value
+            print(f"{key:>17}: {shown}")
+    return 0
+
+
 def command_degrade(args: argparse.Namespace) -> int:
     from workers.data import load_image
     from workers.train import to_uint8_image
@@ -132,10 +157,11 @@ def check_training_data(data, task, profile) -> None:
         check_images(data.valid)
 
 
-def profile_from_args(args: argparse.Namespace):
+def profile_from_args(args: argparse.Namespace, default: str | None = None):
+    """The --profile flag's profile (`default` where the flag was left out)."""
     from workers.profiles import get_profile
     try:
-        return get_profile(args.profile)
+        return get_profile(args.profile or default)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -193,46 +219,3 @@ def command_evaluate(args: argparse.Namespace) -> int:
               **{k: round(v, 4) for k, v in metrics.items()}}
     print(json.dumps(result) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in result.items()))
     return 0
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
-    parser.add_argument("--data", help="folder of training images or a DIV2K root (default: the embedded photos)")
-    parser.add_argument("--seed", type=seed_arg, default=0)
-
-
-BENCHMARK_NAMES = ("Set5", "Set14", "Kodak24", "McMaster", "CBSD68", "classic5", "LIVE1")  # workers.data.BENCHMARKS
-
-
-def register_local_commands(verbs, *, add_task_args, budget_arg) -> None:
-    evaluate_verb = verbs.add_parser("evaluate", help="PSNR/SSIM of a checkpoint on a standard test set")
-    evaluate_verb.add_argument("checkpoint", help="a checkpoint written by train or search")
-    evaluate_verb.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES, help="standard test set")
-    evaluate_verb.add_argument("--datasets", default="../shared/datasets", help="folder holding the test sets")
-    evaluate_verb.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
-    evaluate_verb.add_argument("--json", action="store_true")
-    evaluate_verb.set_defaults(handler=command_evaluate)
-
-    degrade = verbs.add_parser("degrade", help="make the network input of a task from a clean image")
-    add_task_args(degrade)
-    degrade.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
-    degrade.add_argument("input", help="clean image")
-    degrade.add_argument("output", help="degraded image to write (.png)")
-    degrade.set_defaults(handler=command_degrade)
-
-    compare = verbs.add_parser("compare", help="PSNR/SSIM (Y and RGB) with the task's conventions")
-    add_task_args(compare)
-    compare.add_argument("reference", help="clean reference image")
-    compare.add_argument("test", help="restored image")
-    compare.add_argument("--json", action="store_true")
-    compare.set_defaults(handler=command_compare)
-
-    train_verb = verbs.add_parser("train", help="train one genotype locally and write a checkpoint")
-    add_task_args(train_verb)
-    add_data_args(train_verb)
-    train_verb.add_argument("--genotype", required=True, help="genotype JSON file")
-    train_verb.add_argument("--steps", type=positive_int, help="iterations (default: the profile's)")
-    train_verb.add_argument("--resume", help="checkpoint to continue from")
-    train_verb.add_argument("--output", help="checkpoint path (default under $ACLA_HOME or ./acla-runs)")
-    train_verb.set_defaults(handler=command_train)
-

@@ -21,11 +21,11 @@ from .errors import UsageError
 PLATFORM_KEYS = ("tracking_uri", "artifact_root", "address", "s3_endpoint", "create_bucket", "json")
 
 
-def stored_request(args: argparse.Namespace, budget: float) -> dict:
-    """The search's flags as `resume` replays them (one budget; no handler; passwords out)."""
+def stored_request(args: argparse.Namespace) -> dict:
+    """The search's flags as `resume` replays them (the budget is added per search; no handler; passwords out)."""
     from .settings import redact
-    request = {k: v for k, v in vars(args).items() if k not in ("handler", "resume_parent", "budgets")}
-    request.update(budget=budget, verb="search")
+    request = {k: v for k, v in vars(args).items() if k not in ("handler", "resume_parent", "budgets", "budget")}
+    request.update(verb="search")
     if request.get("tracking_uri"):
         request["tracking_uri"] = redact(request["tracking_uri"])
     return request
@@ -36,13 +36,14 @@ def resume_plan(state, parent_id: str):
     those of trials cut off (running when the driver died, or interrupted before and never run to an end since),
     each once."""
     from .driver import ResumePlan
+    from .records import TrialRecord
     trials = state.trials(parent_id)
     ended = {json.dumps(t["config"], sort_keys=True) for t in trials if t["state"] in ("finished", "failed")}
     recorded, owed = [], {}
     for trial in trials:
         if trial["state"] == "finished":
-            recorded.append({"trial": trial["trial_id"], "run_id": trial["mlflow_run_id"], "params": trial["config"],
-                             "result": trial["result"], "artifact_uri": trial["artifact_uri"]})
+            recorded.append(TrialRecord(trial=trial["trial_id"], run_id=trial["mlflow_run_id"], params=trial["config"],
+                                        result=trial["result"], artifact_uri=trial["artifact_uri"]))
         elif trial["state"] in ("running", "interrupted"):
             if trial["state"] == "running":
                 state.trial_interrupted(parent_id, trial["trial_id"])
@@ -51,13 +52,6 @@ def resume_plan(state, parent_id: str):
                 owed.setdefault(key, trial["config"])
     done = sum(1 for t in trials if t["state"] in ("finished", "failed"))
     return ResumePlan(recorded=recorded, done=done, interrupted=list(owed.values()))
-
-
-def close_stale_runs(client, experiment_id: str, parent_id: str) -> None:
-    """MLflow runs of this search left RUNNING by the dead driver (a retrain, usually) are KILLED."""
-    for run in client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
-                                                                 f"attributes.status = 'RUNNING'"):
-        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def pick_search(state, parent_id: str | None) -> dict:
@@ -81,7 +75,7 @@ def pick_search(state, parent_id: str | None) -> dict:
 
 
 def command_resume(args: argparse.Namespace) -> int:
-    from .commands import command_search, settings_from_args
+    from .cli import command_search, settings_from_args
     from .state import SearchState
     if bool(args.parent_run_id) == bool(args.last):
         raise UsageError("give the search's parent run id, or --last for the most recent interrupted search")
@@ -96,15 +90,3 @@ def command_resume(args: argparse.Namespace) -> int:
         raise UsageError("the search's tracking URI holds a password, which was not stored; pass --tracking-uri")
     replay = argparse.Namespace(**request, budgets=None, resume_parent=search["parent_run_id"])
     return command_search(replay)
-
-
-def register_resume(verbs, add_platform_args) -> None:
-    from .argtypes import run_id_arg
-    resume = verbs.add_parser("resume", help="finish an interrupted search (its finished trials are kept)",
-                              description="Continue a search whose driver stopped (Ctrl-C, a crash, kill -9): "
-                                          "finished trials are kept, interrupted ones run again, then the front, "
-                                          "the retrains and the registry, as the search would have.")
-    resume.add_argument("parent_run_id", nargs="?", type=run_id_arg, help="the search's parent MLflow run id (see `acla-orch status`)")
-    resume.add_argument("--last", action="store_true", help="the most recent interrupted search of this run directory")
-    add_platform_args(resume)
-    resume.set_defaults(handler=command_resume)

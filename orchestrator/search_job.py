@@ -1,6 +1,6 @@
 """One search, top to bottom: the budget's trials on Ray Tune (continued, when resumed), the front, the winners
-retrained and registered, the summary. `command_search` (commands.py) checks every input first and calls
-`run_one_budget` once per budget inside one Ray session.
+retrained and registered, the summary. `command_search` (commands.py) parses the flags into a `SearchJob`,
+checks every input and the budget once, and calls `run_one_budget` once per budget inside one Ray session.
 
 The parent MLflow run ends FINISHED only when everything it announces exists; an error marks it FAILED and
 Ctrl-C or SIGTERM marks it KILLED, so no half-made run looks finished. The run directory's search state
@@ -8,30 +8,69 @@ Ctrl-C or SIGTERM marks it KILLED, so no half-made run looks finished. The run d
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
-import shlex
 import sys
 
 from .errors import UsageError
+from .records import SearchJob, TrialRecord
 
 
-def search_profile(args, profile):
-    """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
-    steps = args.search_steps or profile.search_steps
-    warmup = profile.search_warmup if args.search_warmup is None else args.search_warmup
-    if warmup >= steps:
-        raise UsageError(f"--search-warmup {warmup} leaves no architecture step in a {steps}-step search; "
-                         f"expected fewer warm-up steps than --search-steps")
-    return dataclasses.replace(profile, search_steps=steps, search_warmup=warmup)
-
-
-def trial_settings(args, task, profile, data, budget, run=None):
+def trial_settings(job: SearchJob, budget: float, run=None):
     """What each trial needs; with the run, its checkpoints go under `<run dir>/trial-checkpoints`."""
     from .trial import TrialSettings
-    return TrialSettings(task=task, budget_macs=budget, profile=profile, data=data, attention=args.attention,
-                         seed=args.seed,
+    return TrialSettings(task=job.task, budget_macs=budget, profile=job.profile, data=job.data, attention=job.attention,
+                         seed=job.seed,
                          checkpoint_root=None if run is None else str(run.run_dir / "trial-checkpoints"))
+
+
+@contextlib.contextmanager
+def storage_faults(run):
+    """An S3 store that stops answering mid-run surfaces from boto3, pyarrow, MLflow or Ray Train in many
+    shapes; when the endpoint is down afterwards, say that in one line (nothing incomplete has a manifest)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # UsageError too: Ray Tune swallows a failing callback, leaving "no trial finished"
+        if not run.storage.is_s3:
+            raise
+        from storage.stores import StorageError, check_bucket
+        try:
+            check_bucket(run.storage)
+        except StorageError as err:
+            raise UsageError(f"the artifact store failed during the run: {err}; sets without a manifest are "
+                             f"incomplete and are completed by uploading again") from None
+        raise
+
+
+def run_search(job: SearchJob, run, store) -> int:
+    """The recipe: check once (training data, and every budget against the profile's backbones) -> one Ray
+    session -> each budget's search -> the summary (a table, or JSON on stdout)."""
+    from workers.backbones import check_feasible, unused_budget_warning
+
+    from .driver import ray_session
+    from .local_commands import check_training_data, user_errors
+    from .tracking import mlflow_client
+    check_training_data(job.data, job.task, job.profile)
+    with user_errors():
+        backbones = {budget: check_feasible(job.task, job.profile, budget) for budget in job.budgets}
+    for budget in job.budgets:
+        warning = unused_budget_warning(job.task, job.profile, budget)
+        if warning:
+            print(warning, file=sys.stderr)
+    client = mlflow_client(run)
+    summaries = []
+    # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
+    with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run):
+        for budget in job.budgets:
+            summaries.append(run_one_budget(job, budget, backbones[budget], run=run, store=store, client=client))
+    if job.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else {"searches": summaries}))
+    else:
+        for summary in summaries:
+            print_summary(summary)
+    return 0
 
 
 def progress_reporter(enabled: bool):
@@ -46,34 +85,35 @@ def progress_reporter(enabled: bool):
     return progress, report
 
 
-def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> dict:
-    """One budget's search, recorded as it goes in the run directory's search state; with `args.resume_parent`
+def run_one_budget(job: SearchJob, budget: float, backbones: list[str], *, run, store, client) -> dict:
+    """One budget's search, recorded as it goes in the run directory's search state; with `job.resume_parent`
     it continues that search: its finished trials kept, its interrupted ones run again, its retrains done."""
     from .driver import SearchRequest, budget_label, git_commit, run_search_on_ray
-    from .resume import close_stale_runs, resume_plan, stored_request
+    from .resume import resume_plan
     from .state import SearchState
     from .winners import pick_winners, record_trials
-    from .tracking import ensure_experiment, experiment_name, log_front, start_parent, update_front
+    from .tracking import (close_stale_runs, end_parent, ensure_experiment, experiment_name, log_front, reopen_parent,
+                           start_parent, update_front)
 
-    settings = trial_settings(args, task, profile, data, budget, run)
-    request = SearchRequest(settings=settings, run=run, trials=args.trials or profile.trials,
-                            concurrency=args.concurrency or profile.concurrency, command_line=shlex.join(sys.argv))
+    task, profile = job.task, job.profile
+    settings = trial_settings(job, budget, run)
+    request = SearchRequest(settings=settings, run=run, trials=job.trials, concurrency=job.concurrency,
+                            command_line=job.command_line, backbones=backbones)
     name = experiment_name(task.name)
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)
-    resume_parent = getattr(args, "resume_parent", None)
-    if resume_parent:
-        parent_id, plan = resume_parent, resume_plan(state, resume_parent)
+    if job.resume_parent:
+        parent_id, plan = job.resume_parent, resume_plan(state, job.resume_parent)
         close_stale_runs(client, experiment_id, parent_id)
-        client.update_run(parent_id, status="RUNNING")
+        reopen_parent(client, parent_id)
     else:
         tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name,
                 "git_commit": git_commit(), "search_steps": str(profile.search_steps),
-                "search_warmup": str(profile.search_warmup), "command_line": request.command_line[:4000]}
+                "search_warmup": str(profile.search_warmup), "command_line": job.command_line[:4000]}
         parent_id, plan = start_parent(client, experiment_id, run_name=f"search-{task.label}-{budget_label(budget)}",
                                        tags=tags), None
-    state.begin(parent_id, experiment_id, stored_request(args, budget))
-    progress, reporter = progress_reporter(not args.json)
+    state.begin(parent_id, experiment_id, {**job.request, "budget": budget})
+    progress, reporter = progress_reporter(not job.json)
     try:
         recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter, state, plan)
         progress.stop()
@@ -84,22 +124,22 @@ def run_one_budget(*, args, run, store, client, task, profile, data, budget) -> 
         title = f"{name}: PSNR vs MACs"
         log_front(client, parent_id, rows, budget_macs=budget, title=title)
         front_ids = {r["run_id"] for r in rows if r["pareto"]}
-        winners = pick_winners(recorded, front_ids, args.retrain_top)
-        retrained = [] if args.no_retrain else retrain_each(run, store, client, experiment_id, parent_id, settings,
-                                                             winners, args.retrain_workers, state)
+        winners = pick_winners(recorded, front_ids, job.retrain_top)
+        retrained = retrain_each(run, store, client, experiment_id, parent_id, settings, winners, job.retrain_workers,
+                                 state) if job.retrain else []
         if retrained:
             log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
                       retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained")
-        client.set_terminated(parent_id, "FINISHED")
+        end_parent(client, parent_id, "FINISHED")
         state.end(parent_id, "finished")
     except KeyboardInterrupt:
         progress.stop()
-        client.set_terminated(parent_id, "KILLED")
+        end_parent(client, parent_id, "KILLED")
         state.end(parent_id, "killed")
         raise
     except BaseException:
         progress.stop()
-        client.set_terminated(parent_id, "FAILED")
+        end_parent(client, parent_id, "FAILED")
         state.end(parent_id, "failed")
         raise
     return summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
@@ -112,32 +152,31 @@ def retrain_each(run, store, client, experiment_id, parent_id, settings, winners
     done = state.retrains(parent_id)
     outcomes = []
     for rank, winner in enumerate(winners):
-        if winner["run_id"] not in done:
+        if winner.run_id not in done:
             outcome, = retrain_winners(run=run, store=store, client=client, experiment_id=experiment_id,
                                        parent_id=parent_id, request_settings=settings, winners=[winner],
                                        retrain_workers=retrain_workers, set_alias=rank == 0)
-            state.retrain_finished(parent_id, winner["run_id"], outcome)
-            done[winner["run_id"]] = outcome
-        outcomes.append(done[winner["run_id"]])
+            state.retrain_finished(parent_id, winner.run_id, outcome)
+            done[winner.run_id] = outcome
+        outcomes.append(done[winner.run_id])
     return outcomes
 
 
-def summarise(name, parent_id, budget, task, profile, recorded, rows, retrained) -> dict:
+def summarise(name, parent_id, budget, task, profile, recorded: list[TrialRecord], rows, retrained) -> dict:
     front = {r["run_id"]: r["pareto"] for r in rows}
     by_trial = {r["trial_run_id"]: r for r in retrained}
     trials = []
-    for item in sorted(recorded, key=lambda r: -r["result"]["psnr"]):
-        genotype = json.loads(item["result"]["genotype"])
-        trials.append({"trial": item["trial"], "run_id": item["run_id"],
-                       "backbone": {"channels": genotype["channels"], "blocks": genotype["blocks"], "stages": genotype["stages"]},
-                       "positions": genotype["positions"], "keys": genotype["keys"], "macs": int(item["result"]["macs"]),
-                       "proxy_macs": int(item["result"].get("proxy_macs", item["result"]["macs"])),
-                       "position_scores": json.loads(item["result"].get("position_scores", "[]")),
-                       "params": int(item["result"]["params"]), "psnr": round(item["result"]["psnr"], 4),
-                       "ssim": round(item["result"]["ssim"], 4), "pareto": bool(front.get(item["run_id"], False)),
-                       "attention_backend": item["result"].get("attention_backend"),
-                       "retrained_psnr": by_trial.get(item["run_id"], {}).get("psnr"),
-                       "artifact_uri": item["artifact_uri"]})
+    for item in sorted(recorded, key=lambda r: -r.psnr):
+        genotype = item.genotype
+        trials.append({"trial": item.trial, "run_id": item.run_id,
+                       "backbone": {"channels": genotype.channels, "blocks": genotype.blocks, "stages": genotype.stages},
+                       "positions": list(genotype.positions), "keys": [list(k) for k in genotype.keys],
+                       "macs": item.macs, "proxy_macs": item.proxy_macs, "position_scores": item.position_scores,
+                       "params": int(item.result["params"]), "psnr": round(item.psnr, 4),
+                       "ssim": round(float(item.result["ssim"]), 4), "pareto": bool(front.get(item.run_id, False)),
+                       "attention_backend": item.result.get("attention_backend"),
+                       "retrained_psnr": by_trial.get(item.run_id, {}).get("psnr"),
+                       "artifact_uri": item.artifact_uri})
     return {"experiment": name, "parent_run_id": parent_id, "task": task.label, "budget_macs": int(budget),
             "profile": profile.name, "trials": trials, "retrained": retrained}
 

@@ -25,6 +25,19 @@ TRIAL_PARAMS = ("device", "attention_backend")  # strings a trial reports about 
 TRIAL_RESULT_KEYS = TRIAL_METRICS + TRIAL_PARAMS + ("genotype", "position_scores")
 
 
+def mlflow_client(run):
+    """The MLflow client of the run's tracking URI (a sqlite store's folder is made now, not before)."""
+    import os
+
+    from .settings import create_sqlite_folder
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    create_sqlite_folder(run.tracking_uri)
+    os.environ.update(run.storage.mlflow_environment())  # MLflow's S3 artifacts use the same endpoint
+    import mlflow
+    mlflow.set_tracking_uri(run.tracking_uri)
+    return MlflowClient(run.tracking_uri)
+
+
 def experiment_name(task_name: str) -> str:
     return f"acla-{task_name}"
 
@@ -48,6 +61,22 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str, track
 def start_parent(client: MlflowClient, experiment_id: str, *, run_name: str, tags: dict) -> str:
     run = client.create_run(experiment_id, run_name=run_name, tags={"acla_kind": "search", **tags})
     return run.info.run_id
+
+
+def end_parent(client: MlflowClient, parent_id: str, status: str) -> None:
+    """FINISHED only when everything the run announces exists; FAILED on an error; KILLED on Ctrl-C/SIGTERM."""
+    client.set_terminated(parent_id, status)
+
+
+def reopen_parent(client: MlflowClient, parent_id: str) -> None:
+    client.update_run(parent_id, status="RUNNING")
+
+
+def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
+    """MLflow runs of this search left RUNNING by the dead driver (a retrain, usually) are KILLED."""
+    for run in client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                                                 f"attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def log_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial_id: str, params: dict,
@@ -139,3 +168,58 @@ def log_front(client: MlflowClient, parent_id: str, rows: list[dict], *, budget_
                    budget_macs=budget_macs, title=title, retrained=retrained)
         client.log_artifact(parent_id, str(table_path), "pareto")
         client.log_artifact(parent_id, str(plot_path), "pareto")
+
+
+def log_ablation(client: MlflowClient, experiment_id: str, *, tags: dict, rows: list[dict], runs: list[dict],
+                 folder: str) -> str:
+    """A parent run (every file of `folder` as an artifact) with a child run per variant."""
+    parent = client.create_run(experiment_id, run_name=f"ablate-{tags['task']}", tags={"acla_kind": "ablation", **tags})
+    parent_id = parent.info.run_id
+    for row in rows:
+        child = client.create_run(experiment_id, run_name=f"ablate-{row['name']}",
+                                  tags={"mlflow.parentRunId": parent_id, "acla_kind": "ablation-variant",
+                                        "variant": row["name"]})
+        metrics = [Metric(k, float(row[k]), 0, 0) for k in ("psnr_y", "ssim_y", "psnr_y_spread", "input_psnr_y",
+                                                            "macs", "params", "train_seconds")]
+        metrics += [Metric("psnr_y_seed", float(r["psnr_y"]), 0, r["seed"]) for r in runs if r["name"] == row["name"]]
+        params = [Param("variant", row["name"]), Param("genotype", json.dumps(row["genotype"])[:6000]),
+                  Param("checkpoints", json.dumps(row["checkpoints"])[:6000])]
+        client.log_batch(child.info.run_id, metrics=metrics, params=params)
+        client.set_terminated(child.info.run_id, "FINISHED")
+    for path in sorted(Path(folder).iterdir()):
+        client.log_artifact(parent_id, str(path), "ablation")
+    client.set_terminated(parent_id, "FINISHED")
+    return parent_id
+
+
+MODEL_PIP_REQUIREMENTS = ["torch==2.13.0", "acla-orch"]
+MODEL_CODE = str(Path(__file__).with_name("mlflow_model.py"))  # the registered model's loader: no pickle
+
+
+def log_retrain(client: MlflowClient, experiment_id: str, parent_id: str, *, winner, registered: str, metrics: dict,
+                params: dict, tags: dict, checkpoint_file: str) -> tuple[str, str]:
+    """A retrain run linked to its trial, with its metrics, params and checkpoint, and the model registered as a
+    new version of `registered`; returns (run id, version)."""
+    import mlflow
+    import mlflow.pyfunc
+    run = client.create_run(experiment_id, run_name=f"retrain-{winner.trial}",
+                            tags={"mlflow.parentRunId": parent_id, "acla_kind": "retrain",
+                                  "trial_run_id": winner.run_id, "trial_id": winner.trial, **tags})
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"})
+        mlflow.log_params(params)
+        mlflow.log_artifact(checkpoint_file, "checkpoint")
+        # A model from code: the checkpoint (tensors and JSON, read with weights_only) beside the loader's
+        # source; nothing of the registered model is a pickle.
+        info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={"checkpoint": checkpoint_file},
+                                       registered_model_name=registered, pip_requirements=MODEL_PIP_REQUIREMENTS)
+    return run.info.run_id, info.registered_model_version
+
+
+def finish_retrain(client: MlflowClient, retrain_id: str, winner, *, model_set_uri: str, registered: str, version: str,
+                   alias: str | None, retrained_psnr: float) -> None:
+    """Where the model set landed, the budget's alias (when given) and the trial's retrained score."""
+    client.set_tag(retrain_id, "model_set_uri", model_set_uri)
+    if alias:
+        client.set_registered_model_alias(registered, alias, version)
+    client.set_tag(winner.run_id, "retrained_psnr", f"{retrained_psnr:.4f}")

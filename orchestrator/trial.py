@@ -14,30 +14,15 @@ from pathlib import Path
 
 from search_space.backbone import build_network
 from search_space.cost import count_parameters, genotype_macs
-from search_space.genotype import Genotype
 
 from workers.device import describe_device, training_device
 from workers.latency import measure_latency_ms
+from workers.backbones import parse_backbone
 from workers.profiles import Profile
 from workers.search_run import (SearchConfig, load_search_result, position_scores, run_search,
                                 save_search_result)
 from workers.tasks import TaskSpec
 from workers.train import DataSpec, Report, train
-
-FILL_FLOOR = 0.5  # the outer search's backbones cost at least this share of the budget, bare
-
-
-def unused_budget_warning(task: TaskSpec, profile: Profile, budget_macs: float) -> str | None:
-    """A one-line warning when the profile's widest backbone leaves more than half the budget unused."""
-    from search_space.budget import format_macs
-    feasible, _ = feasible_backbones(task, profile, budget_macs)
-    widest = max((bare_macs(task, *parse_backbone(label), profile.stages) for label in feasible), default=0)
-    if feasible and widest < FILL_FLOOR * budget_macs:
-        return (f"acla-orch: warning: the {profile.name} profile's widest backbone ({feasible[-1]}, "
-                f"{format_macs(widest)}MACs) uses {widest / budget_macs:.0%} of the {format_macs(budget_macs)}MACs "
-                f"budget; the networks found will cost less than it allows")
-    return None
-
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -48,36 +33,6 @@ class TrialSettings:
     attention: str = "acla"
     seed: int = 0
     checkpoint_root: str | None = None  # where a trial keeps its progress, to continue after an interruption
-
-
-def backbone_label(channels: int, blocks: int) -> str:
-    return f"c{channels}-b{blocks}"
-
-
-def parse_backbone(label: str) -> tuple[int, int]:
-    channels, blocks = label.split("-")
-    return int(channels[1:]), int(blocks[1:])
-
-
-def bare_macs(task: TaskSpec, channels: int, blocks: int, stages: int) -> int:
-    return genotype_macs(Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels,
-                                  channels=channels, blocks=blocks, stages=stages))
-
-
-def feasible_backbones(task: TaskSpec, profile: Profile, budget_macs: float) -> tuple[list[str], int]:
-    """The target backbones the outer search may pick, and the smallest bare cost among all widths and depths.
-
-    Every depth of `profile.block_choices` at every width (a multiple of `channel_step` from `min_channels` to
-    `max_channels`) whose bare cost is 50-100% of the budget, so the network a user gets spends the budget they
-    asked for, on width or on attention. Where no width lands in that band (a budget above the profile's
-    widest backbone) the widest one that fits is offered alone.
-    """
-    widths = range(profile.min_channels, profile.max_channels + 1, profile.channel_step)
-    costs = {(c, b): bare_macs(task, c, b, profile.stages) for b in profile.block_choices for c in widths}
-    fitting = [key for key, cost in costs.items() if cost <= budget_macs]
-    banded = [key for key in fitting if costs[key] >= FILL_FLOOR * budget_macs]
-    chosen = banded or ([max(fitting, key=lambda key: costs[key])] if fitting else [])
-    return [backbone_label(c, b) for c, b in sorted(chosen)], min(costs.values())
 
 
 def trial_folder(settings: TrialSettings, params: dict) -> Path | None:

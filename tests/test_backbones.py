@@ -1,7 +1,7 @@
 """The outer search's backbones: they spend the budget (orchestrator/trial.py)."""
 
 def test_backbones_span_half_to_all_of_the_budget_and_warn_when_they_cannot():
-    from orchestrator.trial import bare_macs, feasible_backbones, parse_backbone, unused_budget_warning
+    from workers.backbones import bare_macs, feasible_backbones, parse_backbone, unused_budget_warning
     from workers.profiles import get_profile
     from workers.tasks import task_from_options
     task, quick = task_from_options("car"), get_profile("quick")

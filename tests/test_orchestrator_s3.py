@@ -149,12 +149,12 @@ def test_s3_outage_stops_the_search_and_resume_completes_it(run_dir, monkeypatch
                 "1", "--no-retrain", "--artifact-root", f"s3://{bucket}/run"]
         search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=run_dir,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        state, deadline = SearchState(run_dir), time.time() + 240
-        while time.time() < deadline and search.poll() is None:
+        state, deadline, finished = SearchState(run_dir), time.time() + 240, False
+        while time.time() < deadline and search.poll() is None and not finished:
             searches = state.searches()
-            if searches and [t["state"] for t in state.trials(searches[0]["parent_run_id"])][:1] == ["finished"]:
-                break
+            finished = bool(searches) and [t["state"] for t in state.trials(searches[0]["parent_run_id"])][:1] == ["finished"]
             time.sleep(0.2)
+        assert finished, f"no trial finished within 240 s while the store was up (exit {search.poll()})"
         server.stop()
         stopped = time.time()
         _, stderr = search.communicate(timeout=300)

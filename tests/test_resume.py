@@ -148,7 +148,8 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
 
 def test_same_seed_same_genotype_and_psnr_on_the_cpu():
     """A trial is a function of its config and seed on the CPU (what resume relies on to rebuild the front)."""
-    from orchestrator.trial import TrialSettings, feasible_backbones, run_trial
+    from orchestrator.trial import TrialSettings, run_trial
+    from workers.backbones import feasible_backbones
     from workers.data import embedded_sets
     from workers.profiles import get_profile
     from workers.tasks import task_from_options
@@ -170,7 +171,8 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(tmp_path, monkeypatc
     import dataclasses
 
     import orchestrator.trial as trial_module
-    from orchestrator.trial import TrialSettings, feasible_backbones, run_trial, trial_folder
+    from orchestrator.trial import TrialSettings, run_trial, trial_folder
+    from workers.backbones import feasible_backbones
     from workers.data import embedded_sets
     from workers.profiles import get_profile
     from workers.tasks import task_from_options
@@ -206,6 +208,7 @@ def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatc
     """Each finished retrain is recorded as it ends; a resumed search skips those, retrains the rest, and the
     budget's alias still goes to the best winner only."""
     import orchestrator.winners as winners_module
+    from orchestrator.records import TrialRecord
     from orchestrator.search_job import retrain_each
     state = SearchState(tmp_path)
     state.begin("p", "e", {})
@@ -213,10 +216,10 @@ def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatc
     calls = []
 
     def retrain(*, winners, set_alias, **kwargs):
-        calls.append((winners[0]["run_id"], set_alias))
-        return [{"trial_run_id": winners[0]["run_id"], "psnr": 30.0, "alias": None}]
+        calls.append((winners[0].run_id, set_alias))
+        return [{"trial_run_id": winners[0].run_id, "psnr": 30.0, "alias": None}]
     monkeypatch.setattr(winners_module, "retrain_winners", retrain)
-    winners = [{"run_id": "run-a"}, {"run_id": "run-b"}]
+    winners = [TrialRecord(trial=name, run_id=name, params={}, result={}, artifact_uri="") for name in ("run-a", "run-b")]
     outcomes = retrain_each(None, None, None, "e", "p", None, winners, 1, state)
     assert calls == [("run-b", False)]  # run-a was done before the interruption
     assert [o["trial_run_id"] for o in outcomes] == ["run-a", "run-b"]
@@ -235,6 +238,6 @@ def test_a_second_resume_owes_only_what_is_still_unfinished(tmp_path):
     state.trial_finished("p", "t3", "r3", {"psnr": 29.0}, "file:///b")  # ... and run to its end by the first resume
     state.trial_interrupted("p", "t4")  # cut off by the first crash, and again (t5) by the second
     plan = resume_plan(state, "p")
-    assert plan.done == 2 and [r["run_id"] for r in plan.recorded] == ["r1", "r3"]
+    assert plan.done == 2 and [r.run_id for r in plan.recorded] == ["r1", "r3"]
     assert plan.interrupted == [{"x": 3}]
     assert {t["trial_id"]: t["state"] for t in state.trials("p")}["t5"] == "interrupted"

@@ -119,7 +119,7 @@ def test_registered_model_loads_without_unpickling_and_refuses_a_crafted_pickle(
     import mlflow.pyfunc
     import numpy as np
     import torch
-    from orchestrator.winners import MODEL_CODE
+    from orchestrator.tracking import MODEL_CODE
     from search_space.backbone import build_network
     from search_space.genotype import Genotype
     from workers.checkpoint import save_checkpoint

@@ -1,0 +1,72 @@
+"""What the orchestrator passes between its steps, as typed records instead of dicts:
+
+- `SearchJob`: one `search` or `sweep` as the CLI parsed and checked it (nothing below the CLI reads argparse);
+- `TrialRecord`: one finished trial as the driver recorded it, from Ray Tune, the search state or MLflow.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from search_space.genotype import Genotype
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """What a search asks for. `request` is its flags as given, which `resume` replays (passwords redacted)."""
+    task: object  # workers.tasks.TaskSpec
+    profile: object  # workers.profiles.Profile, with the --search-steps/--search-warmup overrides
+    data: object  # workers.train.DataSpec
+    budgets: tuple[float, ...]
+    attention: str
+    trials: int
+    concurrency: int
+    seed: int
+    retrain_top: int
+    retrain_workers: int
+    retrain: bool
+    json: bool
+    command_line: str
+    request: dict = field(default_factory=dict)
+    resume_parent: str | None = None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial: Tune's trial id, its MLflow run, Optuna's proposal, its result (the metrics and params
+    of tracking.TRIAL_RESULT_KEYS, the genotype as JSON) and where its artifacts are."""
+    trial: str
+    run_id: str
+    params: dict
+    result: dict
+    artifact_uri: str
+
+    @property
+    def genotype(self) -> Genotype:
+        return Genotype.from_json(self.result["genotype"])
+
+    @property
+    def psnr(self) -> float:
+        return float(self.result["psnr"])
+
+    @property
+    def macs(self) -> int:
+        return int(self.result["macs"])
+
+    @property
+    def proxy_macs(self) -> int:
+        return int(self.result.get("proxy_macs", self.result["macs"]))
+
+    @property
+    def position_scores(self) -> list:
+        return json.loads(self.result.get("position_scores", "[]"))
+
+    @classmethod
+    def from_mlflow(cls, run, genotype_json: str) -> "TrialRecord":
+        """A finished trial read back from its MLflow run (what `retrain --run-id` starts from)."""
+        tags = run.data.tags
+        result = {**run.data.metrics, **{k: v for k, v in run.data.params.items() if k in ("device", "attention_backend")},
+                  "genotype": genotype_json}
+        return cls(trial=tags.get("trial_id", run.info.run_id[:8]), run_id=run.info.run_id,
+                   params={k: v for k, v in run.data.params.items() if not k.startswith("genotype.")},
+                   result=result, artifact_uri=run.info.artifact_uri)
