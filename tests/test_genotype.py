@@ -71,7 +71,8 @@ def test_acla_without_adaptive_keys_is_refused_with_a_pointer_to_cla():
 def test_genotype_module_imports_no_torch():
     import subprocess
     import sys
-    code = ("import sys, search_space.genotype, search_space.budget, search_space.cost; "
+    code = ("import sys, search_space.genotype, search_space.budget, search_space.cost, search_space.registry, "
+            "orchestrator.cli, orchestrator.records; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
