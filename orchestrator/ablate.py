@@ -134,8 +134,8 @@ def command_ablate(args: argparse.Namespace) -> int:
         except AblationError as err:
             raise UsageError(str(err)) from None
     client = mlflow_client(run)
-    experiment_id = ensure_experiment(client, experiment_name(task.name), run.artifact_root, run.tracking_uri)
-    prefix = f"ablations/{experiment_name(task.name)}/{uuid.uuid4().hex[:12]}"
+    experiment_id = ensure_experiment(client, experiment_name(task.label), run.artifact_root, run.tracking_uri)
+    prefix = f"ablations/{experiment_name(task.label)}/{uuid.uuid4().hex[:12]}"
     with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
         runs = run_variants(variants, task=task, data=dataclasses.replace(data, valid=eval_set), profile=profile,
                             steps=steps, seeds=seeds, storage=run.storage, prefix=prefix)

@@ -38,9 +38,10 @@ def budget_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_task_args(parser: argparse.ArgumentParser) -> None:
+def add_task_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--task and each task's option flag, from the task table (search_space/registry.py)."""
-    parser.add_argument("--task", required=True, choices=TASK_NAMES, help="restoration task")
+    parser.add_argument("--task", required=required, choices=TASK_NAMES,
+                        help="restoration task" + ("" if required else " (only this task variant's searches)"))
     for task in TASKS.values():
         if task.option is not None:
             option = task.option
@@ -157,7 +158,7 @@ def add_orchestrator_verbs(verbs) -> None:
     sweep.set_defaults(handler="cli:command_search")
 
     pareto = verbs.add_parser("pareto", help="the current Pareto front of a task, from MLflow")
-    pareto.add_argument("--task", required=True, choices=TASK_NAMES)
+    add_task_args(pareto)  # the front of one task variant: --task car --quality 40
     pareto.add_argument("--plot", help="write the front as a PNG")
     pareto.add_argument("--source", choices=("table", "mlflow"), default="table",
                         help="read the Parquet trial table in the artifact store (default) or query MLflow")
@@ -171,7 +172,7 @@ def add_orchestrator_verbs(verbs) -> None:
     retrain.add_argument("--seed", type=seed_arg, default=0)
     retrain.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
     retrain.add_argument("--set-alias", action="store_true",
-                         help="point the budget's alias (models:/acla-TASK@budget-...) at the retrained model")
+                         help="point the budget's alias (models:/acla-TASK-VARIANT@budget-...) at the retrained model")
     add_platform_args(retrain)
     retrain.set_defaults(handler="commands:command_retrain")
 
@@ -186,6 +187,7 @@ def add_orchestrator_verbs(verbs) -> None:
     resume.set_defaults(handler="resume:command_resume")
 
     status = verbs.add_parser("status", help="the searches of this run directory and their state")
+    add_task_args(status, required=False)
     add_platform_args(status)
     status.set_defaults(handler="commands:command_status")
 

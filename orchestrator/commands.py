@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cli import settings_from_args
 from .errors import UsageError
-from .local_commands import data_from_args, profile_from_args, user_errors
+from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
 from .records import TrialRecord
 from .tracking import mlflow_client
 
@@ -27,9 +27,10 @@ def command_pareto(args: argparse.Namespace) -> int:
     if args.source == "table":
         return pareto_from_table(args, store)
     client = mlflow_client(run)
-    experiment = client.get_experiment_by_name(experiment_name(args.task))
+    name = experiment_name(task_spec_from_args(args).label)
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise UsageError(f"no experiment {experiment_name(args.task)} at {run.tracking_uri}; run a search first")
+        raise UsageError(f"no experiment {name} at {run.tracking_uri}; run a search first")
     rows = update_front(client, experiment.experiment_id)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["macs"])
     if args.plot:
@@ -46,7 +47,7 @@ def pareto_from_table(args, store) -> int:
 
     from .pareto import pareto_front, plot_front
     from .tracking import experiment_name
-    name = experiment_name(args.task)
+    name = experiment_name(task_spec_from_args(args).label)
     try:
         rows = read_trials(store, name).to_pylist()
     except StorageError as err:
@@ -73,12 +74,16 @@ def print_front(name: str, front: list[dict], as_json: bool) -> None:
 def command_status(args: argparse.Namespace) -> int:
     """The searches of this run directory: MLflow's status, or `INTERRUPTED` where the search state shows the
     driver gone while the run is still marked RUNNING, with the command that resumes it."""
+    from search_space.budget import short_budget
+
     from .state import SearchState
+    from .tracking import experiment_name
+    variant = experiment_name(task_spec_from_args(args).label) if args.task else None
     run, _ = settings_from_args(args, read_only=True)
     client = mlflow_client(run)
     states = {s["parent_run_id"]: s["status"] for s in SearchState(run.run_dir).searches()}
     rows = []
-    for experiment in client.search_experiments(filter_string="name LIKE 'acla-%'"):
+    for experiment in client.search_experiments(filter_string=f"name = '{variant}'" if variant else "name LIKE 'acla-%'"):
         for parent in client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'"):
             run_id, status = parent.info.run_id, parent.info.status
             if status == "RUNNING" and states.get(run_id) == "interrupted":
@@ -92,8 +97,9 @@ def command_status(args: argparse.Namespace) -> int:
     else:
         print(f"run directory {run.run_dir}, tracking {run.tracking_uri}")
         for r in rows:
-            print(f"{r['run_id'][:8]}  {r['status']:<11} {r['experiment']:<14} {r['task']:<16} budget "
-                  f"{r['budget_macs']} ({r['profile']})" + (f"  -> {r['resume']}" if r["resume"] else ""))
+            budget = short_budget(float(r["budget_macs"])) if r["budget_macs"] else "?"
+            print(f"{r['run_id'][:8]}  {r['status']:<11} {r['experiment']:<18} budget {budget} ({r['profile']})"
+                  + (f"  -> {r['resume']}" if r["resume"] else ""))
     return 0
 
 

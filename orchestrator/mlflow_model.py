@@ -1,6 +1,6 @@
 """The registered model's code, logged as an MLflow "model from code": loading it unpickles nothing.
 
-MLflow logs this file beside the checkpoint. `mlflow.pyfunc.load_model("models:/acla-car@budget-50G")` runs it,
+MLflow logs this file beside the checkpoint. `mlflow.pyfunc.load_model("models:/acla-car-q10@budget-50G")` runs it,
 and it reads the checkpoint with `torch.load(weights_only=True)` (workers/checkpoint.py): plain tensors and the
 genotype JSON, so a tampered file that holds code is refused instead of run (tests/test_security.py).
 

@@ -99,7 +99,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], *, run, 
     settings = trial_settings(job, budget, run)
     request = SearchRequest(settings=settings, run=run, trials=job.trials, concurrency=job.concurrency,
                             command_line=job.command_line, backbones=backbones)
-    name = experiment_name(task.name)
+    name = experiment_name(task.label)
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)
     if job.resume_parent:

@@ -38,8 +38,10 @@ def mlflow_client(run):
     return MlflowClient(run.tracking_uri)
 
 
-def experiment_name(task_name: str) -> str:
-    return f"acla-{task_name}"
+def experiment_name(task_label: str) -> str:
+    """One experiment (and one registered model) per task variant: `acla-car-q10`, `acla-sr-x4`. Car q10 and q40,
+    or SR x2 and x4, are different problems with their own fronts."""
+    return f"acla-{task_label}"
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: str, tracking_uri: str) -> str:

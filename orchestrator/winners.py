@@ -20,7 +20,8 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
     from .tracking import finish_retrain, log_retrain
 
     settings = request_settings
-    registered = f"acla-{settings.task.name}"
+    from .tracking import experiment_name
+    registered = experiment_name(settings.task.label)  # the model is registered per task variant
     alias = budget_label(settings.budget_macs)
     outcomes = []
     for rank, winner in enumerate(winners):

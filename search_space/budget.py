@@ -25,6 +25,14 @@ def parse_budget(text: str) -> float:
     return value
 
 
+def short_budget(macs: float) -> str:
+    """A budget as a user writes it: 50G, 1.5G, 800M (no trailing zeros)."""
+    for unit, factor in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(macs) >= factor:
+            return f"{macs / factor:.4g}{unit}"
+    return f"{macs:.0f}"
+
+
 def format_macs(macs: float) -> str:
     """Human-readable MACs, e.g. 49.87G."""
     for unit, factor in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):

@@ -43,7 +43,7 @@ def check_search(summary, tracking_uri):
     from workers.checkpoint import model_from_checkpoint
 
     client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("acla-car")
+    experiment = client.get_experiment_by_name("acla-car-q10")
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert {"budget_macs", "task", "profile", "git_commit", "command_line"} <= set(parent.data.tags)
@@ -75,7 +75,7 @@ def check_search(summary, tracking_uri):
     model, genotype, task, payload = model_from_checkpoint(checkpoint)
     assert task.name == "car" and payload["profile"] == "smoke"
     assert 0.5 * BUDGET <= genotype_macs(genotype) <= BUDGET  # the registered model spends its budget
-    version = client.get_model_version_by_alias("acla-car", "budget-2G")
+    version = client.get_model_version_by_alias("acla-car-q10", "budget-2G")
     assert version.run_id == retrain[0].info.run_id
     return client
 
@@ -99,7 +99,7 @@ def test_search_end_to_end_sqlite(run_dir):
         assert all(s["score"] > s["stderr"] for s in trial["position_scores"] if s["position"] in trial["positions"])
         # the outer search offers backbones that spend the budget: 50-100% of it, bare
         assert 0.5 * BUDGET <= trial["macs"] <= BUDGET
-    assert summary["retrained"][0]["alias"] == "models:/acla-car@budget-2G"
+    assert summary["retrained"][0]["alias"] == "models:/acla-car-q10@budget-2G"
     check_search(summary, f"sqlite:///{run_dir}/mlflow.db")
     # pareto and status read the same store
     front = json.loads(acla("pareto", "--task", "car", "--json", home=run_dir).stdout)["front"]
@@ -189,7 +189,7 @@ def test_ctrl_c_and_sigterm_cancel_the_search(run_dir, signum, status, word):
     assert search.returncode == status, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == f"acla-orch: {word}" and "Traceback" not in stderr
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
-    experiment = client.get_experiment_by_name("acla-car")
+    experiment = client.get_experiment_by_name("acla-car-q10")
     parents = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert not client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'retrain'")

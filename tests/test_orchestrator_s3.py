@@ -52,7 +52,7 @@ def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
     summary = json.loads(out.stdout)
     keys, sets = manifests(s3_env, bucket)
     assert any(k.startswith("team/ray-train/") and k.endswith("/model.pt") for k in keys)  # Ray Train checkpoints
-    assert any(k.startswith("team/mlflow/acla-car/") and "/model" in k for k in keys)  # MLflow's logged model
+    assert any(k.startswith("team/mlflow/acla-car-q10/") and "/model" in k for k in keys)  # MLflow's logged model
     kinds = {s.split("/")[1] for s in sets}
     assert {"ray-train", "models", "genotypes", "tables"} <= kinds
     store = open_store(StorageConfig(root))
@@ -60,14 +60,14 @@ def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
         verify_artifact_set(store, prefix[len("team/"):])
     retrained = summary["retrained"][0]
     assert retrained["checkpoint_uri"].startswith(f"{root}/ray-train/")
-    assert retrained["model_set_uri"].startswith(f"{root}/models/acla-car/")
+    assert retrained["model_set_uri"].startswith(f"{root}/models/acla-car-q10/")
     # the front straight from Parquet, without MLflow, equals MLflow's
     table = json.loads(acla("pareto", "--task", "car", "--json", "--artifact-root", root, home=run_dir).stdout)
     from_mlflow = json.loads(acla("pareto", "--task", "car", "--json", "--source", "mlflow", "--artifact-root", root,
                                   home=run_dir).stdout)
     assert {r["run_id"] for r in table["front"]} == {r["run_id"] for r in from_mlflow["front"]}
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
-    assert_no_secret(client, "acla-car", out.stderr)
+    assert_no_secret(client, "acla-car-q10", out.stderr)
     # nowhere under the run directory either, Ray's logs included (the short Ray folder is linked from there)
     leaks = [str(path) for path in Path(run_dir).rglob("*") if path.is_file() and not path.is_symlink()
              and SECRET_KEY.encode() in path.read_bytes()]
@@ -111,7 +111,7 @@ def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_
     assert out.returncode == 0, out.stderr[-3000:]
     keys, _ = manifests(s3_env, bucket)
     assert any(k.startswith("mlflow/") and k.endswith("genotype.json") for k in keys)  # proxied by the server
-    assert_no_secret(MlflowClient(uri), "acla-car", out.stderr)
+    assert_no_secret(MlflowClient(uri), "acla-car-q10", out.stderr)
 
 
 def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):
@@ -165,7 +165,7 @@ def test_s3_outage_stops_the_search_and_resume_completes_it(run_dir, monkeypatch
         assert last.startswith("acla-orch: error: the artifact store failed during the run") and "Traceback" not in stderr
         assert took < 30, f"the search went on for {took:.0f} s after the store stopped"
         client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
-        experiment_id = client.get_experiment_by_name("acla-car").experiment_id
+        experiment_id = client.get_experiment_by_name("acla-car-q10").experiment_id
         assert [p.info.status for p in client.search_runs([experiment_id], filter_string="tags.acla_kind = 'search'")] \
             == ["FAILED"]
         assert not [r for r in client.search_runs([experiment_id]) if r.info.status == "RUNNING"]

@@ -13,7 +13,7 @@ def test_sweep_then_retrain_one_trial(run_dir):
     assert [s["budget_macs"] for s in searches] == [1_500_000_000, 2_000_000_000]
     assert all(t["macs"] <= s["budget_macs"] for s in searches for t in s["trials"])
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
-    experiment = client.get_experiment_by_name("acla-car")
+    experiment = client.get_experiment_by_name("acla-car-q10")
     trials = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
     assert len(trials) == 2 and all(r.data.tags["pareto"] in ("true", "false") for r in trials)  # one front over both
     trial_id = searches[0]["trials"][0]["run_id"]
@@ -21,17 +21,17 @@ def test_sweep_then_retrain_one_trial(run_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     retrained = json.loads(out.stdout)
     assert retrained["trial_run_id"] == trial_id and retrained["alias"] is None  # registered, alias untouched
-    assert client.get_registered_model("acla-car").aliases == {}
+    assert client.get_registered_model("acla-car-q10").aliases == {}
     out = acla("retrain", "--run-id", trial_id, "--json", "--retrain-workers", "1", "--set-alias", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     retrained = json.loads(out.stdout)
-    assert retrained["trial_run_id"] == trial_id and retrained["alias"] == "models:/acla-car@budget-1500M"
-    assert client.get_model_version_by_alias("acla-car", "budget-1500M").run_id == retrained["run_id"]
+    assert retrained["trial_run_id"] == trial_id and retrained["alias"] == "models:/acla-car-q10@budget-1500M"
+    assert client.get_model_version_by_alias("acla-car-q10", "budget-1500M").run_id == retrained["run_id"]
     # the registered model loads through its own code, unpickling nothing, and restores an image
     import mlflow.pyfunc
     import numpy as np
     mlflow.set_tracking_uri(f"sqlite:///{run_dir}/mlflow.db")
-    loaded = mlflow.pyfunc.load_model("models:/acla-car@budget-1500M")
+    loaded = mlflow.pyfunc.load_model("models:/acla-car-q10@budget-1500M")
     restored = loaded.predict(np.full((1, 3, 16, 16), 0.5, dtype=np.float32))
     assert restored.shape == (1, 3, 16, 16) and np.isfinite(restored).all()
     assert loaded.unwrap_python_model().genotype.task == "car"
@@ -42,3 +42,28 @@ def test_sweep_then_retrain_one_trial(run_dir):
     client.set_tag(other, "trial_id", "/../../../../tmp/acla-escape")
     out = acla("retrain", "--run-id", other, home=run_dir)
     assert out.returncode == 2 and "not a plain name" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+    # A second task variant in the same run directory is its own problem: its own experiment, front, table,
+    # registered model and aliases; the q10 trials' front tags and alias are left as they were.
+    q10_tags = {r.info.run_id: r.data.tags["pareto"] for r in trials}
+    out = acla("search", "--budget", "2G", "--task", "car", "--quality", "40", "--profile", "smoke", "--trials", "1",
+               "--no-retrain", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    q40 = json.loads(out.stdout)
+    assert q40["experiment"] == "acla-car-q40" and q40["task"] == "car-q40"
+    q40_experiment = client.get_experiment_by_name("acla-car-q40")
+    assert [r.info.run_id for r in client.search_runs([q40_experiment.experiment_id], "tags.acla_kind = 'trial'")] \
+        == [q40["trials"][0]["run_id"]]
+    assert {r.info.run_id: r.data.tags["pareto"] for r in client.search_runs(
+        [experiment.experiment_id], "tags.acla_kind = 'trial'")} == q10_tags
+    assert client.get_model_version_by_alias("acla-car-q10", "budget-1500M").run_id == retrained["run_id"]
+    for source in ("mlflow", "table"):
+        out = acla("pareto", "--task", "car", "--quality", "40", "--source", source, "--json", home=run_dir)
+        assert out.returncode == 0, out.stderr[-3000:]
+        front = json.loads(out.stdout)
+        assert front["experiment"] == "acla-car-q40" and [r["run_id"] for r in front["front"]] == [q40["trials"][0]["run_id"]]
+    out = acla("status", "--task", "car", "--quality", "10", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {s["experiment"] for s in json.loads(out.stdout)["searches"]} == {"acla-car-q10"}
+    out = acla("status", home=run_dir)
+    assert "acla-car-q40" in out.stdout and "budget 2G" in out.stdout and "budget 1.5G" in out.stdout

@@ -126,7 +126,7 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
     assert trial_set(resumed) == trial_set(uninterrupted)
     # exactly one MLflow trial run per trial, none left RUNNING, the parent FINISHED
     client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
-    experiment = client.get_experiment_by_name("acla-car")
+    experiment = client.get_experiment_by_name("acla-car-q10")
     runs = client.search_runs([experiment.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
@@ -212,7 +212,7 @@ def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatc
     from orchestrator.search_job import retrain_each
     state = SearchState(tmp_path)
     state.begin("p", "e", {})
-    state.retrain_finished("p", "run-a", {"trial_run_id": "run-a", "psnr": 31.0, "alias": "models:/acla-car@b"})
+    state.retrain_finished("p", "run-a", {"trial_run_id": "run-a", "psnr": 31.0, "alias": "models:/acla-car-q10@b"})
     calls = []
 
     def retrain(*, winners, set_alias, **kwargs):
