@@ -222,13 +222,33 @@ def add_local_verbs(verbs) -> None:
     cost.add_argument("--json", action="store_true", help="print JSON")
     cost.set_defaults(handler="local_commands:command_cost")
 
-    evaluate_verb = verbs.add_parser("evaluate", help="PSNR/SSIM of a checkpoint on a standard test set")
-    evaluate_verb.add_argument("checkpoint", help="a checkpoint written by train or search")
-    evaluate_verb.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES, help="standard test set")
+    def add_model_args(parser) -> None:
+        parser.add_argument("--model", required=True, help="a checkpoint path, a file:// or s3:// URI, an MLflow run "
+                                                            "id, or models:/NAME@ALIAS (e.g. models:/acla-car-q10@budget-50G)")
+        add_task_args(parser, required=False)  # refuse a model made for another task variant
+        parser.add_argument("--tile", type=non_negative_int, default=512,
+                            help="input pixels per tile side (default 512; 0: the whole image at once)")
+        parser.add_argument("--tracking-uri", help="MLflow tracking URI for run ids and models:/ references")
+        parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// models")
+        parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    restore = verbs.add_parser("restore", help="restore degraded images with a trained model (any size, tiled)",
+                               description="Takes each image as the task degrades it (a JPEG for car, a noisy image "
+                                           "for denoise, an LR image for sr, a mosaic for demosaic) and writes the "
+                                           "restored PNG under OUT_DIR with the input's name.")
+    restore.add_argument("inputs", nargs="+", metavar="IN", help="degraded images")
+    restore.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the restored PNGs")
+    add_model_args(restore)
+    restore.set_defaults(handler="model_commands:command_restore")
+
+    evaluate_verb = verbs.add_parser("evaluate", help="PSNR/SSIM of a model on a standard test set or any folder")
+    which_images = evaluate_verb.add_mutually_exclusive_group(required=True)
+    which_images.add_argument("--benchmark", choices=BENCHMARK_NAMES, help="standard test set")
+    which_images.add_argument("--data", help="any folder of clean images")
     evaluate_verb.add_argument("--datasets", default="../shared/datasets", help="folder holding the test sets")
     evaluate_verb.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
-    evaluate_verb.add_argument("--json", action="store_true")
-    evaluate_verb.set_defaults(handler="local_commands:command_evaluate")
+    add_model_args(evaluate_verb)
+    evaluate_verb.set_defaults(handler="model_commands:command_evaluate")
 
     degrade = verbs.add_parser("degrade", help="make the network input of a task from a clean image")
     add_task_args(degrade)
@@ -255,7 +275,13 @@ def add_local_verbs(verbs) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
     parser = OneLineParser(prog="acla-orch", description="Neural-architecture search for image restoration with ACLA.")
+    try:
+        installed = version("acla-orch")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        installed = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"acla-orch {installed}")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=OneLineParser)
     add_local_verbs(verbs)
     add_orchestrator_verbs(verbs)

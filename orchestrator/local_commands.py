@@ -1,4 +1,4 @@
-"""CLI verbs that run on this machine without Ray: degrade, compare, train and evaluate.
+"""CLI verbs that run on this machine without Ray: cost, degrade, compare and train.
 
 Each handler turns flags into the core's dataclasses once, and turns the core's input errors
 (ValueError subclasses that name the file or value) into UsageError: one line, exit status 2.
@@ -203,19 +203,4 @@ def command_train(args: argparse.Namespace) -> int:
                        checkpoint_every=max(1, steps // 10))
     print(json.dumps({"checkpoint": str(output), "steps": result.steps,
                       "metrics": {k: round(v, 4) for k, v in result.metrics.items()}}))
-    return 0
-
-
-def command_evaluate(args: argparse.Namespace) -> int:
-    """A checkpoint on a standard test set, with its task's conventions, beside the classical baseline."""
-    from workers.checkpoint import model_from_checkpoint
-    from workers.data import benchmark_set
-    from workers.train import evaluate
-    with user_errors():
-        model, genotype, task, _ = model_from_checkpoint(args.checkpoint)
-        image_set = benchmark_set(args.datasets, args.benchmark)
-        metrics = evaluate(model, task, image_set, seed=args.seed)
-    result = {"checkpoint": args.checkpoint, "task": task.label, "benchmark": args.benchmark,
-              **{k: round(v, 4) for k, v in metrics.items()}}
-    print(json.dumps(result) if args.json else "\n".join(f"{k:>15}: {v}" for k, v in result.items()))
     return 0

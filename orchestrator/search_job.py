@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import textwrap
 
 from .errors import UsageError
 from .records import SearchJob, TrialRecord
@@ -181,21 +182,27 @@ def summarise(name, parent_id, budget, task, profile, recorded: list[TrialRecord
             "profile": profile.name, "trials": trials, "retrained": retrained}
 
 
-def print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from search_space.budget import format_macs
-    table = Table(title=f"{summary['experiment']} search {summary['parent_run_id'][:8]}: "
-                        f"{summary['task']} within {format_macs(summary['budget_macs'])}MACs")
-    for column in ("trial", "backbone", "positions", "keys", "MACs (proxy)", "PSNR (proxy)", "front", "retrained PSNR",
-                   "artifacts"):
-        table.add_column(column)
+def summary_lines(summary: dict) -> list[str]:
+    """The search in an 80-column terminal: two lines per trial, nothing cut. The run ids are MLflow's, which
+    `retrain --run-id` takes; the full genotypes and URIs are in `--json`."""
+    from search_space.budget import short_budget
+    lines = [f"{summary['experiment']}: search {summary['parent_run_id']}",
+             f"{summary['task']} within {short_budget(summary['budget_macs'])}MACs, {summary['profile']} profile; "
+             f"* = on the front",
+             f"{'MLflow run id (retrain --run-id)':<34}{'net':>7}{'GMACs':>7}{'PSNR':>7}{'':2}{'retrained':>10}"]
     for t in summary["trials"]:
         b = t["backbone"]
-        table.add_row(t["trial"], f"{b['channels']}ch x {b['blocks']}", str(t["positions"]), str(t["keys"]),
-                      f"{format_macs(t['macs'])} ({format_macs(t['proxy_macs'])})", f"{t['psnr']:.2f}",
-                      "*" if t["pareto"] else "",
-                      "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.2f}", t["artifact_uri"])
-    Console(width=None if sys.stdout.isatty() else 200).print(table)  # a pipe gets whole URIs, not 80 columns
+        retrained = "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.2f}"
+        lines.append(f"{t['run_id']:<34}{b['channels']:>4}x{b['blocks']:<2}{t['macs'] / 1e9:>7.2f}{t['psnr']:>7.2f}"
+                     f"{'*' if t['pareto'] else '':>2}{retrained:>10}".rstrip())
+        keys = ", ".join("+".join(map(str, k)) for k in t["keys"])
+        where = (f"ACLA after blocks {', '.join(map(str, t['positions']))} (keys per reference layer: {keys})"
+                 if t["positions"] else "plain backbone (no attention module fits or pays)")
+        lines += textwrap.wrap(where, 78, initial_indent="  ", subsequent_indent="    ")
+    for r in summary["retrained"]:
+        lines += [f"retrained -> {r.get('alias') or r.get('model_uri')}", f"  MLflow run {r['run_id']}"]
+    return lines
 
 
+def print_summary(summary: dict) -> None:
+    print("\n".join(summary_lines(summary)))

@@ -225,3 +225,10 @@ def finish_retrain(client: MlflowClient, retrain_id: str, winner, *, model_set_u
     if alias:
         client.set_registered_model_alias(registered, alias, version)
     client.set_tag(winner.run_id, "retrained_psnr", f"{retrained_psnr:.4f}")
+
+
+def log_evaluation(tracking_uri: str, run_id: str, image_set: str, mean: dict) -> None:
+    """`evaluate`'s means on the model's own run, one metric per score: `eval_<set>_psnr_y`, ..."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in image_set)
+    client = MlflowClient(tracking_uri)
+    client.log_batch(run_id, metrics=[Metric(f"eval_{safe}_{key}", float(value), 0, 0) for key, value in mean.items()])

@@ -34,7 +34,7 @@ class Task:
     name: str
     option: TaskOption | None
     degrade: str  # "module:function(spec, target, rng) -> network input"
-    baseline: str  # "module:function(spec, degraded) -> classical output"
+    baseline: str | None  # "module:function(spec, degraded) -> classical output"; None: the input is the baseline
     headline_metric: str  # what papers report: psnr_y or psnr_rgb
     border_is_scale: bool  # metrics shave `scale` pixels per side (sr), else none
     reference_size: tuple[int, int]  # (height, width) at which MACs are quoted: the output for sr, else the input
@@ -48,10 +48,10 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          border_is_scale=True, reference_size=(720, 1280), upscales=True),
     Task("denoise", TaskOption("sigma", (15.0, 25.0, 50.0), 25.0, "denoise noise level on 0-255 (default 25)",
                                "sigma{:g}"),
-         degrade="workers.tasks:add_gaussian_noise", baseline="workers.tasks:identity_baseline",
+         degrade="workers.tasks:add_gaussian_noise", baseline=None,
          headline_metric="psnr_rgb", border_is_scale=False, reference_size=(256, 256), upscales=False),
     Task("car", TaskOption("quality", (10, 20, 30, 40), 10, "JPEG quality for car (default 10)", "q{}"),
-         degrade="workers.tasks:jpeg_degrade", baseline="workers.tasks:identity_baseline", headline_metric="psnr_y",
+         degrade="workers.tasks:jpeg_degrade", baseline=None, headline_metric="psnr_y",
          border_is_scale=False, reference_size=(256, 256), upscales=False, gray=True),
     Task("demosaic", None, degrade="workers.tasks:bayer_degrade", baseline="workers.tasks:bilinear_baseline",
          headline_metric="psnr_rgb", border_is_scale=False, reference_size=(256, 256), upscales=False),

@@ -78,6 +78,26 @@ def checkpoint_garbage(work):
 def nothing(work):
     pass
 
+def car_model(*images):
+    """A checkpoint of an untrained car q10 network (cheap: built, never trained) and the named images:
+    'in.png' a 48x48 photo, 'tiny.png' 4x4, 'big.png' a 40000x40000 header, 'photos/' an empty folder."""
+    def setup(work):
+        from search_space.backbone import build_network
+        from search_space.genotype import Genotype
+        from workers.checkpoint import save_checkpoint
+        from workers.tasks import task_from_options
+        genotype = Genotype.from_dict(GENOTYPE)
+        save_checkpoint(work / "model.pt", model=build_network(genotype), genotype=genotype,
+                        task=task_from_options("car"), profile="smoke", step=0)
+        for name in images:
+            if name == "photos/":
+                (work / "photos").mkdir()
+            elif name == "big.png":
+                png_header(work / name, 40000, 40000)
+            else:
+                photo(work / name, (4, 4) if name == "tiny.png" else (48, 48))
+    return setup
+
 S = ["search", "--task", "car", "--profile", "smoke"]
 CASES = [
     ("no verb", [], nothing, "required: verb (see 'acla-orch --help')"),
@@ -132,8 +152,19 @@ CASES = [
     ("train steps 0", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--steps", "0"], genotype(), "steps"),
     ("train steps -5", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--steps", "-5"], genotype(), "steps"),
     ("train resume garbage", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--resume", "ckpt.pt"], checkpoint_garbage, "ckpt.pt"),
-    ("evaluate missing ckpt", ["evaluate", "nope.pt", "--benchmark", "Set5"], nothing, "nope.pt"),
-    ("evaluate unknown benchmark", ["evaluate", "ckpt.pt", "--benchmark", "Set7"], checkpoint_garbage, "Set7"),
+    ("evaluate missing ckpt", ["evaluate", "--model", "nope.pt", "--benchmark", "Set5"], nothing, "unknown model reference 'nope.pt'"),
+    ("evaluate garbage ckpt", ["evaluate", "--model", "ckpt.pt", "--benchmark", "Set5"], checkpoint_garbage, "ckpt.pt"),
+    ("evaluate unknown benchmark", ["evaluate", "--model", "ckpt.pt", "--benchmark", "Set7"], checkpoint_garbage, "Set7"),
+    ("evaluate empty data folder", ["evaluate", "--model", "model.pt", "--data", "photos"], car_model("photos/"), "no images found"),
+    ("restore unknown model", ["restore", "--model", "nope.pt", "in.png", "-o", "."], car_model("in.png"), "unknown model reference"),
+    ("restore unknown registry model", ["restore", "--model", "models:/acla-car-q10@budget-50G", "in.png", "-o", "."], car_model("in.png"), "no MLflow store"),
+    ("restore malformed reference", ["restore", "--model", "models:/a/b/c", "in.png", "-o", "."], car_model("in.png"), "unknown model reference"),
+    ("restore model for another task", ["restore", "--model", "model.pt", "--task", "sr", "in.png", "-o", "."], car_model("in.png"), "trained for car-q10, not sr-x2"),
+    ("restore model for another quality", ["restore", "--model", "model.pt", "--task", "car", "--quality", "40", "in.png", "-o", "."], car_model("in.png"), "not car-q40"),
+    ("restore output folder missing", ["restore", "--model", "model.pt", "in.png", "-o", "no/such"], car_model("in.png"), "does not exist"),
+    ("restore image over the pixel limit", ["restore", "--model", "model.pt", "big.png", "-o", "."], car_model("big.png"), "ACLA_MAX_PIXELS"),
+    ("restore image too small", ["restore", "--model", "model.pt", "in.png", "tiny.png", "-o", "."], car_model("in.png", "tiny.png"), "at least 8x8"),
+    ("restore missing input", ["restore", "--model", "model.pt", "in.png", "gone.png", "-o", "."], car_model("in.png"), "gone.png"),
     ("retrain without a store", ["retrain", "--run-id", "0123456789abcdef0123456789abcdef"], nothing, "no MLflow store"),
     ("retrain run id injection", ["retrain", "--run-id", "x' or '1'='1"], nothing, "not an MLflow run id"),
     ("resume run id not hex", ["resume", "../../etc"], nothing, "not an MLflow run id"),

@@ -122,10 +122,35 @@ def test_evaluate_checkpoint_on_benchmark(tmp_path):
     out = run("train", "--task", "car", "--gray", "--genotype", "g.json", "--profile", "smoke", "--output", "m.pt",
               cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    out = run("evaluate", "m.pt", "--benchmark", "classic5", "--datasets", DATASETS, "--json", cwd=tmp_path)
+    out = run("evaluate", "--model", "m.pt", "--benchmark", "classic5", "--datasets", DATASETS, "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["images"] == 5 and result["task"] == "car-q10-gray"
-    assert result["psnr_y"] == result["psnr_rgb"] and 20 < result["input_psnr_y"] < 35  # gray: Y is the image
-    out = run("evaluate", "m.pt", "--benchmark", "Set7", "--datasets", DATASETS, cwd=tmp_path)
+    assert result["count"] == 5 and result["images"] == "classic5" and result["task"] == "car-q10-gray"
+    mean = result["mean"]
+    assert mean["psnr_y"] == mean["psnr_rgb"] and 20 < mean["input_psnr_y"] < 35  # gray: Y is the image
+    assert len(result["per_image"]) == 5 and "baseline_psnr_y" not in mean  # car's classical baseline is the input
+    out = run("evaluate", "--model", "m.pt", "--benchmark", "Set7", "--datasets", DATASETS, cwd=tmp_path)
     assert out.returncode == 2 and "Set7" in out.stderr
+
+
+def test_the_search_summary_fits_80_columns_with_full_run_ids_and_positions():
+    from orchestrator.search_job import summary_lines
+    run_ids = [f"{i:x}" * 32 for i in range(1, 4)]
+    trials = [{"run_id": run_ids[0], "backbone": {"channels": 256, "blocks": 16}, "macs": 1234.5e9, "psnr": 31.234,
+               "pareto": True, "retrained_psnr": 31.5, "positions": list(range(16)),
+               "keys": [[9] * (1 + i // 4) for i in range(16)]},
+              {"run_id": run_ids[1], "backbone": {"channels": 56, "blocks": 8}, "macs": 32.1e9, "psnr": 29.9,
+               "pareto": False, "retrained_psnr": None, "positions": [], "keys": []}]
+    summary = {"experiment": "acla-denoise-sigma25-gray", "parent_run_id": run_ids[2], "task": "denoise-sigma25",
+               "budget_macs": 50e9, "profile": "quick", "trials": trials,
+               "retrained": [{"alias": "models:/acla-denoise-sigma25@budget-50G", "run_id": run_ids[2]}]}
+    lines = summary_lines(summary)
+    assert max(len(line) for line in lines) <= 80
+    text = "\n".join(lines)
+    assert all(run_id in text for run_id in run_ids) and "50GMACs" in text
+    assert "after blocks " + ", ".join(map(str, range(16))) in " ".join(text.split())  # wrapped, never cut
+
+
+def test_version(tmp_path):
+    out = run("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("acla-orch ")

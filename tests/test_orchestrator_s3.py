@@ -61,6 +61,14 @@ def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
     retrained = summary["retrained"][0]
     assert retrained["checkpoint_uri"].startswith(f"{root}/ray-train/")
     assert retrained["model_set_uri"].startswith(f"{root}/models/acla-car-q10/")
+    # the model set restores an image straight from the bucket
+    from tests.test_restore import photo
+    photo(Path(run_dir) / "in.png", (24, 24), 0)
+    out = acla("restore", "--model", retrained["model_set_uri"], "in.png", "-o", ".", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout)["outputs"][0]["output_size"] == [24, 24]
+    out = acla("restore", "--model", f"{retrained['model_set_uri']}/missing", "in.png", "-o", ".", home=run_dir)
+    assert out.returncode == 2 and "unknown model reference" in out.stderr
     # the front straight from Parquet, without MLflow, equals MLflow's
     table = json.loads(acla("pareto", "--task", "car", "--json", "--artifact-root", root, home=run_dir).stdout)
     from_mlflow = json.loads(acla("pareto", "--task", "car", "--json", "--source", "mlflow", "--artifact-root", root,

@@ -35,6 +35,24 @@ def test_sweep_then_retrain_one_trial(run_dir):
     restored = loaded.predict(np.full((1, 3, 16, 16), 0.5, dtype=np.float32))
     assert restored.shape == (1, 3, 16, 16) and np.isfinite(restored).all()
     assert loaded.unwrap_python_model().genotype.task == "car"
+    # the registered model restores and evaluates by its alias and by its run id; evaluate logs to that run
+    from pathlib import Path
+
+    from tests.test_restore import photo
+    (Path(run_dir) / "clean").mkdir()
+    photo(Path(run_dir) / "clean" / "a.png", (32, 40), 0)
+    for reference in ("models:/acla-car-q10@budget-1500M", retrained["run_id"]):
+        out = acla("restore", "--model", reference, "clean/a.png", "-o", ".", "--task", "car", "--json", home=run_dir)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert json.loads(out.stdout)["outputs"][0]["output_size"] == [40, 32]
+    out = acla("evaluate", "--model", "models:/acla-car-q10@budget-1500M", "--data", "clean", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluated = json.loads(out.stdout)
+    assert evaluated["run_id"] == retrained["run_id"]
+    logged = client.get_run(retrained["run_id"]).data.metrics
+    assert abs(logged["eval_clean_psnr_y"] - evaluated["mean"]["psnr_y"]) < 1e-3
+    out = acla("restore", "--model", trial_id, "clean/a.png", "-o", ".", home=run_dir)
+    assert out.returncode == 2 and "keeps no trained weights" in out.stderr
     out = acla("retrain", "--run-id", "0123456789abcdef0123456789abcdef", home=run_dir)
     assert out.returncode == 2 and "no MLflow run" in out.stderr
     # a trial_id tag is never a path: a tampered one is refused before anything is written

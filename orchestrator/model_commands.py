@@ -1,0 +1,124 @@
+"""Using what a search found: `restore` a user's images and `evaluate` on any folder, with any model reference
+(models.py: a checkpoint, a file:// or s3:// URI, an MLflow run id, or models:/NAME@ALIAS)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UsageError
+from .local_commands import check_output_folder, task_spec_from_args, user_errors, write_image_atomically
+
+
+def load_model(args: argparse.Namespace):
+    """(resolved reference, network on the device, genotype, task) for --model; refuses a model made for another
+    task variant than --task names, when it is given."""
+    from workers.checkpoint import model_from_checkpoint
+    from workers.device import training_device
+
+    from .models import needs_tracking, resolve_model
+    from .settings import check_tracking_uri, resolve_settings
+    settings = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=None, address=None,
+                                s3_endpoint=args.s3_endpoint)
+    if needs_tracking(args.model):
+        check_tracking_uri(settings.tracking_uri, must_exist=True)
+    resolved = resolve_model(args.model, tracking_uri=settings.tracking_uri, s3_endpoint=args.s3_endpoint)
+    with user_errors():
+        network, genotype, task, _ = model_from_checkpoint(resolved.checkpoint)
+    if args.task:
+        wanted = task_spec_from_args(args)
+        if wanted.label != task.label:
+            raise UsageError(f"model {args.model} was trained for {task.label}, not {wanted.label}; pass a "
+                             f"{wanted.label} model or leave out --task")
+    return resolved, network.to(training_device()), genotype, task
+
+
+def as_network_input(image, task):
+    """A user's degraded image as the network takes it: gray (Y) for a gray model, RGB otherwise."""
+    from workers.tasks import to_gray_y, to_rgb
+    return to_gray_y(image) if task.gray else to_rgb(image)
+
+
+@contextmanager
+def counting_progress(description: str, total: int, enabled: bool):
+    """A progress bar on stderr (a terminal only) and a step function for it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True, disable=not (enabled and sys.stderr.isatty())) as progress:
+        bar = progress.add_task(description, total=total)
+        yield lambda: progress.advance(bar)
+
+
+def command_restore(args: argparse.Namespace) -> int:
+    from workers.data import load_image
+    from workers.restore import MIN_SIDE, restore_array, tile_count
+    out_dir = Path(args.output)
+    check_output_folder(out_dir / "restored.png")
+    names = [Path(path).stem for path in args.inputs]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
+    resolved, network, _, task = load_model(args)
+    images = []
+    with user_errors():  # every input read and checked before anything is written
+        for path in args.inputs:
+            image = as_network_input(load_image(path), task)
+            height, width = image.shape[:2]
+            if min(height, width) < MIN_SIDE:
+                raise UsageError(f"{path}: image is {width}x{height} pixels; the model needs at least "
+                                 f"{MIN_SIDE}x{MIN_SIDE}")
+            images.append((path, image))
+    total = sum(tile_count(*image.shape[:2], args.tile) for _, image in images)
+    outputs = []
+    with counting_progress("restoring", total, enabled=total > 1) as step:
+        for path, image in images:
+            started = time.perf_counter()
+            restored = restore_array(network, image, scale=task.scale, tile=args.tile, on_tile=step)
+            target = out_dir / f"{Path(path).stem}.png"
+            write_image_atomically(target, restored)
+            outputs.append({"input": path, "output": str(target), "input_size": list(image.shape[1::-1]),
+                            "output_size": list(restored.shape[1::-1]),
+                            "seconds": round(time.perf_counter() - started, 3)})
+    summary = {"model": resolved.reference, "task": task.label, "tile": args.tile, "outputs": outputs}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for item in outputs:
+            print(f"{item['input']} -> {item['output']} ({item['output_size'][0]}x{item['output_size'][1]}, "
+                  f"{item['seconds']:.1f} s)")
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    """PSNR/SSIM per image and as a mean, beside the degraded input's own score and the classical baseline, on a
+    standard test set or any folder of clean images; logged to the model's MLflow run when it came from one."""
+    from workers.data import ImageSet, benchmark_set, list_images
+    from workers.restore import mean_scores, score_images
+    resolved, network, _, task = load_model(args)
+    with user_errors():
+        if args.data:
+            image_set = ImageSet(Path(args.data).name, list_images(args.data))
+        else:
+            image_set = benchmark_set(args.datasets, args.benchmark)
+        with counting_progress(f"evaluating on {image_set.name}", len(image_set.paths), enabled=True) as step:
+            rows = score_images(network, task, image_set, seed=args.seed, tile=args.tile, on_image=step)
+    mean = mean_scores(rows)
+    result = {"model": resolved.reference, "task": task.label, "images": image_set.name, "count": len(rows),
+              "mean": {k: round(v, 4) for k, v in mean.items()},
+              "per_image": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}
+    if resolved.run_id:
+        from .tracking import log_evaluation
+        log_evaluation(resolved.tracking_uri, resolved.run_id, image_set.name, mean)
+        result["run_id"] = resolved.run_id
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{resolved.reference} ({task.label}) on {image_set.name}, {len(rows)} images")
+    columns = [k for k in ("psnr_y", "ssim_y", "psnr_rgb", "input_psnr_y", "baseline_psnr_y") if k in mean]
+    print(f"{'image':<16}" + "".join(f"{c:>17}" for c in columns))
+    for row in [*rows, {"image": "mean", **mean}]:
+        print(f"{row['image'][:16]:<16}" + "".join(f"{row[c]:>17.4f}" for c in columns))
+    return 0
