@@ -110,9 +110,10 @@ def ray_session(run: RunSettings):
 
 
 def tune_trial(config: dict, settings: TrialSettings) -> None:
-    """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report once."""
+    """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report its progress as it
+    goes (the driver logs it to the trial's MLflow run) and its result at the end."""
     use_granted_cpus()
-    tune.report(run_trial(config, settings))
+    tune.report(run_trial(config, settings, report=tune.report))
 
 
 def use_granted_cpus() -> None:
@@ -133,25 +134,28 @@ class RecordTrials(tune.Callback):
     _handlers: dict[int, tuple] = {}
     errors: dict[int, BaseException] = {}
 
-    def __init__(self, on_complete, on_error, on_start=None, key: int | None = None) -> None:
+    def __init__(self, on_complete, on_error, on_start=None, on_result=None, key: int | None = None) -> None:
         self.key = id(on_complete) if key is None else key
-        RecordTrials._handlers.setdefault(self.key, (on_complete, on_error, on_start))
+        RecordTrials._handlers.setdefault(self.key, (on_complete, on_error, on_start, on_result))
 
     def __reduce__(self):
         return (_restore_callback, (self.key,))
 
-    def _call(self, which: int, trial) -> None:
+    def _call(self, which: int, trial, *extra) -> None:
         handlers = RecordTrials._handlers.get(self.key)
         if handlers is None or self.key in RecordTrials.errors:  # restored elsewhere, or already failed
             return
         try:
             if handlers[which] is not None:
-                handlers[which](trial)
+                handlers[which](trial, *extra)
         except Exception as err:
             RecordTrials.errors[self.key] = err
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._call(2, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._call(3, trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._call(0, trial)
@@ -301,7 +305,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     from ray.tune.search.optuna import OptunaSearch
 
     from .sampler import ReproducibleTPE
-    from .tracking import TRIAL_RESULT_KEYS, log_failed_trial, log_trial
+    from .tracking import TRIAL_RESULT_KEYS, log_failed_trial, log_progress, log_trial, start_trial_run
 
     settings = request.settings
     storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
@@ -316,16 +320,28 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     if remaining <= 0:
         return recorded
 
+    runs: dict[str, str] = {}  # Tune's trial id -> its MLflow run, created when the trial starts
+
+    def run_of(trial) -> str:
+        if trial.trial_id not in runs:
+            runs[trial.trial_id] = start_trial_run(client, experiment_id, parent_id, trial_id=trial.trial_id,
+                                                   params=dict(trial.config), search_tags=search_tags)
+        return runs[trial.trial_id]
+
     def on_start(trial) -> None:
         state.trial_started(parent_id, trial.trial_id, dict(trial.config), settings.seed)
+        run_of(trial)
+
+    def on_result(trial, result) -> None:
+        if "progress_phase" in result:
+            log_progress(client, run_of(trial), result)
 
     def on_complete(trial) -> None:
         result = trial.last_result or {}
         if "genotype" not in result:
             return
         params = dict(trial.config)
-        run_id = log_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=params,
-                           result=result, search_tags=search_tags)
+        run_id = log_trial(client, run_of(trial), result=result)
         artifact_uri = client.get_run(run_id).info.artifact_uri
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
         state.trial_finished(parent_id, trial.trial_id, run_id, result, artifact_uri)
@@ -335,12 +351,11 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
 
     def on_error(trial) -> None:
         error = trial_error(trial)
-        run_id = log_failed_trial(client, experiment_id, parent_id, trial_id=trial.trial_id, params=dict(trial.config),
-                                  error=error, search_tags=search_tags)
+        run_id = log_failed_trial(client, run_of(trial), error=error)
         state.trial_failed(parent_id, trial.trial_id, run_id, error)
         reporter(len(recorded), request.trials)
 
-    recorder = RecordTrials(on_complete, on_error, on_start)
+    recorder = RecordTrials(on_complete, on_error, on_start, on_result)
     stopper = StopOnStoreFailure(recorder.key, request.run.storage if request.run.storage.is_s3 else None)
     keep_credentials_out_of_trial_runtime_envs()
     cpus = max(1, (os.cpu_count() or 1) // request.concurrency)
@@ -355,9 +370,17 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
                                                  # a trial whose worker dies is run once more, then failed
                                                  failure_config=tune.FailureConfig(max_failures=1),
                                                  stop=stopper, callbacks=[recorder], verbose=0))
+    # A trial reports its progress (losses by step) before its result; those reports carry no psnr/macs, which
+    # Tune's strict check would refuse. The multi-objective searcher reads only each trial's final result.
+    strict = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     try:
         tuner.fit()
     finally:
+        if strict is None:
+            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+        else:
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = strict
         try:
             recorder.finish()
         finally:

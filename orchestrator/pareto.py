@@ -14,9 +14,27 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return flags
 
 
+def axis_limits(values: Sequence[float]) -> tuple[float, float, bool]:
+    """(low, high, logarithmic) that fit `values` with a margin: a log axis where they span more than 5x, so a
+    sweep's cheap trials are not squeezed against the left edge."""
+    low, high = min(values), max(values)
+    if low > 0 and high / low > 5:
+        return low / 1.2, high * 1.2, True
+    pad = max((high - low) * 0.08, abs(high) * 0.02, 1e-3)
+    return low - pad, high + pad, False
+
+
+def point_label(row: dict) -> str:
+    """A front member's label: its net and where its modules sit (e.g. 64x8 @1,3,5)."""
+    net = row.get("net") or row.get("backbone", "")
+    positions = row.get("positions", "")
+    return f"{net} @{positions}" if positions and positions != "none" else f"{net} plain"
+
+
 def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Sequence[bool], budget_macs: float | None,
-               title: str, retrained: Sequence[tuple[float, float]] = ()) -> None:
-    """PSNR against GMACs: every trial, the front highlighted and joined, the budget line, retrained scores."""
+               title: str, retrained: Sequence[tuple[float, float]] = (), labels: Sequence[str] = ()) -> None:
+    """PSNR against GMACs: every trial, the front highlighted, joined and labelled, the budget line, retrained
+    scores; both axes fit the points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -31,8 +49,19 @@ def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Se
     if retrained:
         axes.scatter([m / 1e9 for _, m in retrained], [p for p, _ in retrained], marker="*", s=140,
                      color="tab:blue", label="retrained", zorder=5)
+    for (psnr, macs), flag, label in zip(points, on_front, labels):
+        if flag and label:
+            axes.annotate(label, (macs / 1e9, psnr), textcoords="offset points", xytext=(4, 5), fontsize=7)
     if budget_macs:
         axes.axvline(budget_macs / 1e9, color="k", ls="--", lw=1, label=f"budget {budget_macs / 1e9:g} GMACs")
+    xs = [m / 1e9 for _, m in [*points, *[(p, m) for p, m in retrained]]] + ([budget_macs / 1e9] if budget_macs else [])
+    ys = [p for p, _ in [*points, *retrained]]
+    if xs:
+        low, high, logarithmic = axis_limits(xs)
+        if logarithmic:
+            axes.set_xscale("log")
+        axes.set_xlim(low, high)
+        axes.set_ylim(*axis_limits(ys)[:2])
     axes.set_xlabel("cost (GMACs = GFLOPs as the field counts them)")
     axes.set_ylabel("validation PSNR (dB)")
     axes.set_title(title)

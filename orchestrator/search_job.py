@@ -12,6 +12,7 @@ import contextlib
 import json
 import sys
 import textwrap
+import time
 
 from .errors import UsageError
 from .records import SearchJob, TrialRecord
@@ -89,12 +90,13 @@ def progress_reporter(enabled: bool):
 def run_one_budget(job: SearchJob, budget: float, backbones: list[str], *, run, store, client) -> dict:
     """One budget's search, recorded as it goes in the run directory's search state; with `job.resume_parent`
     it continues that search: its finished trials kept, its interrupted ones run again, its retrains done."""
-    from .driver import SearchRequest, budget_label, git_commit, run_search_on_ray
+    from .driver import SearchRequest, git_commit, run_search_on_ray
     from .resume import resume_plan
     from .state import SearchState
     from .winners import pick_winners, record_trials
     from .tracking import (close_stale_runs, end_parent, ensure_experiment, experiment_name, log_front, reopen_parent,
-                           start_parent, update_front)
+                           start_parent, summarise_parent, update_front)
+    from search_space.budget import short_budget
 
     task, profile = job.task, job.profile
     settings = trial_settings(job, budget, run)
@@ -111,8 +113,12 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], *, run, 
         tags = {"budget_macs": str(int(budget)), "task": task.label, "profile": profile.name,
                 "git_commit": git_commit(), "search_steps": str(profile.search_steps),
                 "search_warmup": str(profile.search_warmup), "command_line": job.command_line[:4000]}
-        parent_id, plan = start_parent(client, experiment_id, run_name=f"search-{task.label}-{budget_label(budget)}",
-                                       tags=tags), None
+        params = {"budget": short_budget(budget), "task": task.label, "profile": profile.name,
+                  "attention": job.attention, "trials": job.trials, "concurrency": job.concurrency, "seed": job.seed,
+                  "search_steps": profile.search_steps, "search_warmup": profile.search_warmup}
+        run_name = f"search-{short_budget(budget)}-{time.strftime('%m%d-%H%M%S')}"  # one name per search
+        parent_id, plan = start_parent(client, experiment_id, run_name=run_name, tags=tags, params=params,
+                                       command_line=job.command_line), None
     state.begin(parent_id, experiment_id, {**job.request, "budget": budget})
     progress, reporter = progress_reporter(not job.json)
     try:
@@ -121,6 +127,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], *, run, 
         if not recorded:
             raise UsageError("no trial finished; see the Ray logs under the run directory")
         rows = update_front(client, experiment_id)
+        summarise_parent(client, parent_id, rows)
         record_trials(store, name, parent_id, recorded, rows)
         title = f"{name}: PSNR vs MACs"
         log_front(client, parent_id, rows, budget_macs=budget, title=title)

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .pareto import pareto_front, plot_front
+from .pareto import pareto_front, plot_front, point_label
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
 TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
                  "proxy_channels", "params", "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
 TRIAL_PARAMS = ("device", "attention_backend")  # strings a trial reports about where it ran
@@ -48,21 +49,39 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str, track
     """An MLflow server decides where artifacts go (proxied `--artifacts-destination` or its default); with a
     local store they go under the artifact root, on disk or S3."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    if tracking_uri.startswith(("http://", "https://")):
-        return client.create_experiment(name)
-    if artifact_root.startswith("s3://"):
-        location = f"{artifact_root.rstrip('/')}/mlflow/{name}"
-    else:
-        root = Path(artifact_root[len("file://"):] if artifact_root.startswith("file://") else artifact_root)
-        location = (root / "mlflow" / name).absolute().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        if tracking_uri.startswith(("http://", "https://")):
+            experiment_id = client.create_experiment(name)
+        else:
+            if artifact_root.startswith("s3://"):
+                location = f"{artifact_root.rstrip('/')}/mlflow/{name}"
+            else:
+                root = Path(artifact_root[len("file://"):] if artifact_root.startswith("file://") else artifact_root)
+                location = (root / "mlflow" / name).absolute().as_uri()
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND) != "custom_model_development":
+        # Without it MLflow 3's UI opens the experiment on an empty GenAI overview instead of its runs.
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    return experiment.experiment_id
 
 
-def start_parent(client: MlflowClient, experiment_id: str, *, run_name: str, tags: dict) -> str:
-    run = client.create_run(experiment_id, run_name=run_name, tags={"acla_kind": "search", **tags})
+def start_parent(client: MlflowClient, experiment_id: str, *, run_name: str, tags: dict, params: dict,
+                 command_line: str) -> str:
+    """The search's parent run: its settings as params, and its command line as the run's description."""
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"acla_kind": "search", "mlflow.note.content": f"```\n{command_line[:4000]}\n```", **tags})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
+
+
+def summarise_parent(client: MlflowClient, parent_id: str, rows: list[dict]) -> None:
+    """What the parent shows beside its children: its best PSNR, its trial count and the front's size."""
+    mine = [r for r in rows if r["search_run_id"] == parent_id]
+    metrics = {"trial_count": len(mine), "front_size": sum(1 for r in rows if r["pareto"])}
+    if mine:
+        metrics["best_psnr"] = max(r["psnr"] for r in mine)
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
 
 
 def end_parent(client: MlflowClient, parent_id: str, status: str) -> None:
@@ -81,26 +100,61 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str) -
         client.set_terminated(run.info.run_id, "KILLED")
 
 
-def log_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial_id: str, params: dict,
-              result: dict, search_tags: dict) -> str:
-    """A finished child run: the outer-search params, the genotype fields, the metrics, the genotype JSON."""
-    genotype = json.loads(result["genotype"])
+def start_trial_run(client: MlflowClient, experiment_id: str, parent_id: str, *, trial_id: str, params: dict,
+                    search_tags: dict) -> str:
+    """A trial's child run, created RUNNING when Tune starts the trial, with Optuna's proposal as params."""
     run = client.create_run(experiment_id, run_name=f"trial-{trial_id}",
                             tags={"mlflow.parentRunId": parent_id, "acla_kind": "trial", "trial_id": trial_id,
                                   **search_tags})
-    run_id = run.info.run_id
-    fields = {**params, **{f"genotype.{k}": v for k, v in genotype.items()},
-              **{k: result[k] for k in TRIAL_PARAMS if k in result}}
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+# What a trial reports while it runs (trial.py's progress records), as MLflow metrics at the trial's step.
+PROGRESS_METRICS = {("search", "train_loss"): "search_loss", ("search", "val_loss"): "search_val_loss",
+                    ("search", "expected_macs"): "expected_macs_g", ("train", "loss"): "train_loss"}
+
+
+def log_progress(client: MlflowClient, run_id: str, result: dict) -> None:
+    """One progress report of a running trial: its losses (and the search's expected GMACs) at its step."""
+    phase, step = result.get("progress_phase"), int(result.get("progress_step", 0))
+    metrics = []
+    for (kind, key), name in PROGRESS_METRICS.items():
+        value = result.get(f"progress_{key}")
+        if kind == phase and value is not None:
+            metrics.append(Metric(name, float(value) / (1e9 if name.endswith("_g") else 1), 0, step))
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def short_genotype_params(genotype: dict) -> dict:
+    """What a person compares in the UI, in short forms: attention, positions 1,3,5 and keys 9|9+9."""
+    return {"attention": genotype["attention"], "positions": ",".join(map(str, genotype["positions"])) or "none",
+            "keys": "|".join("+".join(map(str, k)) for k in genotype["keys"]) or "none",
+            "net": f"{genotype['channels']}x{genotype['blocks']}"}
+
+
+def log_trial(client: MlflowClient, run_id: str, *, result: dict) -> str:
+    """A trial's end on its run: the genotype's short params, the metrics (`macs_g` beside `macs`), the
+    genotype and position-score JSON as artifacts; FINISHED."""
+    genotype = json.loads(result["genotype"])
+    fields = {**short_genotype_params(genotype), **{k: result[k] for k in TRIAL_PARAMS if k in result}}
     scores = json.loads(result.get("position_scores", "[]"))
     per_position = [Metric(f"position_{kind}_{s['position']}", float(s[kind]), 0, 0)
                     for s in scores for kind in ("score", "spread", "stderr", "prob")]
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in fields.items()],
-                     metrics=[Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result] + per_position)
+    metrics = [Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result]
+    metrics.append(Metric("macs_g", float(result["macs"]) / 1e9, 0, 0))
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in fields.items()], metrics=metrics + per_position)
     try:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "genotype.json"
             path.write_text(result["genotype"])
             client.log_artifact(run_id, str(path))
+            from search_space.genotype import Genotype
+
+            from .drawing import draw_network
+            draw_network(Genotype.from_json(result["genotype"]), str(Path(folder) / "network.png"))
+            client.log_artifact(run_id, str(Path(folder) / "network.png"))
             if scores:
                 path = Path(folder) / "position_scores.json"
                 path.write_text(json.dumps(scores, indent=1))
@@ -113,14 +167,10 @@ def log_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial
     return run_id
 
 
-def log_failed_trial(client: MlflowClient, experiment_id: str, parent_id: str, *, trial_id: str, params: dict,
-                     error: str, search_tags: dict) -> str:
-    run = client.create_run(experiment_id, run_name=f"trial-{trial_id}",
-                            tags={"mlflow.parentRunId": parent_id, "acla_kind": "trial", "trial_id": trial_id,
-                                  "error": error[:4000], **search_tags})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    client.set_terminated(run.info.run_id, "FAILED")
-    return run.info.run_id
+def log_failed_trial(client: MlflowClient, run_id: str, *, error: str) -> str:
+    client.set_tag(run_id, "error", error[:4000])
+    client.set_terminated(run_id, "FAILED")
+    return run_id
 
 
 def finished_trials(client: MlflowClient, experiment_id: str) -> list:
@@ -147,8 +197,9 @@ def update_front(client: MlflowClient, experiment_id: str) -> list[dict]:
         rows.append({"run_id": run.info.run_id, "trial_id": run.data.tags.get("trial_id", ""),
                      "search_run_id": run.data.tags.get("mlflow.parentRunId", ""),
                      "budget_macs": float(run.data.tags.get("budget_macs", "nan")),
-                     "backbone": params.get("backbone", ""), "positions": params.get("genotype.positions", ""),
-                     "keys": params.get("genotype.keys", ""), "pareto": on_front,
+                     "backbone": params.get("backbone", ""), "net": params.get("net", ""),
+                     "positions": params.get("positions", ""),
+                     "keys": params.get("keys", ""), "pareto": on_front,
                      **{k: float(run.data.metrics[k]) for k in TRIAL_METRICS if k in run.data.metrics}})
     return rows
 
@@ -167,7 +218,7 @@ def log_front(client: MlflowClient, parent_id: str, rows: list[dict], *, budget_
         pq.write_table(front_table(rows), table_path)
         plot_path = Path(folder) / f"pareto_front{suffix}.png"
         plot_front(str(plot_path), points=[(r["psnr"], r["macs"]) for r in rows], on_front=[r["pareto"] for r in rows],
-                   budget_macs=budget_macs, title=title, retrained=retrained)
+                   budget_macs=budget_macs, title=title, retrained=retrained, labels=[point_label(r) for r in rows])
         client.log_artifact(parent_id, str(table_path), "pareto")
         client.log_artifact(parent_id, str(plot_path), "pareto")
 
@@ -198,12 +249,34 @@ MODEL_PIP_REQUIREMENTS = ["torch==2.13.0", "acla-orch"]
 MODEL_CODE = str(Path(__file__).with_name("mlflow_model.py"))  # the registered model's loader: no pickle
 
 
+def model_signature(in_channels: int):
+    """The registered model's contract: float32 images (N, C, H, W) in [0, 1] in and out (H, W scaled for sr)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+    spec = Schema([TensorSpec(np.dtype(np.float32), (-1, in_channels, -1, -1))])
+    return ModelSignature(inputs=spec, outputs=spec)
+
+
+def model_description(genotype, task_label: str, budget_macs: float, retrained_psnr: float | None) -> str:
+    from search_space.budget import short_budget
+    where = (f"{genotype.attention.upper()} after blocks {', '.join(map(str, genotype.positions))} (keys per "
+             f"reference layer: {'; '.join('+'.join(map(str, k)) for k in genotype.keys) or 'all'})"
+             if genotype.positions else "no attention module (plain backbone)")
+    score = f"; retrained PSNR {retrained_psnr:.2f} dB" if retrained_psnr is not None else ""
+    return (f"{task_label}, searched within {short_budget(budget_macs)}MACs: a {genotype.channels}-channel x "
+            f"{genotype.blocks}-block EDSR-style net, {where}{score}. The full genotype is genotype.json of the "
+            f"model set and the `genotype` param of its run.")
+
+
 def log_retrain(client: MlflowClient, experiment_id: str, parent_id: str, *, winner, registered: str, metrics: dict,
-                params: dict, tags: dict, checkpoint_file: str) -> tuple[str, str]:
+                params: dict, tags: dict, checkpoint_file: str, description: str) -> tuple[str, str]:
     """A retrain run linked to its trial, with its metrics, params and checkpoint, and the model registered as a
-    new version of `registered`; returns (run id, version)."""
+    new version of `registered` (with a signature, an input example and a description); returns (run id,
+    version)."""
     import mlflow
     import mlflow.pyfunc
+    import numpy as np
     run = client.create_run(experiment_id, run_name=f"retrain-{winner.trial}",
                             tags={"mlflow.parentRunId": parent_id, "acla_kind": "retrain",
                                   "trial_run_id": winner.run_id, "trial_id": winner.trial, **tags})
@@ -213,9 +286,16 @@ def log_retrain(client: MlflowClient, experiment_id: str, parent_id: str, *, win
         mlflow.log_artifact(checkpoint_file, "checkpoint")
         # A model from code: the checkpoint (tensors and JSON, read with weights_only) beside the loader's
         # source; nothing of the registered model is a pickle.
+        in_channels = winner.genotype.in_channels
         info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={"checkpoint": checkpoint_file},
-                                       registered_model_name=registered, pip_requirements=MODEL_PIP_REQUIREMENTS)
-    return run.info.run_id, info.registered_model_version
+                                       registered_model_name=registered, pip_requirements=MODEL_PIP_REQUIREMENTS,
+                                       signature=model_signature(in_channels),
+                                       input_example=np.full((1, in_channels, 16, 16), 0.5, np.float32))
+    version = info.registered_model_version
+    client.update_model_version(registered, version, description=description)
+    client.update_registered_model(registered, description="Restoration networks found by acla-orch for this task "
+                                                           "variant; each version names its genotype and budget.")
+    return run.info.run_id, version
 
 
 def finish_retrain(client: MlflowClient, retrain_id: str, winner, *, model_set_uri: str, registered: str, version: str,
@@ -224,7 +304,7 @@ def finish_retrain(client: MlflowClient, retrain_id: str, winner, *, model_set_u
     client.set_tag(retrain_id, "model_set_uri", model_set_uri)
     if alias:
         client.set_registered_model_alias(registered, alias, version)
-    client.set_tag(winner.run_id, "retrained_psnr", f"{retrained_psnr:.4f}")
+    client.log_batch(winner.run_id, metrics=[Metric("retrained_psnr", float(retrained_psnr), 0, 0)])
 
 
 def log_evaluation(tracking_uri: str, run_id: str, image_set: str, mean: dict) -> None:

@@ -46,6 +46,21 @@ def trial_folder(settings: TrialSettings, params: dict) -> Path | None:
     return Path(settings.checkpoint_root) / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
+PROGRESS_KEYS = ("train_loss", "val_loss", "expected_macs", "loss")  # the numbers a progress report carries
+
+
+def progress_report(report: Report | None, phase: str, offset: int) -> Report | None:
+    """The search's or the proxy training's log records as flat progress reports, on one step axis (training
+    continues after the search's steps)."""
+    if report is None:
+        return None
+
+    def forward(record: dict) -> None:
+        report({"progress_phase": phase, "progress_step": offset + int(record["step"]),
+                **{f"progress_{k}": float(record[k]) for k in PROGRESS_KEYS if k in record}})
+    return forward
+
+
 def run_trial(params: dict, settings: TrialSettings, report: Report | None = None) -> dict:
     """Search at the proxy width, derive at the target width within the budget, proxy-train the proxy genotype
     (inheriting the supernet's weights) and measure. Returns flat metrics: `macs` of the target genotype (what
@@ -63,14 +78,15 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
     if folder is not None and (folder / "search.pt").is_file():  # searched before it was interrupted
         found = load_search_result(folder / "search.pt")
     else:
-        found = run_search(config, settings.data, profile, report, device=device)
+        found = run_search(config, settings.data, profile, progress_report(report, "search", 0), device=device)
         if folder is not None:
             save_search_result(found, folder / "search.pt")
-    progress = None if folder is None else str(folder / "train.pt")
+    saved = None if folder is None else str(folder / "train.pt")
     trained = train(genotype=found.proxy_genotype, task=task, data=settings.data, profile=profile,
-                    init_state=found.supernet_state, seed=settings.seed, device=device, checkpoint_path=progress,
+                    init_state=found.supernet_state, seed=settings.seed, device=device, checkpoint_path=saved,
                     checkpoint_every=max(1, profile.train_steps // 10),
-                    resume_from=progress if progress and os.path.isfile(progress) else None)
+                    resume_from=saved if saved and os.path.isfile(saved) else None,
+                    report=progress_report(report, "train", profile.search_steps))
     genotype = found.genotype
     keys = [k for position in genotype.keys for k in position]
     metrics = trained.metrics

@@ -17,7 +17,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
 
     from .driver import budget_label
     from .retrain import CHECKPOINT_FILE, retrain_genotype
-    from .tracking import finish_retrain, log_retrain
+    from .tracking import finish_retrain, log_retrain, model_description
 
     settings = request_settings
     from .tracking import experiment_name
@@ -37,7 +37,9 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
             client, experiment_id, parent_id, winner=winner, registered=registered, metrics=metrics,
             params={"checkpoint_uri": outcome.checkpoint_uri, "workers": retrain_workers,
                     "steps": settings.profile.retrain_steps, "genotype": genotype.to_json()[:6000]},
-            tags={"budget_macs": str(int(settings.budget_macs))}, checkpoint_file=outcome.checkpoint_file)
+            tags={"budget_macs": str(int(settings.budget_macs))}, checkpoint_file=outcome.checkpoint_file,
+            description=model_description(genotype, settings.task.label, settings.budget_macs,
+                                          metrics.get(settings.task.headline_metric)))
         genotype_file = Path(outcome.checkpoint_file).with_name("genotype.json")
         genotype_file.write_text(genotype.to_json())
         model_set = put_artifact_set(store, f"models/{registered}/v{version}",

@@ -154,3 +154,22 @@ def test_the_search_summary_fits_80_columns_with_full_run_ids_and_positions():
 def test_version(tmp_path):
     out = run("--version", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("acla-orch ")
+
+
+def test_front_axes_fit_the_points_and_a_wide_sweep_is_logarithmic():
+    from orchestrator.pareto import axis_limits
+    low, high, log = axis_limits([40.0, 48.0, 50.0])
+    assert not log and low < 40.0 < 50.0 < high and high - low < 15  # not stretched from zero
+    low, high, log = axis_limits([0.8, 20.0, 50.0])
+    assert log and low < 0.8 and high > 50.0
+
+
+def test_network_drawing_is_an_image(tmp_path):
+    from PIL import Image as PILImage
+    from orchestrator.drawing import draw_network
+    from search_space.genotype import Genotype
+    genotype = Genotype(task="sr", scale=2, in_channels=3, channels=16, blocks=8, stages=4, attention="acla",
+                        max_keys=9, adaptive=True, positions=[1, 6], keys=[[3], [9, 4, 2, 7]])
+    draw_network(genotype, str(tmp_path / "net.png"))
+    with PILImage.open(tmp_path / "net.png") as image:
+        assert image.format == "PNG" and image.width > 400

@@ -77,7 +77,39 @@ def check_search(summary, tracking_uri):
     assert 0.5 * BUDGET <= genotype_macs(genotype) <= BUDGET  # the registered model spends its budget
     version = client.get_model_version_by_alias("acla-car-q10", "budget-2G")
     assert version.run_id == retrain[0].info.run_id
+    check_legible_in_the_ui(client, experiment, parent, children, retrain[0], version, tracking_uri)
     return client
+
+
+def check_legible_in_the_ui(client, experiment, parent, children, retrain, version, tracking_uri):
+    """What a person compares in the MLflow UI (#13): the experiment opens on its runs, the parent carries the
+    search's figures and command line, trial runs lived while their trial ran and logged its losses as it
+    trained, short names, the retrained score as a metric, a network drawing, a described model version."""
+    import mlflow
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.info.run_name.startswith("search-2G-") and "mlflow.note.content" in parent.data.tags
+    assert {"budget", "task", "profile", "trials", "search_steps"} <= set(parent.data.params)
+    assert parent.data.params["budget"] == "2G"
+    assert {"best_psnr", "trial_count", "front_size"} <= set(parent.data.metrics)
+    assert parent.data.metrics["trial_count"] == len(children)
+    assert parent.data.metrics["best_psnr"] == max(c.data.metrics["psnr"] for c in children)
+    for child in children:
+        assert {"backbone", "net", "positions", "keys", "attention"} <= set(child.data.params)
+        assert not any(k.startswith("genotype.") for k in child.data.params)
+        assert {"macs_g", "psnr_y", "ssim_y"} <= set(child.data.metrics) and "pareto" in child.data.tags
+        history = client.get_metric_history(child.info.run_id, "search_loss")
+        assert len(history) >= 2 and history[0].step < history[-1].step  # logged while the search ran
+        assert client.get_metric_history(child.info.run_id, "train_loss")
+        # created when the trial started: its run spans the trial's own time
+        span = (child.info.end_time - child.info.start_time) / 1000
+        assert span >= 0.8 * child.data.metrics["trial_seconds"], (span, child.data.metrics["trial_seconds"])
+        assert "network.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    trial = client.get_run(retrain.data.tags["trial_run_id"])
+    assert "retrained_psnr" in trial.data.metrics and "retrained_psnr" not in trial.data.tags
+    assert "within 2GMACs" in version.description and "car-q10" in version.description
+    mlflow.set_tracking_uri(tracking_uri)
+    info = mlflow.models.get_model_info(f"models:/acla-car-q10/{version.version}")
+    assert info.signature is not None and info.saved_input_example_info is not None
 
 
 def test_search_end_to_end_sqlite(run_dir):
