@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean browser
 
 $(STAMP): pyproject.toml search_space/ops/csrc/acla_aggregate.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/acla-orch search --budget 50GFLOPs --task car
 
-test: $(STAMP)
+# Headless Chromium from the distribution's packages, for the tests that load pages in a real browser.
+browser:
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+		(apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+		echo "chromium could not be installed: the browser tests will say so"
+
+test: $(STAMP) browser
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -186,6 +186,12 @@ def add_orchestrator_verbs(verbs) -> None:
     add_platform_args(resume)
     resume.set_defaults(handler="resume:command_resume")
 
+    report = verbs.add_parser("report", help="one HTML page with figures of what a task variant's searches found")
+    add_task_args(report)
+    report.add_argument("-o", "--output", help="a new folder for index.html and its figures (default: report-TASK)")
+    add_platform_args(report)
+    report.set_defaults(handler="report:command_report")
+
     status = verbs.add_parser("status", help="the searches of this run directory and their state")
     add_task_args(status, required=False)
     add_platform_args(status)

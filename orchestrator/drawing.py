@@ -39,8 +39,8 @@ def draw_network(genotype: Genotype, path: str, title: str = "") -> None:
             label = str(position_keys[layer]) if position_keys else "all"
             axes.text(x - 0.05, height + 0.02, label, ha="right", va="bottom", fontsize=6, color=colour)
     modules = len(genotype.positions)
-    axes.set_title(title or f"{genotype.channels}ch x {blocks} blocks, {stages} stages: {modules} "
-                            f"{genotype.attention.upper() if modules else 'no'} module{'s' * (modules != 1)}", fontsize=9)
+    what = f"{modules} {genotype.attention.upper()} module{'s' * (modules != 1)}" if modules else "no attention module"
+    axes.set_title(title or f"{genotype.channels}ch x {blocks} blocks, {stages} stages: {what}", fontsize=9)
     if modules:
         axes.text(x_of["head"] - 0.35, -0.5, "diamonds: attention modules; lines: the reference layers each reads, with "
                   "the keys a query keeps there", fontsize=6, color="0.3")

@@ -32,7 +32,8 @@ def point_label(row: dict) -> str:
 
 
 def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Sequence[bool], budget_macs: float | None,
-               title: str, retrained: Sequence[tuple[float, float]] = (), labels: Sequence[str] = ()) -> None:
+               title: str, retrained: Sequence[tuple[float, float]] = (), labels: Sequence[str] = (),
+               budgets: Sequence[float] = ()) -> None:
     """PSNR against GMACs: every trial, the front highlighted, joined and labelled, the budget line, retrained
     scores; both axes fit the points."""
     import matplotlib
@@ -52,9 +53,11 @@ def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Se
     for (psnr, macs), flag, label in zip(points, on_front, labels):
         if flag and label:
             axes.annotate(label, (macs / 1e9, psnr), textcoords="offset points", xytext=(4, 5), fontsize=7)
-    if budget_macs:
-        axes.axvline(budget_macs / 1e9, color="k", ls="--", lw=1, label=f"budget {budget_macs / 1e9:g} GMACs")
-    xs = [m / 1e9 for _, m in [*points, *[(p, m) for p, m in retrained]]] + ([budget_macs / 1e9] if budget_macs else [])
+    lines = sorted({*budgets, *([budget_macs] if budget_macs else [])})
+    for index, budget in enumerate(lines):
+        axes.axvline(budget / 1e9, color="k", ls="--", lw=1, label="budgets" if index == 0 and len(lines) > 1
+                     else None if index else f"budget {budget / 1e9:g} GMACs")
+    xs = [m / 1e9 for _, m in [*points, *retrained]] + [b / 1e9 for b in lines]
     ys = [p for p, _ in [*points, *retrained]]
     if xs:
         low, high, logarithmic = axis_limits(xs)

@@ -139,6 +139,27 @@ def test_search_end_to_end_sqlite(run_dir):
     status = json.loads(acla("status", "--json", home=run_dir).stdout)
     assert [s["status"] for s in status["searches"]] == ["FINISHED"]
     assert os.path.isdir(os.path.join(run_dir, "ray")) and os.path.exists(os.path.join(run_dir, "optuna.db"))
+    check_report(run_dir)
+
+
+def check_report(run_dir):
+    """`report` writes one page with its figures, and a real browser loads every figure."""
+    from pathlib import Path
+
+    from tests.browser import needs_browser, rendered_dom
+    out = acla("report", "--task", "car", "-o", "report", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    shown = json.loads(out.stdout)
+    assert shown["figures"] == ["front.png", "crops.png", "network.png"] and shown["front"] >= 1
+    page = Path(run_dir) / "report" / "index.html"
+    assert all((page.parent / name).stat().st_size > 1000 for name in shown["figures"])
+    out = acla("report", "--task", "car", "-o", "report", home=run_dir)
+    assert out.returncode == 2 and "already exists" in out.stderr  # never overwritten
+    if needs_browser.args[0]:
+        return
+    dom = rendered_dom(page.as_uri())
+    assert 'data-figures="3"' in dom and 'data-figures-loaded="3"' in dom, dom[-2000:]
+    assert "Pareto front" in dom and shown["best_run_id"] in dom
 
 
 @pytest.fixture

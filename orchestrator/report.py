@@ -1,0 +1,183 @@
+"""`acla-orch report --task T [-o DIR]`: one self-contained HTML page (index.html) with its PNG figures, for a
+person to see at a glance what the searches of one task variant found:
+
+- the front of every trial (proxy PSNR against GMACs), the retrained scores as stars, a line per budget;
+- the table of front members and of the retrained models;
+- the latest ablation's table, where `ablate` was run for this variant;
+- for the best retrained model: crops of its input, its output and the ground truth side by side;
+- a drawing of that network: where its attention modules sit and how many keys each reference layer kept.
+
+It reads MLflow only (never re-tags a run), and writes into a new folder through a temporary one, so a failed
+report leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def collect(client, experiment_id: str) -> dict:
+    """The variant's trials, retrains, searches and latest ablation, from MLflow."""
+    from .tracking import finished_trials
+    trials = [{"run_id": r.info.run_id, "psnr": r.data.metrics["psnr"], "macs": r.data.metrics["macs"],
+               "pareto": r.data.tags.get("pareto") == "true", "net": r.data.params.get("net", ""),
+               "positions": r.data.params.get("positions", ""), "keys": r.data.params.get("keys", ""),
+               "retrained_psnr": r.data.metrics.get("retrained_psnr")}
+              for r in finished_trials(client, experiment_id) if {"psnr", "macs"} <= set(r.data.metrics)]
+    retrains = [{"run_id": r.info.run_id, "trial_run_id": r.data.tags.get("trial_run_id"),
+                 "psnr": r.data.metrics.get("psnr"), "budget_macs": float(r.data.tags.get("budget_macs", "nan"))}
+                for r in client.search_runs([experiment_id], "tags.acla_kind = 'retrain' and attributes.status = 'FINISHED'")]
+    budgets = sorted({float(r.data.tags["budget_macs"]) for r in client.search_runs([experiment_id], "tags.acla_kind = 'search'")
+                      if "budget_macs" in r.data.tags})
+    ablations = client.search_runs([experiment_id], "tags.acla_kind = 'ablation' and attributes.status = 'FINISHED'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    return {"trials": trials, "retrains": [r for r in retrains if r["psnr"] is not None], "budgets": budgets,
+            "ablation_run": ablations[0].info.run_id if ablations else None}
+
+
+def front_figure(found: dict, path: Path, title: str) -> None:
+    from .pareto import plot_front, point_label
+    trials = found["trials"]
+    by_trial = {t["run_id"]: t for t in trials}
+    retrained = [(r["psnr"], by_trial[r["trial_run_id"]]["macs"]) for r in found["retrains"] if r["trial_run_id"] in by_trial]
+    plot_front(str(path), points=[(t["psnr"], t["macs"]) for t in trials], on_front=[t["pareto"] for t in trials],
+               budget_macs=None, budgets=found["budgets"], title=title, retrained=retrained,
+               labels=[point_label(t) for t in trials])
+
+
+def crops_figure(model, task, path: Path, *, seed: int = 0) -> None:
+    """Input, output and ground truth of the embedded validation photo, side by side at the same place."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from workers.data import embedded_sets, to_tensor
+    from workers.restore import restore_array
+    from workers.train import to_uint8_image
+    name, image = embedded_sets()[1].images()[0]
+    target = task.prepare_target(image)
+    degraded = task.degrade(target, np.random.default_rng([seed, 0]))
+    output = restore_array(model, degraded, scale=task.scale, tile=512)
+    shown = degraded if degraded.dtype == np.uint8 else to_uint8_image(to_tensor(degraded))
+    if shown.shape[:2] != target.shape[:2]:  # sr: the LR input, enlarged by pixel repetition to the same place
+        shown = shown.repeat(task.scale, 0).repeat(task.scale, 1)
+    size = min(128, *target.shape[:2])
+    top, left = (target.shape[0] - size) // 2, (target.shape[1] - size) // 2
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.3), dpi=110)
+    for axis, (label, picture) in zip(axes, (("input", shown), ("output", output), ("ground truth", target))):
+        axis.imshow(picture[top:top + size, left:left + size], cmap="gray" if picture.ndim == 2 else None,
+                    vmin=0, vmax=255, interpolation="nearest")
+        axis.set_title(label, fontsize=9)
+        axis.axis("off")
+    figure.suptitle(f"{task.label}: {name}, centre {size}x{size} crop", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}} img{{max-width:100%}}
+table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
+th{{background:#f3f3f3}}</style></head>
+<body><h1>{title}</h1>
+<p>{summary}</p>
+{sections}
+<script>
+// Marks the page once every figure has loaded (a browser check reads it).
+window.addEventListener("load", function () {{
+  var images = Array.prototype.slice.call(document.images);
+  document.body.dataset.figuresLoaded = images.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }}).length;
+  document.body.dataset.figures = images.length;
+}});
+</script></body></html>
+"""
+
+
+def build_report(client, experiment, task, tracking_uri: str, folder: Path) -> dict:
+    """The page and its figures in `folder`; returns what it shows."""
+    from search_space.budget import short_budget
+
+    from .drawing import draw_network
+    found = collect(client, experiment.experiment_id)
+    if not found["trials"]:
+        raise UsageError(f"experiment {experiment.name} has no finished trial; run a search first")
+    sections = []
+    front_figure(found, folder / "front.png", f"{experiment.name}: PSNR vs MACs")
+    sections.append('<h2>Pareto front</h2><img src="front.png" alt="front">')
+    front = sorted((t for t in found["trials"] if t["pareto"]), key=lambda t: t["macs"])
+    sections.append(table(["MLflow run", "net", "modules after blocks", "keys", "GMACs", "proxy PSNR", "retrained PSNR"],
+                          [[t["run_id"], t["net"], t["positions"], t["keys"], f"{t['macs'] / 1e9:.2f}", f"{t['psnr']:.3f}",
+                            "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.3f}"] for t in front]))
+    shown = {"trials": len(found["trials"]), "front": len(front), "figures": ["front.png"]}
+    if found["ablation_run"]:
+        import mlflow
+        report = json.loads(Path(mlflow.artifacts.download_artifacts(
+            run_id=found["ablation_run"], artifact_path="ablation/ablation.json", tracking_uri=tracking_uri)).read_text())
+        sections.append(f"<h2>Ablation ({html.escape(str(report['eval_data']))}, {report['seeds']} seeds, "
+                        f"{report['steps']} steps)</h2>")
+        sections.append(table(["variant", "positions", "GMACs", "PSNR-Y (dB)", "spread", "SSIM-Y"],
+                              [[r["name"], r["genotype"]["positions"], f"{r['macs'] / 1e9:.2f}", f"{r['psnr_y']:.3f}",
+                                f"{r['psnr_y_spread']:.3f}", f"{r['ssim_y']:.4f}"] for r in report["variants"]]))
+        shown["ablation"] = found["ablation_run"]
+    if found["retrains"]:
+        from workers.checkpoint import model_from_checkpoint
+
+        from .models import resolve_model
+        best = max(found["retrains"], key=lambda r: r["psnr"])
+        resolved = resolve_model(best["run_id"], tracking_uri=tracking_uri, workdir=str(folder / ".model"))
+        model, genotype, model_task, _ = model_from_checkpoint(resolved.checkpoint)
+        shutil.rmtree(folder / ".model", ignore_errors=True)
+        crops_figure(model, model_task, folder / "crops.png")
+        draw_network(genotype, str(folder / "network.png"))
+        sections.append(f"<h2>Best retrained model ({best['psnr']:.3f} dB, run {best['run_id']})</h2>"
+                        '<img src="crops.png" alt="crops"><img src="network.png" alt="network">')
+        shown["figures"] += ["crops.png", "network.png"]
+        shown["best_run_id"] = best["run_id"]
+    budgets = ", ".join(short_budget(b) for b in found["budgets"]) or "none recorded"
+    summary = (f"{len(found['trials'])} finished trials, {len(front)} on the front, {len(found['retrains'])} "
+               f"retrained; budgets {budgets}MACs. Task {task.label}; tracking {html.escape(tracking_uri)}.")
+    (folder / "index.html").write_text(PAGE.format(title=html.escape(f"acla-orch: {experiment.name}"),
+                                                   summary=summary, sections="\n".join(sections)))
+    return shown
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from .cli import settings_from_args
+    from .local_commands import task_spec_from_args, user_errors
+    from .tracking import experiment_name, mlflow_client
+    task = task_spec_from_args(args)
+    out = Path(args.output or f"report-{task.label}")
+    if out.exists():
+        raise UsageError(f"{out} already exists; pass -o with a new folder")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: folder {out.parent} does not exist; create it first")
+    run, _ = settings_from_args(args, read_only=True)
+    client = mlflow_client(run)
+    name = experiment_name(task.label)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise UsageError(f"no experiment {name} at {run.tracking_uri}; run a search first")
+    partial = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
+    try:
+        with user_errors():
+            shown = build_report(client, experiment, task, run.tracking_uri, partial)
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    shown["page"] = str(out / "index.html")
+    print(json.dumps(shown) if args.json else f"report: {shown['page']}")
+    return 0
