@@ -73,8 +73,17 @@ class WeedServer:
             client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                                   aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
                                   config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}))
-            client.list_buckets()
-            return True
+            # Answering is not serving: a restarted server lists buckets before its volume server has
+            # registered, and reads of stored objects fail with InternalError until it has. Write and read back.
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            if "acla-probe" not in names:
+                client.create_bucket(Bucket="acla-probe")
+            client.put_object(Bucket="acla-probe", Key="probe", Body=b"ok")
+            for bucket in sorted(names - {"acla-probe"})[:1]:  # and an object stored before, where there is one
+                listed = client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
+                if listed:
+                    client.get_object(Bucket=bucket, Key=listed[0]["Key"])["Body"].read()
+            return client.get_object(Bucket="acla-probe", Key="probe")["Body"].read() == b"ok"
         except Exception:
             return False
 
