@@ -90,7 +90,8 @@ def check_tracking_uri(uri: str, *, must_exist: bool = False) -> None:
         import importlib.util
         if not any(importlib.util.find_spec(module) for module in modules):
             raise UsageError(f"tracking URI {redact(uri)} needs the {parsed.scheme} driver, which is not installed; "
-                             f"pip install {package}")
+                             + ("install the postgres extra (pip install 'acla-orch[postgres]')"
+                                if parsed.scheme.startswith("postgresql") else f"pip install {package}"))
     else:
         raise UsageError(f"tracking URI {redact(uri)!r} is not supported; expected http(s)://HOST:PORT, "
                          f"sqlite:///PATH or a database URI such as postgresql://USER@HOST/DB")
