@@ -32,6 +32,7 @@ class SearchRequest:
     concurrency: int
     command_line: str
     backbones: list[str]  # the budget's backbones (workers/backbones.py), checked before the search started
+    resources: dict  # what each trial asks of the cluster (cluster.trial_resources): {"cpu": n, "gpu": 0 or 1}
 
 
 def ray_temp_dir(run_dir: Path) -> Path:
@@ -358,10 +359,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     recorder = RecordTrials(on_complete, on_error, on_start, on_result)
     stopper = StopOnStoreFailure(recorder.key, request.run.storage if request.run.storage.is_s3 else None)
     keep_credentials_out_of_trial_runtime_envs()
-    cpus = max(1, (os.cpu_count() or 1) // request.concurrency)
-    import torch
-    gpus = 1 if torch.cuda.is_available() else 0
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings), {"cpu": cpus, "gpu": gpus})
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings), request.resources)
     tuner = tune.Tuner(trainable,
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                                    max_concurrent_trials=request.concurrency),

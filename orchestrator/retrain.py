@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,16 +73,18 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    import ray
+
+    from .cluster import node_shapes, retrain_resources
     filesystem, root = storage.pyarrow_filesystem()
-    use_gpu = torch.cuda.is_available()
-    threads = max(1, (os.cpu_count() or 1) // num_workers)
+    use_gpu, per_worker, threads = retrain_resources(node_shapes(ray), num_workers)  # the cluster's, not ours
     config = {"genotype": genotype.to_json(), "task": dataclasses.asdict(task), "profile": profile_name,
               "train_set": dataclasses.asdict(data.train), "valid_set": dataclasses.asdict(data.valid),
               "steps": steps, "reports": 4, "seed": seed, "threads_per_worker": threads}
     trainer = TorchTrainer(
         retrain_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else {"CPU": threads}),
+                                     resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=f"{root}/ray-train", storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest: the trained model
                              failure_config=FailureConfig(max_failures=1)))

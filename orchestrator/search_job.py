@@ -51,6 +51,7 @@ def run_search(job: SearchJob, run, store) -> int:
     session -> each budget's search -> the summary (a table, or JSON on stdout)."""
     from workers.backbones import check_feasible, unused_budget_warning
 
+    from .cluster import check_artifact_root, node_shapes, retrain_resources, trial_resources
     from .driver import ray_session
     from .local_commands import check_training_data, user_errors
     from .tracking import mlflow_client
@@ -64,9 +65,15 @@ def run_search(job: SearchJob, run, store) -> int:
     client = mlflow_client(run)
     summaries = []
     # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
-    with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run):
+    with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run) as ray:
+        shapes = node_shapes(ray)  # what the cluster offers, checked before any trial starts
+        check_artifact_root(shapes, run.storage)
+        resources = trial_resources(shapes, job.concurrency)
+        if job.retrain:
+            retrain_resources(shapes, job.retrain_workers)
         for budget in job.budgets:
-            summaries.append(run_one_budget(job, budget, backbones[budget], run=run, store=store, client=client))
+            summaries.append(run_one_budget(job, budget, backbones[budget], resources, run=run, store=store,
+                                            client=client))
     if job.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else {"searches": summaries}))
     else:
@@ -87,7 +94,8 @@ def progress_reporter(enabled: bool):
     return progress, report
 
 
-def run_one_budget(job: SearchJob, budget: float, backbones: list[str], *, run, store, client) -> dict:
+def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resources: dict, *, run, store,
+                   client) -> dict:
     """One budget's search, recorded as it goes in the run directory's search state; with `job.resume_parent`
     it continues that search: its finished trials kept, its interrupted ones run again, its retrains done."""
     from .driver import SearchRequest, git_commit, run_search_on_ray
@@ -101,7 +109,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], *, run, 
     task, profile = job.task, job.profile
     settings = trial_settings(job, budget, run)
     request = SearchRequest(settings=settings, run=run, trials=job.trials, concurrency=job.concurrency,
-                            command_line=job.command_line, backbones=backbones)
+                            command_line=job.command_line, backbones=backbones, resources=resources)
     name = experiment_name(task.label)
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)

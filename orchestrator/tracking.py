@@ -21,7 +21,9 @@ from .pareto import pareto_front, plot_front, point_label
 EXPERIMENT_KIND = "mlflow.experimentKind"
 TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
                  "proxy_channels", "params", "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
-TRIAL_PARAMS = ("device", "attention_backend")  # strings a trial reports about where it ran
+# Strings a trial reports about where it ran: its device and attention implementation (trial.py), and the node
+# (Tune adds `hostname` and `node_ip` to every result).
+TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip")
 # What a finished trial's result keeps in the search state (Tune adds its own bookkeeping: time, hostname, ...).
 TRIAL_RESULT_KEYS = TRIAL_METRICS + TRIAL_PARAMS + ("genotype", "position_scores")
 

@@ -95,6 +95,7 @@ def check_legible_in_the_ui(client, experiment, parent, children, retrain, versi
     assert parent.data.metrics["best_psnr"] == max(c.data.metrics["psnr"] for c in children)
     for child in children:
         assert {"backbone", "net", "positions", "keys", "attention"} <= set(child.data.params)
+        assert child.data.params["node_ip"] == "127.0.0.1" and child.data.params["hostname"]  # where it ran
         assert not any(k.startswith("genotype.") for k in child.data.params)
         assert {"macs_g", "psnr_y", "ssim_y"} <= set(child.data.metrics) and "pareto" in child.data.tags
         history = client.get_metric_history(child.info.run_id, "search_loss")
