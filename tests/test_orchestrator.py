@@ -192,8 +192,49 @@ def test_search_against_mlflow_server(run_dir, mlflow_server):
     out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json",
                "--tracking-uri", mlflow_server, home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
-    check_search(json.loads(out.stdout), mlflow_server)
+    summary = json.loads(out.stdout)
+    check_search(summary, mlflow_server)
     assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))
+    check_mlflow_ui(mlflow_server, summary)
+
+
+# In MLflow's runs table: open "Columns", tick the `pareto` tag, close, scroll right; then read the column.
+PARETO_COLUMN = r"""(() => {
+  const now = Date.now(), step = (name, wait) => { if (!window[name]) { window[name] = now; return false; }
+                                                   return now - window[name] >= wait; };
+  if (!document.body.innerText.includes('trial-')) return '';
+  if (!window.acla_opened) { [...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Columns').click(); }
+  if (!step('acla_opened', 1000)) return '';
+  if (!window.acla_ticked) {
+    const title = [...document.querySelectorAll('.du-bois-light-tree-title')].filter(e => e.innerText.trim() === 'pareto').pop();
+    title.closest('.du-bois-light-tree-treenode').querySelector('.du-bois-light-tree-checkbox').click();
+  }
+  if (!step('acla_ticked', 1000)) return '';
+  if (!window.acla_closed) { document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true})); document.body.click(); }
+  if (!step('acla_closed', 1500)) return '';
+  if (!window.acla_scrolled) { document.querySelectorAll('.ag-center-cols-viewport, .ag-body-horizontal-scroll-viewport, .ag-header-viewport').forEach(v => v.scrollLeft = 5000); }
+  if (!step('acla_scrolled', 1500)) return '';
+  const columns = [...document.querySelectorAll('.ag-header-cell')].map(c => c.getAttribute('col-id'));
+  const cells = [...document.querySelectorAll('.ag-cell[col-id="tags.`pareto`"]')].map(c => c.innerText.trim());
+  return columns.includes('tags.`pareto`') && cells.includes('true') ? cells.join(',') : '';
+})()"""
+FRONT_PLOT = "[...document.images].filter(i => i.complete && i.naturalWidth >= 500).length"
+
+
+def check_mlflow_ui(uri, summary):
+    """A real browser on the MLflow UI of the finished search: the trial runs' table shows the `pareto` column
+    with the front marked, and the parent's front plot renders (#13)."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.browser import needs_browser, wait_in_page
+    if needs_browser.args[0]:
+        return
+    experiment_id = MlflowClient(uri).get_experiment_by_name(summary["experiment"]).experiment_id
+    runs = f"{uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&orderByKey=tags.%60pareto%60&orderByAsc=false"
+    flags = wait_in_page(runs, PARETO_COLUMN, timeout=90).split(",")
+    assert flags.count("true") == sum(t["pareto"] for t in summary["trials"]), flags
+    plot = f"{uri}/#/experiments/{experiment_id}/runs/{summary['parent_run_id']}/artifacts/pareto/pareto_front.png"
+    assert wait_in_page(plot, FRONT_PLOT, timeout=90) >= 1
 
 
 @pytest.mark.parametrize("args,fragment", [
