@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,31 @@ class RetrainOutcome:
     checkpoint_file: str  # a local copy of its model.pt
 
 
+def fit_with_status(trainer, text: str):
+    """trainer.fit() under a status line with the elapsed time on stderr (a terminal only): Ray Train's reports
+    reach its controller, not this process, so the line says how long, not which step."""
+    import sys
+
+    from rich.console import Console
+    if not sys.stderr.isatty():
+        return trainer.fit()
+    started = time.monotonic()
+    console = Console(stderr=True)
+    with console.status(text) as status:
+        import threading
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(1.0):
+                status.update(f"{text} ({time.monotonic() - started:.0f} s)")
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            return trainer.fit()
+        finally:
+            done.set()
+
+
 def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage,
                      name: str, num_workers: int, steps: int, seed: int = 0) -> RetrainOutcome:
     """`storage` is the run's StorageConfig: Ray Train writes through its pyarrow filesystem (disk or S3)."""
@@ -88,7 +114,7 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
         run_config=RunConfig(name=name, storage_path=f"{root}/ray-train", storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest: the trained model
                              failure_config=FailureConfig(max_failures=1)))
-    result = trainer.fit()
+    result = fit_with_status(trainer, f"retraining {name}: {steps} steps on {num_workers} Ray Train worker(s)")
     if result.error:
         raise result.error
     final, final_metrics = result.checkpoint, result.metrics
