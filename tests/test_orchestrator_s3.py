@@ -87,14 +87,21 @@ def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
 
 @pytest.fixture
 def proxied_mlflow(s3_env, run_dir):
+    """The team stack of infra/compose/: an MLflow server on a real PostgreSQL backend store with SeaweedFS as its
+    artifact destination, each on 127.0.0.1 and each stopped by its PID."""
+    from tests.pgserver import PostgresServer, available
+    if not available():
+        pytest.fail("PostgreSQL (initdb, pg_ctl) is not installed; these machines have it")
     bucket = f"acla-{uuid.uuid4().hex[:8]}"
     s3_env.client().create_bucket(Bucket=bucket)
     port = free_port_pair()
     env = {**os.environ, **s3_environment(s3_env), "MLFLOW_S3_ENDPOINT_URL": s3_env.endpoint,
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    database = PostgresServer().start()
+    backend = database.create_database("mlflow")
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1", "--backend-store-uri",
-                               f"sqlite:///{run_dir}/server.db", "--artifacts-destination", f"s3://{bucket}/mlflow"],
+                               "--port", str(port), "--workers", "1", "--backend-store-uri", backend,
+                               "--artifacts-destination", f"s3://{bucket}/mlflow"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         for _ in range(120):
@@ -107,6 +114,7 @@ def proxied_mlflow(s3_env, run_dir):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        database.stop()
 
 
 def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_dir, monkeypatch):
@@ -120,6 +128,11 @@ def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_
     keys, _ = manifests(s3_env, bucket)
     assert any(k.startswith("mlflow/") and k.endswith("genotype.json") for k in keys)  # proxied by the server
     assert_no_secret(MlflowClient(uri), "acla-car-q10", out.stderr)
+    # the front, read back from the PostgreSQL-backed server, is the search's
+    summary = json.loads(out.stdout)
+    front = json.loads(acla("pareto", "--task", "car", "--source", "mlflow", "--tracking-uri", uri, "--json",
+                            home=run_dir).stdout)["front"]
+    assert {r["run_id"] for r in front} == {t["run_id"] for t in summary["trials"] if t["pareto"]} != set()
 
 
 def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):
