@@ -123,8 +123,11 @@ def token_refused(address: str) -> str:
 def tune_trial(config: dict, settings: TrialSettings) -> None:
     """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report its progress as it
     goes (the driver logs it to the trial's MLflow run) and its result at the end."""
+    import ray
     use_granted_cpus()
-    tune.report(run_trial(config, settings, report=tune.report))
+    result = run_trial(config, settings, report=tune.report)
+    result["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node, where nodes share a host
+    tune.report(result)
 
 
 def use_granted_cpus() -> None:

@@ -23,7 +23,7 @@ TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "in
                  "proxy_channels", "params", "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
 # Strings a trial reports about where it ran: its device and attention implementation (trial.py), and the node
 # (Tune adds `hostname` and `node_ip` to every result).
-TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip")
+TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip", "node_id")
 # What a finished trial's result keeps in the search state (Tune adds its own bookkeeping: time, hostname, ...).
 TRIAL_RESULT_KEYS = TRIAL_METRICS + TRIAL_PARAMS + ("genotype", "position_scores")
 

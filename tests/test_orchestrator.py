@@ -96,6 +96,7 @@ def check_legible_in_the_ui(client, experiment, parent, children, retrain, versi
     for child in children:
         assert {"backbone", "net", "positions", "keys", "attention"} <= set(child.data.params)
         assert child.data.params["node_ip"] == "127.0.0.1" and child.data.params["hostname"]  # where it ran
+        assert len(child.data.params["node_id"]) >= 32
         assert not any(k.startswith("genotype.") for k in child.data.params)
         assert {"macs_g", "psnr_y", "ssim_y"} <= set(child.data.metrics) and "pareto" in child.data.tags
         history = client.get_metric_history(child.info.run_id, "search_loss")
