@@ -13,6 +13,16 @@ if not torch.cuda.is_available():
 from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test starts from the same environment: what one test's in-process Ray or MLflow set (RAY_ADDRESS of a
+    cluster since shut down, a tracking URI) must not reach the next test's subprocesses."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def run_dir():
     """A run directory for acla-orch; short, because Ray's socket paths live under it."""

@@ -166,6 +166,8 @@ def test_s3_outage_stops_the_search_and_resume_completes_it(run_dir, monkeypatch
         server.client().create_bucket(Bucket=bucket)
         env = {**os.environ, **s3_environment(server), "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true",
                "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+        for variable in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # this search starts its own Ray and store
+            env.pop(variable, None)
         args = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--trials", "3", "--concurrency",
                 "1", "--no-retrain", "--artifact-root", f"s3://{bucket}/run"]
         search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=run_dir,
@@ -175,7 +177,8 @@ def test_s3_outage_stops_the_search_and_resume_completes_it(run_dir, monkeypatch
             searches = state.searches()
             finished = bool(searches) and [t["state"] for t in state.trials(searches[0]["parent_run_id"])][:1] == ["finished"]
             time.sleep(0.2)
-        assert finished, f"no trial finished within 240 s while the store was up (exit {search.poll()})"
+        assert finished, f"no trial finished within 240 s while the store was up (exit {search.poll()}: " \
+                          f"{search.stderr.read()[-2000:] if search.poll() is not None else 'still running'})"
         server.stop()
         stopped = time.time()
         _, stderr = search.communicate(timeout=300)
