@@ -24,7 +24,7 @@ browser:
 		echo "chromium could not be installed: the browser tests will say so"
 
 test: $(STAMP) browser
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py

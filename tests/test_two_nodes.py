@@ -29,8 +29,9 @@ def ray_cli(*args, env, timeout=120):
 
 
 @pytest.fixture
-def two_nodes():
-    """(dashboard address, environment with the token) of a head and a worker node, 1 CPU each."""
+def two_nodes(s3_env):
+    """(dashboard address, environment with the token) of a head and a worker node, 1 CPU each, whose
+    environment holds the S3 credentials (as an instance profile or a pod's Secret gives them)."""
     if not (BIN / "ray").exists():
         pytest.fail("the ray CLI is not installed")
     import importlib.util
@@ -38,8 +39,9 @@ def two_nodes():
         pytest.fail("ray[default] is not installed; the dev extra brings the cluster extra")
     folders = [Path(tempfile.mkdtemp(prefix=f"acla-n{i}-")) for i in range(2)]
     gcs, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, **s3_environment(s3_env), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # acla-orch on the nodes' PATH, as in the image
     env.pop("RAY_ADDRESS", None)
     try:
         out = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
@@ -70,7 +72,7 @@ def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
     dashboard, env = two_nodes
     bucket = f"acla-{uuid.uuid4().hex[:8]}"
     s3_env.client().create_bucket(Bucket=bucket)
-    env = {**env, **s3_environment(s3_env), "RAY_ADDRESS": dashboard}
+    env = {**env, "RAY_ADDRESS": dashboard}
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     started = time.time()
     out = ray_cli("job", "submit", "--", "env", f"ACLA_HOME={tmp_path}", "acla-orch", "search", "--budget", "2G",
