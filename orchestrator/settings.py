@@ -46,7 +46,8 @@ def resolve_settings(*, tracking_uri: str | None, artifact_root: str | None, add
 
 
 DATABASE_DRIVERS = {  # SQLAlchemy's default driver per scheme, and what to install for it
-    "postgresql": (("psycopg2",), "psycopg2-binary"), "postgresql+psycopg2": (("psycopg2",), "psycopg2-binary"),
+    # SQLAlchemy 2.1 (MLflow's) reads postgresql:// with psycopg 3, which the postgres extra installs.
+    "postgresql": (("psycopg",), "psycopg[binary]"), "postgresql+psycopg2": (("psycopg2",), "psycopg2-binary"),
     "postgresql+psycopg": (("psycopg",), "psycopg[binary]"), "mysql": (("MySQLdb",), "mysqlclient"),
     "mysql+pymysql": (("pymysql",), "pymysql"), "mssql": (("pyodbc",), "pyodbc"), "mssql+pyodbc": (("pyodbc",), "pyodbc"),
 }
@@ -92,9 +93,24 @@ def check_tracking_uri(uri: str, *, must_exist: bool = False) -> None:
             raise UsageError(f"tracking URI {redact(uri)} needs the {parsed.scheme} driver, which is not installed; "
                              + ("install the postgres extra (pip install 'acla-orch[postgres]')"
                                 if parsed.scheme.startswith("postgresql") else f"pip install {package}"))
+        check_database(uri)
     else:
         raise UsageError(f"tracking URI {redact(uri)!r} is not supported; expected http(s)://HOST:PORT, "
                          f"sqlite:///PATH or a database URI such as postgresql://USER@HOST/DB")
+
+
+def check_database(uri: str) -> None:
+    """A database tracking URI answers within a few seconds (MLflow itself would retry for minutes)."""
+    import sqlalchemy
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # the driver's own error: refused, unknown host, bad password, no such database
+        reason = (str(getattr(err, "orig", err)).strip().splitlines() or [err.__class__.__name__])[0][:200]
+        raise UsageError(f"tracking database {redact(uri)} is not reachable ({reason}); start it or pass another "
+                         f"--tracking-uri") from None
 
 
 def check_sqlite_store(path: Path, must_exist: bool) -> None:

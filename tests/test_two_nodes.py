@@ -51,7 +51,7 @@ def two_nodes(s3_env):
         out = ray_cli("start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                       f"--temp-dir={folders[1]}", "--disable-usage-stats", env=env)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        yield f"http://127.0.0.1:{dashboard}", env
+        yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env
     finally:
         # every process started for our two nodes (their command lines name our temp dirs) and their workers,
         # by PID
@@ -69,7 +69,7 @@ def two_nodes(s3_env):
 
 def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
     from mlflow.tracking import MlflowClient
-    dashboard, env = two_nodes
+    dashboard, address, env = two_nodes
     bucket = f"acla-{uuid.uuid4().hex[:8]}"
     s3_env.client().create_bucket(Bucket=bucket)
     env = {**env, "RAY_ADDRESS": dashboard}
@@ -94,3 +94,14 @@ def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
     experiment = client.get_experiment_by_name("acla-car-q10")
     assert {r.info.run_id for r in client.search_runs([experiment.experiment_id], "tags.pareto = 'true'")} == \
         {t["run_id"] for t in summary["trials"] if t["pareto"]}
+
+    # Bad input on a cluster: one line and exit status 2 each, before any trial
+    search = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--address", address]
+    cases = [(["--artifact-root", f"s3://{bucket}/x", "--retrain-workers", "3"], env, "retraining with 3 workers asks"),
+             (["--artifact-root", str(tmp_path / "local")], env, "is a local path, but the Ray cluster has 2 nodes"),
+             (["--artifact-root", f"s3://{bucket}/x"], {**env, "RAY_AUTH_TOKEN": "0" * 64}, "token is missing or wrong")]
+    for extra, case_env, fragment in cases:
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *search, *extra], cwd=tmp_path, text=True,
+                             env={**case_env, "ACLA_HOME": str(tmp_path / "bad")}, capture_output=True, timeout=180)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and fragment in lines[0], out.stderr[-2000:]
