@@ -62,15 +62,15 @@ def run_search(job: SearchJob, run, store) -> int:
         warning = unused_budget_warning(job.task, job.profile, budget)
         if warning:
             print(warning, file=sys.stderr)
-    client = mlflow_client(run)
     summaries = []
     # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
     with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run) as ray:
-        shapes = node_shapes(ray)  # what the cluster offers, checked before any trial starts
+        shapes = node_shapes(ray)  # what the cluster offers, checked before any trial starts or run is made
         check_artifact_root(shapes, run.storage)
         resources = trial_resources(shapes, job.concurrency)
         if job.retrain:
             retrain_resources(shapes, job.retrain_workers)
+        client = mlflow_client(run)
         for budget in job.budgets:
             summaries.append(run_one_budget(job, budget, backbones[budget], resources, run=run, store=store,
                                             client=client))
@@ -150,11 +150,13 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         state.end(parent_id, "finished")
     except KeyboardInterrupt:
         progress.stop()
+        close_stale_runs(client, experiment_id, parent_id, "KILLED")  # the trials it cut off
         end_parent(client, parent_id, "KILLED")
         state.end(parent_id, "killed")
         raise
     except BaseException:
         progress.stop()
+        close_stale_runs(client, experiment_id, parent_id, "FAILED")
         end_parent(client, parent_id, "FAILED")
         state.end(parent_id, "failed")
         raise

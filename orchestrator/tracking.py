@@ -95,11 +95,12 @@ def reopen_parent(client: MlflowClient, parent_id: str) -> None:
     client.update_run(parent_id, status="RUNNING")
 
 
-def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
-    """MLflow runs of this search left RUNNING by the dead driver (a retrain, usually) are KILLED."""
+def close_stale_runs(client: MlflowClient, experiment_id: str, parent_id: str, status: str = "KILLED") -> None:
+    """MLflow runs of this search still RUNNING (trials cut off, a retrain) are closed: KILLED when the driver
+    died or was stopped, FAILED when the search failed."""
     for run in client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
                                                                  f"attributes.status = 'RUNNING'"):
-        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(run.info.run_id, status)
 
 
 def start_trial_run(client: MlflowClient, experiment_id: str, parent_id: str, *, trial_id: str, params: dict,

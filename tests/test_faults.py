@@ -18,10 +18,13 @@ from tests.s3server import free_port_pair
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path):
+def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path, s3_env):
+    from tests.test_orchestrator_s3 import s3_environment
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     temp_dir = tempfile.mkdtemp(prefix="acla-2n-", dir="/tmp")  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    bucket = f"acla-{secrets.token_hex(4)}"
+    s3_env.client().create_bucket(Bucket=bucket)  # a multi-node cluster keeps its artifacts on S3
+    env = {**os.environ, **s3_environment(s3_env), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
     port, node_port = free_port_pair(), free_port_pair()
     try:
@@ -36,7 +39,7 @@ def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path):
         search = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "search", "--budget", "2G", "--task", "car", "--profile", "smoke",
              "--trials", "4", "--concurrency", "2", "--search-steps", "120", "--no-retrain", "--json",
-             "--address", f"127.0.0.1:{port}"],
+             "--address", f"127.0.0.1:{port}", "--artifact-root", f"s3://{bucket}/acla"],
             env={**env, "ACLA_HOME": home, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}, cwd=str(tmp_path),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 180

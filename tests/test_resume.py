@@ -124,13 +124,15 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
 
     # the front, and every trial, equal the uninterrupted search's
     assert trial_set(resumed) == trial_set(uninterrupted)
-    # exactly one MLflow trial run per trial, none left RUNNING, the parent FINISHED
+    # one FINISHED MLflow trial run per trial, the cut-off attempt's run (created when it started) KILLED, none
+    # left RUNNING, the parent FINISHED
     client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
     experiment = client.get_experiment_by_name("acla-car-q10")
     runs = client.search_runs([experiment.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
-    assert len(trial_runs) == 3 and client.get_run(parent_id).info.status == "FINISHED"
+    assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 3 + ["KILLED"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
     # no finished trial ran twice: the interrupted one ran again, nothing else did
     trials = SearchState(broken).trials(parent_id)
     assert sorted(t["state"] for t in trials) == ["finished", "finished", "finished", "interrupted"]

@@ -149,10 +149,10 @@ def test_registered_model_loads_without_unpickling_and_refuses_a_crafted_pickle(
 
 def test_cluster_configuration_turns_on_token_authentication():
     import yaml
-    with open(os.path.join(ROOT, "infra", "ray-cluster.yaml")) as handle:
+    with open(os.path.join(ROOT, "infra", "ray", "cluster-aws.yaml")) as handle:
         config = yaml.safe_load(handle)
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     ray_starts = [c for c in starts if " ray start" in c or c.startswith("ray start") or "/ray start" in c]
     assert len(ray_starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ") for c in ray_starts)
     mounts = config["file_mounts"]
-    assert mounts["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"  # from the user's machine, not the repo
+    assert mounts["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"  # from the user's machine, not the repo
