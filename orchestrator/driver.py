@@ -11,6 +11,8 @@ import json
 import os
 import secrets
 import subprocess
+import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,14 +100,7 @@ def ray_session(run: RunSettings):
         keep_local_ray_on_loopback()
         ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
     else:
-        try:
-            ray.init(address=run.ray_address, **kwargs)
-        except ray.exceptions.AuthenticationError:
-            raise UsageError(token_refused(run.ray_address)) from None
-        except (ConnectionError, RuntimeError) as err:
-            if "authentication token" in str(err).lower():  # token auth on, and this client has no token
-                raise UsageError(token_refused(run.ray_address)) from None
-            raise UsageError(f"Ray is not reachable at {run.ray_address}: {err}") from None
+        join_cluster(ray, run.ray_address, kwargs)
     # ray.init installs a C++ failure handler for SIGTERM that dumps a stack and aborts (exit 134); put back
     # the ones that cancel cleanly (runs KILLED, Ray shut down, exit 143 or 130).
     install_signal_handlers()
@@ -113,6 +108,33 @@ def ray_session(run: RunSettings):
         yield ray
     finally:
         ray.shutdown()
+
+
+def join_cluster(ray, address: str, kwargs: dict) -> None:
+    """ray.init on a cluster, with what Ray's C++ client writes to stderr meanwhile held back: a refused token
+    shows there only (a warning a second, then a plain "Failed to connect"), so it is read to tell the user
+    which it was; on success it is passed on."""
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            ray.init(address=address, **kwargs)
+            error = None
+        except ray.exceptions.AuthenticationError:
+            error = token_refused(address)
+        except (ConnectionError, RuntimeError) as err:
+            error = f"Ray is not reachable at {address}: {err}"
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        written = held.read().decode(errors="replace")
+    if error is None:
+        sys.stderr.write(written)
+        return
+    if any(mark in written or mark in error for mark in ("InvalidAuthToken", "Unauthenticated", "authentication token")):
+        error = token_refused(address)
+    raise UsageError(error)
 
 
 def token_refused(address: str) -> str:
