@@ -13,6 +13,18 @@ if not torch.cuda.is_available():
 from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
 
 
+# The files that take longest (minutes: real searches, clusters, servers) go first, so that pytest-xdist's two
+# workers (one file at a time each) share them evenly instead of meeting the longest ones at the end.
+LONGEST_FIRST = ("test_faults.py", "test_orchestrator_verbs.py", "test_resume.py", "test_orchestrator.py",
+                 "test_orchestrator_s3.py", "test_two_nodes.py", "test_bad_input.py", "test_retrain.py",
+                 "test_ablate_cli.py", "test_security.py", "test_restore.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
 @pytest.fixture(autouse=True)
 def environment_restored():
     """Each test starts from the same environment: what one test's in-process Ray or MLflow set (RAY_ADDRESS of a
