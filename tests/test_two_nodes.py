@@ -80,7 +80,7 @@ def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
                       "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency", "2",
                       "--retrain-workers", "2", "--tracking-uri", tracking, "--artifact-root", f"s3://{bucket}/acla",
                       "--json", env=env, timeout=900)
-        if "No available agent to submit job" not in out.stderr:
+        if "No available agent to submit job" not in out.stdout + out.stderr:
             break
         time.sleep(5)
         started = time.time()
