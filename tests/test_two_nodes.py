@@ -46,10 +46,12 @@ def two_nodes(s3_env):
     try:
         out = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
                       "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                      f"--temp-dir={folders[0]}", "--disable-usage-stats", env=env)
+                      f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={folders[0]}",
+                      "--disable-usage-stats", env=env)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         out = ray_cli("start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                      f"--temp-dir={folders[1]}", "--disable-usage-stats", env=env)
+                      f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={folders[1]}",
+                      "--disable-usage-stats", env=env)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env
     finally:
@@ -75,7 +77,10 @@ def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
     env = {**env, "RAY_ADDRESS": dashboard}
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     started = time.time()
-    for _ in range(12):  # a just-started head answers "No available agent to submit job, please try again later"
+    # a just-started head answers "No available agent to submit job, please try again later" until its agent is up
+    # (each node has its own agent port: at Ray's fixed default, 52365, another Ray on the machine takes it first,
+    # and the head's agent then never serves)
+    for _ in range(12):
         out = ray_cli("job", "submit", "--", "env", f"ACLA_HOME={tmp_path}", "acla-orch", "search", "--budget", "2G",
                       "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency", "2",
                       "--retrain-workers", "2", "--tracking-uri", tracking, "--artifact-root", f"s3://{bucket}/acla",
