@@ -5,7 +5,6 @@ read the finished parts only, so `acla-orch pareto` works from the table without
 """
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 
@@ -33,5 +32,9 @@ def read_trials(store: ArtifactStore, experiment: str) -> pa.Table:
     for part in parts:
         prefix = f"tables/{experiment}/{part}"
         verify_artifact_set(store, prefix)
-        tables.append(pq.read_table(io.BytesIO(store.get_bytes(f"{prefix}/{TABLE_FILE}"))))
+        # read on the calling thread (no pre-buffering, no threads): with pre_buffer, Arrow's IO pool reads ahead
+        # and may release the Python bytes at interpreter exit, when the GIL can no longer be taken, which aborts
+        # the process ("terminate called without an active exception", apache/arrow#34314; seen in `pareto`)
+        with pq.ParquetFile(pa.BufferReader(store.get_bytes(f"{prefix}/{TABLE_FILE}")), pre_buffer=False) as part_file:
+            tables.append(part_file.read(use_threads=False))
     return pa.concat_tables(tables, promote_options="default")
