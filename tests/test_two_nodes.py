@@ -18,6 +18,7 @@ import pytest
 
 from tests.pgserver import free_port
 from tests.procs import descendants, mentioning
+from tests.s3server import SECRET_KEY
 from tests.test_orchestrator_s3 import s3_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def two_nodes(s3_env):
                       f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={folders[1]}",
                       "--disable-usage-stats", env=env)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env
+        yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env, folders
     finally:
         # every process started for our two nodes (their command lines name our temp dirs) and their workers,
         # by PID
@@ -71,7 +72,7 @@ def two_nodes(s3_env):
 
 def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
     from mlflow.tracking import MlflowClient
-    dashboard, address, env = two_nodes
+    dashboard, address, env, node_folders = two_nodes
     bucket = f"acla-{uuid.uuid4().hex[:8]}"
     s3_env.client().create_bucket(Bucket=bucket)
     env = {**env, "RAY_ADDRESS": dashboard}
@@ -101,6 +102,12 @@ def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
     keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert any(k.startswith("acla/ray-train/") and k.endswith("/model.pt") for k in keys)
     assert not list(Path(tmp_path).rglob("model.pt"))  # no checkpoint on a node's own disk
+    # the nodes had the S3 secret and the cluster token in their environment: neither reached a file (Ray's logs
+    # and session files on both nodes, the run directory)
+    secrets_given = (SECRET_KEY.encode(), env["RAY_AUTH_TOKEN"].encode())
+    leaks = [str(path) for folder in (*node_folders, tmp_path) for path in Path(folder).rglob("*")
+             if path.is_file() and not path.is_symlink() and any(s in path.read_bytes() for s in secrets_given)]
+    assert not leaks
     experiment = client.get_experiment_by_name("acla-car-q10")
     assert {r.info.run_id for r in client.search_runs([experiment.experiment_id], "tags.pareto = 'true'")} == \
         {t["run_id"] for t in summary["trials"] if t["pareto"]}
