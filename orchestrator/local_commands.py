@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -166,22 +165,10 @@ def profile_from_args(args: argparse.Namespace, default: str | None = None):
         raise UsageError(str(err)) from None
 
 
-@contextmanager
-def progress_bar(description: str, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[status]}"))
-    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
-        bar = progress.add_task(description, total=total, status="")
-
-        def report(record: dict) -> None:
-            status = f"loss {record.get('loss', record.get('val_loss', 0.0)):.4f}"
-            progress.update(bar, completed=record["step"], status=status)
-        yield report
-
-
 def command_train(args: argparse.Namespace) -> int:
     from workers.train import train
+
+    from .progress import loss_status, progress_bar
     task = task_spec_from_args(args)
     genotype = read_genotype(args.genotype)
     if (genotype.task, genotype.scale, genotype.in_channels) != (task.name, task.scale, task.in_channels):
@@ -197,8 +184,9 @@ def command_train(args: argparse.Namespace) -> int:
     else:
         output = home / "train" / f"{task.label}-{profile.name}.pt"
     steps = args.steps or profile.train_steps
-    with user_errors(), progress_bar(f"train {task.label}", steps) as report:
-        result = train(genotype=genotype, task=task, data=data, profile=profile, report=report, steps=steps,
+    with user_errors(), progress_bar(f"train {task.label}", steps) as bar:
+        result = train(genotype=genotype, task=task, data=data, profile=profile, steps=steps,
+                       report=lambda record: bar.update(record["step"], loss_status(record)),
                        resume_from=args.resume, checkpoint_path=str(output), seed=args.seed,
                        checkpoint_every=max(1, steps // 10))
     print(json.dumps({"checkpoint": str(output), "steps": result.steps,

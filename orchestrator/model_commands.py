@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UsageError
 from .local_commands import check_output_folder, task_spec_from_args, user_errors, write_image_atomically
+from .progress import progress_bar
 
 
 def load_model(args: argparse.Namespace):
@@ -42,16 +41,6 @@ def as_network_input(image, task):
     return to_gray_y(image) if task.gray else to_rgb(image)
 
 
-@contextmanager
-def counting_progress(description: str, total: int, enabled: bool):
-    """A progress bar on stderr (a terminal only) and a step function for it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True, disable=not (enabled and sys.stderr.isatty())) as progress:
-        bar = progress.add_task(description, total=total)
-        yield lambda: progress.advance(bar)
-
-
 def command_restore(args: argparse.Namespace) -> int:
     from workers.data import load_image
     from workers.restore import MIN_SIDE, restore_array, tile_count
@@ -73,10 +62,10 @@ def command_restore(args: argparse.Namespace) -> int:
             images.append((path, image))
     total = sum(tile_count(*image.shape[:2], args.tile) for _, image in images)
     outputs = []
-    with counting_progress("restoring", total, enabled=total > 1) as step:
+    with progress_bar("restoring", total, enabled=total > 1, transient=True) as bar:
         for path, image in images:
             started = time.perf_counter()
-            restored = restore_array(network, image, scale=task.scale, tile=args.tile, on_tile=step)
+            restored = restore_array(network, image, scale=task.scale, tile=args.tile, on_tile=bar.advance)
             target = out_dir / f"{Path(path).stem}.png"
             write_image_atomically(target, restored)
             outputs.append({"input": path, "output": str(target), "input_size": list(image.shape[1::-1]),
@@ -103,8 +92,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
             image_set = ImageSet(Path(args.data).name, list_images(args.data))
         else:
             image_set = benchmark_set(args.datasets, args.benchmark)
-        with counting_progress(f"evaluating on {image_set.name}", len(image_set.paths), enabled=True) as step:
-            rows = score_images(network, task, image_set, seed=args.seed, tile=args.tile, on_image=step)
+        with progress_bar(f"evaluating on {image_set.name}", len(image_set.paths), transient=True) as bar:
+            rows = score_images(network, task, image_set, seed=args.seed, tile=args.tile, on_image=bar.advance)
     mean = mean_scores(rows)
     result = {"model": resolved.reference, "task": task.label, "images": image_set.name, "count": len(rows),
               "mean": {k: round(v, 4) for k, v in mean.items()},

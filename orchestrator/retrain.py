@@ -5,15 +5,19 @@ wrapped for DDP, the rank's own patches, and each checkpoint handed to Ray Train
 evaluation in the last one). Ray Train keeps the latest under `storage_path`. A worker group that fails (a dead
 worker or node) is started again once (FailureConfig), and resumes from that checkpoint through
 `ray.train.get_checkpoint()`; the reports say from which step (`resumed_from_step`).
+
+Ray Train V2's reports reach its controller actor, not the driver; so rank 0 also puts its training records
+(step, loss, every `log_every` steps) on a small Ray queue that the driver reads while `fit()` runs, for the
+progress bar (or any `progress` callback).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -23,6 +27,8 @@ from workers.data import ImageSet
 from workers.profiles import get_profile
 from workers.tasks import TaskSpec
 from workers.train import DataSpec, TrainHooks, train
+
+from .progress import loss_status, progress_bar
 
 CHECKPOINT_FILE = "model.pt"
 
@@ -51,10 +57,18 @@ def retrain_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(report)
 
+    def feed(record: dict) -> None:  # rank 0's training records to the driver; never waits on a full queue
+        from ray.util.queue import Full
+        try:
+            config["progress"].put_nowait({k: record[k] for k in ("step", "total_steps", "loss")})
+        except Full:
+            pass
+
     steps = config["steps"]
     hooks = TrainHooks(wrap_model=ray.train.torch.prepare_model, sampler_seed=config["seed"] + 1000 * rank,
                        evaluate=rank == 0, on_checkpoint=on_checkpoint)
     train(genotype=genotype, task=task, data=data, profile=profile, steps=steps, seed=config["seed"],
+          report=feed if rank == 0 and config["progress"] is not None else None,
           device=ray.train.torch.get_device(), resume_from=resume_from,
           checkpoint_path=str(Path(tempfile.mkdtemp(prefix="acla-retrain-")) / CHECKPOINT_FILE),
           checkpoint_every=max(1, steps // max(1, config["reports"])), hooks=hooks)
@@ -68,36 +82,42 @@ class RetrainOutcome:
     checkpoint_file: str  # a local copy of its model.pt
 
 
-def fit_with_status(trainer, text: str):
-    """trainer.fit() under a status line with the elapsed time on stderr (a terminal only): Ray Train's reports
-    reach its controller, not this process, so the line says how long, not which step."""
-    import sys
+def fit_reporting(trainer, queue, progress) -> object:
+    """trainer.fit(), while a thread hands each record that rank 0 puts on `queue` to `progress`."""
+    import threading
 
-    from rich.console import Console
-    if not sys.stderr.isatty():
+    from ray.util.queue import Empty
+    done = threading.Event()
+
+    def drain() -> None:
+        while True:
+            try:
+                progress(queue.get_nowait())
+            except Empty:
+                return
+
+    def follow() -> None:
+        while not done.wait(0.5):
+            drain()
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
         return trainer.fit()
-    started = time.monotonic()
-    console = Console(stderr=True)
-    with console.status(text) as status:
-        import threading
-        done = threading.Event()
-
-        def tick() -> None:
-            while not done.wait(1.0):
-                status.update(f"{text} ({time.monotonic() - started:.0f} s)")
-        ticker = threading.Thread(target=tick, daemon=True)
-        ticker.start()
-        try:
-            return trainer.fit()
-        finally:
-            done.set()
+    finally:
+        done.set()
+        follower.join()
+        drain()
 
 
 def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage,
-                     name: str, num_workers: int, steps: int, seed: int = 0) -> RetrainOutcome:
-    """`storage` is the run's StorageConfig: Ray Train writes through its pyarrow filesystem (disk or S3)."""
+                     name: str, num_workers: int, steps: int, seed: int = 0,
+                     progress: Callable[[dict], None] | None = None) -> RetrainOutcome:
+    """`storage` is the run's StorageConfig: Ray Train writes through its pyarrow filesystem (disk or S3).
+    `progress` gets rank 0's training records ({step, total_steps, loss}) as they come; without it, a progress
+    bar on a terminal shows them."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     import ray
 
@@ -106,7 +126,8 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
     use_gpu, per_worker, threads = retrain_resources(node_shapes(ray), num_workers)  # the cluster's, not ours
     config = {"genotype": genotype.to_json(), "task": dataclasses.asdict(task), "profile": profile_name,
               "train_set": dataclasses.asdict(data.train), "valid_set": dataclasses.asdict(data.valid),
-              "steps": steps, "reports": 4, "seed": seed, "threads_per_worker": threads}
+              "steps": steps, "reports": 4, "seed": seed, "threads_per_worker": threads,
+              "progress": Queue(maxsize=10_000, actor_options={"num_cpus": 0})}
     trainer = TorchTrainer(
         retrain_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
@@ -114,7 +135,12 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
         run_config=RunConfig(name=name, storage_path=f"{root}/ray-train", storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest: the trained model
                              failure_config=FailureConfig(max_failures=1)))
-    result = fit_with_status(trainer, f"retraining {name}: {steps} steps on {num_workers} Ray Train worker(s)")
+    try:
+        with progress_bar(f"{name} on {num_workers} Ray Train worker(s)", steps, enabled=progress is None) as bar:
+            result = fit_reporting(trainer, config["progress"],
+                                   progress or (lambda record: bar.update(record["step"], loss_status(record))))
+    finally:
+        ray.kill(config["progress"].actor)
     if result.error:
         raise result.error
     final, final_metrics = result.checkpoint, result.metrics

@@ -26,11 +26,13 @@ RETRAIN = textwrap.dedent("""
     home = Path(sys.argv[1])
     run = RunSettings(run_dir=home, tracking_uri="", artifact_root=str(home / "artifacts"), ray_address=None)
     genotype = Genotype(task="car", scale=1, in_channels=3, channels=8, blocks=2, stages=1)
+    records = []
     with ray_session(run):
         outcome = retrain_genotype(genotype=genotype, task=task_from_options("car"), profile_name="smoke",
                                    data=DataSpec(*embedded_sets()), storage=run.storage, name="resume-test",
-                                   num_workers=1, steps=int(sys.argv[2]), seed=0)
-    print(json.dumps({k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}))
+                                   num_workers=1, steps=int(sys.argv[2]), seed=0, progress=records.append)
+    print(json.dumps({**{k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))},
+                      "progress": records}))
 """)
 
 
@@ -52,3 +54,10 @@ def test_a_dead_retrain_worker_resumes_from_its_last_checkpoint(tmp_path):
     metrics = json.loads(stdout.strip().splitlines()[-1])
     assert metrics["step"] == steps and metrics["psnr"] == metrics["psnr"]  # finished, evaluated
     assert 0 < metrics["resumed_from_step"] < steps  # the new worker group continued, it did not start over
+    # the driver saw rank 0's steps while Ray Train ran (every log_every = 2 steps of the smoke profile), from both
+    # worker groups: the first up to the kill, the second from its checkpoint to the end
+    seen = [r["step"] for r in metrics["progress"]]
+    assert seen[-1] == steps and all(r["total_steps"] == steps and r["loss"] > 0 for r in metrics["progress"])
+    restarts = [i for i in range(1, len(seen)) if seen[i] <= seen[i - 1]]
+    assert len(restarts) == 1 and seen[restarts[0]] == metrics["resumed_from_step"] + 2
+    assert sorted(set(seen)) == list(range(2, steps + 1, 2))
