@@ -61,19 +61,12 @@ def resolve_model(reference: str, *, tracking_uri: str, s3_endpoint: str | None 
     raise UsageError(f"unknown model reference {reference!r}: no such file; {EXPECTED}")
 
 
-def _client(tracking_uri: str):
-    import os
-
-    from mlflow.tracking import MlflowClient
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    return MlflowClient(tracking_uri)
-
-
 def _from_registry(reference: str, tracking_uri: str, workdir: str) -> ResolvedModel:
     match = REGISTRY.fullmatch(reference)
     if not match:
         raise UsageError(f"unknown model reference {reference!r}; {EXPECTED}")
-    client = _client(tracking_uri)
+    from .tracking import client_for
+    client = client_for(tracking_uri)
     try:
         if match["alias"]:
             version = client.get_model_version_by_alias(match["name"], match["alias"])
@@ -87,7 +80,9 @@ def _from_registry(reference: str, tracking_uri: str, workdir: str) -> ResolvedM
 
 def _from_run(reference: str, run_id: str, tracking_uri: str, workdir: str) -> ResolvedModel:
     import mlflow
-    client = _client(tracking_uri)
+
+    from .tracking import client_for
+    client = client_for(tracking_uri)
     try:
         run = client.get_run(run_id)
     except Exception:

@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 
 from search_space.genotype import Genotype
 
+# What a finished trial reports: its numbers (MLflow metrics) and the strings about where it ran, its device and
+# attention implementation (trial.py) and the node (Tune adds `hostname` and `node_ip` to every result; MLflow
+# params).
+TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
+                 "proxy_channels", "params", "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
+TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip", "node_id")
+
 
 @dataclass(frozen=True)
 class SearchJob:
@@ -65,7 +72,7 @@ class TrialRecord:
     def from_mlflow(cls, run, genotype_json: str) -> "TrialRecord":
         """A finished trial read back from its MLflow run (what `retrain --run-id` starts from)."""
         tags = run.data.tags
-        result = {**run.data.metrics, **{k: v for k, v in run.data.params.items() if k in ("device", "attention_backend")},
+        result = {**run.data.metrics, **{k: v for k, v in run.data.params.items() if k in TRIAL_PARAMS},
                   "genotype": genotype_json}
         return cls(trial=tags.get("trial_id", run.info.run_id[:8]), run_id=run.info.run_id,
                    params={k: v for k, v in run.data.params.items() if not k.startswith("genotype.")},

@@ -17,15 +17,17 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .pareto import pareto_front, plot_front, point_label
+from .records import TRIAL_METRICS, TRIAL_PARAMS
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
-TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "macs", "proxy_macs",
-                 "proxy_channels", "params", "num_modules", "mean_active_keys", "latency_ms", "trial_seconds")
-# Strings a trial reports about where it ran: its device and attention implementation (trial.py), and the node
-# (Tune adds `hostname` and `node_ip` to every result).
-TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip", "node_id")
-# What a finished trial's result keeps in the search state (Tune adds its own bookkeeping: time, hostname, ...).
 TRIAL_RESULT_KEYS = TRIAL_METRICS + TRIAL_PARAMS + ("genotype", "position_scores")
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """A client of an existing store (telemetry off unless the user turned it on)."""
+    import os
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return MlflowClient(tracking_uri)
 
 
 def mlflow_client(run):
@@ -33,12 +35,11 @@ def mlflow_client(run):
     import os
 
     from .settings import create_sqlite_folder
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     create_sqlite_folder(run.tracking_uri)
     os.environ.update(run.storage.mlflow_environment())  # MLflow's S3 artifacts use the same endpoint
     import mlflow
     mlflow.set_tracking_uri(run.tracking_uri)
-    return MlflowClient(run.tracking_uri)
+    return client_for(run.tracking_uri)
 
 
 def experiment_name(task_label: str) -> str:

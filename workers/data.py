@@ -263,3 +263,23 @@ class PatchSampler:
         else:  # denoise, demosaic: degrade the augmented clean patch, so the Bayer phase stays RGGB
             degraded = task.degrade(np.ascontiguousarray(target), rng)
         return to_tensor(degraded), to_tensor(np.ascontiguousarray(target))
+
+
+def centre_crop(image: np.ndarray, size: int, multiple: int) -> np.ndarray:
+    if size <= 0:
+        return image
+    height, width = image.shape[:2]
+    crop_h, crop_w = min(size, height) // multiple * multiple, min(size, width) // multiple * multiple
+    top, left = (height - crop_h) // 2 // multiple * multiple, (width - crop_w) // 2 // multiple * multiple
+    return image[top:top + crop_h, left:left + crop_w]
+
+
+def evaluation_pairs(task: TaskSpec, image_set: "ImageSet", *, seed: int = 0, crop: int = 0):
+    """(name, clean target, degraded input) per image of a set, one at a time, degraded as every evaluation
+    degrades it: the task's target (gray, cropped to the scale), an optional centre crop, seeded noise per image."""
+    images = image_set.images()
+    if not images:
+        raise DataError(f"{image_set.name}: no images")
+    for index, (name, image) in enumerate(images):
+        target = centre_crop(task.prepare_target(image), crop, max(task.scale, 2))
+        yield name, target, task.degrade(target, np.random.default_rng([seed, index]))

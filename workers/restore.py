@@ -95,15 +95,10 @@ def score_images(model: torch.nn.Module, task, image_set, *, seed: int = 0, tile
     """Per clean image: the model's PSNR/SSIM (Y and RGB, the task's border), the degraded input's own score
     where it has the target's size (car, denoise, demosaic) and the classical baseline's (bicubic for sr,
     bilinear for demosaic). The degradation is the evaluation's: seeded noise per image, as workers.train.evaluate."""
-    from .data import DataError
+    from .data import evaluation_pairs
     from .metrics import image_metrics
-    images = image_set.images()
-    if not images:
-        raise DataError(f"{image_set.name}: no images")
     rows = []
-    for index, (name, image) in enumerate(images):
-        target = task.prepare_target(image)
-        degraded = task.degrade(target, np.random.default_rng([seed, index]))
+    for name, target, degraded in evaluation_pairs(task, image_set, seed=seed):
         output = restore_array(model, degraded, scale=task.scale, tile=tile)
         row = {"image": name, **image_metrics(target, output, border=task.border)}
         as_image = degraded if degraded.dtype == np.uint8 else to_uint8_image(to_tensor(degraded))

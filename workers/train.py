@@ -19,7 +19,7 @@ from search_space.backbone import build_network
 from search_space.genotype import Genotype
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DataError, ImageSet, PatchSampler, prepare_pairs, to_tensor
+from .data import DataError, ImageSet, PatchSampler, evaluation_pairs, prepare_pairs, to_tensor
 from .device import training_device
 from .metrics import image_metrics
 from .profiles import Profile
@@ -160,15 +160,6 @@ def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
-def centre_crop(image: np.ndarray, size: int, multiple: int) -> np.ndarray:
-    if size <= 0:
-        return image
-    height, width = image.shape[:2]
-    crop_h, crop_w = min(size, height) // multiple * multiple, min(size, width) // multiple * multiple
-    top, left = (height - crop_h) // 2 // multiple * multiple, (width - crop_w) // 2 // multiple * multiple
-    return image[top:top + crop_h, left:left + crop_w]
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, crop: int = 0, seed: int = 0) -> dict:
     """Mean PSNR/SSIM (Y and RGB) of the model and of the task's classical baseline over whole images (or a
@@ -177,12 +168,9 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, cro
     device = model_device(model)
     model.eval()
     totals: dict[str, float] = {}
-    images = image_set.images()
-    if not images:
-        raise DataError(f"{image_set.name}: no validation images")
-    for index, (_, image) in enumerate(images):
-        target = centre_crop(task.prepare_target(image), crop, max(task.scale, 2))
-        degraded = task.degrade(target, np.random.default_rng([seed, index]))
+    count = 0
+    for _, target, degraded in evaluation_pairs(task, image_set, seed=seed, crop=crop):
+        count += 1
         output = to_uint8_image(model(to_tensor(degraded).unsqueeze(0).to(device))[0])
         baseline = task.baseline(degraded)
         if baseline.dtype != np.uint8:  # the noisy input, as an image
@@ -191,6 +179,6 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, cro
             for key, value in image_metrics(target, result, border=task.border).items():
                 totals[prefix + key] = totals.get(prefix + key, 0.0) + value
     model.train(was_training)
-    metrics = {key: value / len(images) for key, value in totals.items()}
-    metrics["images"] = len(images)
+    metrics = {key: value / count for key, value in totals.items()}
+    metrics["images"] = count
     return metrics
