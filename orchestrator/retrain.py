@@ -13,6 +13,7 @@ progress bar (or any `progress` callback).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 from dataclasses import dataclass
@@ -57,18 +58,11 @@ def retrain_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(report)
 
-    def feed(record: dict) -> None:  # rank 0's training records to the driver; never waits on a full queue
-        from ray.util.queue import Full
-        try:
-            config["progress"].put_nowait({k: record[k] for k in ("step", "total_steps", "loss")})
-        except Full:
-            pass
-
     steps = config["steps"]
     hooks = TrainHooks(wrap_model=ray.train.torch.prepare_model, sampler_seed=config["seed"] + 1000 * rank,
                        evaluate=rank == 0, on_checkpoint=on_checkpoint)
     train(genotype=genotype, task=task, data=data, profile=profile, steps=steps, seed=config["seed"],
-          report=feed if rank == 0 and config["progress"] is not None else None,
+          report=functools.partial(put_progress, config["progress"]) if rank == 0 else None,
           device=ray.train.torch.get_device(), resume_from=resume_from,
           checkpoint_path=str(Path(tempfile.mkdtemp(prefix="acla-retrain-")) / CHECKPOINT_FILE),
           checkpoint_every=max(1, steps // max(1, config["reports"])), hooks=hooks)
@@ -82,18 +76,30 @@ class RetrainOutcome:
     checkpoint_file: str  # a local copy of its model.pt
 
 
+def put_progress(queue, record: dict) -> None:
+    """Rank 0's training record to the driver: never waits and never fails a training. A full queue drops the
+    record; a queue that is gone (with its driver's node) drops them all."""
+    from ray.exceptions import RayActorError
+    from ray.util.queue import Full
+    try:
+        queue.put_nowait({k: record[k] for k in ("step", "total_steps", "loss")})
+    except (Full, RayActorError):
+        pass
+
+
 def fit_reporting(trainer, queue, progress) -> object:
     """trainer.fit(), while a thread hands each record that rank 0 puts on `queue` to `progress`."""
     import threading
 
+    from ray.exceptions import RayActorError
     from ray.util.queue import Empty
     done = threading.Event()
 
-    def drain() -> None:
+    def drain() -> None:  # the progress shown is lost with the queue (its node gone), never the training's result
         while True:
             try:
                 progress(queue.get_nowait())
-            except Empty:
+            except (Empty, RayActorError):
                 return
 
     def follow() -> None:
@@ -118,6 +124,7 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     import ray
 
@@ -127,7 +134,9 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
     config = {"genotype": genotype.to_json(), "task": dataclasses.asdict(task), "profile": profile_name,
               "train_set": dataclasses.asdict(data.train), "valid_set": dataclasses.asdict(data.valid),
               "steps": steps, "reports": 4, "seed": seed, "threads_per_worker": threads,
-              "progress": Queue(maxsize=10_000, actor_options={"num_cpus": 0})}
+              "progress": Queue(maxsize=10_000, actor_options={  # on the driver's node, which it dies with
+                  "num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+                      ray.get_runtime_context().get_node_id(), soft=True)})}
     trainer = TorchTrainer(
         retrain_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
@@ -140,7 +149,7 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
             result = fit_reporting(trainer, config["progress"],
                                    progress or (lambda record: bar.update(record["step"], loss_status(record))))
     finally:
-        ray.kill(config["progress"].actor)
+        ray.kill(config["progress"].actor, no_restart=True)
     if result.error:
         raise result.error
     final, final_metrics = result.checkpoint, result.metrics

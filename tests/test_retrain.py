@@ -61,3 +61,44 @@ def test_a_dead_retrain_worker_resumes_from_its_last_checkpoint(tmp_path):
     restarts = [i for i in range(1, len(seen)) if seen[i] <= seen[i - 1]]
     assert len(restarts) == 1 and seen[restarts[0]] == metrics["resumed_from_step"] + 2
     assert sorted(set(seen)) == list(range(2, steps + 1, 2))
+
+
+PROGRESS = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import ray
+    from ray.util.queue import Queue
+    from orchestrator.driver import ray_session
+    from orchestrator.retrain import fit_reporting, put_progress
+    from orchestrator.settings import RunSettings
+    home = Path(sys.argv[1])
+    run = RunSettings(run_dir=home, tracking_uri="", artifact_root=str(home / "artifacts"), ray_address=None)
+    record = lambda step: {"step": step, "total_steps": 8, "loss": 0.5, "lr": 1e-4}
+    with ray_session(run):
+        full = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        put_progress(full, record(2))
+        put_progress(full, record(4))  # full: dropped, no wait
+        kept = [full.get_nowait()["step"], full.qsize()]
+        queue = Queue(maxsize=100, actor_options={"num_cpus": 0})
+
+        class Training:  # what rank 0 does during TorchTrainer.fit(): puts records, here until its queue is gone
+            def fit(self):
+                put_progress(queue, record(2))
+                put_progress(queue, record(4))
+                time.sleep(1.5)  # the driver's follower reads them meanwhile
+                ray.kill(queue.actor, no_restart=True)
+                put_progress(queue, record(6))  # a queue that is gone fails no training
+                return "fitted"
+        seen = []
+        result = fit_reporting(Training(), queue, seen.append)
+    print(json.dumps({"kept": kept, "result": result, "seen": seen}))
+""")
+
+
+def test_progress_records_never_wait_or_fail_the_training(tmp_path):
+    out = subprocess.run([sys.executable, "-c", PROGRESS, str(tmp_path / "home")], cwd=str(tmp_path), text=True,
+                         env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["kept"] == [2, 0] and result["result"] == "fitted"
+    assert result["seen"] == [{"step": 2, "total_steps": 8, "loss": 0.5}, {"step": 4, "total_steps": 8, "loss": 0.5}]
