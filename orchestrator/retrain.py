@@ -137,14 +137,14 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
               "progress": Queue(maxsize=10_000, actor_options={  # on the driver's node, which it dies with
                   "num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
                       ray.get_runtime_context().get_node_id(), soft=True)})}
-    trainer = TorchTrainer(
-        retrain_loop_per_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=per_worker),
-        run_config=RunConfig(name=name, storage_path=f"{root}/ray-train", storage_filesystem=filesystem,
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest: the trained model
-                             failure_config=FailureConfig(max_failures=1)))
-    try:
+    try:  # the queue's actor goes whatever happens from here
+        trainer = TorchTrainer(
+            retrain_loop_per_worker, train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=per_worker),
+            run_config=RunConfig(name=name, storage_path=f"{root}/ray-train", storage_filesystem=filesystem,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest: the trained model
+                                 failure_config=FailureConfig(max_failures=1)))
         with progress_bar(f"{name} on {num_workers} Ray Train worker(s)", steps, enabled=progress is None) as bar:
             result = fit_reporting(trainer, config["progress"],
                                    progress or (lambda record: bar.update(record["step"], loss_status(record))))
