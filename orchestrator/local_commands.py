@@ -78,6 +78,7 @@ def command_cost(args: argparse.Namespace) -> int:
     from search_space.backbone import build_network
     from search_space.budget import format_macs
     from search_space.cost import count_parameters, genotype_macs, reference_input_size
+    from search_space.registry import get_kind
 
     spec = task_spec_from_args(args)
     if args.genotype:
@@ -86,16 +87,22 @@ def command_cost(args: argparse.Namespace) -> int:
             raise UsageError(f"genotype {args.genotype} is for task {genotype.task} x{genotype.scale}, "
                              f"not {spec.name} x{spec.scale}; pass the matching --task/--scale")
         height, width = reference_input_size(genotype.task, genotype.scale)
-        result = {"task": spec.name, "scale": spec.scale, "macs": genotype_macs(genotype),
-                  "params": count_parameters(build_network(genotype)),
-                  "reference_input": [height, width], "reference_output": [height * spec.scale, width * spec.scale]}
+        result = {"task": spec.name, "scale": spec.scale, "macs": genotype_macs(genotype)}
+        if get_kind(genotype.attention).adaptive:  # data-dependent cost: the bound at the caps (what budgets
+            # are checked against) and the expected figure at the keys measured on validation images
+            result["macs_basis"] = "key caps (the bound every budget check uses)"
+            result["macs_expected"] = genotype_macs(genotype, expected=True)
+            result["expected_basis"] = ("mean keys measured on validation images" if genotype.expected_keys
+                                        else "not measured: the caps")
+        result.update({"params": count_parameters(build_network(genotype)), "reference_input": [height, width],
+                       "reference_output": [height * spec.scale, width * spec.scale]})
     else:
         result = {"task": spec.name, "scale": spec.scale, "budget_macs": int(args.budget)}
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            shown = format_macs(value) + " (1 FLOP = 1 MAC)" if key in ("macs", "budget_macs") else value
+            shown = format_macs(value) + " (1 FLOP = 1 MAC)" if key in ("macs", "budget_macs", "macs_expected") else value
             print(f"{key:>17}: {shown}")
     return 0
 

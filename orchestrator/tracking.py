@@ -145,7 +145,7 @@ def log_trial(client: MlflowClient, run_id: str, *, result: dict) -> str:
     fields = {**short_genotype_params(genotype), **{k: result[k] for k in TRIAL_PARAMS if k in result}}
     scores = json.loads(result.get("position_scores", "[]"))
     per_position = [Metric(f"position_{kind}_{s['position']}", float(s[kind]), 0, 0)
-                    for s in scores for kind in ("score", "spread", "stderr", "prob")]
+                    for s in scores for kind in ("score", "spread", "stderr", "prob", "active_keys") if kind in s]
     metrics = [Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result]
     metrics.append(Metric("macs_g", float(result["macs"]) / 1e9, 0, 0))
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in fields.items()], metrics=metrics + per_position)

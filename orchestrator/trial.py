@@ -22,7 +22,7 @@ from workers.profiles import Profile
 from workers.search_run import (SearchConfig, load_search_result, position_scores, run_search,
                                 save_search_result)
 from workers.tasks import TaskSpec
-from workers.train import DataSpec, Report, train
+from workers.train import DataSpec, Report, measure_active_keys, train
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -88,14 +88,20 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
                     resume_from=saved if saved and os.path.isfile(saved) else None,
                     report=progress_report(report, "train", profile.search_steps))
     genotype = found.genotype
-    keys = [k for position in genotype.keys for k in position]
+    # Measured on the proxy-trained network, at the proxy width: the target network shares its gates' design.
+    measured = measure_active_keys(trained.model, task, settings.data.valid, crop=profile.valid_crop)
+    if genotype.expected_keys and measured:  # the derived adaptive modules' keys on the validation images
+        genotype = genotype.replace(expected_keys=[[round(min(m, cap), 4) for m, cap in zip(means, caps)]
+                                                   for means, caps in zip(measured, genotype.keys)])
+    keys = [k for position in (genotype.expected_keys or genotype.keys) for k in position]
     metrics = trained.metrics
     target = build_network(genotype)
     result = {
         "psnr": metrics[task.headline_metric], "ssim": metrics[task.headline_metric.replace("psnr", "ssim")],
         "psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "psnr_rgb": metrics["psnr_rgb"],
         "ssim_rgb": metrics["ssim_rgb"], "input_psnr": metrics["input_" + task.headline_metric],
-        "macs": genotype_macs(genotype), "proxy_macs": genotype_macs(found.proxy_genotype),
+        "macs": genotype_macs(genotype), "macs_expected": genotype_macs(genotype, expected=True),
+        "proxy_macs": genotype_macs(found.proxy_genotype),
         "params": count_parameters(target), "proxy_channels": found.proxy_genotype.channels,
         "num_modules": len(genotype.positions), "mean_active_keys": sum(keys) / len(keys) if keys else 0.0,
         "latency_ms": measure_latency_ms(target, task.in_channels),

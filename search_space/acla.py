@@ -4,8 +4,19 @@ arXiv 2203.03619).
 Each query pixel attends to a few keys in each of L previous layers. Keys sit at offsets predicted from the
 query and are read bilinearly (`deformable_sample`, as in Deformable-DETR). A binary gate per
 (query, layer, key) decides which keys take part: gated-off keys are removed from the softmax, not weighted
-zero. During the search the gates are trained with a straight-through hard-concrete estimator; the derived
-network fixes a key count per reference layer and each query keeps its top-k keys by gate score.
+zero. During the search the gates are trained with a straight-through hard-concrete estimator (Louizos et al.,
+"L0 regularization", ICLR 2018) and every expected key is priced in MACs (search_space/search.py). The derived
+module stays adaptive: each query keeps its own gated-on keys (score > 0), at most a cap per reference layer
+(its top-cap by score), so the count varies from pixel to pixel as the paper claims.
+
+Two value layouts (the registry's kinds): one value projection per reference layer, with the output fusion
+folded in (`acla`, `cla`), or the authors' one shared projection (SDL-ASU/ACLA `conv_refer`), applied once
+after the weighted sum of the raw reference reads (`acla-shared`, `cla-shared`), which saves (L-1) C^2 MACs per
+pixel and the kernel's L projected value maps.
+
+A new module changes its network's output by almost nothing, yet every parameter learns from the first step:
+the output projection starts small and random (FUSE_INIT_STD), not zero. A zero fusion would make it the only
+parameter with a gradient until it had grown (the method audit's finding).
 
 Shapes: B batch, C channels, H x W pixels, L reference layers, K candidate keys per reference layer.
 """
@@ -24,6 +35,10 @@ from .sampling import deformable_sample, spread_offsets
 __all__ = ["ACLA", "deformable_sample", "masked_softmax"]
 
 
+GATE_INIT = 1.0  # gate logits start at +1: P(on) = 0.73, 6.6 of 9 keys, with room to move both ways
+FUSE_INIT_STD = 1e-3  # the output projection's start: a new module moves its block's output by ~0.1-1%
+
+
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """Forward value `hard`, gradient of `soft`."""
     return hard + (soft - soft.detach())  # soft - soft is exactly 0, so the forward value is exactly `hard`
@@ -32,8 +47,9 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
 class ACLA(AttentionModule):
     """Cross-layer attention with learned offsets and (optionally) adaptive key selection.
 
-    `adaptive=False` is CLA: K keys per layer, no gates. `active_keys` (one count per reference layer) turns an
-    adaptive module into its derived form, where each query keeps its top-k keys by gate score.
+    `adaptive=False` is CLA: K keys per layer, no gates. `active_keys` (one cap per reference layer) turns an
+    adaptive module into its derived form, where each query keeps its gated-on keys, at most the cap (its
+    top-cap by gate score). `shared_values` reads the raw reference layers and projects once after the sum.
     """
 
     def __init__(
@@ -44,7 +60,8 @@ class ACLA(AttentionModule):
         adaptive: bool = True,
         active_keys: Sequence[int] | None = None,
         gate_temperature: float = 1.0,
-        gate_init: float = 2.0,
+        gate_init: float = GATE_INIT,
+        shared_values: bool = False,
     ) -> None:
         super().__init__()
         if channels < 1 or num_refs < 1 or keys_per_ref < 1:
@@ -57,17 +74,22 @@ class ACLA(AttentionModule):
                 raise ValueError(f"active_keys must hold {num_refs} counts in 1..{keys_per_ref}, got {active_keys}")
         self.channels, self.num_refs, self.keys_per_ref = channels, num_refs, keys_per_ref
         self.adaptive = adaptive
+        self.shared_values = shared_values
         self.active_keys = active_keys
         self.gate_temperature = gate_temperature
         keys = num_refs * keys_per_ref
         self.offset_proj = nn.Conv2d(channels, 2 * keys, 1)
         self.logit_proj = nn.Conv2d(channels, keys, 1)
         self.gate_proj = nn.Conv2d(channels, keys, 1) if adaptive else None
-        self.value_projs = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(num_refs))
+        # Shared: one projection after the sum (the fusion is that projection). Per layer: L value projections,
+        # each merged with the fusion into one 1x1 conv per call (`merged_values`).
+        self.value_projs = nn.ModuleList(() if shared_values else (nn.Conv2d(channels, channels, 1)
+                                                                     for _ in range(num_refs)))
         self.fuse = nn.Conv2d(channels, channels, 1)
         self._reset_parameters(gate_init)
         self.last_active_keys: torch.Tensor | None = None  # (L,) mean active keys per query, no grad
         self.last_expected_keys: torch.Tensor | None = None  # (L,) expected active keys, differentiable
+        self.last_key_quantile: torch.Tensor | None = None  # (L,) 90th percentile of a query's active keys
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [] if self.gate_proj is None else list(self.gate_proj.parameters())
@@ -83,6 +105,12 @@ class ACLA(AttentionModule):
             return None
         return list(value.unbind(0)) if expected else [float(v) for v in value]
 
+    def key_quantiles(self) -> list[float] | None:
+        """The 90th percentile of a query's active keys per layer in the last forward pass (None without gates)."""
+        if not self.adaptive or self.last_key_quantile is None:
+            return None
+        return [float(v) for v in self.last_key_quantile]
+
     def _reset_parameters(self, gate_init: float) -> None:
         # Offsets start at a fixed spread around the query; weights zero so every pixel starts the same.
         nn.init.zeros_(self.offset_proj.weight)
@@ -94,8 +122,9 @@ class ACLA(AttentionModule):
         if self.gate_proj is not None:
             nn.init.normal_(self.gate_proj.weight, std=0.01)
             nn.init.constant_(self.gate_proj.bias, gate_init)
-        # Zero fusion: a new module is the identity, so inserting it never hurts a trained backbone.
-        nn.init.zeros_(self.fuse.weight)
+        # A small random fusion: a new module is nearly the identity, so inserting it never hurts a trained
+        # backbone, and every parameter before it gets a gradient from the first step (a zero fusion gives none).
+        nn.init.normal_(self.fuse.weight, std=FUSE_INIT_STD)
         nn.init.zeros_(self.fuse.bias)
 
     def forward(self, query: torch.Tensor, refs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -106,13 +135,18 @@ class ACLA(AttentionModule):
         offsets = _nhwc(self.offset_proj(query)).view(batch, height, width, -1, 2)
         logits = _nhwc(self.logit_proj(query))
         if self.active_keys is not None:
-            gates, off_key_grads = self._top_k(query), False
+            gates, off_key_grads = self._capped(query), False
         else:
             gates = _nhwc(self._sample_gates(query).flatten(1, 2)) if self.adaptive else None
             off_key_grads = True  # hard-concrete gates: an off key's gate still gets a gradient
-        # The value projections with the output fusion folded in: fuse(sum V_l(sample_l)) = sum sample_l(fuse V_l).
-        values = [F.conv2d(ref, weight[..., None, None], bias) for ref, (weight, bias) in zip(refs, self.merged_values())]
-        out = attend(values, offsets, logits, gates, self.keys_per_ref, self.fuse.bias, off_key_grads)  # (B, H, W, C)
+        if self.shared_values:  # the raw reads, summed, then one projection: P(sum w sample(ref)) + b
+            out = attend(list(refs), offsets, logits, gates, self.keys_per_ref, torch.zeros_like(self.fuse.bias),
+                         off_key_grads)  # (B, H, W, C)
+            out = F.linear(out, self.fuse.weight.flatten(1), self.fuse.bias)
+        else:  # the value projections with the fusion folded in: fuse(sum V_l(sample_l)) = sum sample_l(fuse V_l)
+            values = [F.conv2d(ref, weight[..., None, None], bias)
+                      for ref, (weight, bias) in zip(refs, self.merged_values())]
+            out = attend(values, offsets, logits, gates, self.keys_per_ref, self.fuse.bias, off_key_grads)
         return query + out.permute(0, 3, 1, 2)
 
     def merged_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -122,6 +156,8 @@ class ACLA(AttentionModule):
         each reference layer by fuse @ V_l and summing the reads equals fusing the sum of the projected reads,
         biases included: a tap outside the image reads zero either way.
         """
+        if self.shared_values:
+            raise ValueError("a shared-value module has no per-layer value projections to merge")
         fuse = self.fuse.weight.flatten(1)  # (C, C)
         biases = fuse @ torch.stack([proj.bias for proj in self.value_projs], dim=1)  # (C, L)
         return [(fuse @ proj.weight.flatten(1), bias) for proj, bias in zip(self.value_projs, biases.unbind(1))]
@@ -139,25 +175,33 @@ class ACLA(AttentionModule):
             gates = straight_through((noisy > 0).to(soft.dtype), soft)
         else:
             gates = (gate_logits > 0).to(gate_logits.dtype)
-        self.last_active_keys = gates.detach().sum(dim=2).mean(dim=(0, 2, 3))
+        self._count(gates.detach().sum(dim=2).transpose(0, 1).flatten(1))  # (L, B*H*W)
         return gates
 
-    def _top_k(self, query: torch.Tensor) -> torch.Tensor:
-        """The derived module's gates (B, H, W, L*K): each query keeps its top-k keys per layer by gate score.
+    def _count(self, per_query: torch.Tensor) -> None:
+        """Record the mean and the 90th percentile of the active keys per query, per layer, from (L, queries)."""
+        per_query = per_query.float()
+        self.last_active_keys = per_query.mean(dim=1)
+        sample = per_query[:, :: max(1, per_query.shape[1] // 65536)]  # torch.quantile's input limit
+        self.last_key_quantile = torch.quantile(sample, 0.9, dim=1)
+
+    def _capped(self, query: torch.Tensor) -> torch.Tensor:
+        """The derived module's gates (B, H, W, L*K): each query keeps its gated-on keys (score > 0), at most
+        the cap of each layer, its highest-scored first. A query may keep none: it then adds only the bias.
 
         Forward value 1 for a kept key and 0 otherwise (an off key is never read); a kept key's gate passes the
         gradient of sigmoid(score), so retraining still trains the scores.
         """
         batch, _, height, width = query.shape
         scores = _nhwc(self.gate_proj(query)).view(batch, height, width, self.num_refs, self.keys_per_ref)
-        hard = top_k_mask(scores, self.active_keys)
-        self.last_active_keys = torch.tensor(self.active_keys, dtype=query.dtype)
+        hard = top_k_mask(scores, self.active_keys) * (scores.detach() > 0).to(scores.dtype)
+        self._count(hard.sum(dim=4).flatten(0, 2).transpose(0, 1))
         self.last_expected_keys = self.last_active_keys
         return straight_through(hard, torch.sigmoid(scores) * hard).flatten(3)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_refs={self.num_refs}, keys_per_ref={self.keys_per_ref}, "
-                f"adaptive={self.adaptive}, active_keys={self.active_keys}")
+                f"adaptive={self.adaptive}, active_keys={self.active_keys}, shared_values={self.shared_values}")
 
 
 
@@ -187,3 +231,12 @@ def build_acla(*, channels: int, num_refs: int, keys_per_ref: int, active_keys: 
 
 def build_cla(*, channels: int, num_refs: int, keys_per_ref: int, **_) -> ACLA:
     return ACLA(channels, num_refs, keys_per_ref, adaptive=False)
+
+
+def build_acla_shared(*, channels: int, num_refs: int, keys_per_ref: int, active_keys: Sequence[int] | None = None,
+                      **_) -> ACLA:
+    return ACLA(channels, num_refs, keys_per_ref, adaptive=True, active_keys=active_keys, shared_values=True)
+
+
+def build_cla_shared(*, channels: int, num_refs: int, keys_per_ref: int, **_) -> ACLA:
+    return ACLA(channels, num_refs, keys_per_ref, adaptive=False, shared_values=True)

@@ -36,6 +36,10 @@ class AttentionModule(nn.Module):
         where the kind uses all its keys or none."""
         return None
 
+    def key_quantiles(self) -> list[float] | None:
+        """The 90th percentile of a query's keys per reference layer in the last forward pass; None as above."""
+        return None
+
 
 class NonLocal(AttentionModule):
     """Embedded-Gaussian non-local block (Wang et al., CVPR 2018): z = x + W softmax(theta(x)^T phi(k)) g(k),

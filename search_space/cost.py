@@ -8,7 +8,10 @@ Reference sizes follow the field: a 1280x720 *output* for SR (so a 640x360 input
 ACLA's deformable sampling is counted by formula, as the fused kernel computes it: 4 bilinear taps per active
 key, each a multiply-add over the C channels (search_space/ops/acla_attend.py). Its value projections carry the
 output fusion: L convs C -> C per pixel plus, once per call, the L*C*C*C + C*C*L products that merge them
-(search_space/acla.py).
+(search_space/acla.py). The shared-value kinds project once, after the sum: C*C per pixel, no merge.
+An adaptive derived module's cost depends on the data (each query keeps its gated-on keys, up to a cap): the
+genotype's `keys` are the caps, and every budget check counts the caps, a bound the network never exceeds.
+The mean count measured on validation images (`expected_keys`) gives the expected MACs, shown beside them.
 """
 from __future__ import annotations
 
@@ -54,10 +57,10 @@ def backbone_macs(*, scale: int, in_channels: int, channels: int, blocks: int, h
 
 
 def acla_macs_per_pixel(*, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
-                        active_keys: Sequence[float]) -> float:
+                        active_keys: Sequence[float], shared_values: bool = False) -> float:
     """Per query pixel: the 1x1 predictors, the value projections (fusion folded in) and the sampling."""
     predicted = num_refs * keys_per_ref * (4 if adaptive else 3)  # offsets (2), logits (1), gates (1)
-    fixed = channels * predicted + num_refs * channels * channels
+    fixed = channels * predicted + (1 if shared_values else num_refs) * channels * channels
     sampling = 4 * channels * sum(active_keys)  # 4 bilinear taps over the C channels, per key
     return fixed + sampling
 
@@ -87,6 +90,13 @@ def acla_macs(*, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool
                                                         adaptive=adaptive, active_keys=active_keys)
 
 
+def acla_shared_macs(*, channels: int, num_refs: int, keys_per_ref: int, adaptive: bool,
+                     active_keys: Sequence[float], height: int, width: int, **_) -> float:
+    """One shared-value ACLA (or CLA) module: per pixel only, one projection after the sum."""
+    return height * width * acla_macs_per_pixel(channels=channels, num_refs=num_refs, keys_per_ref=keys_per_ref,
+                                                adaptive=adaptive, active_keys=active_keys, shared_values=True)
+
+
 def nonlocal_module_macs(*, channels: int, height: int, width: int, nonlocal_grid: int = NONLOCAL_GRID, **_) -> int:
     return nonlocal_macs(channels=channels, height=height, width=width, grid=nonlocal_grid)
 
@@ -101,12 +111,16 @@ def attention_macs(*, kind: str, channels: int, num_refs: int, keys_per_ref: int
                                active_keys=active_keys, height=height, width=width, nonlocal_grid=nonlocal_grid)
 
 
-def genotype_macs(genotype: Genotype, size: tuple[int, int] | None = None) -> int:
-    """Exact MACs of the derived network of `genotype` for an input `size` (default: the reference size)."""
+def genotype_macs(genotype: Genotype, size: tuple[int, int] | None = None, expected: bool = False) -> int:
+    """MACs of the derived network of `genotype` for an input `size` (default: the reference size): exact, or
+    for an adaptive kind the bound at its key caps. `expected` counts the genotype's measured mean keys instead
+    (`expected_keys`; the caps where it has none)."""
     height, width = size or reference_input_size(genotype.task, genotype.scale)
     total = backbone_macs(scale=genotype.scale, in_channels=genotype.in_channels, channels=genotype.channels,
                           blocks=genotype.blocks, height=height, width=width)
     keys = genotype.keys or [()] * len(genotype.positions)
+    if expected and genotype.expected_keys:
+        keys = genotype.expected_keys
     for position, position_keys in zip(genotype.positions, keys):
         total += attention_macs(kind=genotype.attention, channels=genotype.channels,
                                 num_refs=refs_at_position(position, genotype.blocks, genotype.stages),

@@ -42,7 +42,10 @@ class Genotype:
     max_keys: int = 9
     adaptive: bool = False
     positions: tuple[int, ...] = ()
-    keys: tuple[tuple[int, ...], ...] = ()  # per position, per reference layer
+    keys: tuple[tuple[int, ...], ...] = ()  # per position, per reference layer (an adaptive kind's caps)
+    # Adaptive kinds: the mean keys a query keeps, per position and reference layer, measured on validation images
+    # (informational: the expected MACs; every budget check counts the caps in `keys`). Empty: not measured.
+    expected_keys: tuple[tuple[float, ...], ...] = ()
     res_scale: float = 1.0
     nonlocal_grid: int = NONLOCAL_GRID  # a non-local block's keys are pooled to at most this many per side
     version: int = GENOTYPE_VERSION
@@ -56,12 +59,18 @@ class Genotype:
             object.__setattr__(self, "keys", tuple(tuple(_as_int(k) for k in ks) for ks in self.keys))
         except (TypeError, ValueError):
             raise ValueError(f"keys must be a list of key-count lists, one per position, got {self.keys!r}") from None
+        try:
+            object.__setattr__(self, "expected_keys", tuple(tuple(_as_float(k) for k in ks) for ks in self.expected_keys))
+        except (TypeError, ValueError):
+            raise ValueError(f"expected_keys must be a list of lists of numbers, one per position, "
+                             f"got {self.expected_keys!r}") from None
         validate_genotype(self)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["positions"] = list(self.positions)
         data["keys"] = [list(k) for k in self.keys]
+        data["expected_keys"] = [list(k) for k in self.expected_keys]
         return data
 
     def to_json(self) -> str:
@@ -73,7 +82,7 @@ class Genotype:
 
     def bare(self) -> "Genotype":
         """The same backbone and attention kind with no module inserted."""
-        return self.replace(positions=[], keys=[])
+        return self.replace(positions=[], keys=[], expected_keys=[])
 
     @property
     def uses_keys(self) -> bool:
@@ -111,6 +120,12 @@ def _as_int(value: object) -> int:
     if not _is_int(value):
         raise TypeError(value)
     return int(value)
+
+
+def _as_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(value)
+    return float(value)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -164,3 +179,11 @@ def validate_genotype(g: Genotype) -> None:
                        f"{g.attention} uses all {g.max_keys} keys; got {list(ks)} at position {p}")
     else:
         _check(not g.keys, f"attention {g.attention!r} takes no key counts")
+    if g.expected_keys:
+        _check(kind.adaptive, f"expected_keys exist only for adaptive attention, not {g.attention!r}")
+        _check(len(g.expected_keys) == len(positions),
+               f"expected_keys must hold one entry per position ({len(positions)}), got {len(g.expected_keys)}")
+        for p, caps, means in zip(positions, g.keys, g.expected_keys):
+            _check(len(means) == len(caps), f"position {p}: expected_keys gives {len(means)} counts for {len(caps)} layers")
+            for cap, mean in zip(caps, means):
+                _check(0 <= mean <= cap, f"expected key count {mean} at position {p} is out of range; expected 0..{cap}")

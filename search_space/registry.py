@@ -77,15 +77,21 @@ class AttentionKind:
     macs: str | None  # "module:function(channels, num_refs, keys_per_ref, adaptive, active_keys, height, width,
     #                   nonlocal_grid) -> MACs of one module"
     uses_keys: bool  # the genotype gives key counts per reference layer
-    adaptive: bool  # gates choose the keys; the derived module keeps the rounded mean active keys
+    adaptive: bool  # gates choose the keys; the derived module keeps each query's gated-on keys, up to a cap
     inserts: bool = True  # 'none' inserts nothing
+    fixed: str | None = None  # the kind with the same values and every key on, no gates (what `ablate` calls cla)
 
 
 ATTENTION: dict[str, AttentionKind] = {kind.name: kind for kind in (
     AttentionKind("acla", build="search_space.acla:build_acla", macs="search_space.cost:acla_macs",
-                  uses_keys=True, adaptive=True),
+                  uses_keys=True, adaptive=True, fixed="cla"),
     AttentionKind("cla", build="search_space.acla:build_cla", macs="search_space.cost:acla_macs",
-                  uses_keys=True, adaptive=False),
+                  uses_keys=True, adaptive=False, fixed="cla"),
+    # The authors' layout: one value projection shared by every reference layer, applied after the sum.
+    AttentionKind("acla-shared", build="search_space.acla:build_acla_shared",
+                  macs="search_space.cost:acla_shared_macs", uses_keys=True, adaptive=True, fixed="cla-shared"),
+    AttentionKind("cla-shared", build="search_space.acla:build_cla_shared",
+                  macs="search_space.cost:acla_shared_macs", uses_keys=True, adaptive=False, fixed="cla-shared"),
     AttentionKind("nonlocal", build="search_space.attention:build_nonlocal", macs="search_space.cost:nonlocal_module_macs",
                   uses_keys=False, adaptive=False),
     AttentionKind("none", build=None, macs=None, uses_keys=False, adaptive=False, inserts=False),

@@ -2,8 +2,13 @@
 and how many keys each reference layer keeps.
 
 Weights step on one batch with the task loss; architecture parameters step on the next batch with the task
-loss plus a budget penalty that is zero while E[MACs] <= budget and grows linearly beyond it. The search is a
-plain function: no Ray, no MLflow; progress goes to a `report` callable.
+loss and a budget penalty that is zero while E[MACs] <= budget and grows linearly beyond it. Keys are priced
+always: the MACs of the expected active keys, as a share of what the budget leaves for attention, in loss
+units (as L0 regularisation prices a gate, Louizos et al. 2018), so a tight budget makes a key dearer than a
+loose one. The gates step on the task loss with Adam at their own, faster rate (GATE_LR), so that they can move
+within a short search, and on the price by a decoupled plain-gradient step (PRICE_LR), as AdamW decouples its
+weight decay (Loshchilov and Hutter, ICLR 2019): Adam's per-parameter normalisation would otherwise make any
+price, however small, move a gate at full speed, and a loose budget would lose as many keys as a tight one. The search is a plain function: no Ray, no MLflow; progress goes to a `report` callable.
 """
 from __future__ import annotations
 
@@ -37,23 +42,37 @@ def module_macs(base: Genotype, position: int, keys: Sequence[int]) -> int:
     return genotype_macs(one) - genotype_macs(bare)
 
 
-def derived_keys(base: Genotype, position: int, active_keys: Sequence[float]) -> list[int]:
-    """A derived module's key count per reference layer: ACLA's rounded mean active keys (1..max_keys); every
-    candidate key for CLA."""
+KEY_PRICE = 1.0  # loss units for keys that would take all of the budget's attention share (see budget_headroom)
+GATE_LR = 0.05  # Adam on the task loss: a gate logit can move about 2 in the quick profile's 40 architecture steps
+# The price's plain-gradient step: a key costing 1% of the attention headroom, at a position with p = 1, loses
+# about 0.05 logit per step (20 x 0.01 x sigmoid' <= 0.25).
+PRICE_LR = 20.0
+KEY_QUANTILE = 0.9  # an adaptive derived module's cap: the 90th percentile of a query's active keys
+
+
+def derived_keys(base: Genotype, position: int, active_keys: Sequence[float],
+                 key_caps: Sequence[float] | None = None) -> list[int]:
+    """A derived module's key count per reference layer. Adaptive kinds: the cap on a query's gated-on keys, the
+    search's 90th-percentile count rounded up (1..max_keys), or, where no percentile was recorded, the rounded
+    mean active keys. Fixed kinds: every candidate key."""
     refs = refs_at_position(position, base.blocks, base.stages)
     if get_kind(base.attention).adaptive:
+        if key_caps is not None:
+            return [min(base.max_keys, max(1, math.ceil(float(k) - 1e-6))) for k in list(key_caps)[:refs]]
         return [min(base.max_keys, max(1, int(math.floor(float(k) + 0.5)))) for k in list(active_keys)[:refs]]
     return [base.max_keys] * refs
 
 
 def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_keys: Sequence[Sequence[float]],
-                    budget_macs: float, score_errors: Sequence[float] | None = None) -> Genotype:
+                    budget_macs: float, score_errors: Sequence[float] | None = None,
+                    key_caps: Sequence[Sequence[float]] | None = None) -> Genotype:
     """Fill the budget by ranking: each position whose measured gain is positive, in order of gain per MAC.
 
     `position_scores[i]` is how much the held-out loss rises when position i is switched off (DARTS-PT's
     perturbation score, in loss units), and `score_errors[i]` its standard error (default 0): a position counts
     as gainful only when its score exceeds its error, since a decision inside the noise is a coin flip. Key
-    counts are the rounded mean active keys (at least 1). A position that does not fit what is left of the
+    counts are the caps of `derived_keys` (costed at the cap: a bound), and an adaptive genotype carries the
+    mean active keys, at most the cap, as its `expected_keys`. A position that does not fit what is left of the
     budget is skipped and cheaper ones are still tried (a greedy knapsack), so the result never exceeds the
     budget, and fills it as far as gainful positions allow; what a gainless search leaves unspent goes to width
     in the outer search. Ties go to the earlier position. Pure: the same inputs give the same genotype.
@@ -64,7 +83,10 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
         raise ValueError(f"need one score, one error and one key list per position ({base.blocks})")
 
     def keys_at(position: int) -> list[int]:
-        return derived_keys(base, position, active_keys[position])
+        return derived_keys(base, position, active_keys[position], None if key_caps is None else key_caps[position])
+
+    def expected_at(position: int) -> list[float]:
+        return [round(min(float(mean), cap), 4) for mean, cap in zip(active_keys[position], keys_at(position))]
 
     cost = {i: module_macs(base, i, keys_at(i)) for i in range(base.blocks)}
     gainful = [i for i in range(base.blocks)
@@ -77,7 +99,9 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
             kept.append(position)
             left -= cost[position]
     kept.sort()
-    return base.replace(positions=kept, keys=[keys_at(p) for p in kept] if base.uses_keys else [])
+    adaptive = get_kind(base.attention).adaptive
+    return base.replace(positions=kept, keys=[keys_at(p) for p in kept] if base.uses_keys else [],
+                        expected_keys=[expected_at(p) for p in kept] if adaptive else [])
 
 
 @torch.no_grad()
@@ -109,11 +133,23 @@ class SearchOutcome:
     score_spread: list[float]  # its standard deviation over those measurements: how settled each position is
     score_errors: list[float]  # the standard error of the mean score (spread / sqrt(measurements))
     history: list[dict] = field(default_factory=list)
+    key_caps: list[list[float]] = field(default_factory=list)  # the 90th-percentile keys per query (moving average)
 
 
 def budget_penalty(expected_macs: torch.Tensor, budget_macs: float) -> torch.Tensor:
     """Zero while E[MACs] <= budget, then linear in the relative excess."""
     return torch.relu(expected_macs / budget_macs - 1.0)
+
+
+def budget_headroom(bare_macs: float, budget_macs: float) -> float:
+    """What the budget leaves for attention (at least 1% of it): the unit in which keys are priced."""
+    return max(budget_macs - bare_macs, 0.01 * budget_macs)
+
+
+def key_price_term(key_macs: torch.Tensor, bare_macs: float, budget_macs: float, key_price: float) -> torch.Tensor:
+    """The always-on price of the expected active keys: `key_price` loss units for keys that would fill the
+    attention headroom, so the same key costs more under a tighter budget."""
+    return key_price * key_macs / budget_headroom(bare_macs, budget_macs)
 
 
 def score_steps(steps: int, warmup_steps: int, window: float, measurements: int) -> list[int]:
@@ -143,6 +179,9 @@ def search_architecture(
     score_window: float = 0.5,
     score_measurements: int = 8,
     offset_lr_scale: float = OFFSET_LR_SCALE,
+    key_price: float = KEY_PRICE,
+    gate_lr: float = GATE_LR,
+    price_lr: float = PRICE_LR,
 ) -> SearchOutcome:
     """Alternate weight and architecture steps on separate batches; return the derived genotype.
 
@@ -153,15 +192,21 @@ def search_architecture(
     `batches`); the genotype is derived from their mean, by ranking (`derive_genotype`). A search run at a
     proxy scale derives again on the target backbone from the same scores (workers/search_run.py).
     """
-    check_bare_budget(supernet.base, budget_macs)
+    bare_macs = check_bare_budget(supernet.base, budget_macs)
     supernet.set_gate_temperature(gate_temperature)
     if score_batches is None:
         score_batches = [next(batches) for _ in range(2)]
     weight_opt = torch.optim.Adam(parameter_groups(supernet.weight_parameters(), supernet, weight_lr, offset_lr_scale),
                                   lr=weight_lr)
-    arch_opt = torch.optim.Adam(supernet.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999))
+    gate_params = [p for m in supernet.net.attention for p in m.gate_parameters()]
+    gate_ids = {id(p) for p in gate_params}
+    arch_groups = [{"params": [p for p in supernet.arch_parameters() if id(p) not in gate_ids], "lr": arch_lr}]
+    if gate_ids:
+        arch_groups.append({"params": [p for p in supernet.arch_parameters() if id(p) in gate_ids], "lr": gate_lr})
+    arch_opt = torch.optim.Adam(arch_groups, lr=arch_lr, betas=(0.5, 0.999))
     measure_at = set(score_steps(steps, warmup_steps, score_window, score_measurements))
     keys_avg: list[list[float]] | None = None
+    caps_avg: list[list[float]] | None = None
     history: list[dict] = []
     score_log: list[list[float]] = []
     supernet.train()
@@ -179,18 +224,27 @@ def search_architecture(
             val_loss = loss_fn(supernet(inputs), targets)
             expected = supernet.expected_macs()
             penalty = penalty_weight * budget_penalty(expected, budget_macs)
+            price = key_price_term(supernet.expected_key_macs(), bare_macs, budget_macs, key_price)
         if arch_step:
+            # The price's gradient reaches the gates only (the key counts come from their sigmoid); taken first,
+            # then applied after Adam's step on the task loss (decoupled).
+            price_grads = (torch.autograd.grad(price, gate_params, retain_graph=True, allow_unused=True)
+                           if gate_params and price.requires_grad else [])
             (val_loss + penalty).backward()
             arch_opt.step()
+            with torch.no_grad():
+                for param, grad in zip(gate_params, price_grads):
+                    if grad is not None:
+                        param.sub_(price_lr * grad)
 
-        keys_now = supernet.active_keys()
-        keys_avg = keys_now if keys_avg is None else [
-            [key_momentum * a + (1 - key_momentum) * b for a, b in zip(avg, now)] for avg, now in zip(keys_avg, keys_now)]
+        keys_avg = _moving_average(keys_avg, supernet.active_keys(), key_momentum)
+        caps_avg = _moving_average(caps_avg, supernet.key_quantiles(), key_momentum)
         if step in measure_at:
             score_log.append(measure_position_scores(supernet, score_batches, loss_fn))
         if step % report_every == 0 or step == steps:
             record = {"step": step, "train_loss": train_loss.item(), "val_loss": val_loss.item(),
-                      "penalty": penalty.item(), "expected_macs": expected.item(),
+                      "penalty": penalty.item(), "key_price": price.item(), "expected_macs": expected.item(),
+                      "active_keys": [round(sum(k) / len(k), 3) if k else 0.0 for k in keys_avg],
                       "position_probs": [round(p, 4) for p in supernet.position_probs().tolist()]}
             if score_log:
                 record["position_scores"] = [round(v, 6) for v in score_log[-1]]
@@ -199,11 +253,18 @@ def search_architecture(
                 report(record)
     probs = [float(p) for p in supernet.position_probs().detach()]
     keys_avg = keys_avg or supernet.active_keys()
+    caps_avg = caps_avg or supernet.key_quantiles()
     per_position = list(zip(*score_log))
     scores = [statistics.fmean(values) for values in per_position]
     spread = [statistics.stdev(values) if len(values) > 1 else 0.0 for values in per_position]
     errors = [value / math.sqrt(len(score_log)) for value in spread]
     genotype = derive_genotype(base=supernet.base, position_scores=scores, active_keys=keys_avg, budget_macs=budget_macs,
-                               score_errors=errors)
+                               score_errors=errors, key_caps=caps_avg)
     return SearchOutcome(genotype=genotype, position_probs=probs, active_keys=keys_avg, position_scores=scores,
-                         score_spread=spread, score_errors=errors, history=history)
+                         score_spread=spread, score_errors=errors, history=history, key_caps=caps_avg)
+
+
+def _moving_average(average: list[list[float]] | None, now: list[list[float]], momentum: float) -> list[list[float]]:
+    if average is None:
+        return now
+    return [[momentum * a + (1 - momentum) * b for a, b in zip(avg, cur)] for avg, cur in zip(average, now)]

@@ -63,6 +63,25 @@ class Supernet(nn.Module):
         """Mean active keys per query, per position and reference layer, from the last forward pass."""
         return [self._keys_of(m, expected=False) for m in self.net.attention]
 
+    def key_quantiles(self) -> list[list[float]]:
+        """The 90th percentile of a query's active keys, per position and reference layer, from the last forward
+        pass (all keys where a module has no gates)."""
+        return [m.key_quantiles() or [float(self.base.max_keys)] * m.num_refs for m in self.net.attention]
+
+    def expected_key_macs(self) -> torch.Tensor:
+        """Differentiable MACs of the expected active keys at the reference size: each key's bilinear reads (4 taps
+        over C channels per pixel), weighted by its position's probability (held fixed: this prices keys, not
+        positions)."""
+        height, width = self.reference_size
+        per_key = 4 * self.base.channels * height * width
+        probs = self.position_probs().detach()
+        total = torch.zeros(())
+        for index, module in enumerate(self.net.attention):
+            counts = module.key_counts(expected=True)
+            if counts is not None:
+                total = total + probs[index] * per_key * sum(counts)
+        return total
+
     def expected_macs(self) -> torch.Tensor:
         """Differentiable E[MACs] at the reference size, from the last forward pass's gate probabilities."""
         base, (height, width) = self.base, self.reference_size

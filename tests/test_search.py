@@ -185,3 +185,32 @@ def test_warmup_steps_train_weights_only():
     search_architecture(supernet=supernet, batches=_random_batches(), budget_macs=BARE * 1.15, steps=4,
                         arch_lr=0.05, warmup_steps=3)
     assert not torch.equal(supernet.alpha.detach(), gates_before[0])
+
+
+def _searched_keys(budget, attention="acla"):
+    torch.manual_seed(0)
+    base = Genotype.from_dict({**BASE.to_dict(), "attention": attention})
+    supernet = Supernet(base=base, alpha_init=1.0)
+    outcome = search_architecture(supernet=supernet, batches=_random_batches(), budget_macs=budget, steps=12,
+                                  warmup_steps=2, report_every=4)
+    mean = sum(sum(k) for k in outcome.active_keys) / sum(len(k) for k in outcome.active_keys)
+    return mean, outcome
+
+
+@pytest.mark.parametrize("attention", ["acla", "acla-shared"])
+def test_a_binding_budget_keeps_fewer_keys_than_a_loose_one(attention):
+    """Keys are priced always, in units of what the budget leaves for attention: the same search under a budget
+    that binds (room for about one module) keeps fewer keys than under a loose one (both start at 2.9 of 4:
+    GATE_INIT = 1)."""
+    module = module_macs(Genotype.from_dict({**BASE.to_dict(), "attention": attention}), 3, [4, 4])
+    tight, tight_outcome = _searched_keys(BARE + 1.2 * module, attention)
+    loose, loose_outcome = _searched_keys(BARE * 20, attention)
+    assert tight < loose - 0.5, (tight, loose)
+    assert tight_outcome.history[-1]["key_price"] > loose_outcome.history[-1]["key_price"]
+    assert all("active_keys" in record and len(record["active_keys"]) == BASE.blocks
+               for record in tight_outcome.history)
+    # The derived adaptive genotype is costed at its caps and carries its expected keys, at most the caps.
+    for outcome in (tight_outcome, loose_outcome):
+        genotype = outcome.genotype
+        assert len(genotype.expected_keys) == len(genotype.positions)
+        assert genotype_macs(genotype, expected=True) <= genotype_macs(genotype)

@@ -15,6 +15,7 @@ import torch
 
 from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
+from search_space.registry import get_kind
 from search_space.search import SearchOutcome, derive_genotype, search_architecture
 from search_space.supernet import Supernet
 
@@ -44,7 +45,8 @@ class SearchConfig:
     def base_genotype(self, channels: int | None = None) -> Genotype:
         return Genotype(task=self.task.name, scale=self.task.scale, in_channels=self.task.in_channels,
                         channels=channels or self.channels, blocks=self.blocks, stages=self.stages,
-                        attention=self.attention, max_keys=self.max_keys, adaptive=self.attention == "acla")
+                        attention=self.attention, max_keys=self.max_keys,
+                        adaptive=get_kind(self.attention).adaptive)
 
 
 @dataclass
@@ -84,7 +86,8 @@ def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: R
                                   report=report, report_every=profile.log_every, warmup_steps=profile.search_warmup,
                                   score_batches=[next(held_out) for _ in range(SCORE_BATCHES)])
     genotype = derive_genotype(base=target, position_scores=outcome.position_scores, active_keys=outcome.active_keys,
-                               budget_macs=config.budget_macs, score_errors=outcome.score_errors)
+                               budget_macs=config.budget_macs, score_errors=outcome.score_errors,
+                               key_caps=outcome.key_caps or None)
     return SearchResult(genotype=genotype, proxy_genotype=genotype.replace(channels=proxy.channels), outcome=outcome,
                         supernet_state={k.removeprefix("net."): v for k, v in supernet.state_dict().items()})
 
@@ -114,11 +117,13 @@ def load_search_result(path) -> SearchResult:
 
 def position_scores(outcome: SearchOutcome) -> list[dict]:
     """Per position: its mean perturbation score, how settled it is (the spread, and the standard error that a
-    kept position's score must exceed), and its final probability."""
+    kept position's score must exceed), its final probability, and the mean active keys per query over its
+    reference layers at the end of the search (all keys where the kind has no gates)."""
+    keys = [sum(k) / len(k) if k else 0.0 for k in outcome.active_keys]
     return [{"position": i, "score": round(score, 7), "spread": round(spread, 7), "stderr": round(error, 7),
-             "prob": round(prob, 4)}
-            for i, (score, spread, error, prob) in enumerate(zip(outcome.position_scores, outcome.score_spread,
-                                                                 outcome.score_errors, outcome.position_probs))]
+             "prob": round(prob, 4), "active_keys": round(key, 3)}
+            for i, (score, spread, error, prob, key) in enumerate(zip(
+                outcome.position_scores, outcome.score_spread, outcome.score_errors, outcome.position_probs, keys))]
 
 
 

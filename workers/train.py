@@ -143,6 +143,29 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
     return TrainResult(model=model, metrics=metrics, steps=step, checkpoint=checkpoint_path, history=history)
 
 
+@torch.no_grad()
+def measure_active_keys(model: torch.nn.Module, task: TaskSpec, image_set: ImageSet, *, crop: int = 0,
+                        seed: int = 0) -> list[list[float]]:
+    """The mean keys a query keeps, per adaptive module (in position order) and reference layer, over the
+    validation images (pixel-weighted): what an adaptive derived network costs on real data (its `expected_keys`).
+    Empty where the network has no adaptive module."""
+    was_training = model.training
+    device = model_device(model)
+    model.eval()
+    totals: list[list[float]] | None = None
+    pixels = 0
+    for _, _, degraded in evaluation_pairs(task, image_set, seed=seed, crop=crop):
+        model(to_tensor(degraded).unsqueeze(0).to(device))
+        counts = [m.key_counts(expected=False) for m in model.attention]
+        counts = [c for c in counts if c is not None]
+        weight = degraded.shape[0] * degraded.shape[1]
+        totals = [[weight * v for v in c] for c in counts] if totals is None else [
+            [t + weight * v for t, v in zip(total, c)] for total, c in zip(totals, counts)]
+        pixels += weight
+    model.train(was_training)
+    return [[t / max(pixels, 1) for t in total] for total in (totals or [])]
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.zeros(0)).device
 
