@@ -1,7 +1,8 @@
 """`acla-orch ablate`: the searched placement against the plain backbone, width at equal MACs, non-local,
-fixed-key CLA and ACLA everywhere, trained alike and scored on images no step has seen (workers/ablation.py).
+fixed-key CLA, ACLA everywhere and random placements of the same cost, trained alike on paired seeds and scored
+on images no step has seen (workers/ablation.py).
 
-The recipe: check the input -> search (or read --genotype) -> build the six variants within the budget ->
+The recipe: check the input -> search (or read --genotype) -> build the variants within the budget ->
 train every variant and seed as parallel Ray tasks -> record a parent MLflow run with a child per variant,
 a Markdown table and a chart -> print the table (or JSON).
 """
@@ -44,11 +45,12 @@ def searched_genotype(args, task, profile, data, budget):
             raise UsageError(f"genotype {args.genotype} is for {genotype.task} x{genotype.scale}, not {task.label}")
         return genotype, None, None
     config = SearchConfig(task=task, budget_macs=budget, channels=profile.channels, blocks=profile.blocks,
-                          stages=profile.stages, max_keys=profile.max_keys, weight_lr=profile.weight_lr,
-                          arch_lr=profile.arch_lr, seed=args.seed)
+                          stages=profile.stages, max_keys=profile.max_keys, attention=args.attention,
+                          weight_lr=profile.weight_lr, arch_lr=profile.arch_lr, seed=args.seed)
     found = run_search(config, data, dataclasses.replace(profile, proxy_width=1.0))
-    base = found.genotype
-    all_keys = [derived_keys(base, p, found.outcome.active_keys[p]) for p in range(base.blocks)]
+    base, outcome = found.genotype, found.outcome
+    all_keys = [derived_keys(base, p, outcome.active_keys[p], outcome.key_caps[p] if outcome.key_caps else None)
+                for p in range(base.blocks)]
     return base, all_keys, position_scores(found.outcome)
 
 
@@ -73,7 +75,8 @@ def run_variants(variants, *, task, data, profile, steps, seeds, storage, prefix
     import ray
     remote = ray.remote(num_cpus=1)(train_variant_task)
     futures = [remote.remote({"name": v.name, "genotype": v.genotype, "task": task, "data": data, "profile": profile,
-                              "steps": steps, "seed": seed}, storage, f"{prefix}/{v.name}-s{seed}")
+                              "steps": steps, "seed": seed, "placement": v.placement}, storage,
+                             f"{prefix}/{v.name}{'' if v.placement is None else f'-p{v.placement}'}-s{seed}")
                for v in variants for seed in seeds]
     return ray.get(futures)
 
@@ -85,6 +88,8 @@ def plot_ablation(path: str, rows: list[dict], budget_macs: float, title: str) -
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
     for row in rows:
+        for placement in row.get("placements", []):  # acla-random's placements, each its mean over seeds
+            axes.plot(placement["macs"] / 1e9, placement["psnr_y"], "x", color="grey", alpha=0.7)
         low, high = min(row["psnr_y_seeds"]), max(row["psnr_y_seeds"])
         axes.errorbar(row["macs"] / 1e9, row["psnr_y"], yerr=[[row["psnr_y"] - low], [high - row["psnr_y"]]],
                       fmt="o", capsize=4, label=row["name"])
@@ -110,9 +115,23 @@ def record_ablation(client, experiment_id, *, tags, rows, runs, report) -> str:
         return log_ablation(client, experiment_id, tags=tags, rows=rows, runs=runs, folder=folder)
 
 
+def build_requested_variants(args, searched, all_keys):
+    """The variants asked for. acla-random asked for by name must fit (else AblationError); among the default
+    variants it is left out, with one line on stderr, where the budget leaves no random placement of the searched
+    cost (a search that kept no position has none). Returns the variants and what was left out, and why."""
+    from workers.ablation import AblationError, VARIANTS, build_variants
+    try:
+        return build_variants(searched, args.budget, all_keys, names=args.variants, seed=args.seed), {}
+    except AblationError as err:
+        if not (str(err).startswith("variant acla-random") and tuple(args.variants) == VARIANTS):
+            raise
+        print(f"acla-orch: ablate: acla-random left out: {err}", file=sys.stderr)
+        names = [name for name in args.variants if name != "acla-random"]
+        return build_variants(searched, args.budget, all_keys, names=names, seed=args.seed), {"acla-random": str(err)}
+
+
 def command_ablate(args: argparse.Namespace) -> int:
-    from workers.ablation import (AblationError, build_variants, check_backbone_budget, markdown_table,
-                                  summarise_variants)
+    from workers.ablation import AblationError, check_backbone_budget, markdown_table, summarise_variants
     from .cli import settings_from_args
     from .tracking import mlflow_client
     from .driver import ray_session
@@ -130,7 +149,7 @@ def command_ablate(args: argparse.Namespace) -> int:
                 check_backbone_budget(task, profile, args.budget)
             run, _ = settings_from_args(args)  # every target checked before the search starts
             searched, all_keys, scores = searched_genotype(args, task, profile, data, args.budget)
-            variants = [v for v in build_variants(searched, args.budget, all_keys) if v.name in args.variants]
+            variants, skipped = build_requested_variants(args, searched, all_keys)
         except AblationError as err:
             raise UsageError(str(err)) from None
     client = mlflow_client(run)
@@ -143,7 +162,7 @@ def command_ablate(args: argparse.Namespace) -> int:
     for row in rows:
         row["within_budget"] = next(v.within_budget for v in variants if v.name == row["name"])
     report = {"task": task.label, "budget_macs": int(args.budget), "steps": steps, "seed": args.seed,
-              "seeds": len(seeds), "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
+              "seeds": len(seeds), "attention": searched.attention, "skipped": skipped, "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
               "searched_genotype": searched.to_dict(), "position_scores": scores, "variants": rows,
               "markdown": markdown_table(rows, args.budget)}
     tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),

@@ -15,11 +15,13 @@ from typing import Sequence
 
 from .errors import Terminated, UsageError, install_signal_handlers, signals_received
 
-from search_space.registry import SEARCHABLE_KINDS, TASK_NAMES, TASKS  # torch-free
+from search_space.registry import ATTENTION, SEARCHABLE_KINDS, TASK_NAMES, TASKS  # torch-free
 
 from .argtypes import non_negative_int, positive_int, run_id_arg, seed_arg
 
-VARIANT_NAMES = ("plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-searched")  # workers.ablation.VARIANTS
+VARIANT_NAMES = ("plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-random",
+                 "acla-searched")  # workers.ablation.VARIANTS
+ADAPTIVE_KINDS = tuple(name for name, kind in ATTENTION.items() if kind.adaptive)
 BENCHMARK_NAMES = ("Set5", "Set14", "Kodak24", "McMaster", "CBSD68", "classic5", "LIVE1")  # workers.data.BENCHMARKS
 
 
@@ -197,10 +199,11 @@ def add_orchestrator_verbs(verbs) -> None:
     add_platform_args(status)
     status.set_defaults(handler="commands:command_status")
 
-    ablate = verbs.add_parser("ablate", help="the searched ACLA net against plain, width-matched, non-local, CLA "
-                                             "and ACLA-everywhere variants, trained alike",
-                              description="Train six variants with the same steps, seeds and schedule and score "
-                                          "them on clean images that neither the search nor the training used.")
+    ablate = verbs.add_parser("ablate", help="the searched ACLA net against plain, width-matched, non-local, CLA, "
+                                             "ACLA-everywhere and random-placement variants, trained alike",
+                              description="Train the variants with the same steps, paired seeds and schedule, score "
+                                          "them on clean images that neither the search nor the training used, and "
+                                          "give each one's paired gain over plain-matched with its 95% interval.")
     add_task_args(ablate)
     ablate.add_argument("--budget", required=True, type=budget_arg, help="e.g. 14G (1 FLOP = 1 MAC)")
     ablate.add_argument("--profile", default="quick", help="smoke, quick (default) or paper: the backbone and schedule")
@@ -208,9 +211,14 @@ def add_orchestrator_verbs(verbs) -> None:
     ablate.add_argument("--steps", type=positive_int,
                         help="training steps per variant (default: the profile's retrain schedule)")
     ablate.add_argument("--seed", type=seed_arg, default=0, help="first seed (search and training)")
-    ablate.add_argument("--seeds", type=positive_int, default=2, help="training seeds per variant (default 2)")
+    ablate.add_argument("--seeds", type=positive_int, default=2,
+                        help="paired training seeds per variant (default 2; 3 or more for a 95%% interval worth "
+                             "reading): seed s is the same data stream for every variant")
     ablate.add_argument("--eval-data", help="folder of clean images to score on (default: the validation split)")
     ablate.add_argument("--genotype", help="a searched ACLA genotype JSON instead of searching")
+    ablate.add_argument("--attention", default="acla", choices=ADAPTIVE_KINDS,
+                        help="the adaptive kind to search and ablate (default acla; acla-shared: one value "
+                             "projection shared by the reference layers, as the authors' code)")
     ablate.add_argument("--variants", type=variant_list, default=VARIANT_NAMES,
                         help=f"comma-separated subset to train (default: all of {','.join(VARIANT_NAMES)})")
     add_platform_args(ablate)

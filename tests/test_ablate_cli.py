@@ -41,7 +41,11 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
     assert (report["task"], report["budget_macs"], report["steps"], report["seed"]) == ("car-q10", 2_000_000_000, 2, 0)
     assert report["eval_data"] == eval_folder
     variants = {v["name"]: v for v in report["variants"]}
-    assert list(variants) == ["plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-searched"]
+    expected = ["plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-random", "acla-searched"]
+    if "acla-random" in report["skipped"]:  # the smoke search may keep no position: no random placement of its cost
+        expected.remove("acla-random")
+        assert "acla-random left out" in out.stderr
+    assert list(variants) == expected
     searched = variants["acla-searched"]
     assert Genotype.from_dict(searched["genotype"]) == Genotype.from_dict(report["searched_genotype"])
     for name, v in variants.items():
@@ -52,7 +56,11 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
         assert v["input_psnr_y"] == variants["plain"]["input_psnr_y"]  # the same degraded images for all
         for uri in v["checkpoints"]:
             model, genotype, task, _ = model_from_checkpoint(uri.removeprefix("file://"))
-            assert genotype == Genotype.from_dict(v["genotype"]) and task.label == "car-q10"
+            if name == "acla-random":  # one of its placements
+                assert list(genotype.positions) in [p["positions"] for p in v["placements"]]
+            else:
+                assert genotype == Genotype.from_dict(v["genotype"])
+            assert task.label == "car-q10"
     assert abs(variants["plain-matched"]["macs"] - searched["macs"]) <= 0.05 * searched["macs"]
 
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
@@ -69,6 +77,40 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
     assert all(f"| {name} |" in table for name in variants)
 
 
+def test_ablate_pairs_seeds_and_draws_random_placements(run_dir, eval_folder, tmp_path):
+    """A given genotype, 3 paired seeds: every variant's gain over plain-matched per seed, with its interval, in
+    the JSON, the table and MLflow; acla-random trains 3 placements of the searched cost."""
+    from mlflow.tracking import MlflowClient
+    genotype = tmp_path / "searched.json"
+    genotype.write_text(json.dumps({"version": 1, "task": "car", "scale": 1, "in_channels": 3, "channels": 8,
+                                    "blocks": 4, "stages": 2, "attention": "acla-shared", "adaptive": True,
+                                    "max_keys": 4, "positions": [0, 2], "keys": [[2], [2, 2]]}))
+    out = acla("ablate", "--task", "car", "--budget", "2G", "--profile", "smoke", "--steps", "2", "--seeds", "3",
+               "--genotype", str(genotype), "--variants", "plain-matched,cla,acla-random,acla-searched",
+               "--eval-data", eval_folder, "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    variants = {v["name"]: v for v in report["variants"]}
+    assert list(variants) == ["plain-matched", "cla", "acla-random", "acla-searched"]
+    assert variants["cla"]["genotype"]["attention"] == "cla-shared"  # the searched kind's fixed-key form
+    for name in ("cla", "acla-random", "acla-searched"):
+        gap = variants[name]["gap_y"]
+        ours, theirs = variants[name]["psnr_y_seeds"], variants["plain-matched"]["psnr_y_seeds"]
+        differences = [a - b for a, b in zip(ours, theirs)]
+        assert gap["pairs"] == 3 and gap["mean"] == pytest.approx(sum(differences) / 3)
+        assert gap["low"] <= gap["mean"] <= gap["high"]
+        assert "gap_rgb" in variants[name]
+    placements = variants["acla-random"]["placements"]
+    assert len(placements) == 3 and len({tuple(p["positions"]) for p in placements}) == 3
+    assert all(tuple(p["positions"]) != (0, 2) for p in placements)
+    assert all(abs(p["macs"] - variants["acla-searched"]["macs"]) <= 0.05 * variants["acla-searched"]["macs"]
+               for p in placements)
+    assert len(variants["acla-random"]["checkpoints"]) == 9  # 3 placements x 3 seeds
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    table = Path(client.download_artifacts(report["parent_run_id"], "ablation/ablation.md")).read_text()
+    assert "acla-random placement 2" in table and "vs plain-matched" in table
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--budget", "100M"], "below the smallest feasible network, the smoke profile's bare"),
     (["--budget", "2G", "--steps", "0"], "must be 1 or more"),
@@ -78,6 +120,10 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
     (["--budget", "2G", "--genotype", "GENOTYPE"], "variant acla-searched exceeds the budget by"),
     (["--budget", "2G", "--seeds", "0"], "must be 1 or more"),
     (["--budget", "2G", "--variants", "plain,wide"], "unknown variant(s) wide"),
+    (["--budget", "2G", "--seeds", "-2"], "must be 1 or more"),
+    (["--budget", "LONE_MACS", "--genotype", "LONE", "--variants", "acla-random"],
+     "variant acla-random: 1 random placement(s) other than the searched one"),
+    (["--budget", "2G", "--genotype", "ALIEN"], "unknown attention 'transformer'"),
 ])
 def test_ablate_bad_input_is_one_line(run_dir, tmp_path, extra, message):
     empty = tmp_path / "empty"
@@ -87,7 +133,17 @@ def test_ablate_bad_input_is_one_line(run_dir, tmp_path, extra, message):
     genotype.write_text(json.dumps({"version": 1, "task": "car", "scale": 1, "in_channels": 3, "channels": 18,
                                     "blocks": 4, "stages": 2, "attention": "acla", "adaptive": True, "max_keys": 4,
                                     "positions": [0, 1, 2, 3], "keys": keys}))
-    extra = [str(empty) if e == "EMPTY" else str(genotype) if e == "GENOTYPE" else e for e in extra]
+    small = {"version": 1, "task": "car", "scale": 1, "in_channels": 3, "channels": 8, "blocks": 4, "stages": 2,
+             "attention": "acla", "adaptive": True, "max_keys": 4, "positions": [0], "keys": [[1]]}
+    lone, alien = tmp_path / "lone.json", tmp_path / "alien.json"
+    lone.write_text(json.dumps(small))
+    alien.write_text(json.dumps({**small, "attention": "transformer"}))
+    from search_space.cost import genotype_macs
+    from search_space.genotype import Genotype
+    # A budget of exactly the lone module's cost: only the other stage-0 position fits beside it.
+    paths = {"EMPTY": str(empty), "GENOTYPE": str(genotype), "LONE": str(lone), "ALIEN": str(alien),
+             "LONE_MACS": str(genotype_macs(Genotype.from_dict(small)))}
+    extra = [paths.get(e, e) for e in extra]
     out = acla("ablate", "--task", "car", "--profile", "smoke", *extra, home=run_dir)
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()

@@ -6,7 +6,8 @@ import pytest
 from search_space.budget import BudgetError
 from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
-from workers.ablation import (VARIANTS, AblationError, build_variants, markdown_table, matched_plain,
+from workers.ablation import (VARIANTS, AblationError, build_variants, markdown_table, matched_plain, paired_interval,
+                              position_keys,
                               summarise_variants)
 
 SEARCHED = Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2, attention="acla", max_keys=4,
@@ -95,3 +96,61 @@ def test_summary_means_and_spreads():
     assert table.count("\n| ") == 2 and "30.250" in table and "50%" in table and "29.000 dB" in table
     assert not math.isnan(rows[0]["psnr_y"])
 
+
+
+def test_random_placements_match_the_searched_cost_kind_and_key_rule():
+    budget = genotype_macs(SEARCHED) * 1.02
+    variants = [v for v in build_variants(SEARCHED, budget, names=("acla-random",), seed=3)]
+    assert [v.placement for v in variants] == [0, 1, 2]
+    keys_at = position_keys(SEARCHED, None)
+    target = genotype_macs(SEARCHED)
+    placements = set()
+    for v in variants:
+        g = v.genotype
+        assert g.attention == SEARCHED.attention and g.adaptive
+        assert g.positions != SEARCHED.positions and g.positions
+        assert [list(k) for k in g.keys] == [keys_at[p] for p in g.positions]  # the same key rule
+        assert abs(v.macs - target) <= 0.05 * target and v.macs <= budget
+        placements.add(g.positions)
+    assert len(placements) == 3
+    again = build_variants(SEARCHED, budget, names=("acla-random",), seed=3)
+    assert [v.genotype for v in again] == [v.genotype for v in variants]  # seeded
+    # The key rule without the search's caps: the searched module's own keys where it stands, its mean cap elsewhere.
+    assert keys_at == [[2], [2], [2, 2], [3, 1]]
+
+
+def test_random_placement_that_cannot_fit_says_by_how_much():
+    lone = Genotype.from_dict({**SEARCHED.to_dict(), "positions": [0], "keys": [[2]]})
+    with pytest.raises(AblationError, match=r"variant acla-random: 1 random placement\(s\) .* closest other misses by"):
+        build_variants(lone, genotype_macs(lone), names=("acla-random",))
+
+
+def test_paired_interval_against_the_t_formula():
+    gap = paired_interval([0.1, 0.2, 0.3])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2 df) x sd / sqrt(n)
+    assert gap["mean"] == pytest.approx(0.2) and gap["pairs"] == 3
+    assert gap["low"] == pytest.approx(0.2 - half) and gap["high"] == pytest.approx(0.2 + half)
+    assert paired_interval([0.4])["low"] is None
+
+
+def test_summary_pairs_seeds_and_averages_random_placements():
+    def run(name, seed, psnr, placement=None, positions=()):
+        return {"name": name, "seed": seed, "genotype": {"positions": list(positions)}, "macs": 100, "params": 5,
+                "psnr_y": psnr, "ssim_y": 0.9, "input_psnr_y": 29.0, "psnr_rgb": psnr - 3, "input_psnr_rgb": 26.0,
+                "train_seconds": 1.0, "checkpoint": "c", "placement": placement}
+    runs = [run("plain-matched", 0, 30.0), run("plain-matched", 1, 31.0), run("plain-matched", 2, 30.5),
+            run("acla-searched", 0, 30.1), run("acla-searched", 1, 31.2), run("acla-searched", 2, 30.5)]
+    runs += [run("acla-random", s, base + d, p, [p]) for s, base in enumerate((30.0, 31.0, 30.5))
+             for p, d in enumerate((-0.3, 0.0, 0.3))]
+    rows = {r["name"]: r for r in summarise_variants(runs)}
+    searched = rows["acla-searched"]["gap_y"]
+    assert searched["mean"] == pytest.approx(0.1) and searched["pairs"] == 3  # (0.1 + 0.2 + 0.0) / 3
+    assert rows["acla-searched"]["gap_rgb"]["mean"] == pytest.approx(0.1)
+    random_row = rows["acla-random"]
+    assert random_row["psnr_y_seeds"] == pytest.approx([30.0, 31.0, 30.5])  # mean over placements per seed
+    assert random_row["gap_y"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert random_row["placement_spread"] == pytest.approx(0.6)
+    assert [p["placement"] for p in random_row["placements"]] == [0, 1, 2]
+    assert "gap_y" not in rows["plain-matched"]
+    table = markdown_table(list(rows.values()), budget_macs=200)
+    assert "+0.100 [" in table and "acla-random placement 2" in table and "spread over placements 0.600" in table
