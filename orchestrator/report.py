@@ -3,7 +3,9 @@ person to see at a glance what the searches of one task variant found:
 
 - the front of every trial (proxy PSNR against GMACs), the retrained scores as stars, a line per budget;
 - the table of front members and of the retrained models;
-- the latest ablation's table, where `ablate` was run for this variant;
+- the latest ablation's table, where `ablate` was run for this variant, with each variant's paired gain over
+  plain-matched and its 95% interval;
+- the fidelity view of every ablation of this variant: each variant's gap against the training steps;
 - for the best retrained model: crops of its input, its output and the ground truth side by side;
 - a drawing of that network: where its attention modules sit and how many keys each reference layer kept.
 
@@ -36,9 +38,13 @@ def collect(client, experiment_id: str) -> dict:
     budgets = sorted({float(r.data.tags["budget_macs"]) for r in client.search_runs([experiment_id], "tags.acla_kind = 'search'")
                       if "budget_macs" in r.data.tags})
     ablations = client.search_runs([experiment_id], "tags.acla_kind = 'ablation' and attributes.status = 'FINISHED'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
+                                   order_by=["attributes.start_time DESC"], max_results=MAX_ABLATIONS)
     return {"trials": trials, "retrains": [r for r in retrains if r["psnr"] is not None], "budgets": budgets,
-            "ablation_run": ablations[0].info.run_id if ablations else None}
+            "ablation_run": ablations[0].info.run_id if ablations else None,
+            "ablation_runs": [run.info.run_id for run in ablations]}
+
+
+MAX_ABLATIONS = 24  # the fidelity view reads at most this many of the latest ablations
 
 
 def front_figure(found: dict, path: Path, title: str) -> None:
@@ -125,14 +131,31 @@ def build_report(client, experiment, task, tracking_uri: str, folder: Path) -> d
     shown = {"trials": len(found["trials"]), "front": len(front), "figures": ["front.png"]}
     if found["ablation_run"]:
         import mlflow
-        report = json.loads(Path(mlflow.artifacts.download_artifacts(
-            run_id=found["ablation_run"], artifact_path="ablation/ablation.json", tracking_uri=tracking_uri)).read_text())
-        sections.append(f"<h2>Ablation ({html.escape(str(report['eval_data']))}, {report['seeds']} seeds, "
+
+        from .fidelity import fidelity_rows, gap_text, plot
+        reports = [json.loads(Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="ablation/ablation.json", tracking_uri=tracking_uri)).read_text())
+            for run_id in found["ablation_runs"]]
+        report = reports[0]
+        sections.append(f"<h2>Ablation ({html.escape(str(report['eval_data']))}, {report['seeds']} paired seeds, "
                         f"{report['steps']} steps)</h2>")
-        sections.append(table(["variant", "positions", "GMACs", "PSNR-Y (dB)", "spread", "SSIM-Y"],
-                              [[r["name"], r["genotype"]["positions"], f"{r['macs'] / 1e9:.2f}", f"{r['psnr_y']:.3f}",
-                                f"{r['psnr_y_spread']:.3f}", f"{r['ssim_y']:.4f}"] for r in report["variants"]]))
+        sections.append(table(["variant", "positions", "GMACs", "PSNR-Y (dB)", "spread", "SSIM-Y",
+                               "vs plain-matched, Y [95%]", "PSNR-RGB (dB)", "vs plain-matched, RGB [95%]"],
+                              [[r["name"], "random" if r["name"] == "acla-random" else r["genotype"]["positions"],
+                                f"{r['macs'] / 1e9:.2f}", f"{r['psnr_y']:.3f}", f"{r['psnr_y_spread']:.3f}",
+                                f"{r['ssim_y']:.4f}", gap_text(r.get("gap_y")),
+                                f"{r['psnr_rgb']:.3f}" if "psnr_rgb" in r else "-", gap_text(r.get("gap_rgb"))]
+                               for r in report["variants"]]))
         shown["ablation"] = found["ablation_run"]
+        rows = [r for r in fidelity_rows(reports) if r["gap"]]
+        if rows:
+            plot(reports, folder / "fidelity.png")
+            sections.append(f"<h2>Fidelity: gap over plain-matched against training steps ({len(reports)} "
+                            f"ablations)</h2><img src=\"fidelity.png\" alt=\"fidelity\">")
+            sections.append(table(["steps", "seeds", "kind", "variant", f"gap, {rows[0]['metric']} [95%]"],
+                                  [[r["steps"], r["seeds"], r["attention"], r["variant"], gap_text(r["gap"])]
+                                   for r in rows]))
+            shown["figures"].append("fidelity.png")
     if found["retrains"]:
         from workers.checkpoint import model_from_checkpoint
 

@@ -1,0 +1,87 @@
+"""The fidelity view of a set of ablations: each variant's paired gap over plain-matched (mean and 95% interval,
+in the task's headline PSNR: Y for car and sr, RGB for denoise and demosaic) against the number of training steps,
+as a table and a plot. Used by `report` (every finished ablation of a task variant) and benchmarks/fidelity.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+GAPS = ("cla", "acla-random", "acla-searched", "nonlocal", "acla-all", "plain")
+TARGET_DB = 0.10  # P7: acla-searched at least +0.10 dB over plain-matched, its interval above zero
+
+
+def headline(task_label: str) -> str:
+    from search_space.registry import get_task
+    return get_task(task_label.split("-")[0]).headline_metric
+
+
+def gap_key(task_label: str) -> str:
+    return "gap_y" if headline(task_label) == "psnr_y" else "gap_rgb"
+
+
+def gap_text(gap: dict | None) -> str:
+    if not gap:
+        return "-"
+    if gap.get("low") is None:
+        return f"{gap['mean']:+.3f} (1 seed)"
+    return f"{gap['mean']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}]"
+
+
+def meets_target(gap: dict | None) -> bool:
+    return bool(gap) and gap["mean"] >= TARGET_DB and gap.get("low") is not None and gap["low"] > 0
+
+
+def fidelity_rows(reports: list[dict]) -> list[dict]:
+    """One row per ablation and variant with a gap: task, scored-on, steps, seeds, variant, score, gap."""
+    rows = []
+    for report in sorted(reports, key=lambda r: (r["task"], r["steps"], r.get("attention", "acla"))):
+        metric, key = headline(report["task"]), gap_key(report["task"])
+        for variant in report["variants"]:
+            rows.append({"task": report["task"], "eval_data": report.get("benchmark") or report.get("eval_data"),
+                         "steps": report["steps"], "seeds": report["seeds"], "attention": report.get("attention", "acla"),
+                         "variant": variant["name"], "metric": metric, "psnr": variant.get(metric),
+                         "seed_scores": variant.get(f"{metric}_seeds", []), "gap": variant.get(key)})
+    return rows
+
+
+def markdown(reports: list[dict]) -> str:
+    lines = ["| task | scored on | steps | seeds | kind | variant | PSNR (dB) | per seed | gap vs plain-matched [95%] | "
+             "P7 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in fidelity_rows(reports):
+        psnr = "-" if row["psnr"] is None else f"{row['psnr']:.3f} ({row['metric']})"
+        seeds = ", ".join(f"{p:.3f}" for p in row["seed_scores"])
+        p7 = ("yes" if meets_target(row["gap"]) else "no") if row["variant"] == "acla-searched" and row["gap"] else ""
+        lines.append(f"| {row['task']} | {row['eval_data']} | {row['steps']} | {row['seeds']} | {row['attention']} | "
+                     f"{row['variant']} | {psnr} | {seeds} | {gap_text(row['gap'])} | {p7} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(reports: list[dict], path: str | Path) -> None:
+    """One panel per task: each variant's gap (mean, 95% interval as error bars) against the steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = fidelity_rows(reports)
+    tasks = sorted({r["task"] for r in rows})
+    figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6 * max(1, len(tasks)), 4.2), dpi=110, squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r["task"] == task and r["gap"]]
+        for shift, name in enumerate(GAPS):
+            points = sorted((r["steps"], r["gap"]) for r in mine if r["variant"] == name)
+            if not points:
+                continue
+            xs = [steps * (1 + 0.04 * (shift - 1)) for steps, _ in points]
+            means = [gap["mean"] for _, gap in points]
+            below = [gap["mean"] - gap["low"] if gap.get("low") is not None else 0 for _, gap in points]
+            above = [gap["high"] - gap["mean"] if gap.get("high") is not None else 0 for _, gap in points]
+            axis.errorbar(xs, means, yerr=[below, above], fmt="o-", capsize=4, label=name)
+        axis.axhline(0, color="k", lw=1)
+        axis.axhline(TARGET_DB, color="g", ls="--", lw=1, label=f"P7 target +{TARGET_DB:.2f} dB")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("training steps")
+        axis.set_ylabel(f"gap over plain-matched, {headline(task)} (dB)")
+        axis.set_title(f"{task}: mean paired gap and 95% interval")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,35 @@
+"""The fidelity view (orchestrator/fidelity.py): paired gaps against steps, as `report` and
+benchmarks/fidelity.py show them."""
+from orchestrator.fidelity import fidelity_rows, gap_key, markdown, meets_target, plot
+from workers.ablation import summarise_variants
+
+
+def _report(task, steps, gains):
+    """An ablation report as `ablate --json` writes it, from runs whose acla-searched gain per seed is `gains`."""
+    runs = []
+    for seed, gain in enumerate(gains):
+        for name, psnr in (("plain-matched", 30.0 + 0.1 * seed), ("acla-searched", 30.0 + 0.1 * seed + gain)):
+            runs.append({"name": name, "seed": seed, "genotype": {"positions": [0]}, "macs": 10, "params": 1,
+                         "psnr_y": psnr, "ssim_y": 0.9, "input_psnr_y": 28.0, "psnr_rgb": psnr - 2,
+                         "input_psnr_rgb": 26.0, "train_seconds": 1.0, "checkpoint": "c", "placement": None})
+    return {"task": task, "steps": steps, "seeds": len(gains), "eval_data": "LIVE1",
+            "variants": summarise_variants(runs)}
+
+
+def test_gaps_against_steps_in_the_headline_metric(tmp_path):
+    reports = [_report("car-q10", 1600, [0.15, 0.12, 0.13]), _report("car-q10", 400, [-0.05, 0.02, -0.01]),
+               _report("denoise-sigma25", 400, [0.3, 0.2, 0.25])]
+    assert gap_key("car-q10") == "gap_y" and gap_key("denoise-sigma25") == "gap_rgb"
+    rows = [r for r in fidelity_rows(reports) if r["variant"] == "acla-searched"]
+    assert [(r["task"], r["steps"]) for r in rows] == [("car-q10", 400), ("car-q10", 1600), ("denoise-sigma25", 400)]
+    assert rows[1]["gap"]["mean"] == pytest_approx(0.1333333)
+    assert meets_target(rows[1]["gap"]) and not meets_target(rows[0]["gap"])
+    table = markdown(reports)
+    assert "| car-q10 | LIVE1 | 1600 | 3 | acla | acla-searched |" in table and "| yes |" in table and "| no |" in table
+    plot(reports, tmp_path / "fidelity.png")
+    assert (tmp_path / "fidelity.png").stat().st_size > 5000
+
+
+def pytest_approx(value):
+    import pytest
+    return pytest.approx(value, abs=1e-6)
