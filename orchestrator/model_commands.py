@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def command_restore(args: argparse.Namespace) -> int:
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
+    for path in args.inputs:  # the same file under any name: a relative path, a symlink or a hard link
+        target = out_dir / f"{Path(path).stem}.png"
+        if target.exists() and Path(path).exists() and os.path.samefile(target, path):
+            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
     resolved, network, _, task = load_model(args)
     images = []
     with user_errors():  # every input read and checked before anything is written

@@ -105,3 +105,22 @@ def test_restore_cli_tiled_and_untiled_and_evaluate_matches_compare(tmp_path):
     mean = report["mean"]
     assert abs(mean["psnr_y"] - np.mean([r["psnr_y"] for r in report["per_image"]])) < 1e-3
     assert not (tmp_path / "home").exists()  # a local checkpoint needs no store
+
+
+def test_restore_never_replaces_an_input(tmp_path):
+    """An output that would be one of the inputs (same folder, or the same file through a link) is one line and
+    exit status 2, and the input is left as it was."""
+    net, genotype = network("car")
+    save_checkpoint(tmp_path / "m.pt", model=net, genotype=genotype, task=task_from_options("car"), profile="smoke", step=0)
+    photo(tmp_path / "in.png", (40, 40), 0)
+    (tmp_path / "elsewhere").mkdir()
+    os.link(tmp_path / "in.png", tmp_path / "elsewhere" / "in.png")  # the same file under another name
+    before = (tmp_path / "in.png").read_bytes()
+    for folder in (".", "elsewhere", str(tmp_path)):
+        out = acla("restore", "--model", "m.pt", "in.png", "-o", folder, "--task", "car", cwd=tmp_path)
+        assert out.returncode == 2 and "would replace the input itself" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "in.png").read_bytes() == before
+    (tmp_path / "out").mkdir()
+    out = acla("restore", "--model", "m.pt", "in.png", "-o", "out", "--task", "car", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
