@@ -218,6 +218,13 @@ def summary_lines(summary: dict) -> list[str]:
         lines += textwrap.wrap(where, 78, initial_indent="  ", subsequent_indent="    ")
     for r in summary["retrained"]:
         lines += [f"retrained -> {r.get('alias') or r.get('model_uri')}", f"  MLflow run {r['run_id']}"]
+        if r.get("psnr_y") is not None and r.get("input_psnr_y") is not None:
+            rgb = (f", RGB {r['psnr_rgb']:.2f} (input {r['input_psnr_rgb']:.2f})"
+                   if r.get("psnr_rgb") is not None and r.get("input_psnr_rgb") is not None else "")
+            trial = f"; its trial {r['trial_psnr']:.2f}" if r.get("trial_psnr") is not None else ""
+            lines.append(f"  validation PSNR: Y {r['psnr_y']:.2f} (input {r['input_psnr_y']:.2f}){rgb}{trial}")
+        if r.get("alias_withheld"):
+            lines.append(f"  {r['alias_withheld']}")
     return lines
 
 

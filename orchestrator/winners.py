@@ -9,6 +9,20 @@ from .records import TrialRecord
 
 
 
+def worse_than_input(metrics: dict, color: bool) -> str | None:
+    """Why a retrained model may not take the budget's alias: it scores below its own degraded input on the
+    validation images in a channel its task is scored in (Y, and RGB for a colour model). None when it beats the
+    input in each."""
+    channels = ("y", "rgb") if color else ("y",)
+    worse = [c for c in channels if f"psnr_{c}" in metrics and f"input_psnr_{c}" in metrics
+             and metrics[f"psnr_{c}"] <= metrics[f"input_psnr_{c}"]]
+    if not worse:
+        return None
+    figures = ", ".join(f"{c.upper()} {metrics[f'psnr_{c}']:.2f} dB against the input's {metrics[f'input_psnr_{c}']:.2f}"
+                        for c in channels if f"psnr_{c}" in metrics and f"input_psnr_{c}" in metrics)
+    return f"no alias: the retrained model is worse than its input in {' and '.join(c.upper() for c in worse)} ({figures})"
+
+
 def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers,
                     set_alias: bool = True):
     """Ray Train each winner; log it as a run linked to its trial; register the model, and point the budget's
@@ -44,7 +58,9 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
         genotype_file.write_text(genotype.to_json())
         model_set = put_artifact_set(store, f"models/{registered}/v{version}",
                                      {CHECKPOINT_FILE: outcome.checkpoint_file, "genotype.json": genotype_file})
-        aliased = set_alias and rank == 0  # the alias names the best winner of this budget
+        # The alias names the best winner of this budget, when it improves on its input in every scored channel.
+        withheld = worse_than_input(metrics, color=settings.task.in_channels == 3) if set_alias and rank == 0 else None
+        aliased = set_alias and rank == 0 and withheld is None
         finish_retrain(client, retrain_id, winner, model_set_uri=model_set.rsplit("/", 1)[0], registered=registered,
                        version=version, alias=alias if aliased else None,
                        retrained_psnr=metrics.get(settings.task.headline_metric, float("nan")))
@@ -52,6 +68,9 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
                          "psnr": metrics.get("psnr"), "macs": winner.macs,
                          "checkpoint_uri": outcome.checkpoint_uri, "model_set_uri": model_set.rsplit("/", 1)[0],
                          "model_uri": f"models:/{registered}/{version}",
+                         "psnr_y": metrics.get("psnr_y"), "psnr_rgb": metrics.get("psnr_rgb"),
+                         "input_psnr_y": metrics.get("input_psnr_y"), "input_psnr_rgb": metrics.get("input_psnr_rgb"),
+                         "trial_psnr": winner.psnr, "alias_withheld": withheld,
                          "alias": f"models:/{registered}@{alias}" if aliased else None})
     return outcomes
 

@@ -85,3 +85,14 @@ def test_sweep_then_retrain_one_trial(run_dir):
     assert {s["experiment"] for s in json.loads(out.stdout)["searches"]} == {"acla-car-q10"}
     out = acla("status", home=run_dir)
     assert "acla-car-q40" in out.stdout and "budget 2G" in out.stdout and "budget 1.5G" in out.stdout
+
+
+def test_a_model_worse_than_its_input_gets_no_alias():
+    from orchestrator.winners import worse_than_input
+    better = {"psnr_y": 28.9, "input_psnr_y": 28.4, "psnr_rgb": 25.9, "input_psnr_rgb": 25.7}
+    assert worse_than_input(better, color=True) is None
+    damaged = {**better, "psnr_rgb": 25.3}  # Y up, RGB down: the colour cast of #23
+    message = worse_than_input(damaged, color=True)
+    assert message.startswith("no alias") and "in RGB" in message and "25.30 dB against the input's 25.70" in message
+    assert worse_than_input(damaged, color=False) is None  # a gray model is scored in Y only
+    assert "in Y and RGB" in worse_than_input({**damaged, "psnr_y": 28.0}, color=True)
