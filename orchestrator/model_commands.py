@@ -51,10 +51,6 @@ def command_restore(args: argparse.Namespace) -> int:
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
-    for path in args.inputs:  # the same file under any name: a relative path, a symlink or a hard link
-        target = out_dir / f"{Path(path).stem}.png"
-        if target.exists() and Path(path).exists() and os.path.samefile(target, path):
-            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
     resolved, network, _, task = load_model(args)
     images = []
     with user_errors():  # every input read and checked before anything is written
@@ -65,6 +61,10 @@ def command_restore(args: argparse.Namespace) -> int:
                 raise UsageError(f"{path}: image is {width}x{height} pixels; the model needs at least "
                                  f"{MIN_SIDE}x{MIN_SIDE}")
             images.append((path, image))
+    for path, _ in images:  # the same file under any name (a relative path, a symlink or a hard link)
+        target = out_dir / f"{Path(path).stem}.png"
+        if target.exists() and os.path.samefile(target, path):
+            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
     total = sum(tile_count(*image.shape[:2], args.tile) for _, image in images)
     outputs = []
     with progress_bar("restoring", total, enabled=total > 1, transient=True) as bar:

@@ -189,7 +189,9 @@ def summarise(name, parent_id, budget, task, profile, recorded: list[TrialRecord
         trials.append({"trial": item.trial, "run_id": item.run_id,
                        "backbone": {"channels": genotype.channels, "blocks": genotype.blocks, "stages": genotype.stages},
                        "positions": list(genotype.positions), "keys": [list(k) for k in genotype.keys],
-                       "macs": item.macs, "proxy_macs": item.proxy_macs, "position_scores": item.position_scores,
+                       "macs": item.macs, "macs_expected": item.result.get("macs_expected"),
+                       "expected_keys": [list(k) for k in genotype.expected_keys],
+                       "proxy_macs": item.proxy_macs, "position_scores": item.position_scores,
                        "params": int(item.result["params"]), "psnr": round(item.psnr, 4),
                        "ssim": round(float(item.result["ssim"]), 4), "pareto": bool(front.get(item.run_id, False)),
                        "attention_backend": item.result.get("attention_backend"),
@@ -213,7 +215,13 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"{t['run_id']:<34}{b['channels']:>4}x{b['blocks']:<2}{t['macs'] / 1e9:>7.2f}{t['psnr']:>7.2f}"
                      f"{'*' if t['pareto'] else '':>2}{retrained:>10}".rstrip())
         keys = ", ".join("+".join(map(str, k)) for k in t["keys"])
-        where = (f"ACLA after blocks {', '.join(map(str, t['positions']))} (keys per reference layer: {keys})"
+        expected = ""
+        if t.get("expected_keys") and t.get("macs_expected") is not None:
+            means = ", ".join("+".join(f"{k:.1f}" for k in ks) for ks in t["expected_keys"])
+            expected = (f"; a query keeps {means} on average, {t['macs_expected'] / 1e9:.2f} GMACs expected against "
+                        f"{t['macs'] / 1e9:.2f} at the caps")
+        where = (f"ACLA after blocks {', '.join(map(str, t['positions']))} (keys per reference layer: {keys}"
+                 f"{' at most' if expected else ''}{expected})"
                  if t["positions"] else "plain backbone (no attention module fits or pays)")
         lines += textwrap.wrap(where, 78, initial_indent="  ", subsequent_indent="    ")
     for r in summary["retrained"]:

@@ -58,6 +58,8 @@ def check_search(summary, tracking_uri):
         assert child.data.metrics["macs"] == genotype_macs(genotype)
         assert "backbone" in child.data.params and "penalty_weight" in child.data.params
         assert {f"position_score_{i}" for i in range(genotype.blocks)} <= set(child.data.metrics)
+        assert {f"position_active_keys_{i}" for i in range(genotype.blocks)} <= set(child.data.metrics)
+        assert child.data.metrics["macs_expected"] <= child.data.metrics["macs"]
         assert "proxy_macs" in child.data.metrics
         # Where it ran and which attention implementation served it (the dispatcher's choice in that process).
         assert child.data.params["device"] == "cpu"
@@ -75,10 +77,28 @@ def check_search(summary, tracking_uri):
     model, genotype, task, payload = model_from_checkpoint(checkpoint)
     assert task.name == "car" and payload["profile"] == "smoke"
     assert 0.5 * BUDGET <= genotype_macs(genotype) <= BUDGET  # the registered model spends its budget
-    version = client.get_model_version_by_alias("acla-car-q10", "budget-2G")
+    version = aliased_version(client, summary["retrained"][0], "budget-2G", retrain[0].info.run_id)
     assert version.run_id == retrain[0].info.run_id
     check_legible_in_the_ui(client, experiment, parent, children, retrain[0], version, tracking_uri)
     return client
+
+
+def aliased_version(client, retrained: dict, alias: str, run_id: str):
+    """The model version behind the budget's alias. The alias goes only to a model that beats its degraded input
+    in Y and RGB on the validation images (#23); a smoke model, trained for 8 steps, often does not. Then the
+    summary says so, with both channels, and no alias exists: this points it by hand, as a person would after
+    reading that line, so that the rest of the check can resolve models:/...@alias."""
+    if retrained["alias"] is None:
+        withheld = retrained["alias_withheld"]
+        worse = [c for c in ("y", "rgb") if retrained[f"psnr_{c}"] <= retrained[f"input_psnr_{c}"]]
+        assert worse and withheld.startswith("no alias") and all(c.upper() in withheld for c in worse), withheld
+        assert alias not in client.get_registered_model("acla-car-q10").aliases
+        version = next(v for v in client.search_model_versions("name='acla-car-q10'") if v.run_id == run_id)
+        client.set_registered_model_alias("acla-car-q10", alias, version.version)
+    else:
+        assert retrained["alias_withheld"] is None
+        assert all(retrained[f"psnr_{c}"] > retrained[f"input_psnr_{c}"] for c in ("y", "rgb"))
+    return client.get_model_version_by_alias("acla-car-q10", alias)
 
 
 def check_legible_in_the_ui(client, experiment, parent, children, retrain, version, tracking_uri):
@@ -125,15 +145,20 @@ def test_search_end_to_end_sqlite(run_dir):
     assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained"}
     assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "proxy_macs",
                                          "params", "psnr", "ssim", "pareto", "retrained_psnr", "artifact_uri", "attention_backend",
-                                         "position_scores"}
+                                         "position_scores", "macs_expected", "expected_keys"}
     for trial in summary["trials"]:  # one score per position, with how settled it is
         blocks = trial["backbone"]["blocks"]
         assert [s["position"] for s in trial["position_scores"]] == list(range(blocks))
-        assert all({"score", "spread", "stderr", "prob"} <= set(s) for s in trial["position_scores"])
+        assert all({"score", "spread", "stderr", "prob", "active_keys"} <= set(s) for s in trial["position_scores"])
+        assert all(0 < s["active_keys"] <= 4 for s in trial["position_scores"])  # the smoke profile's 4 keys
+        # an adaptive genotype is costed at its caps; its expected MACs, at the keys kept on validation images,
+        # are never above them
+        assert trial["macs_expected"] <= trial["macs"]
+        assert [len(k) for k in trial["expected_keys"]] == [len(k) for k in trial["keys"]]
         assert all(s["score"] > s["stderr"] for s in trial["position_scores"] if s["position"] in trial["positions"])
         # the outer search offers backbones that spend the budget: 50-100% of it, bare
         assert 0.5 * BUDGET <= trial["macs"] <= BUDGET
-    assert summary["retrained"][0]["alias"] == "models:/acla-car-q10@budget-2G"
+    assert summary["retrained"][0]["alias"] in ("models:/acla-car-q10@budget-2G", None)  # see aliased_version
     check_search(summary, f"sqlite:///{run_dir}/mlflow.db")
     # pareto and status read the same store
     front = json.loads(acla("pareto", "--task", "car", "--json", home=run_dir).stdout)["front"]

@@ -64,7 +64,8 @@ def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
     # the model set restores an image straight from the bucket
     from tests.test_restore import photo
     photo(Path(run_dir) / "in.png", (24, 24), 0)
-    out = acla("restore", "--model", retrained["model_set_uri"], "in.png", "-o", ".", "--json", home=run_dir)
+    (Path(run_dir) / "restored").mkdir()
+    out = acla("restore", "--model", retrained["model_set_uri"], "in.png", "-o", "restored", "--json", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["outputs"][0]["output_size"] == [24, 24]
     out = acla("restore", "--model", f"{retrained['model_set_uri']}/missing", "in.png", "-o", ".", home=run_dir)
