@@ -157,10 +157,16 @@ def data_from_args(args: argparse.Namespace):
 def check_training_data(data, task, profile) -> None:
     """Every training and validation image readable, and the training images big enough for the profile's
     patches, from their headers: before Ray starts, not inside each trial."""
-    from workers.data import check_images
+    from workers.data import check_images, patch_tiles
+    side = profile.patch * task.scale
     with user_errors():
-        check_images(data.train, min_side=profile.patch * task.scale)
+        check_images(data.train, min_side=side)
         check_images(data.valid)
+        tiles = patch_tiles(data.train, side)
+    if tiles < profile.batch_size:
+        raise UsageError(f"{len(data.train.paths)} training image(s) hold only {tiles} non-overlapping {side}x{side} "
+                         f"patch(es); the {profile.name} profile draws {profile.batch_size} per batch: expected more "
+                         f"or larger images, together at least {profile.batch_size} patches of {side}x{side}")
 
 
 def profile_from_args(args: argparse.Namespace, default: str | None = None):

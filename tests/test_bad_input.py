@@ -57,6 +57,10 @@ def data_dir(kind):
             (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
         elif kind == "small":
             photo(folder / "tiny.png", (8, 8))
+        elif kind == "few":  # one image, one 16x16 patch: the smoke profile draws 2 per batch
+            for i in range(3):
+                (folder / f"p{i}.png").unlink()
+            photo(folder / "one.png", (20, 20))
     return setup
 
 def empty_dir(work):
@@ -133,6 +137,7 @@ CASES = [
     ("data empty", S + ["--budget", "5G", "--data", "photos"], empty_dir, "photos"),
     ("data corrupt image", S + ["--budget", "5G", "--data", "photos"], data_dir("corrupt"), "broken.png"),
     ("data too small image", S + ["--budget", "5G", "--data", "photos"], data_dir("small"), "tiny.png"),
+    ("data too few patches", S + ["--budget", "5G", "--data", "photos"], data_dir("few"), "hold only 1 non-overlapping 16x16"),
     ("genotype missing", ["cost", "--task", "car", "--genotype", "missing.json"], nothing, "missing.json"),
     ("genotype not json", ["cost", "--task", "car", "--genotype", "g.json"], text_file("g.json", "{not json"), "g.json"),
     ("genotype array", ["cost", "--task", "car", "--genotype", "g.json"], text_file("g.json", "[1, 2]"), "g.json"),

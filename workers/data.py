@@ -107,6 +107,16 @@ def check_images(image_set: "ImageSet", min_side: int = 1) -> None:
                             f"or scale it needs; remove it or use a smaller --profile patch")
 
 
+def patch_tiles(image_set: "ImageSet", side: int) -> int:
+    """How many non-overlapping side x side patches the set's images hold in all, from their headers."""
+    total = 0
+    for path in image_set.paths:
+        with _open_checked(path) as image:
+            width, height = image.size
+        total += (width // side) * (height // side)
+    return total
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to uint8 (H, W, 3) or (H, W), once per file version (cached)."""
     path = str(path)
