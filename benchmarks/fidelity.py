@@ -10,7 +10,8 @@ acla-searched only). Each ablation searches with the same seed, so a task's sear
 every schedule. Every run is also recorded in MLflow by `ablate` itself, under the run directory.
 
 Usage: python benchmarks/fidelity.py [--tasks car,denoise] [--steps 400,1600] [--long 3200] [--seeds 3]
-       [--budget 13G] [--attention acla] [--out benchmarks/results/fidelity] [--home DIR]
+       [--budget 13G] [--attention acla] [--variants plain-matched,cla,acla-random,acla-searched]
+       [--out benchmarks/results/fidelity] [--home DIR]
        python benchmarks/fidelity.py --summarise-only   (table and plot from the JSON lines already written)
 """
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--budget", default="13G")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--attention", default="acla")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"the variants of each ablation (default {','.join(VARIANTS)})")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity"))
     parser.add_argument("--home", default=str(ROOT / "acla-runs" / "fidelity"))
     parser.add_argument("--summarise-only", action="store_true")
@@ -64,7 +67,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = out / "ablations.jsonl"
-    plan = [(task, int(steps), VARIANTS) for steps in args.steps.split(",") for task in args.tasks.split(",")]
+    variants = tuple(args.variants.split(","))
+    plan = [(task, int(steps), variants) for steps in args.steps.split(",") for task in args.tasks.split(",")]
     if args.long:
         plan.append(("denoise", args.long, ("plain-matched", "acla-searched")))
     if not args.summarise_only:
