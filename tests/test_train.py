@@ -133,3 +133,38 @@ def test_optimizer_trains_sampling_offsets_at_a_tenth_of_the_rate():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
     plain, _ = make_optimizer(build_network(genotype_for(TaskSpec("denoise", sigma=25.0), "none")), profile)
     assert len(plain.param_groups) == 1
+
+
+def test_measured_active_keys_are_the_pixel_weighted_mean_per_module(tiny_data):
+    """What a trial records as an adaptive derived network's expected keys: per module and reference layer, the
+    mean count a query keeps on the validation images, weighted by their pixels (an oracle from the modules'
+    own per-forward counts)."""
+    from search_space.backbone import build_network
+    from workers.data import evaluation_pairs, to_tensor
+    from workers.train import measure_active_keys
+    task = TaskSpec("denoise")
+    torch.manual_seed(0)
+    net = build_network(genotype_for(task))
+    with torch.no_grad():  # scores of both signs, so that counts vary between queries
+        for module in net.attention:
+            if hasattr(module, "gate_proj") and module.gate_proj is not None:
+                module.gate_proj.weight.normal_(std=1.0)
+                module.gate_proj.bias.zero_()
+    valid = ImageSet("two", tiny_data.train.paths)
+    measured = measure_active_keys(net, task, valid)
+    assert [len(m) for m in measured] == [1, 2]  # positions 1 and 3: one and two reference layers
+    totals, pixels = [[0.0], [0.0, 0.0]], 0
+    net.eval()
+    for _, _, degraded in evaluation_pairs(task, valid):
+        with torch.no_grad():
+            net(to_tensor(degraded).unsqueeze(0))
+        weight = degraded.shape[0] * degraded.shape[1]
+        counts = [m.key_counts(expected=False) for m in net.attention if m.key_counts(expected=False) is not None]
+        totals = [[t + weight * c for t, c in zip(total, count)] for total, count in zip(totals, counts)]
+        pixels += weight
+    want = [[t / pixels for t in total] for total in totals]
+    assert [m for ms in measured for m in ms] == pytest.approx([w for ws in want for w in ws])
+    caps = [[2], [3, 1]]
+    assert all(0 <= m <= cap for ms, cs in zip(measured, caps) for m, cap in zip(ms, cs))
+    assert any(0 < m < cap for ms, cs in zip(measured, caps) for m, cap in zip(ms, cs))  # adaptive, not the cap
+    assert measure_active_keys(build_network(genotype_for(task, "cla")), task, valid) == []
