@@ -132,7 +132,7 @@ def build_requested_variants(args, searched, all_keys):
 
 def command_ablate(args: argparse.Namespace) -> int:
     from workers.ablation import AblationError, check_backbone_budget, markdown_table, summarise_variants
-    from .cli import settings_from_args
+    from .settings import settings_from_args
     from .tracking import mlflow_client
     from .driver import ray_session
     from .local_commands import check_training_data, data_from_args, profile_from_args, task_spec_from_args, user_errors

@@ -53,20 +53,6 @@ def add_task_args(parser: argparse.ArgumentParser, required: bool = True) -> Non
                         help=f"{'/'.join(gray)} on the gray/Y channel (classic5) instead of RGB")
 
 
-def settings_from_args(args, *, read_only: bool = False):
-    """Every target checked, cheapest first, before anything is created: a bad one is one line and leaves no
-    file behind. `read_only` verbs (status, pareto, retrain) need a tracking store that a search has made."""
-    from .settings import check_ray_address, check_s3_endpoint, check_tracking_uri, open_artifact_store, resolve_settings
-    run = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=args.artifact_root, address=args.address,
-                           s3_endpoint=args.s3_endpoint, create_bucket=args.create_bucket)
-    check_tracking_uri(run.tracking_uri, must_exist=read_only)
-    if run.storage.is_s3:
-        check_s3_endpoint(run.storage.resolved_endpoint())
-    check_ray_address(run.ray_address)
-    run_store = open_artifact_store(run)
-    return run, run_store
-
-
 def search_profile(args, profile):
     """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
     steps = args.search_steps or profile.search_steps
@@ -81,7 +67,6 @@ def search_job_from_args(args: argparse.Namespace):
     """The flags of `search`, `sweep` or a replayed `resume`, as the dataclass everything below reads."""
     from .local_commands import data_from_args, profile_from_args, task_spec_from_args
     from .records import SearchJob
-    from .resume import stored_request
     task = task_spec_from_args(args)
     profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
     return SearchJob(task=task, profile=profile, data=data,
@@ -89,14 +74,35 @@ def search_job_from_args(args: argparse.Namespace):
                      attention=args.attention, trials=args.trials or profile.trials,
                      concurrency=args.concurrency or profile.concurrency, seed=args.seed, retrain_top=args.retrain_top,
                      retrain_workers=args.retrain_workers, retrain=not args.no_retrain, json=args.json,
-                     command_line=shlex.join(sys.argv), request=stored_request(args),
+                     command_line=redacted_command(sys.argv), request=platform_request(args),
                      resume_parent=getattr(args, "resume_parent", None))
 
 
+def redacted_command(argv: list[str]) -> str:
+    """The command line as it was typed, with any password in a URI replaced (it is stored and shown)."""
+    from .settings import redact
+
+    def hide(arg: str) -> str:
+        flag, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        return flag + equals + (redact(value) if "://" in value else value)
+    return shlex.join(hide(arg) for arg in argv)
+
+
+def platform_request(args: argparse.Namespace) -> dict:
+    """Where a search runs, as its flags gave it (the tracking URI's password out): what `resume` uses where it is
+    given no other."""
+    from .settings import PLATFORM_KEYS, redact
+    request = {key: getattr(args, key, None) for key in PLATFORM_KEYS}
+    if request.get("tracking_uri"):
+        request["tracking_uri"] = redact(request["tracking_uri"])
+    return request
+
+
 def command_search(args: argparse.Namespace) -> int:
-    """`search` and `sweep` (and `resume`, which replays a search's flags): the flags become a SearchJob and the
-    checked targets, then the recipe (search_job.py) runs."""
+    """`search` and `sweep`: the flags become a SearchJob and the checked targets, then the recipe
+    (search_job.py) runs."""
     from .search_job import run_search
+    from .settings import settings_from_args
     job = search_job_from_args(args)
     run, store = settings_from_args(args)
     return run_search(job, run, store)

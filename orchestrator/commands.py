@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from .cli import settings_from_args
+from .settings import settings_from_args
 from .errors import UsageError
 from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
 from .records import TrialRecord

@@ -19,9 +19,14 @@ TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "in
 TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip", "node_id")
 
 
+STORED_JOB_VERSION = 2  # 1: the search's argparse flags (before #23); 2: the SearchJob itself
+
+
 @dataclass(frozen=True)
 class SearchJob:
-    """What a search asks for. `request` is its flags as given, which `resume` replays (passwords redacted)."""
+    """What a search asks for. `request` is where it ran (its platform flags, passwords redacted), which `resume`
+    uses where it is given no others; the job itself is stored as data (`to_stored`) and read back by `resume`
+    (`from_stored`), with no command line replayed."""
     task: object  # workers.tasks.TaskSpec
     profile: object  # workers.profiles.Profile, with the --search-steps/--search-warmup overrides
     data: object  # workers.train.DataSpec
@@ -37,6 +42,37 @@ class SearchJob:
     command_line: str
     request: dict = field(default_factory=dict)
     resume_parent: str | None = None
+
+    def to_stored(self, budget: float) -> dict:
+        """This job, for one of its budgets, as plain JSON data (the search state's `request`)."""
+        import dataclasses
+        job = {"task": dataclasses.asdict(self.task), "profile": dataclasses.asdict(self.profile),
+               "data": {"train": dataclasses.asdict(self.data.train), "valid": dataclasses.asdict(self.data.valid)},
+               "budgets": [budget], **{name: getattr(self, name) for name in JOB_SCALARS}}
+        return {"version": STORED_JOB_VERSION, "job": job, "platform": dict(self.request), "budget": budget}
+
+    @classmethod
+    def from_stored(cls, stored: dict, *, json_output: bool, resume_parent: str | None) -> "SearchJob":
+        """The job a search stored (`to_stored`), to run again as `resume_parent`. ValueError for a request of
+        another version (a search begun before #23 stored its flags; finish it with the release that began it)."""
+        from workers.data import ImageSet
+        from workers.profiles import Profile
+        from workers.tasks import TaskSpec
+        from workers.train import DataSpec
+        if stored.get("version") != STORED_JOB_VERSION:
+            raise ValueError(f"the search state holds a request of version {stored.get('version', 1)}, from an "
+                             f"earlier release; expected {STORED_JOB_VERSION}")
+        job = stored["job"]
+        profile = {k: tuple(v) if isinstance(v, list) else v for k, v in job["profile"].items()}
+        data = DataSpec(*(ImageSet(job["data"][part]["name"], tuple(job["data"][part]["paths"]))
+                          for part in ("train", "valid")))
+        return cls(task=TaskSpec(**job["task"]), profile=Profile(**profile), data=data,
+                   budgets=tuple(job["budgets"]), request=dict(stored.get("platform", {})), json=json_output,
+                   resume_parent=resume_parent, **{name: job[name] for name in JOB_SCALARS})
+
+
+# The SearchJob fields stored as they are.
+JOB_SCALARS = ("attention", "trials", "concurrency", "seed", "retrain_top", "retrain_workers", "retrain", "command_line")
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def build_report(client, experiment, task, tracking_uri: str, folder: Path) -> d
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from .cli import settings_from_args
+    from .settings import settings_from_args
     from .local_commands import task_spec_from_args, user_errors
     from .tracking import experiment_name, mlflow_client
     task = task_spec_from_args(args)

@@ -99,8 +99,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
     """One budget's search, recorded as it goes in the run directory's search state; with `job.resume_parent`
     it continues that search: its finished trials kept, its interrupted ones run again, its retrains done."""
     from .driver import SearchRequest, git_commit, run_search_on_ray
-    from .resume import resume_plan
-    from .state import SearchState
+    from .state import SearchState, resume_plan
     from .winners import pick_winners, record_trials
     from .tracking import (close_stale_runs, end_parent, ensure_experiment, experiment_name, log_front, reopen_parent,
                            start_parent, summarise_parent, update_front)
@@ -127,7 +126,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         run_name = f"search-{short_budget(budget)}-{time.strftime('%m%d-%H%M%S')}"  # one name per search
         parent_id, plan = start_parent(client, experiment_id, run_name=run_name, tags=tags, params=params,
                                        command_line=job.command_line), None
-    state.begin(parent_id, experiment_id, {**job.request, "budget": budget})
+    state.begin(parent_id, experiment_id, job.to_stored(budget))
     progress, reporter = progress_reporter(not job.json)
     try:
         recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter, state, plan)

@@ -132,3 +132,26 @@ def driver_alive(host: str, pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def resume_plan(state, parent_id: str):
+    """What the search already has, from its state: finished trials as recorded, and the configs still owed:
+    those of trials cut off (running when the driver died, or interrupted before and never run to an end since),
+    each once."""
+    from .driver import ResumePlan
+    from .records import TrialRecord
+    trials = state.trials(parent_id)
+    ended = {json.dumps(t["config"], sort_keys=True) for t in trials if t["state"] in ("finished", "failed")}
+    recorded, owed = [], {}
+    for trial in trials:
+        if trial["state"] == "finished":
+            recorded.append(TrialRecord(trial=trial["trial_id"], run_id=trial["mlflow_run_id"], params=trial["config"],
+                                        result=trial["result"], artifact_uri=trial["artifact_uri"]))
+        elif trial["state"] in ("running", "interrupted"):
+            if trial["state"] == "running":
+                state.trial_interrupted(parent_id, trial["trial_id"])
+            key = json.dumps(trial["config"], sort_keys=True)
+            if key not in ended:
+                owed.setdefault(key, trial["config"])
+    done = sum(1 for t in trials if t["state"] in ("finished", "failed"))
+    return ResumePlan(recorded=recorded, done=done, interrupted=list(owed.values()))

@@ -230,7 +230,7 @@ def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatc
 
 def test_a_second_resume_owes_only_what_is_still_unfinished(tmp_path):
     """A config cut off twice is owed once; one that an earlier resume already ran to its end is not owed."""
-    from orchestrator.resume import resume_plan
+    from orchestrator.state import resume_plan
     state = SearchState(tmp_path)
     state.begin("p", "e", {})
     for trial_id, config in (("t1", {"x": 1}), ("t2", {"x": 2}), ("t3", {"x": 2}), ("t4", {"x": 3}), ("t5", {"x": 3})):
