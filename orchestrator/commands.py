@@ -128,6 +128,8 @@ def command_retrain(args: argparse.Namespace) -> int:
     from .winners import retrain_winners
     winner = TrialRecord.from_mlflow(trial, Path(genotype_path).read_text())
     profile = profile_from_args(args, default=tags.get("profile", "quick"))
+    from .search_job import check_retrain_workers
+    check_retrain_workers(args.retrain_workers, profile)
     settings = TrialSettings(task=TaskSpec(**json.loads(tags["task_spec"])), budget_macs=float(tags["budget_macs"]),
                              profile=profile, data=data_from_args(args), attention=winner.genotype.attention,
                              seed=args.seed)

@@ -38,7 +38,7 @@ def retrain_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    rank = ray.train.get_context().get_world_rank()
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.set_num_threads(max(1, int(config["threads_per_worker"])))
     genotype = Genotype.from_json(config["genotype"])
     task = TaskSpec(**config["task"])
@@ -60,7 +60,7 @@ def retrain_loop_per_worker(config: dict) -> None:
 
     steps = config["steps"]
     hooks = TrainHooks(wrap_model=ray.train.torch.prepare_model, sampler_seed=config["seed"] + 1000 * rank,
-                       evaluate=rank == 0, on_checkpoint=on_checkpoint)
+                       batch_share=(rank, world), evaluate=rank == 0, on_checkpoint=on_checkpoint)
     train(genotype=genotype, task=task, data=data, profile=profile, steps=steps, seed=config["seed"],
           report=functools.partial(put_progress, config["progress"]) if rank == 0 else None,
           device=ray.train.torch.get_device(), resume_from=resume_from,

@@ -56,6 +56,8 @@ def run_search(job: SearchJob, run, store) -> int:
     from .local_commands import check_training_data, user_errors
     from .tracking import mlflow_client
     check_training_data(job.data, job.task, job.profile)
+    if job.retrain:
+        check_retrain_workers(job.retrain_workers, job.profile)
     with user_errors():
         backbones = {budget: check_feasible(job.task, job.profile, budget) for budget in job.budgets}
     for budget in job.budgets:
@@ -92,6 +94,13 @@ def progress_reporter(enabled: bool):
     def report(done: int, total: int) -> None:
         progress.update(task_id, completed=done, total=total, description=f"trials {done}/{total}")
     return progress, report
+
+
+def check_retrain_workers(workers: int, profile) -> None:
+    """The Ray Train workers share one batch of the profile's patches per step: no more workers than patches."""
+    if workers > profile.batch_size:
+        raise UsageError(f"--retrain-workers {workers} exceeds the {profile.name} profile's batch of "
+                         f"{profile.batch_size} patches, which the workers share; expected at most {profile.batch_size}")
 
 
 def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resources: dict, *, run, store,

@@ -138,6 +138,7 @@ CASES = [
     ("data corrupt image", S + ["--budget", "5G", "--data", "photos"], data_dir("corrupt"), "broken.png"),
     ("data too small image", S + ["--budget", "5G", "--data", "photos"], data_dir("small"), "tiny.png"),
     ("data too few patches", S + ["--budget", "5G", "--data", "photos"], data_dir("few"), "hold only 1 non-overlapping 16x16"),
+    ("retrain workers above the batch", S + ["--budget", "5G", "--retrain-workers", "3"], nothing, "exceeds the smoke profile's batch of 2"),
     ("genotype missing", ["cost", "--task", "car", "--genotype", "missing.json"], nothing, "missing.json"),
     ("genotype not json", ["cost", "--task", "car", "--genotype", "g.json"], text_file("g.json", "{not json"), "g.json"),
     ("genotype array", ["cost", "--task", "car", "--genotype", "g.json"], text_file("g.json", "[1, 2]"), "g.json"),

@@ -168,3 +168,21 @@ def test_measured_active_keys_are_the_pixel_weighted_mean_per_module(tiny_data):
     assert all(0 <= m <= cap for ms, cs in zip(measured, caps) for m, cap in zip(ms, cs))
     assert any(0 < m < cap for ms, cs in zip(measured, caps) for m, cap in zip(ms, cs))  # adaptive, not the cap
     assert measure_active_keys(build_network(genotype_for(task, "cla")), task, valid) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_share_one_global_batch(tiny_data, workers):
+    """Ray Train's workers draw one global batch per step between them (#23): 1, 2 or 3 workers see the same
+    number of patches per step, so --retrain-workers changes the speed, not the model's schedule."""
+    from workers.train import TrainHooks, batch_share, make_sampler
+    task = TaskSpec("denoise")
+    profile = dataclasses.replace(SMOKE, batch_size=5)
+    shares = [next(make_sampler(task, tiny_data.train, profile, seed=r, share=(r, workers)))[0].shape[0]
+              for r in range(workers)]
+    assert sum(shares) == 5 and max(shares) - min(shares) <= 1
+    assert [batch_share(5, r, workers) for r in range(workers)] == shares
+    result = train(genotype=genotype_for(task, "none"), task=task, data=tiny_data, profile=profile, steps=2,
+                   hooks=TrainHooks(batch_share=(workers - 1, workers), evaluate=False))
+    assert all(record["patches"] == shares[-1] for record in result.history)
+    with pytest.raises(ValueError, match="at most 5 workers"):
+        batch_share(5, 0, 6)

@@ -41,6 +41,9 @@ class TrainHooks:
     it evaluates at the end, and a callback for every checkpoint written: (path, step, metrics)."""
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
     sampler_seed: int | None = None
+    # (rank, world size): this worker draws its share of the profile's batch, so that the workers together draw
+    # one global batch per step, whatever their number (more workers: the same model, sooner)
+    batch_share: tuple[int, int] | None = None
     evaluate: bool = True
     on_checkpoint: Callable[[str, int, dict], None] | None = None
 
@@ -54,10 +57,22 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_sampler(task: TaskSpec, image_set: ImageSet, profile: Profile, seed: int) -> PatchSampler:
+def batch_share(batch_size: int, rank: int, world_size: int) -> int:
+    """Rank `rank`'s part of a global batch split across `world_size` workers: as even as it goes, the first
+    ranks taking one more where it does not divide. ValueError where some worker would get none."""
+    if world_size > batch_size:
+        raise ValueError(f"{world_size} workers cannot share a batch of {batch_size}; expected at most {batch_size} "
+                         f"workers")
+    return batch_size // world_size + (1 if rank < batch_size % world_size else 0)
+
+
+def make_sampler(task: TaskSpec, image_set: ImageSet, profile: Profile, seed: int,
+                 share: tuple[int, int] | None = None) -> PatchSampler:
+    """The profile's batches of patches, or (`share` = (rank, world size)) one worker's part of each."""
     target_patch = profile.patch * task.scale
     pairs = prepare_pairs(image_set, task, min_size=target_patch)
-    return PatchSampler(pairs, task, patch_size=target_patch, batch_size=profile.batch_size, seed=seed)
+    size = profile.batch_size if share is None else batch_share(profile.batch_size, *share)
+    return PatchSampler(pairs, task, patch_size=target_patch, batch_size=size, seed=seed)
 
 
 def make_optimizer(model: torch.nn.Module, profile: Profile):
@@ -98,7 +113,8 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
         model.load_state_dict({k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}, strict=False)
     net = hooks.wrap_model(model) if hooks.wrap_model else model  # what steps (DDP on a Ray Train worker)
     optimizer, scheduler = make_optimizer(model, profile)
-    sampler = make_sampler(task, data.train, profile, seed if hooks.sampler_seed is None else hooks.sampler_seed)
+    sampler = make_sampler(task, data.train, profile, seed if hooks.sampler_seed is None else hooks.sampler_seed,
+                           hooks.batch_share)
     step = 0
     if resume_from:
         payload = load_checkpoint(resume_from)
@@ -126,6 +142,7 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
         step += 1
         if step % profile.log_every == 0 or step == last:
             record = {"step": step, "total_steps": total, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                      "patches": int(inputs.shape[0]),  # this worker's share of the batch
                       "data_share": data_seconds / max(time.perf_counter() - started, 1e-9)}
             history.append(record)
             if report:
