@@ -38,6 +38,8 @@ def run_ablation(task: str, steps: int, variants, args) -> dict:
     command = [sys.executable, "-m", "orchestrator.cli", "ablate", *flags, "--budget", args.budget, "--profile",
                args.profile, "--steps", str(steps), "--seeds", str(args.seeds), "--attention", args.attention,
                "--variants", ",".join(variants), "--eval-data", str(DATASETS / benchmark), "--json"]
+    if args.genotype:  # a fixed placement instead of the search's: the module measured where the search keeps none
+        command += ["--genotype", args.genotype]
     started = time.perf_counter()
     env = {**os.environ, "ACLA_HOME": args.home, "MLFLOW_DISABLE_TELEMETRY": "true"}
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -62,6 +64,7 @@ def main() -> None:
                         help=f"the variants of each ablation (default {','.join(VARIANTS)})")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity"))
     parser.add_argument("--home", default=str(ROOT / "acla-runs" / "fidelity"))
+    parser.add_argument("--genotype", help="ablate this genotype instead of searching (its task must match)")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)

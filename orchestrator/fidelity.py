@@ -35,8 +35,12 @@ def fidelity_rows(reports: list[dict]) -> list[dict]:
     rows = []
     for report in sorted(reports, key=lambda r: (r["task"], r["steps"], r.get("attention", "acla"))):
         metric, key = headline(report["task"]), gap_key(report["task"])
+        positions = report.get("searched_genotype", {}).get("positions", [])
+        # searched (position scores recorded) or a placement given with --genotype
+        placement = f"{'searched' if report.get('position_scores') else 'given'} {positions}"
         for variant in report["variants"]:
             rows.append({"task": report["task"], "eval_data": report.get("benchmark") or report.get("eval_data"),
+                         "placement": placement,
                          "steps": report["steps"], "seeds": report["seeds"], "attention": report.get("attention", "acla"),
                          "variant": variant["name"], "metric": metric, "psnr": variant.get(metric),
                          "seed_scores": variant.get(f"{metric}_seeds", []), "gap": variant.get(key)})
@@ -44,14 +48,14 @@ def fidelity_rows(reports: list[dict]) -> list[dict]:
 
 
 def markdown(reports: list[dict]) -> str:
-    lines = ["| task | scored on | steps | seeds | kind | variant | PSNR (dB) | per seed | gap vs plain-matched [95%] | "
-             "P7 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | scored on | steps | seeds | kind | placement | variant | PSNR (dB) | per seed | "
+             "gap vs plain-matched [95%] | P7 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in fidelity_rows(reports):
         psnr = "-" if row["psnr"] is None else f"{row['psnr']:.3f} ({row['metric']})"
         seeds = ", ".join(f"{p:.3f}" for p in row["seed_scores"])
         p7 = ("yes" if meets_target(row["gap"]) else "no") if row["variant"] == "acla-searched" and row["gap"] else ""
         lines.append(f"| {row['task']} | {row['eval_data']} | {row['steps']} | {row['seeds']} | {row['attention']} | "
-                     f"{row['variant']} | {psnr} | {seeds} | {gap_text(row['gap'])} | {p7} |")
+                     f"{row['placement']} | {row['variant']} | {psnr} | {seeds} | {gap_text(row['gap'])} | {p7} |")
     return "\n".join(lines) + "\n"
 
 
@@ -65,15 +69,16 @@ def plot(reports: list[dict], path: str | Path) -> None:
     figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6 * max(1, len(tasks)), 4.2), dpi=110, squeeze=False)
     for axis, task in zip(axes[0], tasks):
         mine = [r for r in rows if r["task"] == task and r["gap"]]
-        for shift, name in enumerate(GAPS):
-            points = sorted((r["steps"], r["gap"]) for r in mine if r["variant"] == name)
-            if not points:
-                continue
+        series = sorted({(r["variant"], r["placement"]) for r in mine}, key=lambda v: (GAPS.index(v[0])
+                                                                                     if v[0] in GAPS else 99, v[1]))
+        for shift, (name, placement) in enumerate(series):
+            points = sorted(((r["steps"], r["gap"]) for r in mine if (r["variant"], r["placement"]) == (name, placement)),
+                            key=lambda point: point[0])
             xs = [steps * (1 + 0.04 * (shift - 1)) for steps, _ in points]
             means = [gap["mean"] for _, gap in points]
             below = [gap["mean"] - gap["low"] if gap.get("low") is not None else 0 for _, gap in points]
             above = [gap["high"] - gap["mean"] if gap.get("high") is not None else 0 for _, gap in points]
-            axis.errorbar(xs, means, yerr=[below, above], fmt="o-", capsize=4, label=name)
+            axis.errorbar(xs, means, yerr=[below, above], fmt="o-", capsize=4, label=f"{name}, {placement}")
         axis.axhline(0, color="k", lw=1)
         axis.axhline(TARGET_DB, color="g", ls="--", lw=1, label=f"P7 target +{TARGET_DB:.2f} dB")
         axis.set_xscale("log", base=2)

@@ -13,6 +13,7 @@ def _report(task, steps, gains):
                          "psnr_y": psnr, "ssim_y": 0.9, "input_psnr_y": 28.0, "psnr_rgb": psnr - 2,
                          "input_psnr_rgb": 26.0, "train_seconds": 1.0, "checkpoint": "c", "placement": None})
     return {"task": task, "steps": steps, "seeds": len(gains), "eval_data": "LIVE1",
+            "searched_genotype": {"positions": [0]}, "position_scores": [{"position": 0}],
             "variants": summarise_variants(runs)}
 
 
@@ -25,7 +26,7 @@ def test_gaps_against_steps_in_the_headline_metric(tmp_path):
     assert rows[1]["gap"]["mean"] == pytest_approx(0.1333333)
     assert meets_target(rows[1]["gap"]) and not meets_target(rows[0]["gap"])
     table = markdown(reports)
-    assert "| car-q10 | LIVE1 | 1600 | 3 | acla | acla-searched |" in table and "| yes |" in table and "| no |" in table
+    assert "| car-q10 | LIVE1 | 1600 | 3 | acla | searched [0] | acla-searched |" in table and "| yes |" in table and "| no |" in table
     plot(reports, tmp_path / "fidelity.png")
     assert (tmp_path / "fidelity.png").stat().st_size > 5000
 
