@@ -82,6 +82,9 @@ def plot(reports: list[dict], path: str | Path) -> None:
         axis.axhline(0, color="k", lw=1)
         axis.axhline(TARGET_DB, color="g", ls="--", lw=1, label=f"P7 target +{TARGET_DB:.2f} dB")
         axis.set_xscale("log", base=2)
+        steps = [r["steps"] for r in mine] or [1]
+        axis.set_xlim(min(steps) / 1.6, max(steps) * 1.6)
+        axis.set_xticks(sorted(set(steps)), [str(s) for s in sorted(set(steps))])
         axis.set_xlabel("training steps")
         axis.set_ylabel(f"gap over plain-matched, {headline(task)} (dB)")
         axis.set_title(f"{task}: mean paired gap and 95% interval")
