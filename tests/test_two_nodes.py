@@ -114,7 +114,9 @@ def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
 
     # Bad input on a cluster: one line and exit status 2 each, before any trial
     search = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--address", address]
-    cases = [(["--artifact-root", f"s3://{bucket}/x", "--retrain-workers", "3"], env, "retraining with 3 workers asks"),
+    # (the quick profile: its batch of 8 patches can be shared by 3 workers, so the cluster's CPUs are what refuse)
+    cases = [(["--artifact-root", f"s3://{bucket}/x", "--retrain-workers", "3", "--profile", "quick", "--budget", "50G"],
+              env, "retraining with 3 workers asks"),
              (["--artifact-root", str(tmp_path / "local")], env, "is a local path, but the Ray cluster has 2 nodes"),
              (["--artifact-root", f"s3://{bucket}/x"], {**env, "RAY_AUTH_TOKEN": "0" * 64}, "token is missing or wrong")]
     for extra, case_env, fragment in cases:
