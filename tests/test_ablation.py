@@ -54,19 +54,32 @@ def test_cla_takes_the_largest_fixed_k_that_fits():
         assert genotype_macs(bigger) > budget
 
 
-def test_matched_plain_is_the_closest_within_tolerance():
+def test_matched_plain_is_the_wider_net_closest_in_macs():
+    bare = Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2)
     target = int(BARE * 1.3)
-    matched = matched_plain(target, Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2))
+    matched = matched_plain(target, bare)
     gap = abs(genotype_macs(matched) - target)
-    assert gap <= 0.05 * target
-    # brute force over the same widths and depths: nothing is closer
-    for blocks in range(2, 17, 2):
-        for channels in range(8, 65):
-            other = Genotype(task="car", scale=1, in_channels=3, channels=channels, blocks=blocks, stages=2)
-            assert abs(genotype_macs(other) - target) >= gap
+    assert gap <= 0.05 * target and matched.blocks == bare.blocks  # widened, at the same depth
+    for channels in range(8, 65):  # brute force over the widths at that depth: nothing is closer
+        assert abs(genotype_macs(bare.replace(channels=channels)) - target) >= gap
+    capped = matched_plain(target, bare, limit=target)  # never above the budget
+    assert genotype_macs(capped) <= target
     with pytest.raises(AblationError, match="plain-matched"):
-        matched_plain(target, Genotype(task="car", scale=1, in_channels=3, channels=16, blocks=4, stages=2),
-                      tolerance=1e-9)
+        matched_plain(target, bare, tolerance=1e-9)
+
+
+def test_matched_plain_deepens_only_where_no_width_fits():
+    """On a narrow net one channel more is a coarse step: where no width at the same depth comes within the
+    tolerance, every depth is tried and the closest shape wins (brute force)."""
+    bare = Genotype(task="car", scale=1, in_channels=3, channels=4, blocks=4, stages=2)
+    target = genotype_macs(bare.replace(channels=5, blocks=8))  # no width at 4 blocks within 2% of it (6% off)
+    assert all(abs(genotype_macs(bare.replace(channels=c)) - target) > 0.02 * target for c in range(2, 17))
+    matched = matched_plain(target, bare, tolerance=0.02)
+    gap = abs(genotype_macs(matched) - target)
+    assert gap <= 0.02 * target and matched.blocks != bare.blocks
+    for blocks in range(2, 17, 2):
+        for channels in range(2, 17):
+            assert abs(genotype_macs(bare.replace(channels=channels, blocks=blocks)) - target) >= gap
 
 
 def test_variants_that_cannot_fit_say_which_and_by_how_much():
