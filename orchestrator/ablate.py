@@ -162,7 +162,8 @@ def command_ablate(args: argparse.Namespace) -> int:
     for row in rows:
         row["within_budget"] = next(v.within_budget for v in variants if v.name == row["name"])
     report = {"task": task.label, "budget_macs": int(args.budget), "steps": steps, "seed": args.seed,
-              "seeds": len(seeds), "attention": searched.attention, "skipped": skipped, "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
+              "seeds": len(seeds), "attention": searched.attention, "skipped": skipped,
+              "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
               "searched_genotype": searched.to_dict(), "position_scores": scores, "variants": rows,
               "markdown": markdown_table(rows, args.budget)}
     tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),

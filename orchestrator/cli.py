@@ -91,11 +91,8 @@ def redacted_command(argv: list[str]) -> str:
 def platform_request(args: argparse.Namespace) -> dict:
     """Where a search runs, as its flags gave it (the tracking URI's password out): what `resume` uses where it is
     given no other."""
-    from .settings import PLATFORM_KEYS, redact
-    request = {key: getattr(args, key, None) for key in PLATFORM_KEYS}
-    if request.get("tracking_uri"):
-        request["tracking_uri"] = redact(request["tracking_uri"])
-    return request
+    from .settings import PLATFORM_KEYS, redacted_platform
+    return redacted_platform({key: getattr(args, key, None) for key in PLATFORM_KEYS})
 
 
 def command_search(args: argparse.Namespace) -> int:

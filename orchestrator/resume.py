@@ -41,7 +41,7 @@ def pick_search(state, parent_id: str | None) -> dict:
 def command_resume(args: argparse.Namespace) -> int:
     from .records import SearchJob
     from .search_job import run_search
-    from .settings import PLATFORM_KEYS, redact, settings_from_args
+    from .settings import PLATFORM_KEYS, redacted_platform, settings_from_args
     from .state import SearchState
     if bool(args.parent_run_id) == bool(args.last):
         raise UsageError("give the search's parent run id, or --last for the most recent interrupted search")
@@ -58,6 +58,4 @@ def command_resume(args: argparse.Namespace) -> int:
     if "***" in (platform.get("tracking_uri") or ""):
         raise UsageError("the search's tracking URI holds a password, which was not stored; pass --tracking-uri")
     run, store = settings_from_args(argparse.Namespace(**{key: platform.get(key) for key in PLATFORM_KEYS}))
-    if platform.get("tracking_uri"):
-        platform["tracking_uri"] = redact(platform["tracking_uri"])
-    return run_search(dataclasses.replace(job, request=platform), run, store)
+    return run_search(dataclasses.replace(job, request=redacted_platform(platform)), run, store)

@@ -190,6 +190,13 @@ def check_ray_address(address: str | None) -> None:
 PLATFORM_KEYS = ("tracking_uri", "artifact_root", "address", "s3_endpoint", "create_bucket")
 
 
+def redacted_platform(platform: dict) -> dict:
+    """Where a search runs, as it is stored: the tracking URI's password out."""
+    if platform.get("tracking_uri"):
+        return {**platform, "tracking_uri": redact(platform["tracking_uri"])}
+    return dict(platform)
+
+
 def settings_from_args(args, *, read_only: bool = False):
     """Every target checked, cheapest first, before anything is created: a bad one is one line and leaves no
     file behind. `read_only` verbs (status, pareto, retrain) need a tracking store that a search has made."""

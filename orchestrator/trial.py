@@ -88,9 +88,9 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
                     resume_from=saved if saved and os.path.isfile(saved) else None,
                     report=progress_report(report, "train", profile.search_steps))
     genotype = found.genotype
-    # Measured on the proxy-trained network, at the proxy width: the target network shares its gates' design.
-    measured = measure_active_keys(trained.model, task, settings.data.valid, crop=profile.valid_crop)
-    if genotype.expected_keys and measured:  # the derived adaptive modules' keys on the validation images
+    if genotype.expected_keys:  # the derived adaptive modules' keys on the validation images, measured on the
+        # proxy-trained network at the proxy width (the target network shares its gates' design)
+        measured = measure_active_keys(trained.model, task, settings.data.valid, crop=profile.valid_crop)
         genotype = genotype.replace(expected_keys=[[round(min(m, cap), 4) for m, cap in zip(means, caps)]
                                                    for means, caps in zip(measured, genotype.keys)])
     keys = [k for position in (genotype.expected_keys or genotype.keys) for k in position]

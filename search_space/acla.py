@@ -89,7 +89,7 @@ class ACLA(AttentionModule):
         self._reset_parameters(gate_init)
         self.last_active_keys: torch.Tensor | None = None  # (L,) mean active keys per query, no grad
         self.last_expected_keys: torch.Tensor | None = None  # (L,) expected active keys, differentiable
-        self.last_key_quantile: torch.Tensor | None = None  # (L,) 90th percentile of a query's active keys
+        self.last_keys_per_query: torch.Tensor | None = None  # (L, queries) of the last forward pass, no grad
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [] if self.gate_proj is None else list(self.gate_proj.parameters())
@@ -107,9 +107,11 @@ class ACLA(AttentionModule):
 
     def key_quantiles(self) -> list[float] | None:
         """The 90th percentile of a query's active keys per layer in the last forward pass (None without gates)."""
-        if not self.adaptive or self.last_key_quantile is None:
+        if not self.adaptive or self.last_keys_per_query is None:
             return None
-        return [float(v) for v in self.last_key_quantile]
+        per_query = self.last_keys_per_query  # computed on demand (the search), never in a forward pass
+        sample = per_query[:, :: max(1, per_query.shape[1] // 65536)]  # torch.quantile's input limit
+        return [float(v) for v in torch.quantile(sample, 0.9, dim=1)]
 
     def _reset_parameters(self, gate_init: float) -> None:
         # Offsets start at a fixed spread around the query; weights zero so every pixel starts the same.
@@ -179,11 +181,9 @@ class ACLA(AttentionModule):
         return gates
 
     def _count(self, per_query: torch.Tensor) -> None:
-        """Record the mean and the 90th percentile of the active keys per query, per layer, from (L, queries)."""
-        per_query = per_query.float()
-        self.last_active_keys = per_query.mean(dim=1)
-        sample = per_query[:, :: max(1, per_query.shape[1] // 65536)]  # torch.quantile's input limit
-        self.last_key_quantile = torch.quantile(sample, 0.9, dim=1)
+        """Record the active keys per query, per layer, from (L, queries), and their mean."""
+        self.last_keys_per_query = per_query.float()
+        self.last_active_keys = self.last_keys_per_query.mean(dim=1)
 
     def _capped(self, query: torch.Tensor) -> torch.Tensor:
         """The derived module's gates (B, H, W, L*K): each query keeps its gated-on keys (score > 0), at most
