@@ -6,6 +6,7 @@ OptunaSearch, a driver-side callback that records each finished trial in MLflow,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from ray import tune
 
 from .errors import UsageError, install_signal_handlers
+from .inherit import save_trial_weights
 from .callbacks import RecordTrials, StopOnStoreFailure
 from .records import TrialRecord
 from .settings import RunSettings
@@ -142,14 +144,44 @@ def token_refused(address: str) -> str:
             f"set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)")
 
 
-def tune_trial(config: dict, settings: TrialSettings) -> None:
+def tune_trial(config: dict, settings: TrialSettings, weights=None) -> None:
     """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report its progress as it
-    goes (the driver logs it to the trial's MLflow run) and its result at the end."""
+    goes (the driver logs it to the trial's MLflow run) and its result at the end. Its proxy-trained weights go
+    to the driver on the `weights` queue (the driver stores them; a trial holds no store credentials)."""
     import ray
     use_granted_cpus()
-    result = run_trial(config, settings, report=tune.report)
+    keep = None if weights is None else functools.partial(put_weights, weights, tune.get_context().get_trial_id())
+    result = run_trial(config, settings, report=tune.report, keep_weights=keep)
     result["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node, where nodes share a host
     tune.report(result)
+
+
+def put_weights(queue, trial_id: str, state: dict) -> None:
+    """A trial's weights to the driver, as torch.save bytes. A queue that is gone (its driver with it) drops them:
+    the retraining then starts from scratch, and says so."""
+    import io
+
+    import torch
+    from ray.exceptions import RayActorError
+    from ray.util.queue import Full
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        queue.put({"trial": trial_id, "state": buffer.getvalue()}, timeout=120)
+    except (Full, RayActorError):
+        pass
+
+
+def take_weights(queue, pending: dict) -> None:
+    """Everything on the weights queue into `pending` ({trial id: bytes})."""
+    from ray.exceptions import RayActorError
+    from ray.util.queue import Empty
+    while True:
+        try:
+            item = queue.get_nowait()
+        except (Empty, RayActorError):
+            return
+        pending[item["trial"]] = item["state"]
 
 
 def use_granted_cpus() -> None:
@@ -233,10 +265,14 @@ def trial_error(trial) -> str:
 
 
 def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent_id: str, reporter, state,
-                      resume: ResumePlan | None = None) -> list[dict]:
+                      resume: ResumePlan | None = None, store=None) -> list[dict]:
     """Optuna through Ray Tune; each trial's start and end go to the search state, and each finished trial is
-    recorded in MLflow from the driver as it ends. A resumed search runs only the trials it still owes."""
+    recorded in MLflow from the driver as it ends, its proxy-trained weights in `store` (winners.TRIAL_WEIGHTS).
+    A resumed search runs only the trials it still owes."""
     import optuna
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from ray.tune.search.optuna import OptunaSearch
 
     from .sampler import ReproducibleTPE
@@ -277,6 +313,9 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
             return
         params = dict(trial.config)
         run_id = log_trial(client, run_of(trial), result=result)
+        take_weights(weights, pending)
+        if store is not None and trial.trial_id in pending:
+            save_trial_weights(store, run_id, pending.pop(trial.trial_id))
         artifact_uri = client.get_run(run_id).info.artifact_uri
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
         state.trial_finished(parent_id, trial.trial_id, run_id, result, artifact_uri)
@@ -293,7 +332,11 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     recorder = RecordTrials(on_complete, on_error, on_start, on_result)
     stopper = StopOnStoreFailure(recorder.key, request.run.storage if request.run.storage.is_s3 else None)
     keep_credentials_out_of_trial_runtime_envs()
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings), request.resources)
+    pending: dict[str, bytes] = {}  # trial id -> its weights, until the trial is recorded
+    weights = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=True)})  # on the driver's node, which it dies with
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings, weights=weights),
+                                    request.resources)
     tuner = tune.Tuner(trainable,
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                                    max_concurrent_trials=request.concurrency),
@@ -317,5 +360,6 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
             recorder.finish()
         finally:
             stopper.finish()
+            ray.kill(weights.actor, no_restart=True)
     return recorded
 

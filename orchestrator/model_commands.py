@@ -100,8 +100,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
         with progress_bar(f"evaluating on {image_set.name}", len(image_set.paths), transient=True) as bar:
             rows = score_images(network, task, image_set, seed=args.seed, tile=args.tile, on_image=bar.advance)
     mean = mean_scores(rows)
+    better = images_better_than_input(rows)
     result = {"model": resolved.reference, "task": task.label, "images": image_set.name, "count": len(rows),
-              "mean": {k: round(v, 4) for k, v in mean.items()},
+              "mean": {k: round(v, 4) for k, v in mean.items()}, "better_than_input": better,
               "per_image": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}
     if resolved.run_id:
         from .tracking import log_evaluation
@@ -111,8 +112,19 @@ def command_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{resolved.reference} ({task.label}) on {image_set.name}, {len(rows)} images")
-    columns = [k for k in ("psnr_y", "ssim_y", "psnr_rgb", "input_psnr_y", "baseline_psnr_y") if k in mean]
+    columns = [k for k in ("psnr_y", "input_psnr_y", "psnr_rgb", "input_psnr_rgb", "ssim_y", "baseline_psnr_y",
+                           "baseline_psnr_rgb") if k in mean]
     print(f"{'image':<16}" + "".join(f"{c:>17}" for c in columns))
     for row in [*rows, {"image": "mean", **mean}]:
         print(f"{row['image'][:16]:<16}" + "".join(f"{row[c]:>17.4f}" for c in columns))
+    if better:
+        print("better than its input: " + ", ".join(f"{metric.removeprefix('psnr_').upper()} {count} of {len(rows)}"
+                                                    for metric, count in better.items()) + " images")
     return 0
+
+
+def images_better_than_input(rows: list[dict]) -> dict:
+    """Per scored channel (psnr_y, psnr_rgb), how many images the model restores above their degraded input
+    (empty where the input has another size than the target: sr)."""
+    return {metric: sum(r[metric] > r[f"input_{metric}"] for r in rows)
+            for metric in ("psnr_y", "psnr_rgb") if rows and f"input_{metric}" in rows[0] and metric in rows[0]}

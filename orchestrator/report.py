@@ -30,10 +30,12 @@ def collect(client, experiment_id: str) -> dict:
     trials = [{"run_id": r.info.run_id, "psnr": r.data.metrics["psnr"], "macs": r.data.metrics["macs"],
                "pareto": r.data.tags.get("pareto") == "true", "net": r.data.params.get("net", ""),
                "positions": r.data.params.get("positions", ""), "keys": r.data.params.get("keys", ""),
-               "retrained_psnr": r.data.metrics.get("retrained_psnr")}
+               "retrained_psnr": r.data.metrics.get("retrained_psnr"),
+               **{k: r.data.metrics.get(k) for k in SCORES}}
               for r in finished_trials(client, experiment_id) if {"psnr", "macs"} <= set(r.data.metrics)]
     retrains = [{"run_id": r.info.run_id, "trial_run_id": r.data.tags.get("trial_run_id"),
-                 "psnr": r.data.metrics.get("psnr"), "budget_macs": float(r.data.tags.get("budget_macs", "nan"))}
+                 "psnr": r.data.metrics.get("psnr"), "budget_macs": float(r.data.tags.get("budget_macs", "nan")),
+                 **{k: r.data.metrics.get(k) for k in SCORES}}
                 for r in client.search_runs([experiment_id], "tags.acla_kind = 'retrain' and attributes.status = 'FINISHED'")]
     budgets = sorted({float(r.data.tags["budget_macs"]) for r in client.search_runs([experiment_id], "tags.acla_kind = 'search'")
                       if "budget_macs" in r.data.tags})
@@ -44,6 +46,7 @@ def collect(client, experiment_id: str) -> dict:
             "ablation_runs": [run.info.run_id for run in ablations]}
 
 
+SCORES = ("psnr_y", "psnr_rgb", "input_psnr_y", "input_psnr_rgb")  # both channels, the input's beside them
 MAX_ABLATIONS = 24  # the fidelity view reads at most this many of the latest ablations
 
 
@@ -113,6 +116,42 @@ window.addEventListener("load", function () {{
 """
 
 
+def ranking_note(task) -> str:
+    """What the front ranks by, and why."""
+    if task.in_channels == 3 and task.headline_metric == "psnr_y":
+        return ("The front ranks by PSNR on Y (luma), the field's convention for colour artifact reduction and "
+                "super-resolution, so that figures compare with published ones; RGB is shown beside it, with the "
+                "input's, because a model that gains in Y can still lose colour (a retrained model worse than its "
+                "input in either channel does not take the budget's alias).")
+    if task.in_channels == 3:
+        return "The front ranks by RGB PSNR, the field's convention for colour denoising and demosaicing."
+    return "The front ranks by PSNR on the grey image."
+
+
+def front_section(front: list[dict], retrains: list[dict], *, color: bool) -> str:
+    """The front's trials with their proxy and retrained scores: Y (and RGB for a colour task), the input's
+    beside each."""
+    by_trial = {r["trial_run_id"]: r for r in retrains}
+    channels = ("y", "rgb") if color else ("y",)
+    headers = ["MLflow run", "net", "modules after blocks", "keys", "GMACs"]
+    for channel in channels:
+        name = channel.upper()
+        headers += [f"proxy PSNR-{name}", f"retrained PSNR-{name}", f"input {name}"]
+
+    def cell(value) -> str:
+        return "" if value is None else f"{value:.3f}"
+    rows = []
+    for t in front:
+        retrained = by_trial.get(t["run_id"], {})
+        row = [t["run_id"], t["net"], t["positions"], t["keys"], f"{t['macs'] / 1e9:.2f}"]
+        for channel in channels:
+            source = t if t.get(f"input_psnr_{channel}") is not None else retrained  # the same validation images
+            row += [cell(t.get(f"psnr_{channel}")), cell(retrained.get(f"psnr_{channel}")),
+                    cell(source.get(f"input_psnr_{channel}"))]
+        rows.append(row)
+    return table(headers, rows)
+
+
 def build_report(client, experiment, task, tracking_uri: str, folder: Path) -> dict:
     """The page and its figures in `folder`; returns what it shows."""
     from search_space.budget import short_budget
@@ -125,9 +164,8 @@ def build_report(client, experiment, task, tracking_uri: str, folder: Path) -> d
     front_figure(found, folder / "front.png", f"{experiment.name}: PSNR vs MACs")
     sections.append('<h2>Pareto front</h2><img src="front.png" alt="front">')
     front = sorted((t for t in found["trials"] if t["pareto"]), key=lambda t: t["macs"])
-    sections.append(table(["MLflow run", "net", "modules after blocks", "keys", "GMACs", "proxy PSNR", "retrained PSNR"],
-                          [[t["run_id"], t["net"], t["positions"], t["keys"], f"{t['macs'] / 1e9:.2f}", f"{t['psnr']:.3f}",
-                            "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.3f}"] for t in front]))
+    sections.append(f"<p>{html.escape(ranking_note(task))}</p>")
+    sections.append(front_section(front, found["retrains"], color=task.in_channels == 3))
     shown = {"trials": len(found["trials"]), "front": len(front), "figures": ["front.png"]}
     if found["ablation_run"]:
         import mlflow

@@ -63,7 +63,7 @@ def retrain_loop_per_worker(config: dict) -> None:
                        batch_share=(rank, world), evaluate=rank == 0, on_checkpoint=on_checkpoint)
     train(genotype=genotype, task=task, data=data, profile=profile, steps=steps, seed=config["seed"],
           report=functools.partial(put_progress, config["progress"]) if rank == 0 else None,
-          device=ray.train.torch.get_device(), resume_from=resume_from,
+          device=ray.train.torch.get_device(), resume_from=resume_from, init_state=config["init_state"],
           checkpoint_path=str(Path(tempfile.mkdtemp(prefix="acla-retrain-")) / CHECKPOINT_FILE),
           checkpoint_every=max(1, steps // max(1, config["reports"])), hooks=hooks)
 
@@ -117,10 +117,11 @@ def fit_reporting(trainer, queue, progress) -> object:
 
 def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage,
                      name: str, num_workers: int, steps: int, seed: int = 0,
-                     progress: Callable[[dict], None] | None = None) -> RetrainOutcome:
+                     progress: Callable[[dict], None] | None = None,
+                     init_state: dict | None = None) -> RetrainOutcome:
     """`storage` is the run's StorageConfig: Ray Train writes through its pyarrow filesystem (disk or S3).
     `progress` gets rank 0's training records ({step, total_steps, loss}) as they come; without it, a progress
-    bar on a terminal shows them."""
+    bar on a terminal shows them. `init_state`: the weights every worker starts from (the trial's, widened)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
@@ -133,7 +134,7 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
     use_gpu, per_worker, threads = retrain_resources(node_shapes(ray), num_workers)  # the cluster's, not ours
     config = {"genotype": genotype.to_json(), "task": dataclasses.asdict(task), "profile": profile_name,
               "train_set": dataclasses.asdict(data.train), "valid_set": dataclasses.asdict(data.valid),
-              "steps": steps, "reports": 4, "seed": seed, "threads_per_worker": threads,
+              "steps": steps, "reports": 4, "seed": seed, "threads_per_worker": threads, "init_state": init_state,
               "progress": Queue(maxsize=10_000, actor_options={  # on the driver's node, which it dies with
                   "num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
                       ray.get_runtime_context().get_node_id(), soft=True)})}

@@ -138,7 +138,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
     state.begin(parent_id, experiment_id, job.to_stored(budget))
     progress, reporter = progress_reporter(not job.json)
     try:
-        recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter, state, plan)
+        recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter, state, plan, store=store)
         progress.stop()
         if not recorded:
             raise UsageError("no trial finished; see the Ray logs under the run directory")
@@ -205,6 +205,9 @@ def summarise(name, parent_id, budget, task, profile, recorded: list[TrialRecord
                        "attention_backend": item.result.get("attention_backend"),
                        "retrained_psnr": by_trial.get(item.run_id, {}).get("psnr"),
                        "artifact_uri": item.artifact_uri})
+        if task.in_channels == 3 and item.result.get("psnr_rgb") is not None:  # a colour task: RGB beside Y
+            trials[-1].update(psnr_rgb=round(float(item.result["psnr_rgb"]), 4),
+                              retrained_psnr_rgb=by_trial.get(item.run_id, {}).get("psnr_rgb"))
     return {"experiment": name, "parent_run_id": parent_id, "task": task.label, "budget_macs": int(budget),
             "profile": profile.name, "trials": trials, "retrained": retrained}
 
@@ -216,12 +219,22 @@ def summary_lines(summary: dict) -> list[str]:
     lines = [f"{summary['experiment']}: search {summary['parent_run_id']}",
              f"{summary['task']} within {short_budget(summary['budget_macs'])}MACs, {summary['profile']} profile; "
              f"* = on the front",
-             f"{'MLflow run id (retrain --run-id)':<34}{'net':>7}{'GMACs':>7}{'PSNR':>7}{'':2}{'retrained':>10}"]
+             f"{'MLflow run id (retrain --run-id)':<34}{'net':>7}{'GMACs':>7}"]
+    color = any("psnr_rgb" in t for t in summary["trials"])  # PSNR is then Y's, with RGB beside it
+    lines[-1] += f"{'Y':>7}{'RGB':>7}{'':2}{'retrained Y, RGB':>16}" if color else f"{'PSNR':>7}{'':2}{'retrained':>10}"
+
+    def score(value) -> str:
+        return "" if value is None else f"{value:.2f}"
     for t in summary["trials"]:
         b = t["backbone"]
-        retrained = "" if t["retrained_psnr"] is None else f"{t['retrained_psnr']:.2f}"
-        lines.append(f"{t['run_id']:<34}{b['channels']:>4}x{b['blocks']:<2}{t['macs'] / 1e9:>7.2f}{t['psnr']:>7.2f}"
-                     f"{'*' if t['pareto'] else '':>2}{retrained:>10}".rstrip())
+        row = f"{t['run_id']:<34}{b['channels']:>4}x{b['blocks']:<2}{t['macs'] / 1e9:>7.2f}{t['psnr']:>7.2f}"
+        if color:
+            retrained = score(t["retrained_psnr"]) + (", " + score(t.get("retrained_psnr_rgb"))
+                                                      if t.get("retrained_psnr_rgb") is not None else "")
+            row += f"{score(t.get('psnr_rgb')):>7}{'*' if t['pareto'] else '':>2}{retrained:>16}"
+        else:
+            row += f"{'*' if t['pareto'] else '':>2}{score(t['retrained_psnr']):>10}"
+        lines.append(row.rstrip())
         keys = ", ".join("+".join(map(str, k)) for k in t["keys"])
         expected = ""
         if t.get("expected_keys") and t.get("macs_expected") is not None:
@@ -239,6 +252,8 @@ def summary_lines(summary: dict) -> list[str]:
                    if r.get("psnr_rgb") is not None and r.get("input_psnr_rgb") is not None else "")
             trial = f"; its trial {r['trial_psnr']:.2f}" if r.get("trial_psnr") is not None else ""
             lines.append(f"  validation PSNR: Y {r['psnr_y']:.2f} (input {r['input_psnr_y']:.2f}){rgb}{trial}")
+        if r.get("init"):
+            lines += textwrap.wrap(f"trained {r['init']}", 78, initial_indent="  ", subsequent_indent="    ")
         if r.get("alias_withheld"):
             lines.append(f"  {r['alias_withheld']}")
     return lines

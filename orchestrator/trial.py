@@ -11,6 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from search_space.backbone import build_network
 from search_space.cost import count_parameters, genotype_macs
@@ -61,10 +62,12 @@ def progress_report(report: Report | None, phase: str, offset: int) -> Report | 
     return forward
 
 
-def run_trial(params: dict, settings: TrialSettings, report: Report | None = None) -> dict:
+def run_trial(params: dict, settings: TrialSettings, report: Report | None = None,
+              keep_weights: Callable[[dict], None] | None = None) -> dict:
     """Search at the proxy width, derive at the target width within the budget, proxy-train the proxy genotype
     (inheriting the supernet's weights) and measure. Returns flat metrics: `macs` of the target genotype (what
-    retraining builds), `proxy_macs` of what was trained here."""
+    retraining builds), `proxy_macs` of what was trained here. `keep_weights` gets the proxy-trained weights (on
+    the CPU), which the retraining widens and starts from."""
     started = time.perf_counter()
     task, profile = settings.task, settings.profile
     channels, blocks = parse_backbone(params["backbone"])
@@ -94,12 +97,15 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
         genotype = genotype.replace(expected_keys=[[round(min(m, cap), 4) for m, cap in zip(means, caps)]
                                                    for means, caps in zip(measured, genotype.keys)])
     keys = [k for position in (genotype.expected_keys or genotype.keys) for k in position]
+    if keep_weights is not None:
+        keep_weights({k: v.detach().cpu() for k, v in trained.model.state_dict().items()})
     metrics = trained.metrics
     target = build_network(genotype)
     result = {
         "psnr": metrics[task.headline_metric], "ssim": metrics[task.headline_metric.replace("psnr", "ssim")],
         "psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "psnr_rgb": metrics["psnr_rgb"],
         "ssim_rgb": metrics["ssim_rgb"], "input_psnr": metrics["input_" + task.headline_metric],
+        "input_psnr_y": metrics["input_psnr_y"], "input_psnr_rgb": metrics["input_psnr_rgb"],
         "macs": genotype_macs(genotype), "macs_expected": genotype_macs(genotype, expected=True),
         "proxy_macs": genotype_macs(found.proxy_genotype),
         "params": count_parameters(target), "proxy_channels": found.proxy_genotype.channels,

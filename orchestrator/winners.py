@@ -30,6 +30,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
     from storage.manifest import put_artifact_set
 
     from .driver import budget_label
+    from .inherit import inherited_state
     from .retrain import CHECKPOINT_FILE, retrain_genotype
     from .tracking import finish_retrain, log_retrain, model_description
 
@@ -40,17 +41,21 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
     outcomes = []
     for rank, winner in enumerate(winners):
         genotype = winner.genotype
+        init_state, init = inherited_state(store, winner.run_id, genotype, winner.result.get("proxy_channels"),
+                                           seed=settings.seed)
+        steps = settings.profile.retraining_steps(inherited=init_state is not None)
+        init = f"{init}, {steps} steps"
         outcome = retrain_genotype(genotype=genotype, task=settings.task, profile_name=settings.profile.name,
                                    data=settings.data, storage=run.storage,
                                    name=f"retrain-{winner.trial}", num_workers=retrain_workers,
-                                   steps=settings.profile.retrain_steps, seed=settings.seed)
+                                   steps=steps, seed=settings.seed, init_state=init_state)
         # Ray Train wrote the checkpoint; its manifest marks it complete for every later reader.
         put_artifact_set(store, outcome.checkpoint_key, {CHECKPOINT_FILE: outcome.checkpoint_file})
         metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
         retrain_id, version = log_retrain(
             client, experiment_id, parent_id, winner=winner, registered=registered, metrics=metrics,
             params={"checkpoint_uri": outcome.checkpoint_uri, "workers": retrain_workers,
-                    "steps": settings.profile.retrain_steps, "genotype": genotype.to_json()[:6000]},
+                    "steps": steps, "init": init, "genotype": genotype.to_json()[:6000]},
             tags={"budget_macs": str(int(settings.budget_macs))}, checkpoint_file=outcome.checkpoint_file,
             description=model_description(genotype, settings.task.label, settings.budget_macs,
                                           metrics.get(settings.task.headline_metric)))
@@ -70,7 +75,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
                          "model_uri": f"models:/{registered}/{version}",
                          "psnr_y": metrics.get("psnr_y"), "psnr_rgb": metrics.get("psnr_rgb"),
                          "input_psnr_y": metrics.get("input_psnr_y"), "input_psnr_rgb": metrics.get("input_psnr_rgb"),
-                         "trial_psnr": winner.psnr, "alias_withheld": withheld,
+                         "trial_psnr": winner.psnr, "alias_withheld": withheld, "init": init,
                          "alias": f"models:/{registered}@{alias}" if aliased else None})
     return outcomes
 

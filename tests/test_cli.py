@@ -129,6 +129,14 @@ def test_evaluate_checkpoint_on_benchmark(tmp_path):
     mean = result["mean"]
     assert mean["psnr_y"] == mean["psnr_rgb"] and 20 < mean["input_psnr_y"] < 35  # gray: Y is the image
     assert len(result["per_image"]) == 5 and "baseline_psnr_y" not in mean  # car's classical baseline is the input
+    rows = result["per_image"]
+    counted = {m: sum(r[m] > r[f"input_{m}"] for r in rows) for m in ("psnr_y", "psnr_rgb")}
+    assert result["better_than_input"] == counted
+    out = run("evaluate", "--model", "m.pt", "--benchmark", "classic5", "--datasets", DATASETS, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    header = out.stdout.splitlines()[1].split()
+    assert header[:5] == ["image", "psnr_y", "input_psnr_y", "psnr_rgb", "input_psnr_rgb"]
+    assert f"better than its input: Y {counted['psnr_y']} of 5, RGB {counted['psnr_rgb']} of 5 images" in out.stdout
     out = run("evaluate", "--model", "m.pt", "--benchmark", "Set7", "--datasets", DATASETS, cwd=tmp_path)
     assert out.returncode == 2 and "Set7" in out.stderr
 
@@ -149,6 +157,15 @@ def test_the_search_summary_fits_80_columns_with_full_run_ids_and_positions():
     text = "\n".join(lines)
     assert all(run_id in text for run_id in run_ids) and "50GMACs" in text
     assert "after blocks " + ", ".join(map(str, range(16))) in " ".join(text.split())  # wrapped, never cut
+    # a colour task: each trial's RGB beside its Y, proxy and retrained
+    trials[0].update(psnr_rgb=27.125, retrained_psnr_rgb=28.25)
+    trials[1].update(psnr_rgb=26.5, retrained_psnr_rgb=None)
+    lines = summary_lines({**summary, "task": "car-q10"})
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if line.startswith("MLflow run id"))
+    assert header.split()[-5:] == ["Y", "RGB", "retrained", "Y,", "RGB"]
+    first = next(line for line in lines if line.startswith(run_ids[0])).split()
+    assert first[-5:] == ["31.23", "27.12", "*", "31.50,", "28.25"]
 
 
 def test_version(tmp_path):

@@ -72,6 +72,9 @@ def check_search(summary, tracking_uri):
     retrain = client.search_runs([experiment.experiment_id],
                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.acla_kind = 'retrain'")
     assert len(retrain) == 1 and retrain[0].data.tags["trial_run_id"] in {c.info.run_id for c in children}
+    # the retraining started from its trial's weights, which the driver stored with a manifest
+    assert retrain[0].data.params["init"].startswith("from its trial's weights")
+    assert summary["retrained"][0]["init"] == retrain[0].data.params["init"]
     checkpoint = mlflow.artifacts.download_artifacts(run_id=retrain[0].info.run_id, artifact_path="checkpoint/model.pt",
                                                      tracking_uri=tracking_uri)
     model, genotype, task, payload = model_from_checkpoint(checkpoint)
@@ -145,7 +148,8 @@ def test_search_end_to_end_sqlite(run_dir):
     assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained"}
     assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "proxy_macs",
                                          "params", "psnr", "ssim", "pareto", "retrained_psnr", "artifact_uri", "attention_backend",
-                                         "position_scores", "macs_expected", "expected_keys"}
+                                         "position_scores", "macs_expected", "expected_keys",
+                                         "psnr_rgb", "retrained_psnr_rgb"}  # car is a colour task
     for trial in summary["trials"]:  # one score per position, with how settled it is
         blocks = trial["backbone"]["blocks"]
         assert [s["position"] for s in trial["position_scores"]] == list(range(blocks))
@@ -166,10 +170,10 @@ def test_search_end_to_end_sqlite(run_dir):
     status = json.loads(acla("status", "--json", home=run_dir).stdout)
     assert [s["status"] for s in status["searches"]] == ["FINISHED"]
     assert os.path.isdir(os.path.join(run_dir, "ray")) and os.path.exists(os.path.join(run_dir, "optuna.db"))
-    check_report(run_dir)
+    check_report(run_dir, summary)
 
 
-def check_report(run_dir):
+def check_report(run_dir, summary):
     """`report` writes one page with its figures, and a real browser loads every figure."""
     from pathlib import Path
 
@@ -180,6 +184,12 @@ def check_report(run_dir):
     assert shown["figures"] == ["front.png", "crops.png", "network.png"] and shown["front"] >= 1
     page = Path(run_dir) / "report" / "index.html"
     assert all((page.parent / name).stat().st_size > 1000 for name in shown["figures"])
+    text = page.read_text()
+    # a colour task's front shows both channels, proxy and retrained, beside the input's; it says what it ranks by
+    assert all(h in text for h in ("proxy PSNR-Y", "retrained PSNR-RGB", "input RGB", "ranks by PSNR on Y"))
+    retrained = summary["retrained"][0]
+    on_front = any(t["pareto"] and t["run_id"] == retrained["trial_run_id"] for t in summary["trials"])
+    assert not on_front or all(f"{retrained[k]:.3f}" in text for k in ("psnr_y", "psnr_rgb", "input_psnr_rgb"))
     out = acla("report", "--task", "car", "-o", "report", home=run_dir)
     assert out.returncode == 2 and "already exists" in out.stderr  # never overwritten
     if needs_browser.args[0]:

@@ -121,6 +121,21 @@ def test_proxy_search_derives_at_the_target_width(tiny_data):
     assert result.supernet_state["head.weight"].shape[0] == 8  # the supernet was the proxy
 
 
+@pytest.mark.parametrize("task", [TaskSpec("car"), TaskSpec("sr", scale=2)], ids=lambda t: t.label)
+def test_a_retraining_from_the_widened_trial_starts_at_the_trials_score(task, tiny_data):
+    """The trial's proxy-trained weights, widened to the retraining's width, score what the trial scored on
+    the same validation images before a single step (#23: a retrained model at least as good as its trial)."""
+    from search_space.widen import widen_state
+    proxy = genotype_for(task)
+    trial = train(genotype=proxy, task=task, data=tiny_data, profile=SMOKE, seed=0)
+    wide = proxy.replace(channels=12)
+    inherited = widen_state(trial.model.state_dict(), proxy, wide, seed=0)
+    start = train(genotype=wide, task=task, data=tiny_data, profile=SMOKE, seed=0, steps=0, init_state=inherited)
+    assert set(start.model.state_dict()) == set(inherited)  # every weight inherited (shapes all match)
+    for metric in ("psnr_y", "psnr_rgb"):
+        assert abs(start.metrics[metric] - trial.metrics[metric]) < 1e-3, (metric, start.metrics, trial.metrics)
+
+
 def test_optimizer_trains_sampling_offsets_at_a_tenth_of_the_rate():
     from search_space.backbone import build_network
     from workers.train import make_optimizer

@@ -24,7 +24,7 @@ class Profile:
     lr_step: int  # halve (times lr_gamma) every lr_step iterations
     search_steps: int  # differentiable-search iterations (each one weight + one architecture step)
     train_steps: int  # proxy training of a derived genotype inside a trial
-    retrain_steps: int  # the winners' longer schedule, and each ablation variant's
+    retrain_steps: int  # a winner's schedule from scratch, and each ablation variant's
     valid_crop: int  # centre crop of validation images (0: whole images)
     trials: int
     concurrency: int
@@ -42,6 +42,12 @@ class Profile:
     # DARTS practice: search and proxy-train at `proxy_width` times the channels, then derive and retrain the
     # genotype at full width. 1.0 searches at full width.
     proxy_width: float = 1.0
+    # A winner's retraining that starts from its trial's weights (widened to full width, orchestrator/inherit.py)
+    # continues the trial's training: these steps at full width. 0: the from-scratch schedule, retrain_steps.
+    inherit_steps: int = 0
+
+    def retraining_steps(self, inherited: bool) -> int:
+        return self.inherit_steps if inherited and self.inherit_steps else self.retrain_steps
 
     def proxy_channels(self, channels: int) -> int:
         """The search-time width of a `channels`-wide backbone: a multiple of 4 (at least 4), never wider."""
@@ -53,9 +59,9 @@ PROFILES = {
                      lr_step=1000, search_steps=3, train_steps=6, retrain_steps=8, valid_crop=48, trials=2,
                      concurrency=2, log_every=2, block_choices=(4,), channel_step=4, max_channels=32),
     "quick": Profile("quick", channels=32, blocks=8, stages=4, max_keys=9, patch=48, batch_size=8, lr=5e-4,
-                     lr_step=400, search_steps=80, train_steps=200, retrain_steps=400, valid_crop=256, trials=4,
-                     concurrency=2, log_every=20, search_warmup=40, block_choices=(8,), channel_step=8, max_channels=128,
-                     proxy_width=0.5),
+                     lr_step=400, search_steps=64, train_steps=200, retrain_steps=400, valid_crop=256, trials=2,
+                     concurrency=2, log_every=16, search_warmup=32, block_choices=(8,), channel_step=8, max_channels=128,
+                     proxy_width=0.5, inherit_steps=150),
     "paper": Profile("paper", channels=64, blocks=16, stages=4, max_keys=9, patch=48, batch_size=16, lr=1e-4,
                      lr_step=200_000, search_steps=50_000, train_steps=100_000, retrain_steps=600_000,
                      valid_crop=0, trials=32, concurrency=4, weight_lr=1e-4, arch_lr=3e-4, log_every=1000,
