@@ -299,9 +299,9 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
                                                    params=dict(trial.config), search_tags=search_tags)
         return runs[trial.trial_id]
 
-    def on_start(trial) -> None:
-        state.trial_started(parent_id, trial.trial_id, dict(trial.config), settings.seed)
+    def on_start(trial) -> None:  # its MLflow run first: a trial the state calls running always has one
         run_of(trial)
+        state.trial_started(parent_id, trial.trial_id, dict(trial.config), settings.seed)
 
     def on_result(trial, result) -> None:
         if "progress_phase" in result:
