@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -323,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         module, _, name = args.handler.partition(":")  # the verb's module is imported only when it runs
-        return getattr(importlib.import_module(f"orchestrator.{module}"), name)(args)
+        code = getattr(importlib.import_module(f"orchestrator.{module}"), name)(args)
+        sys.stdout.flush()  # a reader that went away is met here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # `acla-orch cost ... | head`: the reader has what it wanted; stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush writes nowhere
+        return 128 + signal.SIGPIPE
     except UsageError as err:
         print(f"acla-orch: error: {err}", file=sys.stderr)
         return 2

@@ -168,6 +168,19 @@ def test_the_search_summary_fits_80_columns_with_full_run_ids_and_positions():
     assert first[-5:] == ["31.23", "27.12", "*", "31.50,", "28.25"]
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`acla-orch cost ... | head`: the reader closes the pipe; no traceback, the status a SIGPIPE'd tool gives."""
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has gone before the first line is written
+    try:
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "cost", "--budget", "50G", "--task", "car"],
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, stdout=writer,
+                             stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(writer)
+    assert out.returncode == 141 and out.stderr == "", out.stderr[-2000:]
+
+
 def test_version(tmp_path):
     out = run("--version", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("acla-orch ")
