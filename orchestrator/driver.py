@@ -267,7 +267,7 @@ def trial_error(trial) -> str:
 def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent_id: str, reporter, state,
                       resume: ResumePlan | None = None, store=None) -> list[dict]:
     """Optuna through Ray Tune; each trial's start and end go to the search state, and each finished trial is
-    recorded in MLflow from the driver as it ends, its proxy-trained weights in `store` (winners.TRIAL_WEIGHTS).
+    recorded in MLflow from the driver as it ends, its proxy-trained weights in `store` (inherit.TRIAL_WEIGHTS).
     A resumed search runs only the trials it still owes."""
     import optuna
     import ray
@@ -315,7 +315,7 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
         run_id = log_trial(client, run_of(trial), result=result)
         take_weights(weights, pending)
         if store is not None and trial.trial_id in pending:
-            save_trial_weights(store, run_id, pending.pop(trial.trial_id))
+            save_trial_weights(store, run_id, pending.pop(trial.trial_id))  # a failure leaves none: from scratch
         artifact_uri = client.get_run(run_id).info.artifact_uri
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
         state.trial_finished(parent_id, trial.trial_id, run_id, result, artifact_uri)

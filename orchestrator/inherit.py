@@ -18,14 +18,19 @@ TRIAL_WEIGHTS = "trial-weights"
 WEIGHTS_FILE = "proxy.pt"
 
 
-def save_trial_weights(store, run_id: str, data: bytes) -> str:
-    """The trial's proxy-trained weights (torch.save bytes) as a manifest-checked set; returns its URI."""
+def save_trial_weights(store, run_id: str, data: bytes) -> str | None:
+    """The trial's proxy-trained weights (torch.save bytes) as a manifest-checked set; returns its URI, or None
+    where the store refused them (its retraining then starts from scratch, and says so; a store that is down is
+    the search's own watch's to report, not this optional copy's)."""
     from storage.manifest import put_artifact_set
+    from storage.stores import StorageError
     handle, path = tempfile.mkstemp(suffix=".pt")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
         return put_artifact_set(store, f"{TRIAL_WEIGHTS}/{run_id}", {WEIGHTS_FILE: path})
+    except (StorageError, OSError):
+        return None
     finally:
         os.unlink(path)
 

@@ -98,3 +98,16 @@ def test_a_retraining_inherits_its_trials_weights_from_the_store(tmp_path):
     (tmp_path / TRIAL_WEIGHTS / "run1" / WEIGHTS_FILE).write_bytes(b"not the weights")
     state, note = inherited_state(store, "run1", wide, 4)
     assert state is None and note.startswith("from scratch: its trial's weights fail their check")
+
+
+def test_a_store_that_refuses_the_weights_leaves_none_and_the_retraining_starts_from_scratch(tmp_path):
+    from orchestrator.inherit import inherited_state, save_trial_weights
+    from storage.stores import LocalStore, StorageError
+
+    class Refusing(LocalStore):
+        def put(self, local_path, key, metadata=None):
+            raise StorageError(f"put {key} failed: the store is down")
+    store = Refusing(tmp_path)
+    assert save_trial_weights(store, "run1", b"weights") is None
+    genotype = _genotype("acla", "car", 8, derived=True)
+    assert inherited_state(store, "run1", genotype, 4) == (None, "from scratch: no weights stored for its trial")
