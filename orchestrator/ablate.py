@@ -135,10 +135,11 @@ def command_ablate(args: argparse.Namespace) -> int:
     from .settings import settings_from_args
     from .tracking import mlflow_client
     from .driver import ray_session
-    from .local_commands import check_training_data, data_from_args, profile_from_args, task_spec_from_args, user_errors
+    from .local_commands import (check_training_data, data_from_args, profile_from_args, search_profile,
+                                 task_spec_from_args, user_errors)
     from .tracking import ensure_experiment, experiment_name
 
-    task, profile = task_spec_from_args(args), profile_from_args(args)
+    task, profile = task_spec_from_args(args), search_profile(args, profile_from_args(args))
     data = data_from_args(args)
     check_training_data(data, task, profile)
     eval_set = eval_set_from_args(args, data)
@@ -167,6 +168,7 @@ def command_ablate(args: argparse.Namespace) -> int:
               "searched_genotype": searched.to_dict(), "position_scores": scores, "variants": rows,
               "markdown": markdown_table(rows, args.budget)}
     tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),
+            "search_steps": str(profile.search_steps), "search_warmup": str(profile.search_warmup),
             "seeds": str(len(seeds)), "eval_data": report["eval_data"], "command_line": shlex.join(sys.argv)[:4000]}
     report["parent_run_id"] = record_ablation(client, experiment_id, tags=tags, rows=rows, runs=runs, report=report)
     if args.json:

@@ -5,7 +5,6 @@ Bad input gives one line on stderr and exit status 2. Tracebacks are for bugs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import os
@@ -54,19 +53,9 @@ def add_task_args(parser: argparse.ArgumentParser, required: bool = True) -> Non
                         help=f"{'/'.join(gray)} on the gray/Y channel (classic5) instead of RGB")
 
 
-def search_profile(args, profile):
-    """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
-    steps = args.search_steps or profile.search_steps
-    warmup = profile.search_warmup if args.search_warmup is None else args.search_warmup
-    if warmup >= steps:
-        raise UsageError(f"--search-warmup {warmup} leaves no architecture step in a {steps}-step search; "
-                         f"expected fewer warm-up steps than --search-steps")
-    return dataclasses.replace(profile, search_steps=steps, search_warmup=warmup)
-
-
 def search_job_from_args(args: argparse.Namespace):
     """The flags of `search`, `sweep` or a replayed `resume`, as the dataclass everything below reads."""
-    from .local_commands import data_from_args, profile_from_args, task_spec_from_args
+    from .local_commands import data_from_args, profile_from_args, search_profile, task_spec_from_args
     from .records import SearchJob
     task = task_spec_from_args(args)
     profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
@@ -220,6 +209,10 @@ def add_orchestrator_verbs(verbs) -> None:
                              "reading): seed s is the same data stream for every variant")
     ablate.add_argument("--eval-data", help="folder of clean images to score on (default: the validation split)")
     ablate.add_argument("--genotype", help="a searched ACLA genotype JSON instead of searching")
+    ablate.add_argument("--search-steps", type=positive_int,
+                        help="the acla-searched variant's differentiable-search steps (default: the profile's)")
+    ablate.add_argument("--search-warmup", type=non_negative_int,
+                        help="first search steps that train the weights only (default: the profile's)")
     ablate.add_argument("--attention", default="acla", choices=ADAPTIVE_KINDS,
                         help="the adaptive kind to search and ablate (default acla; acla-shared: one value "
                              "projection shared by the reference layers, as the authors' code)")

@@ -146,6 +146,17 @@ def command_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def search_profile(args: argparse.Namespace, profile):
+    """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
+    import dataclasses
+    steps = args.search_steps or profile.search_steps
+    warmup = profile.search_warmup if args.search_warmup is None else args.search_warmup
+    if warmup >= steps:
+        raise UsageError(f"--search-warmup {warmup} leaves no architecture step in a {steps}-step search; "
+                         f"expected fewer warm-up steps than --search-steps")
+    return dataclasses.replace(profile, search_steps=steps, search_warmup=warmup)
+
+
 def data_from_args(args: argparse.Namespace):
     from workers.data import embedded_sets, folder_sets
     from workers.train import DataSpec

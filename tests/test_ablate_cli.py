@@ -34,7 +34,7 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
     from workers.checkpoint import model_from_checkpoint
 
     out = acla("ablate", "--task", "car", "--budget", "2G", "--profile", "smoke", "--steps", "2", "--seeds", "2",
-               "--eval-data", eval_folder, "--json", home=run_dir)
+               "--search-steps", "4", "--search-warmup", "1", "--eval-data", eval_folder, "--json", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert {"task", "budget_macs", "steps", "seed", "eval_data", "variants"} <= set(report)
@@ -66,6 +66,7 @@ def test_ablate_smoke_end_to_end(run_dir, eval_folder):
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     parent = client.get_run(report["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["acla_kind"] == "ablation"
+    assert (parent.data.tags["search_steps"], parent.data.tags["search_warmup"]) == ("4", "1")  # the overrides
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{report['parent_run_id']}'")
     assert sorted(c.data.tags["variant"] for c in children) == sorted(variants)
@@ -124,6 +125,7 @@ def test_ablate_pairs_seeds_and_draws_random_placements(run_dir, eval_folder, tm
     (["--budget", "LONE_MACS", "--genotype", "LONE", "--variants", "acla-random"],
      "variant acla-random: 1 random placement(s) other than the searched one"),
     (["--budget", "2G", "--genotype", "ALIEN"], "unknown attention 'transformer'"),
+    (["--budget", "2G", "--search-steps", "4", "--search-warmup", "4"], "leaves no architecture step"),
 ])
 def test_ablate_bad_input_is_one_line(run_dir, tmp_path, extra, message):
     empty = tmp_path / "empty"
