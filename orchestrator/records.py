@@ -14,8 +14,8 @@ from search_space.genotype import Genotype
 # attention implementation (trial.py) and the node (Tune adds `hostname` and `node_ip` to every result; MLflow
 # params).
 TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "input_psnr_y",
-                 "input_psnr_rgb", "macs", "proxy_macs", "proxy_channels", "params", "num_modules", "mean_active_keys", "macs_expected", "latency_ms",
-                 "trial_seconds")
+                 "input_psnr_rgb", "macs", "proxy_macs", "proxy_channels", "params", "num_modules", "mean_active_keys",
+                 "macs_expected", "latency_ms", "trial_seconds")
 TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip", "node_id")
 
 
