@@ -133,20 +133,22 @@ class ACLA(AttentionModule):
         if len(refs) != self.num_refs:
             raise ValueError(f"ACLA expects {self.num_refs} reference layers, got {len(refs)}")
         batch, _, height, width = query.shape
-        # Per-query predictions in channels-last layout: (B, H, W, L*K[, 2]), layer by layer.
-        offsets = _nhwc(self.offset_proj(query)).view(batch, height, width, -1, 2)
-        logits = _nhwc(self.logit_proj(query))
+        # Every query's offsets, logits and gate scores, predicted in channels-last layout (B, H, W, L*K[, 2]) by
+        # matrix products on a free view of the channels-last query: no layout copy and no 1x1 convolution.
+        flat = _nhwc(query)
+        offsets = _linear(flat, self.offset_proj).view(batch, height, width, -1, 2)
+        logits = _linear(flat, self.logit_proj)
         if self.active_keys is not None:
-            gates, off_key_grads = self._capped(query), False
+            gates, off_key_grads = self._capped(_linear(flat, self.gate_proj)), False
         else:
-            gates = _nhwc(self._sample_gates(query).flatten(1, 2)) if self.adaptive else None
+            gates = self._sample_gates(_linear(flat, self.gate_proj)) if self.adaptive else None
             off_key_grads = True  # hard-concrete gates: an off key's gate still gets a gradient
         if self.shared_values:  # the raw reads, summed, then one projection: P(sum w sample(ref)) + b
             out = attend(list(refs), offsets, logits, gates, self.keys_per_ref, torch.zeros_like(self.fuse.bias),
                          off_key_grads)  # (B, H, W, C)
             out = F.linear(out, self.fuse.weight.flatten(1), self.fuse.bias)
         else:  # the value projections with the fusion folded in: fuse(sum V_l(sample_l)) = sum sample_l(fuse V_l)
-            values = [F.conv2d(ref, weight[..., None, None], bias)
+            values = [F.linear(_nhwc(ref), weight, bias).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
                       for ref, (weight, bias) in zip(refs, self.merged_values())]
             out = attend(values, offsets, logits, gates, self.keys_per_ref, self.fuse.bias, off_key_grads)
         return query + out.permute(0, 3, 1, 2)
@@ -164,20 +166,22 @@ class ACLA(AttentionModule):
         biases = fuse @ torch.stack([proj.bias for proj in self.value_projs], dim=1)  # (C, L)
         return [(fuse @ proj.weight.flatten(1), bias) for proj, bias in zip(self.value_projs, biases.unbind(1))]
 
-    def _sample_gates(self, query: torch.Tensor) -> torch.Tensor:
-        """Binary gates (B, L, K, H, W): hard-concrete with straight-through gradients in training."""
-        batch, _, height, width = query.shape
-        gate_logits = self.gate_proj(query).view(batch, self.num_refs, self.keys_per_ref, height, width)
+    def _sample_gates(self, scores: torch.Tensor) -> torch.Tensor:
+        """Binary gates (B, H, W, L*K) from the gate scores (same shape): hard-concrete with straight-through
+        gradients in training."""
+        batch, height, width, _ = scores.shape
         # P(logit + logistic noise > 0) = sigmoid(logit): the expected gate equals the probability below.
-        self.last_expected_keys = torch.sigmoid(gate_logits).sum(dim=2).mean(dim=(0, 2, 3))
+        per_key = torch.sigmoid(scores).view(batch, height, width, self.num_refs, self.keys_per_ref)
+        self.last_expected_keys = per_key.sum(dim=4).mean(dim=(0, 1, 2))
         if self.training:
-            uniform = torch.rand_like(gate_logits).clamp(1e-6, 1 - 1e-6)
-            noisy = (gate_logits + torch.log(uniform) - torch.log1p(-uniform)) / self.gate_temperature
+            uniform = torch.rand_like(scores).clamp(1e-6, 1 - 1e-6)
+            noisy = (scores + torch.log(uniform) - torch.log1p(-uniform)) / self.gate_temperature
             soft = torch.sigmoid(noisy)
             gates = straight_through((noisy > 0).to(soft.dtype), soft)
         else:
-            gates = (gate_logits > 0).to(gate_logits.dtype)
-        self._count(gates.detach().sum(dim=2).transpose(0, 1).flatten(1))  # (L, B*H*W)
+            gates = (scores > 0).to(scores.dtype)
+        counts = gates.detach().view(batch, height, width, self.num_refs, self.keys_per_ref).sum(dim=4)
+        self._count(counts.flatten(0, 2).transpose(0, 1))  # (L, B*H*W)
         return gates
 
     def _count(self, per_query: torch.Tensor) -> None:
@@ -185,18 +189,21 @@ class ACLA(AttentionModule):
         self.last_keys_per_query = per_query.float()
         self.last_active_keys = self.last_keys_per_query.mean(dim=1)
 
-    def _capped(self, query: torch.Tensor) -> torch.Tensor:
-        """The derived module's gates (B, H, W, L*K): each query keeps its gated-on keys (score > 0), at most
-        the cap of each layer, its highest-scored first. A query may keep none: it then adds only the bias.
+    def _capped(self, scores: torch.Tensor) -> torch.Tensor:
+        """The derived module's gates (B, H, W, L*K) from its gate scores (same shape): each query keeps its
+        gated-on keys (score > 0), at most the cap of each layer, its highest-scored first. A query may keep
+        none: it then adds only the bias.
 
         Forward value 1 for a kept key and 0 otherwise (an off key is never read); a kept key's gate passes the
         gradient of sigmoid(score), so retraining still trains the scores.
         """
-        batch, _, height, width = query.shape
-        scores = _nhwc(self.gate_proj(query)).view(batch, height, width, self.num_refs, self.keys_per_ref)
+        batch, height, width, _ = scores.shape
+        scores = scores.reshape(batch, height, width, self.num_refs, self.keys_per_ref)
         hard = top_k_mask(scores, self.active_keys) * (scores.detach() > 0).to(scores.dtype)
         self._count(hard.sum(dim=4).flatten(0, 2).transpose(0, 1))
         self.last_expected_keys = self.last_active_keys
+        if not torch.is_grad_enabled():  # inference: the hard gates alone, no gradient path to build
+            return hard.flatten(3)
         return straight_through(hard, torch.sigmoid(scores) * hard).flatten(3)
 
     def extra_repr(self) -> str:
@@ -217,6 +224,11 @@ def parameter_groups(params, model: nn.Module, lr: float, offset_lr_scale: float
     if any(id(p) in offsets for p in params):
         groups.append({"params": [p for p in params if id(p) in offsets], "lr": lr * offset_lr_scale})
     return groups
+
+
+def _linear(flat: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 convolution applied to a channels-last (B, H, W, C) map as a matrix product: (B, H, W, out)."""
+    return F.linear(flat, conv.weight.flatten(1), conv.bias)
 
 
 def _nhwc(tensor: torch.Tensor) -> torch.Tensor:

@@ -131,8 +131,8 @@ def test_training_gates_are_binary_with_straight_through_gradient():
     torch.manual_seed(0)
     module = ACLA(4, 2, 3, adaptive=True).train()
     x, refs = inputs(num_refs=2)
-    gates = module._sample_gates(x)
-    assert set(gates.detach().unique().tolist()) <= {0.0, 1.0}
+    gates = module._sample_gates(module.gate_proj(x).permute(0, 2, 3, 1))  # the scores, channels-last
+    assert gates.shape == (2, 5, 6, 6) and set(gates.detach().unique().tolist()) <= {0.0, 1.0}
     gates.sum().backward()
     assert module.gate_proj.weight.grad.abs().sum() > 0
     expected = module.last_expected_keys
