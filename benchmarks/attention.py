@@ -4,9 +4,13 @@ C=64, L=4 reference layers, K=9 keys per layer, batch 4, at 96x96 and 128x128, o
 ACLA runs as in the search (training mode, adaptive gates, all K candidate keys sampled) and as a derived
 module keeping about half its keys (top-5 of 9), each with the fused CPU kernel ("fast") and with the grid_sample
 reference. `--memory` adds ACLA's peak memory (forward+backward, fresh process per size) at 64^2, 128^2, 256^2.
+`--bounds` adds what bounds the CPU kernel at 96x96: its forward and backward alone with offsets spread as a
+trained module's (about 1.5 px), with every offset (0.5, 0.5) (every key of a query reads the same 4 pixels: the
+same arithmetic, nearly no cache misses) and with 8 px offsets, and its backward without the value gradients (no
+scatter).
 `--device cuda` instead compares, on one GPU in one run, ACLA through the Triton kernels against the grid_sample
 reference and a 3x3 conv, with each one's peak GPU memory (`--sizes`, default 96). Prints JSON.
-Usage: python benchmarks/attention.py [--repeats N] [--memory] [--device cpu|cuda]
+Usage: python benchmarks/attention.py [--repeats N] [--memory] [--bounds] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -105,6 +109,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="96,128")
     parser.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory at 64^2, 128^2, 256^2")
+    parser.add_argument("--bounds", action="store_true", help="also time the CPU kernel alone, under conditions "
+                                                               "that separate its costs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: the Triton kernel against the reference and a conv on the GPU")
     args = parser.parse_args()
@@ -156,12 +162,49 @@ def main() -> None:
             "half_keys_over_search_all_keys_fast": round(t_half / t_acla, 2),
             "half_keys_over_all_keys_reference": round(t_half_ref / t_acla_ref, 2)}
     results["fast_path"] = cpu_kernel_available(torch.zeros(1))
+    if args.bounds and results["fast_path"]:
+        results["kernel_bounds_96x96_ms"] = kernel_bounds(channels, layers, keys, batch, 96, max(args.repeats, 5))
     if args.memory:
         results["acla_peak_memory_mib"] = {f"{s}x{s}": peak_memory_mib(s) for s in (64, 128, 256)}
         sizes = sorted(results["acla_peak_memory_mib"].items(), key=lambda kv: int(kv[0].split("x")[0]))
         base = sizes[0][1]
         results["acla_memory_per_pixel_ratio"] = {k: round(v / base / (int(k.split("x")[0]) / 64) ** 2, 3) for k, v in sizes}
     print(json.dumps(results, indent=2))
+
+
+def kernel_bounds(channels: int, layers: int, keys: int, batch: int, size: int, repeats: int) -> dict:
+    """Median ms of the CPU kernel alone (search form: 73% of keys gated on, every key's gradients), channels-last
+    maps: the same work under offsets that change only where its reads land, and its backward without the value
+    gradients' scatter."""
+    from search_space.ops import load_extension
+    kernel = load_extension()
+    generator = torch.Generator().manual_seed(0)
+    values = [torch.randn(batch, size, size, channels, generator=generator) for _ in range(layers)]
+    shape = (batch, size, size, layers * keys)
+    logits = torch.randn(*shape, generator=generator)
+    gates = (torch.rand(*shape, generator=generator) < 0.73).float()
+    bias, grad = torch.randn(channels, generator=generator), torch.randn(batch, size, size, channels, generator=generator)
+
+    def median_ms(call) -> float:
+        call()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return round(1000 * statistics.median(times), 1)
+    rows = {}
+    for name, spread in (("trained_offsets_1.5px", 1.5), ("same_four_pixels", None), ("offsets_8px", 8.0)):
+        offsets = (torch.full((*shape, 2), 0.5) if spread is None
+                   else torch.randn(*shape, 2, generator=generator) * spread).contiguous()
+        _, weights = kernel.forward(values, offsets, logits, gates, bias, keys)
+        rows[f"forward_{name}"] = median_ms(lambda: kernel.forward(values, offsets, logits, gates, bias, keys))
+        rows[f"backward_{name}"] = median_ms(lambda: kernel.backward(values, offsets, logits, gates, bias, weights,
+                                                                       keys, grad, True, True))
+        if spread == 1.5:
+            rows["backward_without_value_grads"] = median_ms(lambda: kernel.backward(
+                values, offsets, logits, gates, bias, weights, keys, grad, False, True))
+    return rows
 
 
 def peak_memory_mib(size: int) -> float:

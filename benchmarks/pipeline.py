@@ -6,7 +6,10 @@ step of the quick supernet (an ACLA candidate after every block; one weight and 
 of the quick search on car) beside the plain backbone widened to its MACs (the ablation's plain-matched): the
 ratio of their training steps/s (target: at least 0.9), and the spread of the trial's latency measurement over
 5 repeats of each.
-Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car] [--genotype G.json]"""
+`--profile-steps N` adds a per-step profile of both nets at equal MACs (torch.profiler, self CPU time per op,
+summed into the convolutions, the matrix products of ACLA's 1x1 projections, ACLA's attention kernel and the
+rest), in ms per training step.
+Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car] [--genotype G.json] [--profile-steps N]"""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +43,31 @@ def measure(genotype: Genotype, task, profile, steps: int) -> dict:
         data_s += middle - start
         compute_s += time.perf_counter() - middle
     return {"steps_per_s": round(steps / (data_s + compute_s), 3), "data_share": round(data_s / (data_s + compute_s), 4)}
+
+
+CATEGORIES = (("convolutions", ("convolution", "conv2d")), ("matrix_products", ("aten::mm", "aten::addmm", "aten::bmm")),
+              ("attention_kernel", ("_FusedAttend",)))
+
+
+def step_profile(genotype: Genotype, task, profile, steps: int) -> dict:
+    """ms per training step by category of op (self CPU time, so nothing is counted twice)."""
+    train_set, _ = embedded_sets()
+    sampler = make_sampler(task, train_set, profile, seed=0)
+    torch.manual_seed(0)
+    model = build_network(genotype).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr)
+    batches = [next(sampler) for _ in range(steps + 2)]
+    for batch in batches[:2]:
+        train_step(model, optimizer, *batch)  # warm-up
+    with torch.profiler.profile() as prof:
+        for batch in batches[2:]:
+            train_step(model, optimizer, *batch)
+    totals = dict.fromkeys([name for name, _ in CATEGORIES] + ["everything_else"], 0.0)
+    for event in prof.key_averages():
+        name = next((label for label, keys in CATEGORIES if any(key in event.key for key in keys)), "everything_else")
+        totals[name] += event.self_cpu_time_total / 1000 / steps
+    totals["total"] = sum(totals.values())
+    return {name: round(value, 1) for name, value in totals.items()}
 
 
 def measure_search(base: Genotype, task, profile, steps: int) -> dict:
@@ -83,6 +111,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--task", default="car")
     parser.add_argument("--genotype", help="the searched genotype for the equal-MACs comparison")
+    parser.add_argument("--profile-steps", type=int, default=0, help="also profile this many steps of both nets")
     args = parser.parse_args()
     profile = get_profile("quick")
     task = task_from_options(args.task)
@@ -103,7 +132,17 @@ def main() -> None:
                       "seven_acla": measure(seven_acla, task, profile, args.steps),
                       "search_supernet": measure_search(Genotype(**base, attention="acla", adaptive=True,
                                                                  max_keys=profile.max_keys), task, profile, args.steps),
-                      "equal_macs": equal_macs(searched, task, profile, args.steps)}, indent=2))
+                      "equal_macs": equal_macs(searched, task, profile, args.steps),
+                      **({"step_profile_ms": profiles(searched, task, profile, args.profile_steps)}
+                         if args.profile_steps else {})}, indent=2))
+
+
+def profiles(searched: Genotype, task, profile, steps: int) -> dict:
+    from search_space.cost import genotype_macs
+    from workers.ablation import matched_plain
+    matched = matched_plain(genotype_macs(searched), searched.bare().replace(attention="none", adaptive=False))
+    return {"acla_searched": step_profile(searched, task, profile, steps),
+            "plain_matched": step_profile(matched, task, profile, steps)}
 
 
 if __name__ == "__main__":
