@@ -5,12 +5,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from tests.procs import kill_mentioning, mentioning
-from tests.s3server import free_port_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET = 2_000_000_000
@@ -197,41 +195,6 @@ def check_report(run_dir, summary):
     dom = rendered_dom(page.as_uri())
     assert 'data-figures="3"' in dom and 'data-figures-loaded="3"' in dom, dom[-2000:]
     assert "Pareto front" in dom and shown["best_run_id"] in dom
-
-
-@pytest.fixture
-def mlflow_server(run_dir):
-    port = free_port_pair()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{run_dir}/server.db",
-                               "--artifacts-destination", f"{run_dir}/server-artifacts"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, by our own PID
-        server.wait(timeout=30)
-
-
-def test_search_against_mlflow_server(run_dir, mlflow_server):
-    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json",
-               "--tracking-uri", mlflow_server, home=run_dir)
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout)
-    check_search(summary, mlflow_server)
-    assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))
-    check_mlflow_ui(mlflow_server, summary)
 
 
 # In MLflow's runs table: open "Columns", tick the `pareto` tag, close, scroll right; then read the column.

@@ -119,21 +119,30 @@ def proxied_mlflow(s3_env, run_dir):
 
 
 def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_dir, monkeypatch):
+    """A whole search, retraining and registration included, tracked by the team stack's MLflow server: every
+    check of the sqlite search holds through the server, the S3 bucket holds what the server proxied, and the
+    server's UI shows the front in a real browser."""
     from mlflow.tracking import MlflowClient
+
+    from tests.test_orchestrator import check_mlflow_ui, check_search
     uri, bucket = proxied_mlflow
     for key, value in s3_environment(s3_env).items():
         monkeypatch.setenv(key, value)
-    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--no-retrain",
+    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json",
                "--tracking-uri", uri, "--artifact-root", f"s3://{bucket}/acla", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    check_search(summary, uri)
+    assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))  # nothing tracked locally beside the server
     keys, _ = manifests(s3_env, bucket)
     assert any(k.startswith("mlflow/") and k.endswith("genotype.json") for k in keys)  # proxied by the server
+    assert any(k.startswith("acla/ray-train/") and k.endswith("/model.pt") for k in keys)  # Ray Train, straight
     assert_no_secret(MlflowClient(uri), "acla-car-q10", out.stderr)
     # the front, read back from the PostgreSQL-backed server, is the search's
-    summary = json.loads(out.stdout)
     front = json.loads(acla("pareto", "--task", "car", "--source", "mlflow", "--tracking-uri", uri, "--json",
                             home=run_dir).stdout)["front"]
     assert {r["run_id"] for r in front} == {t["run_id"] for t in summary["trials"] if t["pareto"]} != set()
+    check_mlflow_ui(uri, summary)
 
 
 def test_bad_storage_input_is_one_line(s3_env, run_dir, monkeypatch):
