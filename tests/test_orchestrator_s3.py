@@ -37,55 +37,6 @@ def assert_no_secret(client, experiment_name, stderr):
             assert SECRET_KEY not in value and ACCESS_KEY not in value
 
 
-def test_search_with_s3_artifact_root(s3_env, run_dir, monkeypatch):
-    from mlflow.tracking import MlflowClient
-    for key, value in s3_environment(s3_env).items():
-        monkeypatch.setenv(key, value)
-    bucket = f"acla-{uuid.uuid4().hex[:8]}"
-    root = f"s3://{bucket}/team"
-    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--artifact-root", root,
-               home=run_dir)
-    assert out.returncode == 2 and f"bucket {bucket} does not exist" in out.stderr  # never created silently
-    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--artifact-root", root,
-               "--create-bucket", home=run_dir)
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout)
-    keys, sets = manifests(s3_env, bucket)
-    assert any(k.startswith("team/ray-train/") and k.endswith("/model.pt") for k in keys)  # Ray Train checkpoints
-    assert any(k.startswith("team/mlflow/acla-car-q10/") and "/model" in k for k in keys)  # MLflow's logged model
-    kinds = {s.split("/")[1] for s in sets}
-    assert {"ray-train", "models", "genotypes", "tables"} <= kinds
-    store = open_store(StorageConfig(root))
-    for prefix in sets:
-        verify_artifact_set(store, prefix[len("team/"):])
-    retrained = summary["retrained"][0]
-    assert retrained["checkpoint_uri"].startswith(f"{root}/ray-train/")
-    assert retrained["model_set_uri"].startswith(f"{root}/models/acla-car-q10/")
-    # the model set restores an image straight from the bucket
-    from tests.test_restore import photo
-    photo(Path(run_dir) / "in.png", (24, 24), 0)
-    (Path(run_dir) / "restored").mkdir()
-    out = acla("restore", "--model", retrained["model_set_uri"], "in.png", "-o", "restored", "--json", home=run_dir)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout)["outputs"][0]["output_size"] == [24, 24]
-    out = acla("restore", "--model", f"{retrained['model_set_uri']}/missing", "in.png", "-o", ".", home=run_dir)
-    assert out.returncode == 2 and "unknown model reference" in out.stderr
-    # the front straight from Parquet, without MLflow, equals MLflow's
-    table = json.loads(acla("pareto", "--task", "car", "--json", "--artifact-root", root, home=run_dir).stdout)
-    from_mlflow = json.loads(acla("pareto", "--task", "car", "--json", "--source", "mlflow", "--artifact-root", root,
-                                  home=run_dir).stdout)
-    assert {r["run_id"] for r in table["front"]} == {r["run_id"] for r in from_mlflow["front"]}
-    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
-    assert_no_secret(client, "acla-car-q10", out.stderr)
-    # nowhere under the run directory either, Ray's logs included (the short Ray folder is linked from there)
-    leaks = [str(path) for path in Path(run_dir).rglob("*") if path.is_file() and not path.is_symlink()
-             and SECRET_KEY.encode() in path.read_bytes()]
-    ray_dir = Path(run_dir) / "ray"
-    leaks += [str(path) for path in ray_dir.resolve().rglob("*") if path.is_file() and SECRET_KEY.encode() in
-              path.read_bytes()] if ray_dir.is_symlink() else []
-    assert not leaks, leaks
-
-
 @pytest.fixture
 def proxied_mlflow(s3_env, run_dir):
     """The team stack of infra/compose/: an MLflow server on a real PostgreSQL backend store with SeaweedFS as its
@@ -119,29 +70,62 @@ def proxied_mlflow(s3_env, run_dir):
 
 
 def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_dir, monkeypatch):
-    """A whole search, retraining and registration included, tracked by the team stack's MLflow server: every
-    check of the sqlite search holds through the server, the S3 bucket holds what the server proxied, and the
-    server's UI shows the front in a real browser."""
+    """A whole search, retraining and registration included, tracked by the team stack's MLflow server, with its
+    artifacts in a bucket of their own: every check of the sqlite search holds through the server; the bucket
+    holds Ray Train's checkpoints, the registered model, genotypes and the Parquet tables, each checked against
+    its manifest; the model restores from the bucket; the server's UI shows the front in a real browser; and no
+    credential is recorded anywhere."""
     from mlflow.tracking import MlflowClient
 
     from tests.test_orchestrator import check_mlflow_ui, check_search
-    uri, bucket = proxied_mlflow
+    uri, server_bucket = proxied_mlflow
     for key, value in s3_environment(s3_env).items():
         monkeypatch.setenv(key, value)
-    out = acla("search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json",
-               "--tracking-uri", uri, "--artifact-root", f"s3://{bucket}/acla", home=run_dir)
+    bucket = f"acla-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{bucket}/team"
+    search = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--tracking-uri", uri,
+              "--artifact-root", root]
+    out = acla(*search, home=run_dir)
+    assert out.returncode == 2 and f"bucket {bucket} does not exist" in out.stderr  # never created silently
+    out = acla(*search, "--create-bucket", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     check_search(summary, uri)
     assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))  # nothing tracked locally beside the server
-    keys, _ = manifests(s3_env, bucket)
-    assert any(k.startswith("mlflow/") and k.endswith("genotype.json") for k in keys)  # proxied by the server
-    assert any(k.startswith("acla/ray-train/") and k.endswith("/model.pt") for k in keys)  # Ray Train, straight
-    assert_no_secret(MlflowClient(uri), "acla-car-q10", out.stderr)
-    # the front, read back from the PostgreSQL-backed server, is the search's
-    front = json.loads(acla("pareto", "--task", "car", "--source", "mlflow", "--tracking-uri", uri, "--json",
-                            home=run_dir).stdout)["front"]
+    server_keys, _ = manifests(s3_env, server_bucket)
+    assert any(k.startswith("mlflow/") and k.endswith("genotype.json") for k in server_keys)  # proxied by the server
+    keys, sets = manifests(s3_env, bucket)
+    assert any(k.startswith("team/ray-train/") and k.endswith("/model.pt") for k in keys)  # Ray Train checkpoints
+    assert {"ray-train", "models", "genotypes", "tables"} <= {s.split("/")[1] for s in sets}
+    store = open_store(StorageConfig(root))
+    for prefix in sets:
+        verify_artifact_set(store, prefix[len("team/"):])
+    retrained = summary["retrained"][0]
+    assert retrained["checkpoint_uri"].startswith(f"{root}/ray-train/")
+    assert retrained["model_set_uri"].startswith(f"{root}/models/acla-car-q10/")
+    # the model set restores an image straight from the bucket
+    from tests.test_restore import photo
+    photo(Path(run_dir) / "in.png", (24, 24), 0)
+    (Path(run_dir) / "restored").mkdir()
+    out = acla("restore", "--model", retrained["model_set_uri"], "in.png", "-o", "restored", "--json", home=run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout)["outputs"][0]["output_size"] == [24, 24]
+    out = acla("restore", "--model", f"{retrained['model_set_uri']}/missing", "in.png", "-o", ".", home=run_dir)
+    assert out.returncode == 2 and "unknown model reference" in out.stderr
+    # the front straight from Parquet, without MLflow, equals the PostgreSQL-backed server's, which is the search's
+    table = json.loads(acla("pareto", "--task", "car", "--json", "--artifact-root", root, home=run_dir).stdout)
+    out = acla("pareto", "--task", "car", "--source", "mlflow", "--tracking-uri", uri, "--json", home=run_dir)
+    front = json.loads(out.stdout)["front"]
+    assert {r["run_id"] for r in table["front"]} == {r["run_id"] for r in front}
     assert {r["run_id"] for r in front} == {t["run_id"] for t in summary["trials"] if t["pareto"]} != set()
+    assert_no_secret(MlflowClient(uri), "acla-car-q10", out.stderr)
+    # nowhere under the run directory either, Ray's logs included (the short Ray folder is linked from there)
+    leaks = [str(path) for path in Path(run_dir).rglob("*") if path.is_file() and not path.is_symlink()
+             and SECRET_KEY.encode() in path.read_bytes()]
+    ray_dir = Path(run_dir) / "ray"
+    leaks += [str(path) for path in ray_dir.resolve().rglob("*") if path.is_file() and SECRET_KEY.encode() in
+              path.read_bytes()] if ray_dir.is_symlink() else []
+    assert not leaks, leaks
     check_mlflow_ui(uri, summary)
 
 
