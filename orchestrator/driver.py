@@ -70,6 +70,29 @@ def keep_local_ray_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def agent_port_of_its_own() -> None:
+    """Give the local Ray's dashboard agent a free HTTP port instead of Ray's fixed 52365.
+
+    Ray 2.60 with ray[default] starts a dashboard agent beside every local raylet, even without the dashboard, and
+    the raylet waits for it. Where another Ray already holds 52365 (a second search on the machine, the test beside
+    this one), the agent retries for 3.3 s and then goes on without its HTTP server: `ray.init` took 8.4 s instead
+    of 3.4. `ray.init` has no setting for this port, so it goes in as the default of RayParams, which builds the
+    node's parameters; a Ray without that parameter keeps its own default."""
+    import socket
+
+    from ray._private.parameter import RayParams
+    init = RayParams.__init__
+    defaults, code = list(init.__defaults__ or ()), init.__code__
+    names = code.co_varnames[code.co_argcount - len(defaults):code.co_argcount]
+    if "dashboard_agent_listen_port" not in names:
+        return
+    with socket.socket() as probe:  # a port free now; the agent binds it a second later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    defaults[names.index("dashboard_agent_listen_port")] = port
+    init.__defaults__ = tuple(defaults)
+
+
 def require_local_token() -> None:
     """Token authentication for the local Ray this process starts, whatever the caller's environment says.
 
@@ -100,6 +123,7 @@ def ray_session(run: RunSettings):
     if run.ray_address in (None, "", "local"):
         require_local_token()
         keep_local_ray_on_loopback()
+        agent_port_of_its_own()
         ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
     else:
         join_cluster(ray, run.ray_address, kwargs)

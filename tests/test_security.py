@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.procs import mentioning
 
@@ -77,9 +78,17 @@ def connect(gcs: str, home: str, **env) -> str:
 
 def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_and_writes_it_nowhere(run_dir,
                                                                                                      tmp_path):
-    """Even when the user's environment says RAY_AUTH_MODE=disabled."""
+    """Even when the user's environment says RAY_AUTH_MODE=disabled. With Ray's fixed dashboard-agent port
+    taken, as another Ray on the machine takes it, the agent binds a port of its own, at once."""
+    import socket
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}
     env.pop("RAY_AUTH_TOKEN", None)
+    squatter = socket.socket()
+    try:
+        squatter.bind(("127.0.0.1", 52365))  # Ray's default agent port; if it is taken already, so much the better
+        squatter.listen()
+    except OSError:
+        pass
     holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCAL_RAY, run_dir], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -92,8 +101,11 @@ def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_a
         assert connect(started["gcs"], str(stranger)) == "REFUSED ConnectionError"
         assert connect(started["gcs"], str(stranger), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=started["token"]) == \
             "CONNECTED " + str(os.cpu_count())
+        agent_log = (Path(run_dir) / "ray" / "session_latest" / "logs" / "dashboard_agent.log").read_text()
+        assert "Dashboard agent http address: 127.0.0.1:" in agent_log and "failed to bind" not in agent_log.lower()
     finally:
         holder.communicate("\n", timeout=60)
+        squatter.close()
     assert holder.returncode == 0
     token = started["token"].encode()
     for folder in (run_dir, str(tmp_path)):  # the run's files and logs, and the home where Ray would save one
