@@ -84,14 +84,19 @@ def measure_search(base: Genotype, task, profile, steps: int) -> dict:
     return {"seconds_per_step": round((time.perf_counter() - start) / steps, 3)}
 
 
+def plain_matched(searched: Genotype) -> Genotype:
+    """The ablation's plain-matched rival of `searched`: its bare backbone made wider to its MACs."""
+    from search_space.cost import genotype_macs
+    from workers.ablation import matched_plain
+    return matched_plain(genotype_macs(searched), searched.bare().replace(attention="none", adaptive=False))
+
+
 def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
     """acla-searched against plain-matched: steps/s (interleaved, twice each) and latency repeatability."""
     from workers.latency import measure_latency_ms
     from search_space.backbone import build_network as build
     from search_space.cost import genotype_macs
-    from workers.ablation import matched_plain
-    bare = searched.bare().replace(attention="none", adaptive=False)
-    matched = matched_plain(genotype_macs(searched), bare)
+    matched = plain_matched(searched)
     rates = {"acla_searched": [], "plain_matched": []}
     for _ in range(2):  # interleaved, so drift in the machine's speed hits both alike
         rates["acla_searched"].append(measure(searched, task, profile, steps)["steps_per_s"])
@@ -138,11 +143,8 @@ def main() -> None:
 
 
 def profiles(searched: Genotype, task, profile, steps: int) -> dict:
-    from search_space.cost import genotype_macs
-    from workers.ablation import matched_plain
-    matched = matched_plain(genotype_macs(searched), searched.bare().replace(attention="none", adaptive=False))
     return {"acla_searched": step_profile(searched, task, profile, steps),
-            "plain_matched": step_profile(matched, task, profile, steps)}
+            "plain_matched": step_profile(plain_matched(searched), task, profile, steps)}
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class ACLA(AttentionModule):
         if self.shared_values:  # the raw reads, summed, then one projection: P(sum w sample(ref)) + b
             out = attend(list(refs), offsets, logits, gates, self.keys_per_ref, torch.zeros_like(self.fuse.bias),
                          off_key_grads)  # (B, H, W, C)
-            out = F.linear(out, self.fuse.weight.flatten(1), self.fuse.bias)
+            out = _linear(out, self.fuse)
         else:  # the value projections with the fusion folded in: fuse(sum V_l(sample_l)) = sum sample_l(fuse V_l)
             values = [F.linear(_nhwc(ref), weight, bias).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
                       for ref, (weight, bias) in zip(refs, self.merged_values())]

@@ -13,6 +13,7 @@ import time
 
 from orchestrator.state import SearchState
 from tests.procs import kill_mentioning, processes
+from tests.pgserver import free_port
 from tests.s3server import free_port_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,11 +31,11 @@ def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path, s3_env):
     try:
         # each node's dashboard agent on a port of its own: on Ray's fixed one, a second node waits 3.3 s for it
         subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                        f"--dashboard-agent-listen-port={free_port_pair()}",
+                        f"--dashboard-agent-listen-port={free_port()}",
                         f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env, check=True,
                        capture_output=True, timeout=120)
         subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--node-manager-port={node_port}",
-                        f"--dashboard-agent-listen-port={free_port_pair()}", "--disable-usage-stats"], env=env,
+                        f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"], env=env,
                        check=True, capture_output=True, timeout=120)
         second = [pid for pid, _, line in processes() if "raylet" in line and f"--node_manager_port={node_port}" in line]
         assert len(second) == 1
