@@ -15,17 +15,16 @@ from .settings import settings_from_args
 from .errors import UsageError
 from .local_commands import data_from_args, profile_from_args, task_spec_from_args, user_errors
 from .records import TrialRecord
-from .tracking import mlflow_client
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def command_pareto(args: argparse.Namespace) -> int:
-    from .tracking import experiment_name, update_front
-    from .pareto import plot_front
     run, store = settings_from_args(args, read_only=args.source == "mlflow")
     if args.source == "table":
         return pareto_from_table(args, store)
+    from .pareto import plot_front  # MLflow, once the tracking URI has passed its checks
+    from .tracking import experiment_name, mlflow_client, update_front
     client = mlflow_client(run)
     name = experiment_name(task_spec_from_args(args).label)
     experiment = client.get_experiment_by_name(name)
@@ -77,9 +76,9 @@ def command_status(args: argparse.Namespace) -> int:
     from search_space.budget import short_budget
 
     from .state import SearchState
-    from .tracking import experiment_name
-    variant = experiment_name(task_spec_from_args(args).label) if args.task else None
     run, _ = settings_from_args(args, read_only=True)
+    from .tracking import experiment_name, mlflow_client  # MLflow, once the store is known to exist
+    variant = experiment_name(task_spec_from_args(args).label) if args.task else None
     client = mlflow_client(run)
     states = {s["parent_run_id"]: s["status"] for s in SearchState(run.run_dir).searches()}
     rows = []
@@ -105,11 +104,12 @@ def command_status(args: argparse.Namespace) -> int:
 
 def command_retrain(args: argparse.Namespace) -> int:
     """Retrain one finished trial's genotype on Ray Train and register it, as a search does for its winners."""
-    import mlflow
+    run, store = settings_from_args(args, read_only=True)
+    import mlflow  # MLflow and Ray, once the store is known to exist
     from workers.tasks import TaskSpec
 
     from .driver import ray_session
-    run, store = settings_from_args(args, read_only=True)
+    from .tracking import mlflow_client
     client = mlflow_client(run)
     try:
         trial = client.get_run(args.run_id)

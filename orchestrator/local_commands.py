@@ -75,7 +75,6 @@ def write_image_atomically(path: Path, image: np.ndarray) -> None:
 
 
 def command_cost(args: argparse.Namespace) -> int:
-    from search_space.backbone import build_network
     from search_space.budget import format_macs
     from search_space.cost import count_parameters, genotype_macs, reference_input_size
     from search_space.registry import get_kind
@@ -83,6 +82,7 @@ def command_cost(args: argparse.Namespace) -> int:
     spec = task_spec_from_args(args)
     if args.genotype:
         genotype = read_genotype(args.genotype)
+        from search_space.backbone import build_network  # torch, once the file has passed its checks
         if (genotype.task, genotype.scale) != (spec.name, spec.scale):
             raise UsageError(f"genotype {args.genotype} is for task {genotype.task} x{genotype.scale}, "
                              f"not {spec.name} x{spec.scale}; pass the matching --task/--scale")
@@ -109,8 +109,6 @@ def command_cost(args: argparse.Namespace) -> int:
 
 def command_degrade(args: argparse.Namespace) -> int:
     from workers.data import load_image
-    from workers.train import to_uint8_image
-    from workers.data import to_tensor
     task = task_spec_from_args(args)
     with user_errors():
         target = task.prepare_target(load_image(args.input))
@@ -118,6 +116,8 @@ def command_degrade(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.input}: image is smaller than the scale {task.scale}")
         degraded = task.degrade(target, np.random.default_rng(args.seed))
     if degraded.dtype != np.uint8:  # noisy input saved as an image: clipped and rounded
+        from workers.data import to_tensor
+        from workers.train import to_uint8_image
         degraded = to_uint8_image(to_tensor(degraded))
     write_image_atomically(Path(args.output), degraded)
     return 0
@@ -158,8 +158,7 @@ def search_profile(args: argparse.Namespace, profile):
 
 
 def data_from_args(args: argparse.Namespace):
-    from workers.data import embedded_sets, folder_sets
-    from workers.train import DataSpec
+    from workers.data import DataSpec, embedded_sets, folder_sets
     with user_errors():
         train_set, valid_set = folder_sets(args.data) if args.data else embedded_sets()
     return DataSpec(train_set, valid_set)
@@ -190,8 +189,6 @@ def profile_from_args(args: argparse.Namespace, default: str | None = None):
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from workers.train import train
-
     from .progress import loss_status, progress_bar
     task = task_spec_from_args(args)
     genotype = read_genotype(args.genotype)
@@ -208,6 +205,7 @@ def command_train(args: argparse.Namespace) -> int:
     else:
         output = home / "train" / f"{task.label}-{profile.name}.pt"
     steps = args.steps or profile.train_steps
+    from workers.train import train  # torch, once the inputs have passed their checks
     with user_errors(), progress_bar(f"train {task.label}", steps) as bar:
         result = train(genotype=genotype, task=task, data=data, profile=profile, steps=steps,
                        report=lambda record: bar.update(record["step"], loss_status(record)),

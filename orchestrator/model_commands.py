@@ -13,19 +13,22 @@ from .local_commands import check_output_folder, task_spec_from_args, user_error
 from .progress import progress_bar
 
 
-def load_model(args: argparse.Namespace):
-    """(resolved reference, network on the device, genotype, task) for --model; refuses a model made for another
-    task variant than --task names, when it is given."""
-    from workers.checkpoint import model_from_checkpoint
-    from workers.device import training_device
-
+def resolve_reference(args: argparse.Namespace):
+    """--model resolved to a local checkpoint (models.py), without loading it: what a command checks first."""
     from .models import needs_tracking, resolve_model
     from .settings import check_tracking_uri, resolve_settings
     settings = resolve_settings(tracking_uri=args.tracking_uri, artifact_root=None, address=None,
                                 s3_endpoint=args.s3_endpoint)
     if needs_tracking(args.model):
         check_tracking_uri(settings.tracking_uri, must_exist=True)
-    resolved = resolve_model(args.model, tracking_uri=settings.tracking_uri, s3_endpoint=args.s3_endpoint)
+    return resolve_model(args.model, tracking_uri=settings.tracking_uri, s3_endpoint=args.s3_endpoint)
+
+
+def load_model(args: argparse.Namespace, resolved):
+    """(network on the device, genotype, task) for the resolved --model; refuses a model made for another task
+    variant than --task names, when it is given. torch is imported here, once the other inputs have passed."""
+    from workers.checkpoint import model_from_checkpoint
+    from workers.device import training_device
     with user_errors():
         network, genotype, task, _ = model_from_checkpoint(resolved.checkpoint)
     if args.task:
@@ -33,7 +36,7 @@ def load_model(args: argparse.Namespace):
         if wanted.label != task.label:
             raise UsageError(f"model {args.model} was trained for {task.label}, not {wanted.label}; pass a "
                              f"{wanted.label} model or leave out --task")
-    return resolved, network.to(training_device()), genotype, task
+    return network.to(training_device()), genotype, task
 
 
 def as_network_input(image, task):
@@ -44,18 +47,21 @@ def as_network_input(image, task):
 
 def command_restore(args: argparse.Namespace) -> int:
     from workers.data import load_image
-    from workers.restore import MIN_SIDE, restore_array, tile_count
     out_dir = Path(args.output)
     check_output_folder(out_dir / "restored.png")
     names = [Path(path).stem for path in args.inputs]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
-    resolved, network, _, task = load_model(args)
+    resolved = resolve_reference(args)
+    with user_errors():  # every input read before the model (and torch) is loaded, and checked before anything is written
+        inputs = [(path, load_image(path)) for path in args.inputs]
+    network, _, task = load_model(args, resolved)
+    from workers.restore import MIN_SIDE, restore_array, tile_count
     images = []
-    with user_errors():  # every input read and checked before anything is written
-        for path in args.inputs:
-            image = as_network_input(load_image(path), task)
+    with user_errors():
+        for path, image in inputs:
+            image = as_network_input(image, task)
             height, width = image.shape[:2]
             if min(height, width) < MIN_SIDE:
                 raise UsageError(f"{path}: image is {width}x{height} pixels; the model needs at least "
@@ -90,8 +96,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
     """PSNR/SSIM per image and as a mean, beside the degraded input's own score and the classical baseline, on a
     standard test set or any folder of clean images; logged to the model's MLflow run when it came from one."""
     from workers.data import ImageSet, benchmark_set, list_images
+    resolved = resolve_reference(args)
+    network, _, task = load_model(args, resolved)  # the model first: the input a user checks first
     from workers.restore import mean_scores, score_images
-    resolved, network, _, task = load_model(args)
     with user_errors():
         if args.data:
             image_set = ImageSet(Path(args.data).name, list_images(args.data))

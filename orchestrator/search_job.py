@@ -52,9 +52,7 @@ def run_search(job: SearchJob, run, store) -> int:
     from workers.backbones import check_feasible, unused_budget_warning
 
     from .cluster import check_artifact_root, node_shapes, retrain_resources, trial_resources
-    from .driver import ray_session
     from .local_commands import check_training_data, user_errors
-    from .tracking import mlflow_client
     check_training_data(job.data, job.task, job.profile)
     if job.retrain:
         check_retrain_workers(job.retrain_workers, job.profile)
@@ -64,6 +62,8 @@ def run_search(job: SearchJob, run, store) -> int:
         warning = unused_budget_warning(job.task, job.profile, budget)
         if warning:
             print(warning, file=sys.stderr)
+    from .driver import ray_session  # Ray, MLflow and torch are imported once the inputs have passed
+    from .tracking import mlflow_client
     summaries = []
     # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
     with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run) as ray:

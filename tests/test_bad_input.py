@@ -222,3 +222,26 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(outcomes, name, fragmen
     assert "Traceback" not in outcome["stderr"]
     assert fragment.lower() in lines[0].lower()
     assert outcome["left"] == []
+
+
+LIGHT_CASES = ["budget too small", "data corrupt image", "retrain workers above the batch", "tracking unreachable",
+               "genotype unknown field", "degrade missing input", "restore missing input", "retrain without a store",
+               "resume nothing to resume", "status corrupt db", "pareto unreachable tracking", "train home is a file"]
+
+
+def test_bad_input_is_answered_before_torch_mlflow_or_ray_is_imported(tmp_path):
+    """Each of these mistakes is told in about a quarter of a second: the CLI checks what it was given before it
+    imports torch, MLflow or Ray (seconds each). The modules loaded when the error is printed are looked at."""
+    probe = ("import sys\nfrom orchestrator.cli import main\ncode = main(sys.argv[1:])\n"
+             "print(sorted({'torch', 'mlflow', 'ray'} & {name.split('.')[0] for name in sys.modules}))\n"
+             "raise SystemExit(code)\n")
+    for name in LIGHT_CASES:
+        case = next(case for case in CASES if case[0] == name)
+        work = tmp_path / f"light-{CASES.index(case)}"
+        work.mkdir()
+        case[2](work)
+        env = {**os.environ, "ACLA_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
+        out = subprocess.run([sys.executable, "-c", probe, *case[1]], cwd=work, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2 and case[3].lower() in out.stderr.lower(), (name, out.stderr[-1000:])
+        assert out.stdout.strip() == "[]", (name, out.stdout)

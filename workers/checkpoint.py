@@ -1,15 +1,14 @@
 """Self-describing checkpoints: the weights, the genotype, the task, the profile name, the code version and,
 for resuming, the optimiser, scheduler and random-generator states. Written atomically (a temporary file
-in the same folder, then rename) and read with `torch.load(weights_only=True)`: nothing is unpickled."""
+in the same folder, then rename) and read with `torch.load(weights_only=True)`: nothing is unpickled.
+torch is imported where a checkpoint is written or read, so that the CLI can check its other inputs (and name
+CheckpointError) before it pays for torch's import."""
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
 
-import torch
-
-from search_space.backbone import build_network
 from search_space.genotype import Genotype
 
 from .atomic import write_atomically
@@ -24,8 +23,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or is not ours; the message names the file."""
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, genotype: Genotype, task: TaskSpec,
+def save_checkpoint(path: str | os.PathLike, *, model: "torch.nn.Module", genotype: Genotype, task: TaskSpec,
                     profile: str, step: int, training_state: dict | None = None, metrics: dict | None = None) -> Path:
+    import torch
     payload = {"format": CHECKPOINT_FORMAT, "code_version": CODE_VERSION, "genotype": genotype.to_json(),
                "task": dataclasses.asdict(task), "profile": profile, "step": int(step),
                "model": model.state_dict(), "metrics": dict(metrics or {}), "training_state": training_state or {}}
@@ -33,6 +33,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, genotype
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    import torch
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -48,6 +49,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, Genotype, TaskSpec, dict]:
     """Rebuild the network from the checkpoint alone: no outside config."""
+    from search_space.backbone import build_network
     payload = load_checkpoint(path)
     genotype = Genotype.from_json(payload["genotype"])
     model = build_network(genotype)

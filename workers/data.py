@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from .tasks import TaskSpec
@@ -168,6 +167,13 @@ class ImageSet:
         return [(Path(p).stem, load_image(p)) for p in self.paths]
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """A run's training and validation images."""
+    train: ImageSet
+    valid: ImageSet
+
+
 def list_images(folder: str | os.PathLike) -> tuple[str, ...]:
     folder = Path(folder)
     if not folder.is_dir():
@@ -236,6 +242,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 or float (H, W[, C]) to float32 (C, H, W) in [0, 1] (uint8 / 255; float kept)."""
     array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
     array = array[..., None] if array.ndim == 2 else array
+    import torch  # here, not at the top: the CLI checks images before it pays for torch's import
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
@@ -267,6 +274,7 @@ class PatchSampler:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
         inputs, targets = zip(*(self._patch() for _ in range(self.batch_size)))
         return torch.stack(inputs), torch.stack(targets)
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import convolve
 
 from search_space.registry import TASKS, get_task, resolve  # the tasks and their options, once
 
@@ -155,6 +154,7 @@ def bayer_mosaic(image: np.ndarray) -> np.ndarray:
 def bilinear_demosaic(mosaic: np.ndarray) -> np.ndarray:
     """Bilinear demosaicing as normalised convolution: each missing sample is the mean of its nearest
     same-colour neighbours (4-neighbour cross for G, 2 or 4 diagonal/axial for R and B); known samples stay."""
+    from scipy.ndimage import convolve  # here: scipy.ndimage takes a quarter second to import, for this only
     mask = bayer_mask(*mosaic.shape[:2]).astype(np.float64)
     kernels = [np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float64),
                np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float64),

@@ -19,19 +19,13 @@ from search_space.backbone import build_network
 from search_space.genotype import Genotype
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DataError, ImageSet, PatchSampler, evaluation_pairs, prepare_pairs, to_tensor
+from .data import DataError, DataSpec, ImageSet, PatchSampler, evaluation_pairs, prepare_pairs, to_tensor
 from .device import training_device
 from .metrics import image_metrics
 from .profiles import Profile
 from .tasks import TaskSpec
 
 Report = Callable[[dict], None]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    train: ImageSet
-    valid: ImageSet
 
 
 @dataclass(frozen=True)
