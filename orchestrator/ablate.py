@@ -36,14 +36,14 @@ def eval_set_from_args(args, data):
 def searched_genotype(args, task, profile, data, budget):
     """--genotype, else the differentiable search at the profile's backbone (full width: what is trained here).
     Returns the genotype, acla-all's key counts, and the position scores (None for a given genotype)."""
-    from search_space.search import derived_keys
-    from workers.search_run import SearchConfig, position_scores, run_search
     from .local_commands import read_genotype
     if args.genotype:
         genotype = read_genotype(args.genotype)
         if (genotype.task, genotype.scale, genotype.in_channels) != (task.name, task.scale, task.in_channels):
             raise UsageError(f"genotype {args.genotype} is for {genotype.task} x{genotype.scale}, not {task.label}")
         return genotype, None, None
+    from search_space.search import derived_keys
+    from workers.search_run import SearchConfig, position_scores, run_search
     config = SearchConfig(task=task, budget_macs=budget, channels=profile.channels, blocks=profile.blocks,
                           stages=profile.stages, max_keys=profile.max_keys, attention=args.attention,
                           weight_lr=profile.weight_lr, arch_lr=profile.arch_lr, seed=args.seed)
@@ -133,11 +133,8 @@ def build_requested_variants(args, searched, all_keys):
 def command_ablate(args: argparse.Namespace) -> int:
     from workers.ablation import AblationError, check_backbone_budget, markdown_table, summarise_variants
     from .settings import settings_from_args
-    from .tracking import mlflow_client
-    from .driver import ray_session
     from .local_commands import (check_training_data, data_from_args, profile_from_args, search_profile,
                                  task_spec_from_args, user_errors)
-    from .tracking import ensure_experiment, experiment_name
 
     task, profile = task_spec_from_args(args), search_profile(args, profile_from_args(args))
     data = data_from_args(args)
@@ -153,6 +150,8 @@ def command_ablate(args: argparse.Namespace) -> int:
             variants, skipped = build_requested_variants(args, searched, all_keys)
         except AblationError as err:
             raise UsageError(str(err)) from None
+    from .driver import ray_session  # Ray and MLflow, once every input has passed its checks
+    from .tracking import ensure_experiment, experiment_name, mlflow_client
     client = mlflow_client(run)
     experiment_id = ensure_experiment(client, experiment_name(task.label), run.artifact_root, run.tracking_uri)
     prefix = f"ablations/{experiment_name(task.label)}/{uuid.uuid4().hex[:12]}"

@@ -38,7 +38,7 @@ from search_space.registry import get_kind
 
 from .profiles import Profile
 from .tasks import TaskSpec
-from .train import DataSpec, train
+from .data import DataSpec
 
 VARIANTS = ("plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-random", "acla-searched")
 MATCH_TOLERANCE = 0.05  # plain-matched and each random placement lie within 5% of acla-searched's MACs
@@ -207,6 +207,7 @@ def train_variant(*, name: str, genotype: Genotype, task: TaskSpec, data: DataSp
                   seed: int, checkpoint_path: str | None = None, placement: int | None = None) -> dict:
     """Train one variant from scratch on `data.train` and score it on every whole image of `data.valid`."""
     started = time.perf_counter()
+    from .train import train  # torch, here: the CLI builds and checks the variants without it
     result = train(genotype=genotype, task=task, data=data, profile=dataclasses.replace(profile, valid_crop=0),
                    steps=steps, seed=seed, checkpoint_path=checkpoint_path)
     metrics = result.metrics
