@@ -20,14 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from search_space.genotype import Genotype
 from workers.checkpoint import load_checkpoint
-from workers.data import ImageSet
+from workers.data import DataSpec, ImageSet
 from workers.profiles import get_profile
 from workers.tasks import TaskSpec
-from workers.train import DataSpec, TrainHooks, train
 
 from .progress import loss_status, progress_bar
 
@@ -37,6 +34,9 @@ CHECKPOINT_FILE = "model.pt"
 def retrain_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
+    import torch  # in the worker: the driver imports this module without torch
+
+    from workers.train import TrainHooks, train
 
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.set_num_threads(max(1, int(config["threads_per_worker"])))

@@ -11,19 +11,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from search_space.backbone import build_network
 from search_space.cost import count_parameters, genotype_macs
 
-from workers.device import describe_device, training_device
-from workers.latency import measure_latency_ms
 from workers.backbones import parse_backbone
+from workers.data import DataSpec
 from workers.profiles import Profile
-from workers.search_run import (SearchConfig, load_search_result, position_scores, run_search,
-                                save_search_result)
 from workers.tasks import TaskSpec
-from workers.train import DataSpec, Report, measure_active_keys, train
+
+if TYPE_CHECKING:
+    from workers.train import Report
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -68,6 +66,13 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
     (inheriting the supernet's weights) and measure. Returns flat metrics: `macs` of the target genotype (what
     retraining builds), `proxy_macs` of what was trained here. `keep_weights` gets the proxy-trained weights (on
     the CPU), which the retraining widens and starts from."""
+    # torch and the training code, here: the driver imports this module for Tune without paying for them
+    from search_space.backbone import build_network
+    from workers.device import describe_device, training_device
+    from workers.latency import measure_latency_ms
+    from workers.search_run import (SearchConfig, load_search_result, position_scores, run_search,
+                                    save_search_result)
+    from workers.train import measure_active_keys, train
     started = time.perf_counter()
     task, profile = settings.task, settings.profile
     channels, blocks = parse_backbone(params["backbone"])

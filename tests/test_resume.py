@@ -172,7 +172,8 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(tmp_path, monkeypatc
     its last training checkpoint, and ends exactly as an uninterrupted trial."""
     import dataclasses
 
-    import orchestrator.trial as trial_module
+    import workers.search_run as search_module  # run_trial imports train and run_search from these when it runs
+    import workers.train as train_module
     from orchestrator.trial import TrialSettings, run_trial, trial_folder
     from workers.backbones import feasible_backbones
     from workers.data import embedded_sets
@@ -186,20 +187,20 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(tmp_path, monkeypatc
     uninterrupted = run_trial(params, settings)
 
     kept = dataclasses.replace(settings, checkpoint_root=str(tmp_path))
-    real_train, real_search = trial_module.train, trial_module.run_search
+    real_train, real_search = train_module.train, search_module.run_search
 
     def killed_halfway(**kwargs):
         real_train(**kwargs, stop_after=profile.train_steps // 2)
         raise RuntimeError("the worker died")
-    monkeypatch.setattr(trial_module, "train", killed_halfway)
+    monkeypatch.setattr(train_module, "train", killed_halfway)
     with pytest.raises(RuntimeError, match="worker died"):
         run_trial(params, kept)
     folder = trial_folder(kept, params)
     assert (folder / "search.pt").is_file() and (folder / "train.pt").is_file()
 
     searches = []
-    monkeypatch.setattr(trial_module, "train", real_train)
-    monkeypatch.setattr(trial_module, "run_search", lambda *a, **k: searches.append(1) or real_search(*a, **k))
+    monkeypatch.setattr(train_module, "train", real_train)
+    monkeypatch.setattr(search_module, "run_search", lambda *a, **k: searches.append(1) or real_search(*a, **k))
     resumed = run_trial(params, kept)
     assert searches == []  # the search was not run again
     assert resumed["genotype"] == uninterrupted["genotype"] and resumed["psnr"] == uninterrupted["psnr"]
