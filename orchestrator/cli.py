@@ -40,6 +40,23 @@ def budget_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+MAX_SWEEP_BUDGETS = 8  # a sweep's searches run one after another in one Ray session: a front, not a grid
+
+
+def budgets_arg(text: str) -> list[float]:
+    """A sweep's budgets: each a budget, none twice (2G and 2000M are one budget), at most MAX_SWEEP_BUDGETS."""
+    budgets = [budget_arg(part) for part in text.split(",")]
+    repeated = sorted({b for b in budgets if budgets.count(b) > 1})
+    if repeated:
+        from search_space.budget import format_macs
+        raise argparse.ArgumentTypeError(f"budget {format_macs(repeated[0])} is given more than once in '{text}'; "
+                                         f"expected each budget once")
+    if len(budgets) > MAX_SWEEP_BUDGETS:
+        raise argparse.ArgumentTypeError(f"{len(budgets)} budgets; a sweep takes at most {MAX_SWEEP_BUDGETS} "
+                                         f"(run another sweep for the rest)")
+    return budgets
+
+
 def add_task_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--task and each task's option flag, from the task table (search_space/registry.py)."""
     parser.add_argument("--task", required=required, choices=TASK_NAMES,
@@ -147,8 +164,8 @@ def add_orchestrator_verbs(verbs) -> None:
     search.set_defaults(handler="cli:command_search")
 
     sweep = verbs.add_parser("sweep", help="several budgets in one Ray session, filling one front")
-    sweep.add_argument("--budgets", required=True, type=lambda text: [budget_arg(b) for b in text.split(",")],
-                       help="comma-separated budgets, e.g. 20G,35G,50G,80G")
+    sweep.add_argument("--budgets", required=True, type=budgets_arg,
+                       help=f"comma-separated budgets, e.g. 20G,35G,50G,80G (at most {MAX_SWEEP_BUDGETS}, each once)")
     add_search_args(sweep)
     sweep.set_defaults(handler="cli:command_search")
 
