@@ -54,7 +54,7 @@ def command_restore(args: argparse.Namespace) -> int:
     if clashes:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
     resolved = resolve_reference(args)
-    with user_errors():  # every input read before the model (and torch) is loaded, and checked before anything is written
+    with user_errors():  # every input read before the model (and torch) loads; nothing is written before all pass
         inputs = [(path, load_image(path)) for path in args.inputs]
     network, _, task = load_model(args, resolved)
     from workers.restore import MIN_SIDE, restore_array, tile_count
