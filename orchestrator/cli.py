@@ -49,7 +49,7 @@ def budgets_arg(text: str) -> list[float]:
     repeated = sorted({b for b in budgets if budgets.count(b) > 1})
     if repeated:
         from search_space.budget import format_macs
-        raise argparse.ArgumentTypeError(f"budget {format_macs(repeated[0])} is given more than once in '{text}'; "
+        raise argparse.ArgumentTypeError(f"budget {format_macs(repeated[0])}MACs is given more than once in '{text}'; "
                                          f"expected each budget once")
     if len(budgets) > MAX_SWEEP_BUDGETS:
         raise argparse.ArgumentTypeError(f"{len(budgets)} budgets; a sweep takes at most {MAX_SWEEP_BUDGETS} "
