@@ -8,11 +8,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search_space.genotype import Genotype
 
 from .atomic import write_atomically
 from .tasks import TaskSpec
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_FORMAT = 1
 CODE_VERSION = "0.1.0"
@@ -23,7 +27,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or is not ours; the message names the file."""
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: "torch.nn.Module", genotype: Genotype, task: TaskSpec,
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, genotype: Genotype, task: TaskSpec,
                     profile: str, step: int, training_state: dict | None = None, metrics: dict | None = None) -> Path:
     import torch
     payload = {"format": CHECKPOINT_FORMAT, "code_version": CODE_VERSION, "genotype": genotype.to_json(),
