@@ -45,15 +45,16 @@ MAX_SWEEP_BUDGETS = 8  # a sweep's searches run one after another in one Ray ses
 
 def budgets_arg(text: str) -> list[float]:
     """A sweep's budgets: each a budget, none twice (2G and 2000M are one budget), at most MAX_SWEEP_BUDGETS."""
-    budgets = [budget_arg(part) for part in text.split(",")]
+    parts = text.split(",")
+    if len(parts) > MAX_SWEEP_BUDGETS:  # counted before anything is parsed: a pasted list of thousands is cheap
+        raise argparse.ArgumentTypeError(f"{len(parts)} budgets; a sweep takes at most {MAX_SWEEP_BUDGETS} "
+                                         f"(run another sweep for the rest)")
+    budgets = [budget_arg(part) for part in parts]
     repeated = sorted({b for b in budgets if budgets.count(b) > 1})
     if repeated:
         from search_space.budget import format_macs
         raise argparse.ArgumentTypeError(f"budget {format_macs(repeated[0])}MACs is given more than once in '{text}'; "
                                          f"expected each budget once")
-    if len(budgets) > MAX_SWEEP_BUDGETS:
-        raise argparse.ArgumentTypeError(f"{len(budgets)} budgets; a sweep takes at most {MAX_SWEEP_BUDGETS} "
-                                         f"(run another sweep for the rest)")
     return budgets
 
 
