@@ -188,17 +188,22 @@ CASES = [
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def case_env(work: Path) -> dict:
+    """A case's environment: its own run directory, and none of the user's settings that would point elsewhere."""
+    env = {**os.environ, "ACLA_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
+    for variable in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_ENDPOINT_URL", "ACLA_MAX_PIXELS"):
+        env.pop(variable, None)
+    return env
+
+
 def run_case(case, folder: Path) -> dict:
     _, argv, setup, _ = case
     work = folder / f"case-{CASES.index(case)}"
     work.mkdir()
     setup(work)
     before = set(work.rglob("*"))
-    env = {**os.environ, "ACLA_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
-    for variable in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_ENDPOINT_URL", "ACLA_MAX_PIXELS"):
-        env.pop(variable, None)
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=work, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=work, env=case_env(work),
+                         capture_output=True, text=True, timeout=300)
     return {"returncode": out.returncode, "stderr": out.stderr,
             "left": sorted(str(p.relative_to(work)) for p in set(work.rglob("*")) - before)}
 
@@ -242,8 +247,7 @@ def test_bad_input_is_answered_before_torch_mlflow_or_ray_is_imported(tmp_path):
         work = tmp_path / f"light-{CASES.index(case)}"
         work.mkdir()
         case[2](work)
-        env = {**os.environ, "ACLA_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
-        out = subprocess.run([sys.executable, "-c", probe, *case[1]], cwd=work, env=env, capture_output=True,
-                             text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", probe, *case[1]], cwd=work, env=case_env(work),
+                             capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and case[3].lower() in out.stderr.lower(), (name, out.stderr[-1000:])
         assert out.stdout.strip() == "[]", (name, out.stdout)
