@@ -53,9 +53,9 @@ def command_restore(args: argparse.Namespace) -> int:
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
-    resolved = resolve_reference(args)
-    with user_errors():  # every input read before the model (and torch) loads; nothing is written before all pass
+    with user_errors():  # every input read before the model is fetched or loaded; nothing is written before all pass
         inputs = [(path, load_image(path)) for path in args.inputs]
+    resolved = resolve_reference(args)
     network, _, task = load_model(args, resolved)
     from workers.restore import MIN_SIDE, restore_array, tile_count
     images = []
