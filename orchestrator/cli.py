@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -74,16 +75,16 @@ def add_task_args(parser: argparse.ArgumentParser, required: bool = True) -> Non
 def search_job_from_args(args: argparse.Namespace):
     """The flags of `search`, `sweep` or a replayed `resume`, as the dataclass everything below reads."""
     from .local_commands import data_from_args, profile_from_args, search_profile, task_spec_from_args
-    from .records import SearchJob
+    from .records import SearchJob, Sweep
     task = task_spec_from_args(args)
+    budgets = tuple(args.budgets if getattr(args, "budgets", None) else [args.budget])
     profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
     return SearchJob(task=task, profile=profile, data=data,
-                     budgets=tuple(args.budgets if getattr(args, "budgets", None) else [args.budget]),
+                     budgets=budgets, sweep=Sweep(secrets.token_hex(6), budgets) if args.verb == "sweep" else None,
                      attention=args.attention, trials=args.trials or profile.trials,
                      concurrency=args.concurrency or profile.concurrency, seed=args.seed, retrain_top=args.retrain_top,
                      retrain_workers=args.retrain_workers, retrain=not args.no_retrain, json=args.json,
-                     command_line=redacted_command(sys.argv), request=platform_request(args),
-                     resume_parent=getattr(args, "resume_parent", None))
+                     command_line=redacted_command(sys.argv), request=platform_request(args))
 
 
 def redacted_command(argv: list[str]) -> str:

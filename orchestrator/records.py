@@ -23,6 +23,13 @@ STORED_JOB_VERSION = 2  # 1: the search's argparse flags (before #23); 2: the Se
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A sweep's identity: its id, and every budget it asked for, in order."""
+    id: str
+    budgets: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class SearchJob:
     """What a search asks for. `request` is where it ran (its platform flags, passwords redacted), which `resume`
     uses where it is given no others; the job itself is stored as data (`to_stored`) and read back by `resume`
@@ -41,7 +48,13 @@ class SearchJob:
     json: bool
     command_line: str
     request: dict = field(default_factory=dict)
-    resume_parent: str | None = None
+    # A sweep's id (`sweep`, not `search`), kept with each of its budgets' searches: `resume` finds its budgets
+    # by it and finishes them as one job, the ones never begun included.
+    sweep: Sweep | None = None
+    resume_parents: dict = field(default_factory=dict)  # {budget: the parent run it continues}, when resumed
+
+    def resume_parent(self, budget: float) -> str | None:
+        return self.resume_parents.get(budget)
 
     def to_stored(self, budget: float) -> dict:
         """This job, for one of its budgets, as plain JSON data (the search state's `request`)."""
@@ -49,12 +62,18 @@ class SearchJob:
         job = {"task": dataclasses.asdict(self.task), "profile": dataclasses.asdict(self.profile),
                "data": {"train": dataclasses.asdict(self.data.train), "valid": dataclasses.asdict(self.data.valid)},
                "budgets": [budget], **{name: getattr(self, name) for name in JOB_SCALARS}}
-        return {"version": STORED_JOB_VERSION, "job": job, "platform": dict(self.request), "budget": budget}
+        stored = {"version": STORED_JOB_VERSION, "job": job, "platform": dict(self.request), "budget": budget}
+        if self.sweep is not None:
+            stored["sweep"] = {"id": self.sweep.id, "budgets": list(self.sweep.budgets)}
+        return stored
 
     @classmethod
-    def from_stored(cls, stored: dict, *, json_output: bool, resume_parent: str | None) -> "SearchJob":
-        """The job a search stored (`to_stored`), to run again as `resume_parent`. ValueError for a request of
-        another version (a search begun before #23 stored its flags; finish it with the release that began it)."""
+    def from_stored(cls, stored: dict, *, json_output: bool, resume_parents: dict,
+                    budgets: tuple[float, ...] | None = None) -> "SearchJob":
+        """The job a search stored (`to_stored`), to run again for `budgets` (default: its own), continuing
+        `resume_parents` ({budget: parent run}); a budget without one is searched anew. ValueError for a request
+        of another version (a search begun before #23 stored its flags; finish it with the release that began
+        it)."""
         from workers.data import ImageSet
         from workers.profiles import Profile
         from workers.tasks import TaskSpec
@@ -66,9 +85,11 @@ class SearchJob:
         profile = {k: tuple(v) if isinstance(v, list) else v for k, v in job["profile"].items()}
         data = DataSpec(*(ImageSet(job["data"][part]["name"], tuple(job["data"][part]["paths"]))
                           for part in ("train", "valid")))
+        sweep = Sweep(stored["sweep"]["id"], tuple(stored["sweep"]["budgets"])) if stored.get("sweep") else None
         return cls(task=TaskSpec(**job["task"]), profile=Profile(**profile), data=data,
-                   budgets=tuple(job["budgets"]), request=dict(stored.get("platform", {})), json=json_output,
-                   resume_parent=resume_parent, **{name: job[name] for name in JOB_SCALARS})
+                   budgets=tuple(budgets or job["budgets"]),
+                   request=dict(stored.get("platform", {})), json=json_output, sweep=sweep,
+                   resume_parents=dict(resume_parents), **{name: job[name] for name in JOB_SCALARS})
 
 
 # The SearchJob fields stored as they are.

@@ -76,8 +76,8 @@ def run_search(job: SearchJob, run, store) -> int:
         for budget in job.budgets:
             summaries.append(run_one_budget(job, budget, backbones[budget], resources, run=run, store=store,
                                             client=client))
-    if job.json:
-        print(json.dumps(summaries[0] if len(summaries) == 1 else {"searches": summaries}))
+    if job.json:  # a sweep's budgets as a list, however many this job ran of them
+        print(json.dumps({"searches": summaries} if job.sweep or len(summaries) > 1 else summaries[0]))
     else:
         for summary in summaries:
             print_summary(summary)
@@ -105,8 +105,9 @@ def check_retrain_workers(workers: int, profile) -> None:
 
 def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resources: dict, *, run, store,
                    client) -> dict:
-    """One budget's search, recorded as it goes in the run directory's search state; with `job.resume_parent`
-    it continues that search: its finished trials kept, its interrupted ones run again, its retrains done."""
+    """One budget's search, recorded as it goes in the run directory's search state; with a parent run for this
+    budget in `job.resume_parents` it continues that search: its finished trials kept, its interrupted ones run
+    again, its retrains done."""
     from .driver import SearchRequest, git_commit, run_search_on_ray
     from .state import SearchState, resume_plan
     from .winners import pick_winners, record_trials
@@ -121,8 +122,9 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
     name = experiment_name(task.label)
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)
-    if job.resume_parent:
-        parent_id, plan = job.resume_parent, resume_plan(state, job.resume_parent)
+    if job.resume_parent(budget):
+        parent_id = job.resume_parent(budget)
+        plan = resume_plan(state, parent_id)
         close_stale_runs(client, experiment_id, parent_id)
         reopen_parent(client, parent_id)
     else:

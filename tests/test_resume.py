@@ -74,15 +74,17 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
     assert reread.search("p1")["status"] == "killed"
 
 
-SEARCH = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--trials", "3", "--concurrency", "1",
-          "--no-retrain", "--json"]
+SWEEP = ["sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency",
+         "1", "--no-retrain", "--json"]
 
 
 def trial_set(summary: dict) -> list[tuple]:
     return sorted((t["macs"], round(t["psnr"], 4), json.dumps(t["positions"]), t["pareto"]) for t in summary["trials"])
 
 
-def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
+def test_kill_9_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
+    """A sweep of two budgets killed with -9 during its first budget's second trial: `resume --last` finishes it
+    as one job (the cut-off budget continued, the one never begun searched), equal to an uninterrupted sweep."""
     from mlflow.tracking import MlflowClient
     from storage.manifest import verify_artifact_set
     from storage.stores import StorageConfig, open_store
@@ -92,58 +94,61 @@ def test_kill_9_then_resume_finishes_the_search_as_if_uninterrupted(tmp_path):
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     os.makedirs(whole)
     os.makedirs(broken)
-    out = acla(*SEARCH, home=whole)
+    out = acla(*SWEEP, home=whole)
     assert out.returncode == 0, out.stderr[-3000:]
-    uninterrupted = json.loads(out.stdout)
+    uninterrupted = json.loads(out.stdout)["searches"]
 
     env = {**os.environ, "ACLA_HOME": broken, "MLFLOW_DISABLE_TELEMETRY": "true",
            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *SEARCH], env=env, cwd=broken,
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *SWEEP], env=env, cwd=broken,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state, deadline = SearchState(broken), time.time() + 300
-    while time.time() < deadline and driver.poll() is None:  # one trial finished and the next one running
+    while time.time() < deadline and driver.poll() is None:  # the first budget: one trial finished, one running
         searches = state.searches()
         trials = state.trials(searches[0]["parent_run_id"]) if searches else []
         if [t["state"] for t in trials] == ["finished", "running"]:
             break
         time.sleep(0.2)
-    assert driver.poll() is None, "the search ended before it could be killed"
+    assert driver.poll() is None, "the sweep ended before it could be killed"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
     driver.wait()
     kill_mentioning(broken)  # Ray's daemons, should any have left the session: the machine is gone
     status = json.loads(acla("status", "--json", home=broken).stdout)
-    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
-    parent_id = status["searches"][0]["run_id"]
+    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]  # the second budget never began
+    first_parent = status["searches"][0]["run_id"]
 
     out = acla("resume", "--last", "--json", home=broken)
     assert out.returncode == 0, out.stderr[-3000:]
-    resumed = json.loads(out.stdout)
-    assert resumed["parent_run_id"] == parent_id
+    resumed = json.loads(out.stdout)["searches"]
+    assert [s["budget_macs"] for s in resumed] == [s["budget_macs"] for s in uninterrupted] == [1.5e9, 2e9]
+    assert resumed[0]["parent_run_id"] == first_parent
 
-    # the front, and every trial, equal the uninterrupted search's
-    assert trial_set(resumed) == trial_set(uninterrupted)
+    # each budget's front, and every trial, equal the uninterrupted sweep's
+    assert [trial_set(s) for s in resumed] == [trial_set(s) for s in uninterrupted]
     # one FINISHED MLflow trial run per trial, the cut-off attempt's run (created when it started) KILLED, none
-    # left RUNNING, the parent FINISHED
+    # left RUNNING, both parents FINISHED
     client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
     experiment = client.get_experiment_by_name("acla-car-q10")
     runs = client.search_runs([experiment.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
-    assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 3 + ["KILLED"]
-    assert client.get_run(parent_id).info.status == "FINISHED"
-    # no finished trial ran twice: the interrupted one ran again, nothing else did
-    trials = SearchState(broken).trials(parent_id)
-    assert sorted(t["state"] for t in trials) == ["finished", "finished", "finished", "interrupted"]
+    assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 4 + ["KILLED"]
+    assert [client.get_run(s["parent_run_id"]).info.status for s in resumed] == ["FINISHED"] * 2
+    # no finished trial ran twice: the interrupted one ran again, nothing else did; the second budget ran once
+    trials = SearchState(broken).trials(first_parent)
+    assert sorted(t["state"] for t in trials) == ["finished", "finished", "interrupted"]
     configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
     finished = [c for c, t in zip(configs, trials) if t["state"] == "finished"]
-    assert len(set(finished)) == 3
+    assert len(set(finished)) == 2
     assert configs.count(configs[[t["state"] for t in trials].index("interrupted")]) == 2  # the same config again
+    assert [t["state"] for t in SearchState(broken).trials(resumed[1]["parent_run_id"])] == ["finished"] * 2
+    assert acla("resume", "--last", home=broken).returncode == 2  # nothing left to resume
     # every artifact set verifies
     store = open_store(StorageConfig(os.path.join(broken, "artifacts")))
     manifests = [key.rsplit("/", 1)[0] for key in store.list() if key.endswith("manifest.json")]
-    assert len(manifests) >= 4  # three genotypes and the trial table
+    assert len(manifests) >= 6  # four genotypes and the two trial tables
     for prefix in manifests:
         verify_artifact_set(store, prefix)
 

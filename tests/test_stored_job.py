@@ -20,14 +20,77 @@ def test_a_search_job_round_trips_through_its_stored_json():
     job = search_job_from_args(args)
     stored = json.loads(json.dumps(job.to_stored(3e9)))  # what the search state keeps
     assert "secret" not in json.dumps(stored)
-    again = SearchJob.from_stored(stored, json_output=True, resume_parent="p1")
+    again = SearchJob.from_stored(stored, json_output=True, resume_parents={3e9: "p1"})
     assert again.task == job.task and again.profile == job.profile and again.data == job.data
     assert (again.profile.search_steps, again.profile.search_warmup) == (5, 2)  # the overrides, as searched
     assert (again.budgets, again.attention, again.trials, again.seed) == ((3e9,), "acla-shared", 3, 7)
-    assert (again.json, again.resume_parent) == (True, "p1")
+    assert (again.json, again.resume_parent(3e9), again.sweep) == (True, "p1", None)
     assert again.request["tracking_uri"] == "postgresql://user:***@127.0.0.1:5/db"
     with pytest.raises(ValueError, match="version 1"):
-        SearchJob.from_stored({"verb": "search", "budget": 3e9}, json_output=False, resume_parent="p1")
+        SearchJob.from_stored({"verb": "search", "budget": 3e9}, json_output=False, resume_parents={3e9: "p1"})
+
+
+def sweep_state(tmp_path, budgets=("2G", "3G", "4G")):
+    """The search state a sweep leaves: each budget's search begun as the driver begins it."""
+    from orchestrator.state import SearchState
+    args = build_parser().parse_args(["sweep", "--budgets", ",".join(budgets), "--task", "car", "--profile", "smoke"])
+    job, state = search_job_from_args(args), SearchState(tmp_path)
+    return job, state
+
+
+def test_a_sweep_resumes_as_one_job_its_unbegun_budgets_included(tmp_path, monkeypatch):
+    import argparse
+
+    from orchestrator import resume
+    from orchestrator.state import SearchState
+    job, state = sweep_state(tmp_path)
+    assert job.sweep.budgets == (2e9, 3e9, 4e9) and len(job.sweep.id) == 12
+    state.begin("p2", "e1", job.to_stored(2e9))
+    state.end("p2", "finished")
+    state.begin("p3", "e1", job.to_stored(3e9))  # this process "dies" here: 3G cut off, 4G never begun
+    other, _ = sweep_state(tmp_path / "other", ("2G",))
+    state.begin("q2", "e1", other.to_stored(2e9))  # another sweep in the same run directory, begun later, finished
+    state.end("q2", "finished")
+    monkeypatch.setattr("orchestrator.state.driver_alive", lambda host, pid: False)
+    searches = SearchState(tmp_path).searches()
+    picked = resume.pick_search(SearchState(tmp_path), None)
+    assert picked["parent_run_id"] == "p3"
+    assert resume.resume_targets(searches, picked) == ((3e9, 4e9), {3e9: "p3"})
+    # any budget of the sweep names it: the finished one too, while the sweep is unfinished
+    finished = next(s for s in searches if s["parent_run_id"] == "p2")
+    assert resume.pick_search(SearchState(tmp_path), "p2") == finished
+    assert resume.resume_targets(searches, finished) == ((3e9, 4e9), {3e9: "p3"})
+    with pytest.raises(Exception, match="has finished"):  # the other sweep is its own, and it has finished
+        resume.pick_search(SearchState(tmp_path), "q2")
+    # `resume` runs the stored job once, for both budgets, continuing p3 and beginning 4G
+    ran = []
+    monkeypatch.setattr("orchestrator.search_job.run_search", lambda job, run, store: ran.append(job) or 0)
+    args = build_parser().parse_args(["resume", "--last", "--json"])
+    monkeypatch.setenv("ACLA_HOME", str(tmp_path))
+    import sqlite3
+    sqlite3.connect(tmp_path / "mlflow.db").execute("CREATE TABLE t (x)")  # the search's store (resume reads it)
+    assert resume.command_resume(args) == 0
+    assert len(ran) == 1 and ran[0].budgets == (3e9, 4e9) and ran[0].sweep == job.sweep
+    assert (ran[0].resume_parent(3e9), ran[0].resume_parent(4e9)) == ("p3", None)
+    assert json.loads(json.dumps(ran[0].to_stored(4e9)))["sweep"] == {"id": job.sweep.id, "budgets": [2e9, 3e9, 4e9]}
+
+
+def test_a_sweep_cut_off_between_two_budgets_is_found_by_resume_last(tmp_path, monkeypatch):
+    from orchestrator import resume
+    from orchestrator.state import SearchState
+    job, state = sweep_state(tmp_path, ("2G", "3G"))
+    state.begin("p2", "e1", job.to_stored(2e9))
+    state.end("p2", "finished")
+    with pytest.raises(Exception, match="no interrupted search"):  # its driver is this process: still running
+        resume.pick_search(SearchState(tmp_path), None)
+    monkeypatch.setattr("orchestrator.state.driver_alive", lambda host, pid: False)
+    searches = SearchState(tmp_path).searches()
+    picked = resume.pick_search(SearchState(tmp_path), None)
+    assert picked["parent_run_id"] == "p2" and resume.resume_targets(searches, picked) == ((3e9,), {})
+    state.begin("p3", "e1", job.to_stored(3e9))
+    state.end("p3", "finished")
+    with pytest.raises(Exception, match="nothing to resume"):  # every budget finished
+        resume.pick_search(SearchState(tmp_path), None)
 
 
 def test_no_password_in_the_stored_command_line():
