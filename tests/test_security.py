@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.procs import mentioning
+from tests.procs import mentioning, processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,6 +103,11 @@ def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_a
             "CONNECTED " + str(os.cpu_count())
         agent_log = (Path(run_dir) / "ray" / "session_latest" / "logs" / "dashboard_agent.log").read_text()
         assert "Dashboard agent http address: 127.0.0.1:" in agent_log and "failed to bind" not in agent_log.lower()
+        # no idle Python workers started ahead of need (a search's trials could not take them; driver.py)
+        raylet, = [pid for pid, line in mentioning(run_dir) if line.split()[0].endswith("/raylet")]
+        workers = [line for _, parent, line in processes() if parent == raylet and
+                   (line.startswith("ray::") or "workers/default_worker.py" in line.split(" ", 2)[1])]
+        assert [w for w in workers if "Agent" not in w] == [], workers
     finally:
         holder.communicate("\n", timeout=60)
         squatter.close()
