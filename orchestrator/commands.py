@@ -45,7 +45,7 @@ def pareto_from_table(args, store) -> int:
     from storage.trial_table import read_trials
 
     from .pareto import pareto_front, plot_front
-    from .tracking import experiment_name
+    from .records import experiment_name
     name = experiment_name(task_spec_from_args(args).label)
     try:
         rows = read_trials(store, name).to_pylist()

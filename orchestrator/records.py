@@ -19,6 +19,13 @@ TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "in
 TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip", "node_id")
 
 
+def experiment_name(task_label: str) -> str:
+    """One experiment (and one registered model) per task variant: `acla-car-q10`, `acla-sr-x4`. Car q10 and q40,
+    or SR x2 and x4, are different problems with their own fronts. Here, not in tracking.py: the Parquet table's
+    readers name it without importing MLflow."""
+    return f"acla-{task_label}"
+
+
 STORED_JOB_VERSION = 2  # 1: the search's argparse flags (before #23); 2: the SearchJob itself
 
 

@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .pareto import pareto_front, plot_front, point_label
-from .records import TRIAL_METRICS, TRIAL_PARAMS
+from .records import TRIAL_METRICS, TRIAL_PARAMS, experiment_name  # noqa: F401 (re-exported)
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 TRIAL_RESULT_KEYS = TRIAL_METRICS + TRIAL_PARAMS + ("genotype", "position_scores")
@@ -40,12 +40,6 @@ def mlflow_client(run):
     import mlflow
     mlflow.set_tracking_uri(run.tracking_uri)
     return client_for(run.tracking_uri)
-
-
-def experiment_name(task_label: str) -> str:
-    """One experiment (and one registered model) per task variant: `acla-car-q10`, `acla-sr-x4`. Car q10 and q40,
-    or SR x2 and x4, are different problems with their own fronts."""
-    return f"acla-{task_label}"
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: str, tracking_uri: str) -> str:
