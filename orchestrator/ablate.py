@@ -150,7 +150,7 @@ def command_ablate(args: argparse.Namespace) -> int:
             variants, skipped = build_requested_variants(args, searched, all_keys)
         except AblationError as err:
             raise UsageError(str(err)) from None
-    from .driver import ray_session  # Ray and MLflow, once every input has passed its checks
+    from .ray_session import ray_session  # Ray and MLflow, once every input has passed its checks
     from .tracking import ensure_experiment, experiment_name, mlflow_client
     client = mlflow_client(run)
     experiment_id = ensure_experiment(client, experiment_name(task.label), run.artifact_root, run.tracking_uri)

@@ -108,7 +108,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     import mlflow  # MLflow and Ray, once the store is known to exist
     from workers.tasks import TaskSpec
 
-    from .driver import ray_session
+    from .ray_session import ray_session
     from .tracking import mlflow_client
     client = mlflow_client(run)
     try:

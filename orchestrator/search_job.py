@@ -62,7 +62,7 @@ def run_search(job: SearchJob, run, store) -> int:
         warning = unused_budget_warning(job.task, job.profile, budget)
         if warning:
             print(warning, file=sys.stderr)
-    from .driver import ray_session  # Ray, MLflow and torch are imported once the inputs have passed
+    from .ray_session import ray_session  # Ray, MLflow and torch are imported once the inputs have passed
     from .tracking import mlflow_client
     summaries = []
     # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).

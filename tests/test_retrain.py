@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETRAIN = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from orchestrator.driver import ray_session
+    from orchestrator.ray_session import ray_session
     from orchestrator.retrain import retrain_genotype
     from orchestrator.settings import RunSettings
     from search_space.genotype import Genotype
@@ -68,7 +68,7 @@ PROGRESS = textwrap.dedent("""
     from pathlib import Path
     import ray
     from ray.util.queue import Queue
-    from orchestrator.driver import ray_session
+    from orchestrator.ray_session import ray_session
     from orchestrator.retrain import fit_reporting, put_progress
     from orchestrator.settings import RunSettings
     home = Path(sys.argv[1])

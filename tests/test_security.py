@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_A_LOCAL_RAY = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    from orchestrator.driver import ray_session
+    from orchestrator.ray_session import ray_session
     from orchestrator.settings import RunSettings
     run = RunSettings(run_dir=Path(sys.argv[1]), tracking_uri="", artifact_root="", ray_address=None)
     with ray_session(run) as ray:

@@ -39,8 +39,6 @@ def sweep_state(tmp_path, budgets=("2G", "3G", "4G")):
 
 
 def test_a_sweep_resumes_as_one_job_its_unbegun_budgets_included(tmp_path, monkeypatch):
-    import argparse
-
     from orchestrator import resume
     from orchestrator.state import SearchState
     job, state = sweep_state(tmp_path)
