@@ -83,7 +83,8 @@ def search_job_from_args(args: argparse.Namespace):
                      budgets=budgets, sweep=Sweep(secrets.token_hex(6), budgets) if args.verb == "sweep" else None,
                      attention=args.attention, trials=args.trials or profile.trials,
                      concurrency=args.concurrency or profile.concurrency, seed=args.seed, retrain_top=args.retrain_top,
-                     retrain_workers=args.retrain_workers, retrain=not args.no_retrain, json=args.json,
+                     retrain_workers=args.retrain_workers, retrain=not args.no_retrain, width=not args.no_width,
+                     json=args.json,
                      command_line=redacted_command(sys.argv), request=platform_request(args))
 
 
@@ -145,6 +146,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
                         help="retrain the best trial (1, default) or the top k Pareto-front members")
     parser.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
     parser.add_argument("--no-retrain", action="store_true", help="stop after the search and the front")
+    parser.add_argument("--no-width", action="store_true",
+                        help="no width line: skip training the plain backbone that fills each budget (the front's "
+                             "answer to \"does search beat width?\")")
 
 
 def variant_list(text: str) -> tuple[str, ...]:

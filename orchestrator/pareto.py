@@ -33,9 +33,10 @@ def point_label(row: dict) -> str:
 
 def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Sequence[bool], budget_macs: float | None,
                title: str, retrained: Sequence[tuple[float, float]] = (), labels: Sequence[str] = (),
-               budgets: Sequence[float] = ()) -> None:
+               budgets: Sequence[float] = (), width: Sequence[tuple[float, float]] = ()) -> None:
     """PSNR against GMACs: every trial, the front highlighted, joined and labelled, the budget line, retrained
-    scores; both axes fit the points."""
+    scores, the width line (the plain net filling each budget, trained alike: does search beat width?); both
+    axes fit the points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -47,6 +48,9 @@ def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Se
         axes.scatter(*zip(*others), s=22, color="0.6", label="trials")
     if front:
         axes.plot(*zip(*front), "-o", color="tab:red", ms=6, label="Pareto front (proxy)")
+    if width:
+        axes.plot(*zip(*sorted((m / 1e9, p) for p, m in width)), "--s", color="tab:green", ms=5,
+                  label="width line (plain, widest in budget)")
     if retrained:
         axes.scatter([m / 1e9 for _, m in retrained], [p for p, _ in retrained], marker="*", s=140,
                      color="tab:blue", label="retrained", zorder=5)
@@ -57,8 +61,8 @@ def plot_front(path: str, *, points: Sequence[tuple[float, float]], on_front: Se
     for index, budget in enumerate(lines):
         axes.axvline(budget / 1e9, color="k", ls="--", lw=1, label="budgets" if index == 0 and len(lines) > 1
                      else None if index else f"budget {budget / 1e9:g} GMACs")
-    xs = [m / 1e9 for _, m in [*points, *retrained]] + [b / 1e9 for b in lines]
-    ys = [p for p, _ in [*points, *retrained]]
+    xs = [m / 1e9 for _, m in [*points, *retrained, *width]] + [b / 1e9 for b in lines]
+    ys = [p for p, _ in [*points, *retrained, *width]]
     if xs:
         low, high, logarithmic = axis_limits(xs)
         if logarithmic:

@@ -55,6 +55,7 @@ class SearchJob:
     json: bool
     command_line: str
     request: dict = field(default_factory=dict)
+    width: bool = True  # train each budget's width line (width.py); --no-width turns it off
     # A sweep's id (`sweep`, not `search`), kept with each of its budgets' searches: `resume` finds its budgets
     # by it and finishes them as one job, the ones never begun included.
     sweep: Sweep | None = None
@@ -96,11 +97,12 @@ class SearchJob:
         return cls(task=TaskSpec(**job["task"]), profile=Profile(**profile), data=data,
                    budgets=tuple(budgets or job["budgets"]),
                    request=dict(stored.get("platform", {})), json=json_output, sweep=sweep,
-                   resume_parents=dict(resume_parents), **{name: job[name] for name in JOB_SCALARS})
+                   resume_parents=dict(resume_parents), **{name: job[name] for name in JOB_SCALARS if name in job})
 
 
 # The SearchJob fields stored as they are.
-JOB_SCALARS = ("attention", "trials", "concurrency", "seed", "retrain_top", "retrain_workers", "retrain", "command_line")
+JOB_SCALARS = ("attention", "trials", "concurrency", "seed", "retrain_top", "retrain_workers", "retrain", "command_line",
+               "width")  # width: absent from a job stored before it existed (then on, its default)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,9 @@ def collect(client, experiment_id: str) -> dict:
                       if "budget_macs" in r.data.tags})
     ablations = client.search_runs([experiment_id], "tags.acla_kind = 'ablation' and attributes.status = 'FINISHED'",
                                    order_by=["attributes.start_time DESC"], max_results=MAX_ABLATIONS)
+    from .width import width_points
     return {"trials": trials, "retrains": [r for r in retrains if r["psnr"] is not None], "budgets": budgets,
+            "width": width_points(client, experiment_id),
             "ablation_run": ablations[0].info.run_id if ablations else None,
             "ablation_runs": [run.info.run_id for run in ablations]}
 
@@ -57,7 +59,27 @@ def front_figure(found: dict, path: Path, title: str) -> None:
     retrained = [(r["psnr"], by_trial[r["trial_run_id"]]["macs"]) for r in found["retrains"] if r["trial_run_id"] in by_trial]
     plot_front(str(path), points=[(t["psnr"], t["macs"]) for t in trials], on_front=[t["pareto"] for t in trials],
                budget_macs=None, budgets=found["budgets"], title=title, retrained=retrained,
-               labels=[point_label(t) for t in trials])
+               labels=[point_label(t) for t in trials], width=[(w["psnr"], w["macs"]) for w in found["width"]])
+
+
+def width_section(width: list[dict], trials: list[dict]) -> tuple[str, str]:
+    """Each budget's width point against the best searched trial within that budget, and a sentence: the front
+    that never beats its width line says so."""
+    from .width import gain_over_width
+    rows, beaten = [], 0
+    for point in width:
+        gain = gain_over_width(point, trials)
+        beaten += bool(gain["beats"])
+        best = next((t for t in trials if t["run_id"] == gain["best"]), None)
+        rows.append([f"{point['budget_macs'] / 1e9:g}", point.get("net", ""), f"{point['macs'] / 1e9:.2f}",
+                     f"{point['psnr']:.3f}", "" if best is None else f"{best['psnr']:.3f}",
+                     "" if gain["gain"] is None else f"{gain['gain']:+.3f}"])
+    if beaten == 0:
+        verdict = f"The front never beats its width line: at none of {len(width)} budgets is a searched net above it."
+    else:
+        verdict = f"A searched net is above the width line at {beaten} of {len(width)} budgets (one seed each)."
+    headers = ["budget (GMACs)", "plain net", "GMACs", "width PSNR", "best searched within budget", "gain (dB)"]
+    return table(headers, rows), verdict
 
 
 def crops_figure(model, task, path: Path, *, seed: int = 0) -> None:
@@ -166,7 +188,15 @@ def build_report(client, experiment, task, tracking_uri: str, folder: Path) -> d
     front = sorted((t for t in found["trials"] if t["pareto"]), key=lambda t: t["macs"])
     sections.append(f"<p>{html.escape(ranking_note(task))}</p>")
     sections.append(front_section(front, found["retrains"], color=task.in_channels == 3))
-    shown = {"trials": len(found["trials"]), "front": len(front), "figures": ["front.png"]}
+    if found["width"]:
+        rows, verdict = width_section(found["width"], found["trials"])
+        sections.append(f"<h2>Width line: does search beat width?</h2><p>{html.escape(verdict)} Each budget's plain "
+                        f"backbone that best fills it, trained as the trials are (proxy width, their steps and "
+                        f"seed); the gain is one paired difference, <code>acla-orch ablate --seeds 3</code> gives "
+                        f"its interval.</p>")
+        sections.append(rows)
+    shown = {"trials": len(found["trials"]), "front": len(front), "figures": ["front.png"],
+             "width": len(found["width"])}
     if found["ablation_run"]:
         import mlflow
 

@@ -110,6 +110,9 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
     again, its retrains done."""
     from .driver import SearchRequest, git_commit, run_search_on_ray
     from .state import SearchState, resume_plan
+    from mlflow.entities import Metric
+
+    from .width import gain_over_width, width_point, width_points
     from .winners import pick_winners, record_trials
     from .tracking import (close_stale_runs, end_parent, ensure_experiment, experiment_name, log_front, reopen_parent,
                            start_parent, summarise_parent, update_front)
@@ -144,18 +147,20 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         progress.stop()
         if not recorded:
             raise UsageError("no trial finished; see the Ray logs under the run directory")
+        width = width_point(settings, resources, client, experiment_id, parent_id) if job.width else None
         rows = update_front(client, experiment_id)
         summarise_parent(client, parent_id, rows)
         record_trials(store, name, parent_id, recorded, rows)
         title = f"{name}: PSNR vs MACs"
-        log_front(client, parent_id, rows, budget_macs=budget, title=title)
+        line = [(p["psnr"], p["macs"]) for p in width_points(client, experiment_id)] if job.width else []
+        log_front(client, parent_id, rows, budget_macs=budget, title=title, width=line)
         front_ids = {r["run_id"] for r in rows if r["pareto"]}
         winners = pick_winners(recorded, front_ids, job.retrain_top)
         retrained = retrain_each(run, store, client, experiment_id, parent_id, settings, winners, job.retrain_workers,
                                  state) if job.retrain else []
         if retrained:
             log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
-                      retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained")
+                      retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained", width=line)
         end_parent(client, parent_id, "FINISHED")
         state.end(parent_id, "finished")
     except KeyboardInterrupt:
@@ -170,7 +175,12 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         end_parent(client, parent_id, "FAILED")
         state.end(parent_id, "failed")
         raise
-    return summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
+    summary = summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
+    if width is not None:
+        summary["width"] = {**width, **gain_over_width(width, summary["trials"])}
+        client.log_batch(parent_id, metrics=[Metric("width_psnr", float(width["psnr"]), 0, 0)] + (
+            [Metric("width_gain", float(summary["width"]["gain"]), 0, 0)] if summary["width"]["gain"] is not None else []))
+    return summary
 
 
 def retrain_each(run, store, client, experiment_id, parent_id, settings, winners, retrain_workers, state) -> list[dict]:
@@ -247,6 +257,9 @@ def summary_lines(summary: dict) -> list[str]:
                  f"{' at most' if expected else ''}{expected})"
                  if t["positions"] else "plain backbone (no attention module fits or pays)")
         lines += textwrap.wrap(where, 78, initial_indent="  ", subsequent_indent="    ")
+    if summary.get("width"):
+        from .width import width_line_text
+        lines += textwrap.wrap(width_line_text(summary["width"], summary["width"]), 78, subsequent_indent="  ")
     for r in summary["retrained"]:
         lines += [f"retrained -> {r.get('alias') or r.get('model_uri')}", f"  MLflow run {r['run_id']}"]
         if r.get("psnr_y") is not None and r.get("input_psnr_y") is not None:

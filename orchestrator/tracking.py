@@ -209,14 +209,15 @@ def front_table(rows: list[dict], extra: tuple[str, ...] = ()) -> pa.Table:
 
 
 def log_front(client: MlflowClient, parent_id: str, rows: list[dict], *, budget_macs: float, title: str,
-              retrained: list[tuple[float, float]] = (), suffix: str = "") -> None:
-    """The front as Parquet and PNG artifacts of the parent run."""
+              retrained: list[tuple[float, float]] = (), suffix: str = "", width: list[tuple[float, float]] = ()) -> None:
+    """The front as Parquet and PNG artifacts of the parent run; `width`, the width line's (psnr, macs)."""
     with tempfile.TemporaryDirectory() as folder:
         table_path = Path(folder) / f"pareto_front{suffix}.parquet"
         pq.write_table(front_table(rows), table_path)
         plot_path = Path(folder) / f"pareto_front{suffix}.png"
         plot_front(str(plot_path), points=[(r["psnr"], r["macs"]) for r in rows], on_front=[r["pareto"] for r in rows],
-                   budget_macs=budget_macs, title=title, retrained=retrained, labels=[point_label(r) for r in rows])
+                   budget_macs=budget_macs, title=title, retrained=retrained, labels=[point_label(r) for r in rows],
+                   width=width)
         client.log_artifact(parent_id, str(table_path), "pareto")
         client.log_artifact(parent_id, str(plot_path), "pareto")
 

@@ -143,7 +143,9 @@ def test_search_end_to_end_sqlite(run_dir):
     from mlflow.tracking import MlflowClient
     tags = MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(summary["parent_run_id"]).data.tags
     assert (tags["search_steps"], tags["search_warmup"]) == ("4", "2")  # the overrides reached the search
-    assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained"}
+    assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained",
+                            "width"}
+    check_width(summary, f"sqlite:///{run_dir}/mlflow.db")
     assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "proxy_macs",
                                          "params", "psnr", "ssim", "pareto", "retrained_psnr", "artifact_uri", "attention_backend",
                                          "position_scores", "macs_expected", "expected_keys",
@@ -171,6 +173,26 @@ def test_search_end_to_end_sqlite(run_dir):
     check_report(run_dir, summary)
 
 
+def check_width(summary, tracking_uri):
+    """The width line: the plain backbone filling the budget, trained as a Ray task and recorded under the parent;
+    the gain is the best trial within the budget minus it (independent of width.py: recomputed here)."""
+    from mlflow.tracking import MlflowClient
+    from workers.backbones import bare_macs, feasible_backbones, parse_backbone
+    from workers.profiles import get_profile
+    from workers.tasks import task_from_options
+    width = summary["width"]
+    task, profile = task_from_options("car"), get_profile("smoke")
+    costs = [bare_macs(task, *parse_backbone(b), profile.stages) for b in feasible_backbones(task, profile, BUDGET)[0]]
+    assert width["macs"] == max(costs) <= BUDGET and width["steps"] == 4 + profile.train_steps  # --search-steps 4
+    best = max((t for t in summary["trials"] if t["macs"] <= BUDGET), key=lambda t: t["psnr"])
+    assert abs(width["gain"] - (best["psnr"] - width["psnr"])) < 1e-3 and width["beats"] == (best["psnr"] > width["psnr"])
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(width["run_id"])
+    assert run.data.tags["acla_kind"] == "width" and run.data.tags["mlflow.parentRunId"] == summary["parent_run_id"]
+    assert run.info.status == "FINISHED" and run.data.params["positions"] == "none"
+    assert abs(client.get_run(summary["parent_run_id"]).data.metrics["width_psnr"] - width["psnr"]) < 1e-6
+
+
 def check_report(run_dir, summary):
     """`report` writes one page with its figures, and a real browser loads every figure."""
     from pathlib import Path
@@ -185,6 +207,9 @@ def check_report(run_dir, summary):
     text = page.read_text()
     # a colour task's front shows both channels, proxy and retrained, beside the input's; it says what it ranks by
     assert all(h in text for h in ("proxy PSNR-Y", "retrained PSNR-RGB", "input RGB", "ranks by PSNR on Y"))
+    assert shown["width"] == 1 and "Width line: does search beat width?" in text and f"{summary['width']['psnr']:.3f}" in text
+    verdict = "is above the width line at 1 of 1" if summary["width"]["beats"] else "never beats its width line"
+    assert verdict in text
     retrained = summary["retrained"][0]
     on_front = any(t["pareto"] and t["run_id"] == retrained["trial_run_id"] for t in summary["trials"])
     assert not on_front or all(f"{retrained[k]:.3f}" in text for k in ("psnr_y", "psnr_rgb", "input_psnr_rgb"))
@@ -194,7 +219,7 @@ def check_report(run_dir, summary):
         return
     dom = rendered_dom(page.as_uri())
     assert 'data-figures="3"' in dom and 'data-figures-loaded="3"' in dom, dom[-2000:]
-    assert "Pareto front" in dom and shown["best_run_id"] in dom
+    assert "Pareto front" in dom and shown["best_run_id"] in dom and "Width line" in dom
 
 
 # In MLflow's runs table: open "Columns", tick the `pareto` tag, close, scroll right; then read the column.

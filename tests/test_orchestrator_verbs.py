@@ -16,6 +16,11 @@ def test_sweep_then_retrain_one_trial(run_dir):
     experiment = client.get_experiment_by_name("acla-car-q10")
     trials = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
     assert len(trials) == 2 and all(r.data.tags["pareto"] in ("true", "false") for r in trials)  # one front over both
+    # the width line: one plain point per budget, each within its budget, and the sweep's front drawn with both
+    from orchestrator.width import width_points
+    line = width_points(client, experiment.experiment_id)
+    assert [p["budget_macs"] for p in line] == [1.5e9, 2e9] and all(p["macs"] <= p["budget_macs"] for p in line)
+    assert [s["width"]["run_id"] for s in searches] == [p["run_id"] for p in line]
     trial_id = searches[0]["trials"][0]["run_id"]
     out = acla("retrain", "--run-id", trial_id, "--json", "--retrain-workers", "1", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]

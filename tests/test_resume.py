@@ -75,7 +75,7 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
 
 
 SWEEP = ["sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency",
-         "1", "--no-retrain", "--json"]
+         "1", "--no-retrain", "--no-width", "--json"]
 
 
 def trial_set(summary: dict) -> list[tuple]:
@@ -127,6 +127,7 @@ def test_kill_9_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
 
     # each budget's front, and every trial, equal the uninterrupted sweep's
     assert [trial_set(s) for s in resumed] == [trial_set(s) for s in uninterrupted]
+    assert not [s for s in resumed + uninterrupted if "width" in s]  # --no-width, kept through the resume
     # one FINISHED MLflow trial run per trial, the cut-off attempt's run (created when it started) KILLED, none
     # left RUNNING, both parents FINISHED
     client = MlflowClient(f"sqlite:///{broken}/mlflow.db")

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_search_job_round_trips_through_its_stored_json():
     args = build_parser().parse_args(["search", "--budget", "3G", "--task", "denoise", "--sigma", "15", "--profile",
                                       "smoke", "--search-steps", "5", "--search-warmup", "2", "--trials", "3",
-                                      "--attention", "acla-shared", "--seed", "7",
+                                      "--attention", "acla-shared", "--seed", "7", "--no-width",
                                       "--tracking-uri", "postgresql://user:secret@127.0.0.1:5/db"])
     job = search_job_from_args(args)
     stored = json.loads(json.dumps(job.to_stored(3e9)))  # what the search state keeps
@@ -24,7 +24,9 @@ def test_a_search_job_round_trips_through_its_stored_json():
     assert again.task == job.task and again.profile == job.profile and again.data == job.data
     assert (again.profile.search_steps, again.profile.search_warmup) == (5, 2)  # the overrides, as searched
     assert (again.budgets, again.attention, again.trials, again.seed) == ((3e9,), "acla-shared", 3, 7)
-    assert (again.json, again.resume_parent(3e9), again.sweep) == (True, "p1", None)
+    assert (again.json, again.resume_parent(3e9), again.sweep, again.width) == (True, "p1", None, False)
+    del stored["job"]["width"]  # a job stored before the width line existed: on, its default
+    assert SearchJob.from_stored(stored, json_output=False, resume_parents={}).width is True
     assert again.request["tracking_uri"] == "postgresql://user:***@127.0.0.1:5/db"
     with pytest.raises(ValueError, match="version 1"):
         SearchJob.from_stored({"verb": "search", "budget": 3e9}, json_output=False, resume_parents={3e9: "p1"})

@@ -1,0 +1,112 @@
+"""The width line: does search beat width?
+
+At each budget of a search or a sweep, the plain backbone that best fills the budget (the costliest of the
+budget's backbones, no attention) is trained alike to the trials: at the trials' proxy width, for as many weight
+steps as a trial takes (its search's and its proxy training's), on the same data stream (the search's seed), and
+scored on the same validation images in the same metric. It is recorded as an MLflow run (`acla_kind` width) under
+the search's parent, drawn as a second line beside the front, and the summary and `report` state each budget's
+searched net's gain over it. One seed gives one paired difference; `acla-orch ablate --seeds N` gives its 95%
+interval.
+"""
+from __future__ import annotations
+
+from workers.backbones import bare_macs, feasible_backbones, parse_backbone
+
+
+def width_backbone(task, profile, budget_macs: float) -> str:
+    """The plain backbone that best fills the budget: the costliest of the budget's backbones, bare."""
+    backbones, _ = feasible_backbones(task, profile, budget_macs)
+    return max(backbones, key=lambda label: bare_macs(task, *parse_backbone(label), profile.stages))
+
+
+def train_width(settings, backbone: str) -> dict:
+    """Train and score the plain `backbone` as a trial is trained and scored (no Ray, MLflow or store here)."""
+    from search_space.backbone import build_network
+    from search_space.cost import count_parameters, genotype_macs
+    from search_space.genotype import Genotype
+    from workers.device import training_device
+    from workers.train import train
+    task, profile = settings.task, settings.profile
+    channels, blocks = parse_backbone(backbone)
+    target = Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels, channels=channels,
+                      blocks=blocks, stages=profile.stages)
+    proxy = target.replace(channels=profile.proxy_channels(channels))
+    steps = profile.search_steps + profile.train_steps
+    metrics = train(genotype=proxy, task=task, data=settings.data, profile=profile, steps=steps, seed=settings.seed,
+                    device=training_device()).metrics
+    return {"psnr": metrics[task.headline_metric], "psnr_y": metrics["psnr_y"], "psnr_rgb": metrics["psnr_rgb"],
+            "input_psnr": metrics["input_" + task.headline_metric], "macs": genotype_macs(target),
+            "proxy_macs": genotype_macs(proxy), "params": count_parameters(build_network(target)), "steps": steps}
+
+
+def tune_width(settings, backbone: str) -> dict:
+    """Ray's view of `train_width`: as many torch threads as CPUs granted."""
+    from .driver import use_granted_cpus
+    use_granted_cpus()
+    return train_width(settings, backbone)
+
+
+WIDTH_METRICS = ("psnr", "psnr_y", "psnr_rgb", "input_psnr", "macs", "proxy_macs", "params", "steps")
+
+
+def width_point(settings, resources: dict, client, experiment_id: str, parent_id: str) -> dict:
+    """This budget's width point: the one already recorded under the parent (a resumed search), or trained now
+    as a Ray task with a trial's resources and recorded."""
+    budget = settings.budget_macs
+    found = client.search_runs([experiment_id], f"tags.acla_kind = 'width' and tags.mlflow.parentRunId = "
+                                                f"'{parent_id}' and attributes.status = 'FINISHED'")
+    if found:
+        run = found[0]
+        return {"run_id": run.info.run_id, "backbone": run.data.params["backbone"], "budget_macs": budget,
+                **{k: run.data.metrics[k] for k in WIDTH_METRICS if k in run.data.metrics}}
+    import ray
+    from mlflow.entities import Metric, Param
+    backbone = width_backbone(settings.task, settings.profile, budget)
+    task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(tune_width)
+    result = ray.get(task.remote(settings, backbone))
+    channels, blocks = parse_backbone(backbone)
+    run = client.create_run(experiment_id, run_name=f"width-{channels}x{blocks}",
+                            tags={"mlflow.parentRunId": parent_id, "acla_kind": "width", "budget_macs": str(int(budget))})
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(result[k]), 0, 0) for k in WIDTH_METRICS],
+                     params=[Param("backbone", backbone), Param("net", f"{channels}x{blocks}"),
+                             Param("positions", "none"), Param("seed", str(settings.seed))])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return {"run_id": run.info.run_id, "backbone": backbone, "budget_macs": budget, **result}
+
+
+def width_points(client, experiment_id: str) -> list[dict]:
+    """Every finished width point of the experiment, the latest per budget, by cost."""
+    runs = client.search_runs([experiment_id], "tags.acla_kind = 'width' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time ASC"])
+    latest = {}
+    for run in runs:
+        latest[float(run.data.tags.get("budget_macs", "nan"))] = {
+            "run_id": run.info.run_id, "backbone": run.data.params.get("backbone", ""),
+            "net": run.data.params.get("net", ""), "budget_macs": float(run.data.tags.get("budget_macs", "nan")),
+            **{k: run.data.metrics[k] for k in WIDTH_METRICS if k in run.data.metrics}}
+    return sorted(latest.values(), key=lambda p: p["macs"])
+
+
+def gain_over_width(width: dict, trials: list[dict]) -> dict:
+    """The best searched trial within the width point's budget against it, in the headline metric (and RGB where
+    both have it): {best, gain, gain_rgb, beats}. One seed: a single paired difference, no interval."""
+    within = [t for t in trials if t["macs"] <= width["budget_macs"]]
+    if not within:
+        return {"best": None, "gain": None, "gain_rgb": None, "beats": False}
+    best = max(within, key=lambda t: t["psnr"])
+    gain_rgb = (best["psnr_rgb"] - width["psnr_rgb"]
+                if best.get("psnr_rgb") is not None and width.get("psnr_rgb") is not None else None)
+    return {"best": best.get("run_id"), "gain": best["psnr"] - width["psnr"], "gain_rgb": gain_rgb,
+            "beats": best["psnr"] > width["psnr"]}
+
+
+def width_line_text(width: dict, gain: dict) -> str:
+    """The summary's sentence on this budget's width line."""
+    net = width.get("net") or "x".join(map(str, parse_backbone(width["backbone"])))
+    head = f"width line: plain {net}, {width['macs'] / 1e9:.2f} GMACs, PSNR {width['psnr']:.2f}"
+    if gain["gain"] is None:
+        return head + "; no searched trial within this budget"
+    rgb = f" (RGB {gain['gain_rgb']:+.2f})" if gain["gain_rgb"] is not None else ""
+    verdict = ("above it on this one seed (`acla-orch ablate --seeds 3` gives the interval)" if gain["beats"] else
+               "the search does not beat width at this budget")
+    return f"{head}; the best searched trial {gain['gain']:+.2f} dB{rgb} over it: {verdict}"

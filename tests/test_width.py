@@ -1,0 +1,66 @@
+"""The width line (#22): the plain backbone that best fills a budget, trained alike to the trials, and the
+searched trials' gain over it."""
+import pytest
+
+from orchestrator.trial import TrialSettings
+from orchestrator.width import gain_over_width, train_width, width_backbone, width_line_text
+from workers.backbones import bare_macs, feasible_backbones, parse_backbone
+from workers.data import embedded_sets
+from workers.profiles import get_profile
+from workers.tasks import task_from_options
+from workers.train import DataSpec, train
+
+
+def test_the_width_backbone_is_the_costliest_plain_backbone_within_the_budget():
+    task, profile = task_from_options("car"), get_profile("quick")
+    for budget in (13e9, 50e9):
+        chosen = width_backbone(task, profile, budget)
+        costs = {label: bare_macs(task, *parse_backbone(label), profile.stages)
+                 for label in feasible_backbones(task, profile, budget)[0]}
+        assert costs[chosen] == max(costs.values()) <= budget
+        # nothing wider at the profile's channel step fits the budget
+        channels, blocks = parse_backbone(chosen)
+        assert bare_macs(task, channels + profile.channel_step, blocks, profile.stages) > budget
+
+
+def test_the_width_net_is_trained_as_a_trial_is_at_the_proxy_width():
+    """Oracle: the same training called directly (the proxy-width plain genotype, a trial's steps, its seed)."""
+    from search_space.cost import genotype_macs
+    from search_space.genotype import Genotype
+    task, profile = task_from_options("car"), get_profile("smoke")
+    settings = TrialSettings(task=task, budget_macs=2e9, profile=profile, data=DataSpec(*embedded_sets()), seed=5)
+    backbone = width_backbone(task, profile, 2e9)
+    result = train_width(settings, backbone)
+    channels, blocks = parse_backbone(backbone)
+    target = Genotype(task="car", scale=1, in_channels=3, channels=channels, blocks=blocks, stages=profile.stages)
+    proxy = target.replace(channels=profile.proxy_channels(channels))
+    direct = train(genotype=proxy, task=task, data=settings.data, profile=profile,
+                   steps=profile.search_steps + profile.train_steps, seed=5).metrics
+    assert result["psnr"] == direct["psnr_y"] and result["psnr_rgb"] == direct["psnr_rgb"]  # car: Y is headline
+    assert result["macs"] == genotype_macs(target) <= 2e9 and result["proxy_macs"] == genotype_macs(proxy)
+    assert result["steps"] == profile.search_steps + profile.train_steps
+
+
+def test_gain_is_the_best_trial_within_the_budget_minus_the_width_point():
+    width = {"backbone": "c40-b8", "macs": 1.9e9, "budget_macs": 2e9, "psnr": 30.0, "psnr_rgb": 27.0}
+    trials = [{"run_id": "a", "macs": 1.8e9, "psnr": 30.2, "psnr_rgb": 26.9},
+              {"run_id": "b", "macs": 2.1e9, "psnr": 31.0, "psnr_rgb": 28.0},  # over this budget: not counted
+              {"run_id": "c", "macs": 1.0e9, "psnr": 29.0, "psnr_rgb": 26.0}]
+    gain = gain_over_width(width, trials)
+    assert gain["best"] == "a" and gain["gain"] == pytest.approx(0.2) and gain["gain_rgb"] == pytest.approx(-0.1)
+    assert gain["beats"] and "above it on this one seed" in width_line_text(width, gain)
+    below = gain_over_width({**width, "psnr": 30.5}, trials)
+    assert not below["beats"] and "does not beat width" in width_line_text(width, below)
+    assert gain_over_width(width, trials[1:2])["gain"] is None
+
+
+def test_the_front_plot_draws_the_width_line(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from orchestrator.pareto import plot_front
+    drawn = []
+    original = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: drawn.append(k.get("label")) or original(self, *a, **k))
+    plot_front(str(tmp_path / "f.png"), points=[(30.0, 1e9), (30.5, 2e9)], on_front=[True, True], budget_macs=2e9,
+               title="t", width=[(30.2, 1.9e9), (29.8, 0.95e9)])
+    assert "width line (plain, widest in budget)" in drawn and (tmp_path / "f.png").stat().st_size > 0
