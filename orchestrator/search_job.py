@@ -70,12 +70,13 @@ def run_search(job: SearchJob, run, store) -> int:
         shapes = node_shapes(ray)  # what the cluster offers, checked before any trial starts or run is made
         check_artifact_root(shapes, run.storage)
         resources = trial_resources(shapes, job.concurrency)
+        alone = trial_resources(shapes, 1)  # the width net trains after the trials, alone: a whole node's CPUs
         if job.retrain:
             retrain_resources(shapes, job.retrain_workers)
         client = mlflow_client(run)
         for budget in job.budgets:
             summaries.append(run_one_budget(job, budget, backbones[budget], resources, run=run, store=store,
-                                            client=client))
+                                            client=client, width_resources=alone))
     if job.json:  # a sweep's budgets as a list, however many this job ran of them
         print(json.dumps({"searches": summaries} if job.sweep or len(summaries) > 1 else summaries[0]))
     else:
@@ -104,7 +105,7 @@ def check_retrain_workers(workers: int, profile) -> None:
 
 
 def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resources: dict, *, run, store,
-                   client) -> dict:
+                   client, width_resources: dict) -> dict:
     """One budget's search, recorded as it goes in the run directory's search state; with a parent run for this
     budget in `job.resume_parents` it continues that search: its finished trials kept, its interrupted ones run
     again, its retrains done."""
@@ -147,7 +148,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         progress.stop()
         if not recorded:
             raise UsageError("no trial finished; see the Ray logs under the run directory")
-        width = width_point(settings, resources, client, experiment_id, parent_id) if job.width else None
+        width = width_point(settings, width_resources, client, experiment_id, parent_id) if job.width else None
         rows = update_front(client, experiment_id)
         summarise_parent(client, parent_id, rows)
         record_trials(store, name, parent_id, recorded, rows)
