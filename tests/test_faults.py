@@ -42,7 +42,7 @@ def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path, s3_env):
         home = str(tmp_path / "home")
         search = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "search", "--budget", "2G", "--task", "car", "--profile", "smoke",
-             "--trials", "4", "--concurrency", "2", "--search-steps", "60", "--no-retrain", "--json",
+             "--trials", "4", "--concurrency", "2", "--search-steps", "60", "--no-retrain", "--no-width", "--json",
              "--address", f"127.0.0.1:{port}", "--artifact-root", f"s3://{bucket}/acla"],
             env={**env, "ACLA_HOME": home, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}, cwd=str(tmp_path),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -83,7 +83,7 @@ def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_
         monkeypatch.setenv(key, value)
     bucket = f"acla-{uuid.uuid4().hex[:8]}"
     root = f"s3://{bucket}/team"
-    search = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--tracking-uri", uri,
+    search = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--json", "--no-width", "--tracking-uri", uri,
               "--artifact-root", root]
     out = acla(*search, home=run_dir)
     assert out.returncode == 2 and f"bucket {bucket} does not exist" in out.stderr  # never created silently
@@ -163,7 +163,7 @@ def test_s3_outage_stops_the_search_and_resume_completes_it(run_dir, monkeypatch
         for variable in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # this search starts its own Ray and store
             env.pop(variable, None)
         args = ["search", "--budget", "2G", "--task", "car", "--profile", "smoke", "--trials", "3", "--concurrency",
-                "1", "--no-retrain", "--artifact-root", f"s3://{bucket}/run"]
+                "1", "--no-retrain", "--no-width", "--artifact-root", f"s3://{bucket}/run"]
         search = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=run_dir,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         state, deadline, finished = SearchState(run_dir), time.time() + 240, False

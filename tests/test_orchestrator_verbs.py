@@ -72,7 +72,7 @@ def test_sweep_then_retrain_one_trial(run_dir):
     # registered model and aliases; the q10 trials' front tags and alias are left as they were.
     q10_tags = {r.info.run_id: r.data.tags["pareto"] for r in trials}
     out = acla("search", "--budget", "2G", "--task", "car", "--quality", "40", "--profile", "smoke", "--trials", "1",
-               "--no-retrain", "--json", home=run_dir)
+               "--no-retrain", "--no-width", "--json", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     q40 = json.loads(out.stdout)
     assert q40["experiment"] == "acla-car-q40" and q40["task"] == "car-q40"

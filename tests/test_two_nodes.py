@@ -99,6 +99,9 @@ def test_ray_job_submit_on_two_nodes(two_nodes, s3_env, tmp_path):
     assert len({t.data.params["node_id"] for t in trials}) == 2  # one trial on each node
     retrain = client.get_run(summary["retrained"][0]["run_id"])
     assert retrain.data.params["workers"] == "2"
+    # the width line's plain net trained as a Ray task on the cluster, recorded under the search's parent
+    width = client.get_run(summary["width"]["run_id"])
+    assert width.data.tags["acla_kind"] == "width" and width.info.status == "FINISHED"
     keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert any(k.startswith("acla/ray-train/") and k.endswith("/model.pt") for k in keys)
     assert not list(Path(tmp_path).rglob("model.pt"))  # no checkpoint on a node's own disk
