@@ -80,7 +80,8 @@ def command_status(args: argparse.Namespace) -> int:
     from .tracking import experiment_name, mlflow_client  # MLflow, once the store is known to exist
     variant = experiment_name(task_spec_from_args(args).label) if args.task else None
     client = mlflow_client(run)
-    states = {s["parent_run_id"]: s["status"] for s in SearchState(run.run_dir).searches()}
+    searches = SearchState(run.run_dir).searches()
+    states = {s["parent_run_id"]: s["status"] for s in searches}
     rows = []
     for experiment in client.search_experiments(filter_string=f"name = '{variant}'" if variant else "name LIKE 'acla-%'"):
         for parent in client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'"):
@@ -91,15 +92,35 @@ def command_status(args: argparse.Namespace) -> int:
                          "task": parent.data.tags.get("task"), "budget_macs": parent.data.tags.get("budget_macs"),
                          "profile": parent.data.tags.get("profile"), "start_time": parent.info.start_time,
                          "resume": f"acla-orch resume {run_id}" if status in ("INTERRUPTED", "KILLED") else None})
+    sweeps = sweep_rows(searches)
     if args.json:
-        print(json.dumps({"run_dir": str(run.run_dir), "tracking_uri": run.tracking_uri, "searches": rows}))
+        print(json.dumps({"run_dir": str(run.run_dir), "tracking_uri": run.tracking_uri, "searches": rows,
+                          "sweeps": sweeps}))
     else:
         print(f"run directory {run.run_dir}, tracking {run.tracking_uri}")
         for r in rows:
             budget = short_budget(float(r["budget_macs"])) if r["budget_macs"] else "?"
             print(f"{r['run_id'][:8]}  {r['status']:<11} {r['experiment']:<18} budget {budget} ({r['profile']})"
                   + (f"  -> {r['resume']}" if r["resume"] else ""))
+        for sweep in sweeps:
+            if sweep["not_begun"]:
+                print(f"sweep {sweep['id']}: not begun: {', '.join(short_budget(b) for b in sweep['not_begun'])} "
+                      f"-> acla-orch resume {sweep['parent_run_ids'][-1]} (the whole sweep)")
     return 0
+
+
+def sweep_rows(searches: list[dict]) -> list[dict]:
+    """Each sweep of the run directory: its id, budgets, its budgets' parent runs so far, and those not begun."""
+    sweeps: dict[str, dict] = {}
+    for search in searches:
+        sweep = search["request"].get("sweep")
+        if sweep:
+            row = sweeps.setdefault(sweep["id"], {"id": sweep["id"], "budgets": sweep["budgets"],
+                                                  "parent_run_ids": [], "begun": set()})
+            row["parent_run_ids"].append(search["parent_run_id"])
+            row["begun"].add(search["request"]["budget"])
+    return [{**{k: v for k, v in row.items() if k != "begun"},
+             "not_begun": [b for b in row["budgets"] if b not in row["begun"]]} for row in sweeps.values()]
 
 
 def command_retrain(args: argparse.Namespace) -> int:

@@ -117,6 +117,7 @@ def test_kill_9_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
     kill_mentioning(broken)  # Ray's daemons, should any have left the session: the machine is gone
     status = json.loads(acla("status", "--json", home=broken).stdout)
     assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]  # the second budget never began
+    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
     first_parent = status["searches"][0]["run_id"]
 
     out = acla("resume", "--last", "--json", home=broken)

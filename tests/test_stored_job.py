@@ -56,6 +56,10 @@ def test_a_sweep_resumes_as_one_job_its_unbegun_budgets_included(tmp_path, monke
     picked = resume.pick_search(SearchState(tmp_path), None)
     assert picked["parent_run_id"] == "p3"
     assert resume.resume_targets(searches, picked) == ((3e9, 4e9), {3e9: "p3"})
+    from orchestrator.commands import sweep_rows  # what `status` shows of each sweep
+    assert sweep_rows(searches) == [
+        {"id": job.sweep.id, "budgets": [2e9, 3e9, 4e9], "parent_run_ids": ["p2", "p3"], "not_begun": [4e9]},
+        {"id": other.sweep.id, "budgets": [2e9], "parent_run_ids": ["q2"], "not_begun": []}]
     # any budget of the sweep names it: the finished one too, while the sweep is unfinished
     finished = next(s for s in searches if s["parent_run_id"] == "p2")
     assert resume.pick_search(SearchState(tmp_path), "p2") == finished
