@@ -30,12 +30,15 @@ def command_pareto(args: argparse.Namespace) -> int:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise UsageError(f"no experiment {name} at {run.tracking_uri}; run a search first")
+    from .width import width_points
     rows = update_front(client, experiment.experiment_id)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["macs"])
+    width = width_points(client, experiment.experiment_id)
     if args.plot:
         plot_front(args.plot, points=[(r["psnr"], r["macs"]) for r in rows], on_front=[r["pareto"] for r in rows],
-                   budget_macs=None, title=f"{experiment.name}: PSNR vs MACs")
-    print_front(experiment.name, front, args.json)
+                   budget_macs=None, title=f"{experiment.name}: PSNR vs MACs",
+                   width=[(w["psnr"], w["macs"]) for w in width])
+    print_front(experiment.name, front, args.json, width)
     return 0
 
 
@@ -60,14 +63,19 @@ def pareto_from_table(args, store) -> int:
     return 0
 
 
-def print_front(name: str, front: list[dict], as_json: bool) -> None:
+def print_front(name: str, front: list[dict], as_json: bool, width: list[dict] | None = None) -> None:
+    """The front; from MLflow, the width line beside it (each budget's plain net, trained alike; width.py)."""
     if as_json:
-        print(json.dumps({"experiment": name, "front": front}, default=str))
+        print(json.dumps({"experiment": name, "front": front, **({"width": width} if width is not None else {})},
+                         default=str))
         return
     from search_space.budget import format_macs
     for r in front:
         print(f"{r['run_id'][:8]}  {format_macs(r['macs']):>9}MACs  {r['psnr']:.3f} dB  backbone {r['backbone']}  "
               f"positions {r['positions']}")
+    for w in width or []:
+        print(f"width line: budget {format_macs(w['budget_macs'])}MACs, plain {w['net']} at {format_macs(w['macs'])}MACs  "
+              f"{w['psnr']:.3f} dB")
 
 
 def command_status(args: argparse.Namespace) -> int:

@@ -165,8 +165,9 @@ def test_search_end_to_end_sqlite(run_dir):
     assert summary["retrained"][0]["alias"] in ("models:/acla-car-q10@budget-2G", None)  # see aliased_version
     check_search(summary, f"sqlite:///{run_dir}/mlflow.db")
     # pareto and status read the same store
-    front = json.loads(acla("pareto", "--task", "car", "--json", home=run_dir).stdout)["front"]
-    assert {r["run_id"] for r in front} == {t["run_id"] for t in summary["trials"] if t["pareto"]}
+    shown = json.loads(acla("pareto", "--task", "car", "--json", home=run_dir).stdout)
+    assert {r["run_id"] for r in shown["front"]} == {t["run_id"] for t in summary["trials"] if t["pareto"]}
+    assert [w["run_id"] for w in shown["width"]] == [summary["width"]["run_id"]]  # the width line beside it
     status = json.loads(acla("status", "--json", home=run_dir).stdout)
     assert [s["status"] for s in status["searches"]] == ["FINISHED"]
     assert os.path.isdir(os.path.join(run_dir, "ray")) and os.path.exists(os.path.join(run_dir, "optuna.db"))
