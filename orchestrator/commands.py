@@ -118,17 +118,18 @@ def command_status(args: argparse.Namespace) -> int:
 
 
 def sweep_rows(searches: list[dict]) -> list[dict]:
-    """Each sweep of the run directory: its id, budgets, its budgets' parent runs so far, and those not begun."""
-    sweeps: dict[str, dict] = {}
+    """Each sweep of the run directory: its id, budgets, its budgets' parent runs so far, and those not begun
+    (grouped as `resume` groups them, resume.sweep_members)."""
+    from .resume import sweep_members
+    rows = {}
     for search in searches:
         sweep = search["request"].get("sweep")
-        if sweep:
-            row = sweeps.setdefault(sweep["id"], {"id": sweep["id"], "budgets": sweep["budgets"],
-                                                  "parent_run_ids": [], "begun": set()})
-            row["parent_run_ids"].append(search["parent_run_id"])
-            row["begun"].add(search["request"]["budget"])
-    return [{**{k: v for k, v in row.items() if k != "begun"},
-             "not_begun": [b for b in row["budgets"] if b not in row["begun"]]} for row in sweeps.values()]
+        if sweep and sweep["id"] not in rows:
+            members = sweep_members(searches, search)
+            rows[sweep["id"]] = {"id": sweep["id"], "budgets": sweep["budgets"],
+                                 "parent_run_ids": [m["parent_run_id"] for m in members.values()],
+                                 "not_begun": [b for b in sweep["budgets"] if b not in members]}
+    return list(rows.values())
 
 
 def command_retrain(args: argparse.Namespace) -> int:
