@@ -64,3 +64,28 @@ def test_the_front_plot_draws_the_width_line(tmp_path, monkeypatch):
     plot_front(str(tmp_path / "f.png"), points=[(30.0, 1e9), (30.5, 2e9)], on_front=[True, True], budget_macs=2e9,
                title="t", width=[(30.2, 1.9e9), (29.8, 0.95e9)])
     assert "width line (plain, widest in budget)" in drawn and (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_a_recorded_width_point_is_reused_not_trained_again(tmp_path, monkeypatch):
+    """A resumed search finds its width point under its parent (a real sqlite MLflow store) and trains nothing;
+    another parent's point is not taken for it."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import width as width_module
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("acla-car-q10", artifact_location=str(tmp_path / "artifacts"))
+    parents = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for parent, psnr in zip(parents, (30.1, 29.0)):
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "acla_kind": "width",
+                                                  "budget_macs": str(int(2e9))})
+        client.log_batch(run.info.run_id, metrics=[Metric("psnr", psnr, 0, 0), Metric("macs", 1.4e9, 0, 0)],
+                         params=[Param("backbone", "c16-b4"), Param("net", "16x4")])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    monkeypatch.setattr(width_module, "tune_width", lambda *a: pytest.fail("a recorded width point was trained again"))
+    settings = TrialSettings(task=task_from_options("car"), budget_macs=2e9, profile=get_profile("smoke"),
+                             data=DataSpec(*embedded_sets()), seed=0)
+    found = width_module.width_point(settings, {"cpu": 1, "gpu": 0}, client, experiment, parents[0])
+    assert (found["psnr"], found["macs"], found["backbone"], found["budget_macs"]) == (30.1, 1.4e9, "c16-b4", 2e9)
+    assert client.get_run(found["run_id"]).data.tags["mlflow.parentRunId"] == parents[0]
