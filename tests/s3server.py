@@ -43,28 +43,54 @@ class WeedServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
-    def start(self) -> "WeedServer":
-        if not self.ports:
-            self.ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer", "admin", "webdav")}
+    def start(self, attempts: int = 3) -> "WeedServer":
+        """Start, and wait until it serves. Ports are picked free but bound later, by weed, so another process can
+        take one in between: a server that exits while starting is started again, on fresh ports where this
+        object chose them, or on the same ones (a restart) after a pause."""
+        chosen_here = not self.ports
+        for attempt in range(1, attempts + 1):
+            if chosen_here:
+                self.ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer", "admin", "webdav")}
+            if self._start_once():
+                return self
+            if attempt == attempts:
+                raise RuntimeError(f"weed mini exited {attempts} times while starting; the end of "
+                                   f"{self.folder}/weed.log:\n{self._log_tail()}")
+            time.sleep(1.0)
+        return self
+
+    def _start_once(self) -> bool:
+        """True once the server serves; False if it exited while starting."""
         weed = os.path.join(os.path.dirname(sys.executable), "weed")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        # Iceberg and Lance are off: they default to fixed ports (8181, 9101) that concurrent servers would share.
         args = [weed, "mini", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.port={self.ports['s3']}", f"-master.port={self.ports['master']}",
                 f"-volume.port={self.ports['volume']}", f"-filer.port={self.ports['filer']}",
                 f"-admin.port={self.ports['admin']}", f"-webdav.port={self.ports['webdav']}",
-                "-master.telemetry=false"]
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"]
         os.makedirs(self.folder, exist_ok=True)
-        self.process = subprocess.Popen(args, env=env, stdout=open(os.path.join(self.folder, "weed.log"), "ab"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        with open(os.path.join(self.folder, "weed.log"), "ab") as log:
+            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed mini exited: see {self.folder}/weed.log")
+                self.process = None
+                return False
             if self._answers():
-                return self
+                return True
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError("weed mini did not answer within 60 s")
+        raise RuntimeError(f"weed mini did not answer within 60 s; the end of {self.folder}/weed.log:\n"
+                           f"{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(os.path.join(self.folder, "weed.log"), errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def _answers(self) -> bool:
         import boto3
