@@ -1,0 +1,178 @@
+"""The shared supernet of a sweep (issue #22): a narrow width is the widest network with its other channels
+switched off, its gradients reach only its own channels, sandwich sampling, a resumed shared search equal to an
+uninterrupted one, and one genotype per budget from the scores measured at that budget's width."""
+import random
+
+import pytest
+import torch
+
+from search_space.cost import genotype_macs
+from search_space.elastic import ElasticSupernet, sandwich_widths
+from search_space.genotype import Genotype
+from search_space.registry import SEARCHABLE_KINDS, get_kind
+from search_space.shared_search import SharedSupernetSearch, derive_for_budget, measure_width
+from search_space.supernet import Supernet
+
+TASKS = {"sr": (2, 3), "car": (1, 3), "denoise": (1, 3), "demosaic": (1, 3)}  # task: (scale, input channels)
+
+
+def base(task="sr", kind="acla", channels=12):
+    scale, in_channels = TASKS[task]
+    return Genotype(task=task, scale=scale, in_channels=in_channels, channels=channels, blocks=4, stages=2,
+                    attention=kind, max_keys=3, adaptive=get_kind(kind).adaptive)
+
+
+def sample(task="sr", batch=2, side=8, seed=0):
+    scale, in_channels = TASKS[task]
+    out = 3
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, in_channels, side, side, generator=g),
+            torch.rand(batch, out, side * scale, side * scale, generator=g))
+
+
+def zeroed_beyond(widest_state, narrow_state):
+    """The oracle's weights: the widest network's, with every entry outside the narrow network's leading block
+    set to zero, so that its extra channels stay zero through every layer."""
+    masked = {}
+    for name, value in widest_state.items():
+        keep = torch.zeros_like(value)
+        block = tuple(slice(0, n) for n in narrow_state[name].shape)
+        keep[block] = value[block]
+        masked[name] = keep
+    return masked
+
+
+@pytest.mark.parametrize("kind", SEARCHABLE_KINDS)
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_narrow_width_is_the_widest_network_with_its_other_channels_off(kind, task):
+    torch.manual_seed(0)
+    elastic = ElasticSupernet(base=base(task, kind), widths=[8, 12]).eval()
+    with torch.no_grad():  # random, nonzero everywhere (the fusions and gates start small or zero)
+        for p in elastic.parameters():
+            p.uniform_(-0.3, 0.3)
+    narrow = elastic.at(8).eval()
+    oracle = Supernet(base=base(task, kind, channels=12)).eval()
+    oracle.load_state_dict(zeroed_beyond(elastic.widest.state_dict(), Supernet(base=base(task, kind, 8)).state_dict()))
+    x, _ = sample(task)
+    with torch.no_grad():
+        assert torch.allclose(narrow(x), oracle(x), atol=1e-5)
+        assert not torch.allclose(elastic.at(12)(x), oracle(x), atol=1e-3)  # the widest uses all its channels
+        assert torch.equal(elastic.at(12)(x), elastic.widest(x))
+
+
+@pytest.mark.parametrize("kind", SEARCHABLE_KINDS)
+def test_a_width_trains_only_its_own_channels_with_the_gradient_of_a_net_of_that_width(kind):
+    torch.manual_seed(1)
+    elastic = ElasticSupernet(base=base("sr", kind), widths=[8, 12]).eval()
+    with torch.no_grad():
+        for p in elastic.parameters():
+            p.uniform_(-0.3, 0.3)
+    x, y = sample("sr")
+    view = elastic.at(8).eval()
+    torch.nn.functional.l1_loss(view(x), y).backward()
+    alone = Supernet(base=base("sr", kind, 8)).eval()  # an independent network of that width, same weights
+    alone.load_state_dict(view.state_dict())
+    torch.nn.functional.l1_loss(alone(x), y).backward()
+    own = dict(alone.named_parameters())
+    for name, p in elastic.widest.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
+        block = tuple(slice(0, n) for n in own[name].shape)
+        expected = torch.zeros_like(own[name]) if own[name].grad is None else own[name].grad
+        assert torch.allclose(grad[block], expected, atol=1e-6), name
+        outside = grad.clone()
+        outside[block] = 0
+        assert not outside.any(), f"{name} has a gradient outside width 8"
+
+
+def test_sandwich_sampling_trains_the_widest_the_narrowest_and_two_between():
+    rng = random.Random(0)
+    widths = [8, 12, 16, 20, 24]
+    draws = [sandwich_widths(widths, rng) for _ in range(200)]
+    assert all(d[:2] == [24, 8] and len(d) == 4 and set(d[2:]) <= {12, 16, 20} for d in draws)
+    assert {w for d in draws for w in d[2:]} == {12, 16, 20}  # every width between is drawn
+    assert sandwich_widths([16], rng) == [16]
+    assert sandwich_widths([8, 16], rng)[:2] == [16, 8]
+    with pytest.raises(ValueError, match="not one of"):
+        ElasticSupernet(base=base(), widths=[8, 12]).at(10)
+
+
+def budgets(widths, share=1.3):
+    """Each width's budget: its bare backbone's MACs times `share`."""
+    return {w: share * genotype_macs(base("sr", "acla", w).bare()) for w in widths}
+
+
+def run_steps(search, steps, seed):
+    for step in range(steps):
+        search.weight_step(sample("sr", seed=seed + 2 * step))
+        search.arch_step(sample("sr", seed=seed + 2 * step + 1), update=step >= 1)
+
+
+def test_a_resumed_shared_search_equals_an_uninterrupted_one():
+    def fresh():
+        torch.manual_seed(3)
+        elastic = ElasticSupernet(base=base("sr", "acla"), widths=[8, 12, 16])
+        return SharedSupernetSearch(elastic, budgets([8, 12, 16]), seed=3)
+    uninterrupted = fresh()
+    torch.manual_seed(4)  # the hard-concrete gates' noise
+    run_steps(uninterrupted, 4, seed=0)
+    after = uninterrupted.elastic.state_dict()
+
+    first = fresh()
+    torch.manual_seed(4)
+    run_steps(first, 2, seed=0)
+    saved, rng = first.state_dict(), torch.get_rng_state()
+    resumed = fresh()  # a new process: new objects, then the saved state
+    resumed.load_state_dict(saved)
+    torch.set_rng_state(rng)
+    for step in range(2, 4):
+        resumed.weight_step(sample("sr", seed=2 * step))
+        resumed.arch_step(sample("sr", seed=2 * step + 1), update=True)
+    for name, value in resumed.elastic.state_dict().items():
+        assert torch.equal(value, after[name]), name
+    assert resumed.steps_done == uninterrupted.steps_done == 4
+
+
+def test_the_shared_search_moves_weights_and_architecture_of_every_width():
+    torch.manual_seed(5)
+    elastic = ElasticSupernet(base=base("sr", "acla"), widths=[8, 12])
+    search = SharedSupernetSearch(elastic, budgets([8, 12]), seed=5, arch_lr=0.05)
+    before = {k: v.clone() for k, v in elastic.state_dict().items()}
+    for step in range(3):
+        losses = search.weight_step(sample("sr", seed=step))
+        assert sorted(losses) == [8, 12]  # two widths: the widest and the narrowest, each step
+        record = search.arch_step(sample("sr", seed=10 + step))
+        assert record["width"] == [8, 12][step % 2]
+    after = elastic.state_dict()
+    assert not torch.equal(before["widest.alpha"], after["widest.alpha"])
+    widest_only = after["widest.net.head.weight"][8:] - before["widest.net.head.weight"][8:]
+    assert widest_only.abs().sum() > 0  # the widest's own channels train too (it is in every sandwich)
+
+
+def test_each_budget_gets_its_genotype_from_the_scores_at_its_own_width():
+    torch.manual_seed(6)
+    elastic = ElasticSupernet(base=base("sr", "acla"), widths=[8, 12])
+    with torch.no_grad():
+        for p in elastic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batches = [sample("sr", seed=20 + i) for i in range(4)]
+    narrow, wide = measure_width(elastic.at(8), batches), measure_width(elastic.at(12), batches)
+    assert narrow.width == 8 and wide.width == 12
+    assert len(narrow.position_scores) == len(narrow.score_errors) == 4 == len(narrow.active_keys)
+    assert narrow.position_scores != wide.position_scores  # each width is scored on its own network
+    assert all(e >= 0 for e in narrow.score_errors)
+    # an independent check of one score: the loss with position 0 off minus the loss with all on, at width 8
+    view = elastic.at(8).eval()
+    weights = view.position_probs().detach()
+    off = weights.clone()
+    off[0] = 0
+    with torch.no_grad():
+        by_hand = sum(torch.nn.functional.l1_loss(view.net(x, position_weights=off), y).item()
+                      - torch.nn.functional.l1_loss(view.net(x, position_weights=weights), y).item()
+                      for x, y in batches) / len(batches)
+    assert narrow.position_scores[0] == pytest.approx(by_hand, abs=1e-7)
+    for scores, channels in ((narrow, 16), (wide, 24)):  # each width proxies a backbone twice as wide
+        target = base("sr", "acla", channels).bare()
+        bare = genotype_macs(target)
+        for budget in (bare, bare * 1.05, bare * 2):
+            genotype = derive_for_budget(scores, target, budget)
+            assert genotype.channels == channels and genotype_macs(genotype) <= budget
