@@ -1,0 +1,154 @@
+"""A sweep's one supernet on the task's data (issue #22): which widths it must cover, its training (a straight
+loop over search_space/shared_search.py's steps, checkpointed and resumable), and each backbone's search result
+derived from it, in the form a trial's search gives (workers/search_run.py's `SearchResult`), so that the
+proxy training that follows is the same.
+
+The supernet is built at the profile's proxy scale: a budget's backbone of c channels is searched at
+`profile.proxy_channels(c)`, as a single search searches it. Every backbone that any budget offers
+(workers/backbones.py) is one of its widths. A width's architecture steps price its keys against the tightest
+budget that offers it, scaled to the proxy as a single search scales it. Plain functions: no Ray, no MLflow.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from search_space.elastic import ElasticSupernet
+from search_space.genotype import Genotype
+from search_space.registry import get_kind
+from search_space.search import SearchOutcome
+from search_space.shared_search import SharedSupernetSearch, derive_for_budget, measure_width
+
+from .backbones import check_feasible, parse_backbone
+from .data import DataSpec
+from .device import to_device, training_device
+from .profiles import Profile
+from .search_run import SearchResult, proxy_budget
+from .tasks import TaskSpec
+from .train import Report, make_sampler
+
+SCORE_BATCHES = 8  # held-out batches a width's position scores are measured on (their pairs give the error)
+
+
+class CoverageError(ValueError):
+    """Budgets whose backbones one supernet cannot cover."""
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    task: TaskSpec
+    budgets: tuple[float, ...]  # MACs at the target scale, one per budget of the sweep
+    stages: int
+    max_keys: int = 9
+    attention: str = "acla"
+    penalty_weight: float = 1.0
+    gate_temperature: float = 1.0
+    weight_lr: float = 1e-3
+    arch_lr: float = 3e-3
+    seed: int = 0
+
+    def genotype(self, channels: int, blocks: int) -> Genotype:
+        """The bare backbone of `channels` x `blocks` with this search's attention kind and candidate keys."""
+        return Genotype(task=self.task.name, scale=self.task.scale, in_channels=self.task.in_channels,
+                        channels=channels, blocks=blocks, stages=self.stages, attention=self.attention,
+                        max_keys=self.max_keys, adaptive=get_kind(self.attention).adaptive)
+
+
+def covered_widths(config: SharedConfig, profile: Profile) -> tuple[int, dict[int, float]]:
+    """The depth every budget's backbones share, and each proxy width with the budget (at the proxy's scale)
+    that prices its keys: the tightest among the budgets that offer it. CoverageError where the budgets' backbones
+    differ in depth (a supernet with elastic widths holds one depth)."""
+    depth, priced = None, {}
+    for budget in config.budgets:
+        for label in check_feasible(config.task, profile, budget):
+            channels, blocks = parse_backbone(label)
+            if depth not in (None, blocks):
+                raise CoverageError(f"budget {budget:.4g} offers {blocks}-block backbones and another budget "
+                                    f"{depth}-block ones: one supernet covers one depth; sweep budgets whose "
+                                    f"backbones share a depth, or search each budget on its own")
+            depth = blocks
+            target, proxy = config.genotype(channels, blocks), config.genotype(profile.proxy_channels(channels), blocks)
+            width_budget = proxy_budget(target, proxy, budget)
+            priced[proxy.channels] = min(priced.get(proxy.channels, width_budget), width_budget)
+    return depth, dict(sorted(priced.items()))
+
+
+def build_shared_search(config: SharedConfig, profile: Profile,
+                        device: torch.device | None = None) -> SharedSupernetSearch:
+    depth, priced = covered_widths(config, profile)
+    torch.manual_seed(config.seed)
+    elastic = ElasticSupernet(base=config.genotype(max(priced), depth), widths=list(priced))
+    elastic.to(device or training_device())
+    return SharedSupernetSearch(elastic, priced, weight_lr=config.weight_lr, arch_lr=config.arch_lr,
+                                penalty_weight=config.penalty_weight, gate_temperature=config.gate_temperature,
+                                seed=config.seed)
+
+
+def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile, *, steps: int | None = None,
+                          report: Report | None = None, checkpoint_path: str | None = None,
+                          checkpoint_every: int = 0, stop_after: int | None = None,
+                          device: torch.device | None = None) -> SharedSupernetSearch:
+    """Train the sweep's supernet for `steps` (default: the profile's search steps), the first
+    `profile.search_warmup` of them on the weights only. With `checkpoint_path`, its whole state is written
+    there every `checkpoint_every` steps and at the end, and a checkpoint found there is continued: the result
+    equals an uninterrupted run's. `stop_after` ends early without changing the schedule (an interruption)."""
+    total = profile.search_steps if steps is None else steps
+    device = device or training_device()
+    search = build_shared_search(config, profile, device)
+    weight_batches = make_sampler(config.task, data.train, profile, config.seed)
+    arch_batches = make_sampler(config.task, data.train, profile, config.seed + 1)
+    step = 0
+    if checkpoint_path and os.path.isfile(checkpoint_path):
+        saved = load_shared_checkpoint(checkpoint_path)
+        search.load_state_dict(saved["search"])
+        weight_batches.set_state(saved["weight_sampler"])
+        arch_batches.set_state(saved["arch_sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        step = saved["step"]
+    weight_on, arch_on = to_device(weight_batches, device), to_device(arch_batches, device)
+    last = min(total, stop_after) if stop_after is not None else total
+    while step < last:
+        losses = search.weight_step(next(weight_on))
+        record = search.arch_step(next(arch_on), update=step >= profile.search_warmup)
+        step += 1
+        if report and (step % profile.log_every == 0 or step == last):
+            report({"step": step, "total_steps": total, "train_loss": max(losses.values()), **record})
+        if checkpoint_path and ((checkpoint_every and step % checkpoint_every == 0) or step == last):
+            save_shared_checkpoint(checkpoint_path, search, step, weight_batches, arch_batches)
+    return search
+
+
+def save_shared_checkpoint(path: str, search: SharedSupernetSearch, step: int, weight_batches, arch_batches) -> None:
+    from .atomic import write_atomically
+    payload = {"search": search.state_dict(), "step": step, "widths": list(search.elastic.widths),
+               "base": search.elastic.base.to_json(), "weight_sampler": weight_batches.state(),
+               "arch_sampler": arch_batches.state(), "torch_rng": torch.get_rng_state()}
+    write_atomically(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_shared_checkpoint(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def derive_backbone(search: SharedSupernetSearch, config: SharedConfig, data: DataSpec, profile: Profile,
+                    backbone: str, budget_macs: float, device: torch.device | None = None) -> SearchResult:
+    """One budget's backbone, derived from the shared supernet: its position scores and keys measured at its
+    proxy width on held-out batches, its genotype at the target width within `budget_macs`, and the supernet's
+    weights at that width (what its proxy training inherits)."""
+    device = device or training_device()
+    channels, blocks = parse_backbone(backbone)
+    target = config.genotype(channels, blocks)
+    width = profile.proxy_channels(channels)
+    held_out = to_device(make_sampler(config.task, data.train, profile, config.seed + 2), device)
+    scores = measure_width(search.elastic.at(width), [next(held_out) for _ in range(SCORE_BATCHES)])
+    genotype = derive_for_budget(scores, target, budget_macs)
+    probs = [float(p) for p in search.elastic.at(width).position_probs().detach()]
+    outcome = SearchOutcome(genotype=genotype.replace(channels=width), position_probs=probs,
+                            active_keys=scores.active_keys, position_scores=scores.position_scores,
+                            score_spread=[e * SCORE_BATCHES ** 0.5 for e in scores.score_errors],
+                            score_errors=scores.score_errors, key_caps=scores.key_caps)
+    state = {k.removeprefix("net."): v for k, v in search.elastic.at(width).state_dict().items()}
+    return SearchResult(genotype=genotype, proxy_genotype=genotype.replace(channels=width), outcome=outcome,
+                        supernet_state=state)
