@@ -32,6 +32,7 @@ class TrialSettings:
     attention: str = "acla"
     seed: int = 0
     checkpoint_root: str | None = None  # where a trial keeps its progress, to continue after an interruption
+    shared_supernet: str | None = None  # a sweep's trained supernet (workers/shared_run.py): derive, not search
 
 
 def trial_folder(settings: TrialSettings, params: dict) -> Path | None:
@@ -83,7 +84,12 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
                           arch_lr=params["arch_lr"], seed=settings.seed)
     device = training_device()
     folder = trial_folder(settings, params)
-    if folder is not None and (folder / "search.pt").is_file():  # searched before it was interrupted
+    if settings.shared_supernet:  # a sweep's trial: its backbone derived from the sweep's one supernet
+        from workers.shared_run import derive_backbone, load_shared_search
+        shared, shared_config = load_shared_search(settings.shared_supernet, task, profile, device)
+        found = derive_backbone(shared, shared_config, settings.data, profile, params["backbone"],
+                                settings.budget_macs, device)
+    elif folder is not None and (folder / "search.pt").is_file():  # searched before it was interrupted
         found = load_search_result(folder / "search.pt")
     else:
         found = run_search(config, settings.data, profile, progress_report(report, "search", 0), device=device)

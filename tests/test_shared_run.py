@@ -69,3 +69,38 @@ def test_each_backbone_is_derived_from_the_shared_supernet_within_its_budget():
             shared = [k for k in own if k in found.supernet_state]
             assert shared and all(own[k].shape == found.supernet_state[k].shape for k in shared)
             assert all(k in found.supernet_state for k in own if not k.startswith("attention."))
+
+
+def test_a_sweep_trial_derives_from_the_shared_supernet_and_proxy_trains_what_it_derived(tmp_path):
+    """A trial given the sweep's supernet searches nothing: its genotype is the one derived from the supernet at
+    its backbone's width, within its budget, and it proxy-trains that genotype as any trial does."""
+    import json
+
+    import workers.search_run as search_module
+    from orchestrator.trial import TrialSettings, run_trial
+    from search_space.genotype import Genotype
+    from workers.shared_run import load_shared_search
+    profile, data = get_profile("smoke"), DataSpec(*embedded_sets())
+    path = str(tmp_path / "shared.pt")
+    train_shared_supernet(config(), data, profile, steps=3, checkpoint_path=path)
+    budget = BUDGETS[1]
+    backbone = check_feasible(config().task, profile, budget)[-1]
+    settings = TrialSettings(task=config().task, budget_macs=budget, profile=profile, data=data, shared_supernet=path)
+    params = {"backbone": backbone, "penalty_weight": 1.0, "weight_lr": profile.weight_lr, "arch_lr": profile.arch_lr,
+              "gate_temperature": 1.0}
+    searched = []
+    real = search_module.run_search
+    search_module.run_search = lambda *a, **k: searched.append(1) or real(*a, **k)
+    try:
+        result = run_trial(params, settings)
+    finally:
+        search_module.run_search = real
+    assert searched == []  # derived, not searched
+    shared, shared_config = load_shared_search(path, config().task, profile)
+    expected = derive_backbone(shared, shared_config, data, profile, backbone, budget).genotype
+    got = Genotype.from_json(result["genotype"])
+    assert got.replace(expected_keys=[]) == expected.replace(expected_keys=[])  # keys re-measured after training
+    assert result["macs"] <= budget and result["psnr"] == result["psnr"]
+    assert len(json.loads(result["position_scores"])) == got.blocks
+    with pytest.raises(ValueError, match="trained for car"):
+        load_shared_search(path, task_from_options("denoise"), profile)

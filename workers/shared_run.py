@@ -116,13 +116,22 @@ def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile
         if report and (step % profile.log_every == 0 or step == last):
             report({"step": step, "total_steps": total, "train_loss": max(losses.values()), **record})
         if checkpoint_path and ((checkpoint_every and step % checkpoint_every == 0) or step == last):
-            save_shared_checkpoint(checkpoint_path, search, step, weight_batches, arch_batches)
+            save_shared_checkpoint(checkpoint_path, search, step, weight_batches, arch_batches, config)
     return search
 
 
-def save_shared_checkpoint(path: str, search: SharedSupernetSearch, step: int, weight_batches, arch_batches) -> None:
+CONFIG_FIELDS = ("budgets", "stages", "max_keys", "attention", "penalty_weight", "gate_temperature", "weight_lr",
+                 "arch_lr", "seed")
+
+
+def save_shared_checkpoint(path: str, search: SharedSupernetSearch, step: int, weight_batches, arch_batches,
+                           config: SharedConfig) -> None:
+    """The supernet's whole state, and the configuration it was built from (so that a trial rebuilds it)."""
     from .atomic import write_atomically
+    described = {name: getattr(config, name) for name in CONFIG_FIELDS}
+    described["budgets"] = [float(b) for b in config.budgets]
     payload = {"search": search.state_dict(), "step": step, "widths": list(search.elastic.widths),
+               "config": described, "task": config.task.label,
                "base": search.elastic.base.to_json(), "weight_sampler": weight_batches.state(),
                "arch_sampler": arch_batches.state(), "torch_rng": torch.get_rng_state()}
     write_atomically(path, lambda temporary: torch.save(payload, temporary))
@@ -130,6 +139,19 @@ def save_shared_checkpoint(path: str, search: SharedSupernetSearch, step: int, w
 
 def load_shared_checkpoint(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_shared_search(path: str, task: TaskSpec, profile: Profile,
+                       device: torch.device | None = None) -> tuple[SharedSupernetSearch, SharedConfig]:
+    """The trained supernet of a checkpoint, rebuilt from the configuration it holds (ValueError where it was
+    trained for another task)."""
+    saved = load_shared_checkpoint(path)
+    if saved["task"] != task.label:
+        raise ValueError(f"{path}: the shared supernet was trained for {saved['task']}, not {task.label}")
+    config = SharedConfig(task=task, **{**saved["config"], "budgets": tuple(saved["config"]["budgets"])})
+    search = build_shared_search(config, profile, device)
+    search.load_state_dict(saved["search"])
+    return search, config
 
 
 def derive_backbone(search: SharedSupernetSearch, config: SharedConfig, data: DataSpec, profile: Profile,
