@@ -18,8 +18,14 @@ def acla(*args, home, extra_env=None, timeout=600):
     env = {**os.environ, "ACLA_HOME": home, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT, **(extra_env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True,
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=home)
+    if os.environ.get("ACLA_TEST_TIMING"):  # where the suite's time goes, command by command
+        with open(os.environ["ACLA_TEST_TIMING"], "a") as log:
+            log.write(f"{time.time() - started:7.2f} {os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]} "
+                      f"{' '.join(args[:3])}\n")
+    return done
 
 
 def independent_front(points):

@@ -46,8 +46,10 @@ def test_a_dead_retrain_worker_resumes_from_its_last_checkpoint(tmp_path):
     while time.time() < deadline and script.poll() is None and not glob.glob(checkpoints):
         time.sleep(0.2)  # the first checkpoint (step 100) is in Ray Train's storage
     time.sleep(3)  # and registered by Ray Train's controller (it lands on disk first)
-    workers = [pid for pid, line in descendants(script.pid) if line.startswith("ray::RayTrainWorker")]
+    running = descendants(script.pid)
+    workers = [pid for pid, line in running if line.startswith("ray::RayTrainWorker")]
     assert script.poll() is None and workers, "the retrain ended before a worker could be killed"
+    assert not [line for _, line in running if line.startswith("ray::Preemption")]  # one machine: nothing preempts it
     os.kill(workers[0], signal.SIGKILL)
     stdout, stderr = script.communicate(timeout=600)
     assert script.returncode == 0, stderr[-3000:]
