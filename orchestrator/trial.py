@@ -32,7 +32,7 @@ class TrialSettings:
     attention: str = "acla"
     seed: int = 0
     checkpoint_root: str | None = None  # where a trial keeps its progress, to continue after an interruption
-    shared_supernet: str | None = None  # a sweep's trained supernet (workers/shared_run.py): derive, not search
+    shared_supernet: bytes | str | None = None  # a sweep's trained supernet (its checkpoint, or a path): derive
 
 
 def trial_folder(settings: TrialSettings, params: dict) -> Path | None:

@@ -40,13 +40,17 @@ class SharedSupernetSearch:
                  arch_lr: float = 3e-3, penalty_weight: float = 1.0, gate_temperature: float = 1.0,
                  seed: int = 0, random_widths: int = 2, key_price: float = KEY_PRICE, gate_lr: float = GATE_LR,
                  price_lr: float = PRICE_LR, offset_lr_scale: float = OFFSET_LR_SCALE,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss) -> None:
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
+                 reduce_gradients: Callable[[list[torch.Tensor]], None] | None = None) -> None:
+        """`reduce_gradients` averages a list of gradient tensors in place across data-parallel workers (each
+        drawing its share of the batch), before every optimizer step, as DDP does; None on one worker."""
         if sorted(budgets) != list(elastic.widths):
             raise ValueError(f"need one budget per width {list(elastic.widths)}, got {sorted(budgets)}")
         self.elastic, self.budgets, self.loss_fn = elastic, dict(budgets), loss_fn
         self.bare = {w: check_bare_budget(elastic.at(w).base, b) for w, b in budgets.items()}
         self.penalty_weight, self.key_price, self.price_lr = penalty_weight, key_price, price_lr
         self.random_widths = random_widths
+        self.reduce_gradients = reduce_gradients
         self.rng = random.Random(seed)
         self.steps_done = 0
         elastic.set_gate_temperature(gate_temperature)
@@ -69,6 +73,7 @@ class SharedSupernetSearch:
             loss = self.loss_fn(view(inputs), targets)
             loss.backward()
             losses[width] = loss.item()
+        self._reduce(self.elastic.weight_parameters())
         self.weight_opt.step()
         return losses
 
@@ -89,6 +94,10 @@ class SharedSupernetSearch:
             price_grads = (torch.autograd.grad(price, self.gate_params, retain_graph=True, allow_unused=True)
                            if self.gate_params and price.requires_grad else [])
             (val_loss + penalty).backward()
+            self._reduce(self.elastic.arch_parameters())
+            if self.reduce_gradients is not None:
+                price_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.gate_params, price_grads)]
+                self.reduce_gradients(price_grads)
             self.arch_opt.step()
             with torch.no_grad():  # the price, decoupled from Adam (search_space/search.py)
                 for param, grad in zip(self.gate_params, price_grads):
@@ -96,6 +105,14 @@ class SharedSupernetSearch:
                         param.sub_(self.price_lr * grad)
         return {"width": width, "val_loss": val_loss.item(), "penalty": penalty.item(),
                 "key_price": price.item(), "expected_macs": expected.item()}
+
+    def _reduce(self, params: list[torch.nn.Parameter]) -> None:
+        if self.reduce_gradients is None:
+            return
+        for p in params:  # every worker reduces the same tensors, in the same order
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.reduce_gradients([p.grad for p in params])
 
     def state_dict(self) -> dict:
         return {"elastic": self.elastic.state_dict(), "weight_opt": self.weight_opt.state_dict(),

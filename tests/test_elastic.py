@@ -176,3 +176,45 @@ def test_each_budget_gets_its_genotype_from_the_scores_at_its_own_width():
         for budget in (bare, bare * 1.05, bare * 2):
             genotype = derive_for_budget(scores, target, budget)
             assert genotype.channels == channels and genotype_macs(genotype) <= budget
+
+
+def test_two_data_parallel_workers_step_as_one_worker_on_their_whole_batch():
+    """Each worker takes half of the batch, and their gradients are averaged before every step (as DDP does):
+    the weights and architecture move exactly as one worker's on the whole batch (CLA: no gate noise)."""
+    import threading
+
+    def fresh(reduce=None):
+        torch.manual_seed(8)
+        elastic = ElasticSupernet(base=base("sr", "cla"), widths=[8, 12])
+        return SharedSupernetSearch(elastic, budgets([8, 12]), seed=8, arch_lr=0.05, reduce_gradients=reduce)
+    batches = [sample("sr", batch=4, seed=30 + i) for i in range(4)]
+    alone = fresh()
+    for i in range(0, 4, 2):
+        alone.weight_step(batches[i])
+        alone.arch_step(batches[i + 1])
+
+    barrier, posted = threading.Barrier(2), {}
+
+    def reducer(rank):
+        def reduce(tensors):
+            posted[rank] = [t.clone() for t in tensors]
+            barrier.wait()
+            for t, a, b in zip(tensors, posted[0], posted[1]):
+                t.copy_((a + b) / 2)
+            barrier.wait()
+        return reduce
+    workers = [fresh(reducer(0)), fresh(reducer(1))]
+
+    def run(rank):
+        half = slice(2 * rank, 2 * rank + 2)
+        for i in range(0, 4, 2):
+            workers[rank].weight_step(tuple(t[half] for t in batches[i]))
+            workers[rank].arch_step(tuple(t[half] for t in batches[i + 1]))
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, value in alone.elastic.state_dict().items():
+        assert torch.allclose(workers[0].elastic.state_dict()[name], value, atol=1e-6), name
+        assert torch.equal(workers[0].elastic.state_dict()[name], workers[1].elastic.state_dict()[name]), name

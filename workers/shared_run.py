@@ -27,7 +27,7 @@ from .device import to_device, training_device
 from .profiles import Profile
 from .search_run import SearchResult, proxy_budget
 from .tasks import TaskSpec
-from .train import Report, make_sampler
+from .train import Report, TrainHooks, make_sampler
 
 SCORE_BATCHES = 8  # held-out batches a width's position scores are measured on (their pairs give the error)
 
@@ -75,36 +75,43 @@ def covered_widths(config: SharedConfig, profile: Profile) -> tuple[int, dict[in
     return depth, dict(sorted(priced.items()))
 
 
-def build_shared_search(config: SharedConfig, profile: Profile,
-                        device: torch.device | None = None) -> SharedSupernetSearch:
+def build_shared_search(config: SharedConfig, profile: Profile, device: torch.device | None = None,
+                        reduce_gradients=None) -> SharedSupernetSearch:
     depth, priced = covered_widths(config, profile)
     torch.manual_seed(config.seed)
     elastic = ElasticSupernet(base=config.genotype(max(priced), depth), widths=list(priced))
     elastic.to(device or training_device())
     return SharedSupernetSearch(elastic, priced, weight_lr=config.weight_lr, arch_lr=config.arch_lr,
                                 penalty_weight=config.penalty_weight, gate_temperature=config.gate_temperature,
-                                seed=config.seed)
+                                seed=config.seed, reduce_gradients=reduce_gradients)
 
 
 def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile, *, steps: int | None = None,
                           report: Report | None = None, checkpoint_path: str | None = None,
                           checkpoint_every: int = 0, stop_after: int | None = None,
-                          device: torch.device | None = None) -> SharedSupernetSearch:
+                          device: torch.device | None = None, hooks: TrainHooks | None = None,
+                          reduce_gradients=None) -> SharedSupernetSearch:
     """Train the sweep's supernet for `steps` (default: the profile's search steps), the first
     `profile.search_warmup` of them on the weights only. With `checkpoint_path`, its whole state is written
     there every `checkpoint_every` steps and at the end, and a checkpoint found there is continued: the result
-    equals an uninterrupted run's. `stop_after` ends early without changing the schedule (an interruption)."""
+    equals an uninterrupted run's. `stop_after` ends early without changing the schedule (an interruption).
+    A data-parallel worker (orchestrator/shared_supernet.py) passes `reduce_gradients` and the `hooks` of its
+    patch stream and checkpoints (workers/train.py's TrainHooks: a rank's own seed, its share of the batch,
+    and a callback for each checkpoint written)."""
+    hooks = hooks or TrainHooks()
     total = profile.search_steps if steps is None else steps
     device = device or training_device()
-    search = build_shared_search(config, profile, device)
-    weight_batches = make_sampler(config.task, data.train, profile, config.seed)
-    arch_batches = make_sampler(config.task, data.train, profile, config.seed + 1)
+    search = build_shared_search(config, profile, device, reduce_gradients)
+    seed = config.seed if hooks.sampler_seed is None else hooks.sampler_seed
+    weight_batches = make_sampler(config.task, data.train, profile, seed, hooks.batch_share)
+    arch_batches = make_sampler(config.task, data.train, profile, seed + 1, hooks.batch_share)
     step = 0
     if checkpoint_path and os.path.isfile(checkpoint_path):
         saved = load_shared_checkpoint(checkpoint_path)
         search.load_state_dict(saved["search"])
-        weight_batches.set_state(saved["weight_sampler"])
-        arch_batches.set_state(saved["arch_sampler"])
+        if hooks.sampler_seed is None:  # a rank's own stream restarts rather than resuming rank 0's
+            weight_batches.set_state(saved["weight_sampler"])
+            arch_batches.set_state(saved["arch_sampler"])
         torch.set_rng_state(saved["torch_rng"])
         step = saved["step"]
     weight_on, arch_on = to_device(weight_batches, device), to_device(arch_batches, device)
@@ -117,6 +124,8 @@ def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile
             report({"step": step, "total_steps": total, "train_loss": max(losses.values()), **record})
         if checkpoint_path and ((checkpoint_every and step % checkpoint_every == 0) or step == last):
             save_shared_checkpoint(checkpoint_path, search, step, weight_batches, arch_batches, config)
+            if hooks.on_checkpoint:
+                hooks.on_checkpoint(checkpoint_path, step, {})
     return search
 
 
@@ -137,15 +146,16 @@ def save_shared_checkpoint(path: str, search: SharedSupernetSearch, step: int, w
     write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
-def load_shared_checkpoint(path: str) -> dict:
+def load_shared_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_shared_search(path: str, task: TaskSpec, profile: Profile,
+def load_shared_search(path, task: TaskSpec, profile: Profile,
                        device: torch.device | None = None) -> tuple[SharedSupernetSearch, SharedConfig]:
-    """The trained supernet of a checkpoint, rebuilt from the configuration it holds (ValueError where it was
-    trained for another task)."""
-    saved = load_shared_checkpoint(path)
+    """The trained supernet of a checkpoint (a path, or its bytes), rebuilt from the configuration it holds
+    (ValueError where it was trained for another task)."""
+    import io
+    saved = load_shared_checkpoint(io.BytesIO(path) if isinstance(path, bytes) else path)
     if saved["task"] != task.label:
         raise ValueError(f"{path}: the shared supernet was trained for {saved['task']}, not {task.label}")
     config = SharedConfig(task=task, **{**saved["config"], "budgets": tuple(saved["config"]["budgets"])})
