@@ -84,7 +84,7 @@ def search_job_from_args(args: argparse.Namespace):
                      attention=args.attention, trials=args.trials or profile.trials,
                      concurrency=args.concurrency or profile.concurrency, seed=args.seed, retrain_top=args.retrain_top,
                      retrain_workers=args.retrain_workers, retrain=not args.no_retrain, width=not args.no_width,
-                     json=args.json,
+                     shared=args.verb == "sweep" and not args.separate, json=args.json,
                      command_line=redacted_command(sys.argv), request=platform_request(args))
 
 
@@ -172,6 +172,9 @@ def add_orchestrator_verbs(verbs) -> None:
     sweep = verbs.add_parser("sweep", help="several budgets in one Ray session, filling one front")
     sweep.add_argument("--budgets", required=True, type=budgets_arg,
                        help=f"comma-separated budgets, e.g. 20G,35G,50G,80G (at most {MAX_SWEEP_BUDGETS}, each once)")
+    sweep.add_argument("--separate", action="store_true",
+                       help="search each budget on its own, from scratch, instead of deriving every budget from one "
+                            "shared supernet trained once")
     add_search_args(sweep)
     sweep.set_defaults(handler="cli:command_search")
 

@@ -9,6 +9,7 @@ Ctrl-C or SIGTERM marks it KILLED, so no half-made run looks finished. The run d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import textwrap
@@ -58,6 +59,9 @@ def run_search(job: SearchJob, run, store) -> int:
         check_retrain_workers(job.retrain_workers, job.profile)
     with user_errors():
         backbones = {budget: check_feasible(job.task, job.profile, budget) for budget in job.budgets}
+    if job.shared:
+        from .shared_supernet import check_coverage
+        check_coverage(job)
     for budget in job.budgets:
         warning = unused_budget_warning(job.task, job.profile, budget)
         if warning:
@@ -74,9 +78,10 @@ def run_search(job: SearchJob, run, store) -> int:
         if job.retrain:
             retrain_resources(shapes, job.retrain_workers)
         client = mlflow_client(run)
+        shared = {}  # the sweep's supernet, once it is trained or found: (its bytes, its store URI)
         for budget in job.budgets:
             summaries.append(run_one_budget(job, budget, backbones[budget], resources, run=run, store=store,
-                                            client=client, width_resources=alone))
+                                            client=client, width_resources=alone, shared=shared))
     if job.json:  # a sweep's budgets as a list, however many this job ran of them
         print(json.dumps({"searches": summaries} if job.sweep or len(summaries) > 1 else summaries[0]))
     else:
@@ -105,7 +110,7 @@ def check_retrain_workers(workers: int, profile) -> None:
 
 
 def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resources: dict, *, run, store,
-                   client, width_resources: dict) -> dict:
+                   client, width_resources: dict, shared: dict) -> dict:
     """One budget's search, recorded as it goes in the run directory's search state; with a parent run for this
     budget in `job.resume_parents` it continues that search: its finished trials kept, its interrupted ones run
     again, its retrains done."""
@@ -121,8 +126,6 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
 
     task, profile = job.task, job.profile
     settings = trial_settings(job, budget, run)
-    request = SearchRequest(settings=settings, run=run, trials=job.trials, concurrency=job.concurrency,
-                            command_line=job.command_line, backbones=backbones, resources=resources)
     name = experiment_name(task.label)
     experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)
@@ -142,8 +145,16 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         parent_id, plan = start_parent(client, experiment_id, run_name=run_name, tags=tags, params=params,
                                        command_line=job.command_line), None
     state.begin(parent_id, experiment_id, job.to_stored(budget))
-    progress, reporter = progress_reporter(not job.json)
+    progress, reporter = None, None
     try:
+        if job.shared:  # before the trials, within this parent: a sweep cut off while it trains is resumed by it
+            settings = dataclasses.replace(settings, shared_supernet=sweep_supernet(job, run, store, state, shared))
+            client.set_tag(parent_id, "shared_supernet", shared["uri"])
+            if shared["resumed_from"] is not None:  # trained in this job: from its start, or from a checkpoint
+                client.set_tag(parent_id, "shared_supernet_resumed_from_step", str(shared["resumed_from"]))
+        request = SearchRequest(settings=settings, run=run, trials=job.trials, concurrency=job.concurrency,
+                                command_line=job.command_line, backbones=backbones, resources=resources)
+        progress, reporter = progress_reporter(not job.json)
         recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter, state, plan, store=store)
         progress.stop()
         if not recorded:
@@ -165,13 +176,13 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         end_parent(client, parent_id, "FINISHED")
         state.end(parent_id, "finished")
     except KeyboardInterrupt:
-        progress.stop()
+        progress and progress.stop()
         close_stale_runs(client, experiment_id, parent_id, "KILLED")  # the trials it cut off
         end_parent(client, parent_id, "KILLED")
         state.end(parent_id, "killed")
         raise
     except BaseException:
-        progress.stop()
+        progress and progress.stop()
         close_stale_runs(client, experiment_id, parent_id, "FAILED")
         end_parent(client, parent_id, "FAILED")
         state.end(parent_id, "failed")
@@ -182,6 +193,17 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         client.log_batch(parent_id, metrics=[Metric("width_psnr", float(width["psnr"]), 0, 0)] + (
             [Metric("width_gain", float(summary["width"]["gain"]), 0, 0)] if summary["width"]["gain"] is not None else []))
     return summary
+
+
+def sweep_supernet(job: SearchJob, run, store, state, shared: dict) -> bytes:
+    """The sweep's supernet, trained once per job (or found stored); its trials are derived from it."""
+    from .shared_supernet import shared_supernet
+    if "bytes" not in shared:
+        # a trial of this sweep ever started: its supernet was finished and stored before
+        trained_before = any(state.trials(parent) for parent in job.resume_parents.values())
+        shared["bytes"], shared["uri"], shared["resumed_from"] = shared_supernet(job, run, store,
+                                                                                 trained_before=trained_before)
+    return shared["bytes"]
 
 
 def retrain_each(run, store, client, experiment_id, parent_id, settings, winners, retrain_workers, state) -> list[dict]:

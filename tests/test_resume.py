@@ -75,20 +75,37 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
 
 
 SWEEP = ["sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency",
-         "1", "--no-retrain", "--no-width", "--json"]
+         "1", "--no-retrain", "--no-width", "--search-steps", "40", "--retrain-workers", "1", "--json"]
 
 
 def trial_set(summary: dict) -> list[tuple]:
     return sorted((t["macs"], round(t["psnr"], 4), json.dumps(t["positions"]), t["pareto"]) for t in summary["trials"])
 
 
-def test_kill_9_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
-    """A sweep of two budgets killed with -9 during its first budget's second trial: `resume --last` finishes it
-    as one job (the cut-off budget continued, the one never begun searched), equal to an uninterrupted sweep."""
+def start_and_kill(argv, home, env, ready) -> None:
+    """Start `acla-orch argv` in `home`, wait until `ready()`, then kill -9 it and everything in its session."""
+    from tests.procs import kill_mentioning
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], env=env, cwd=home,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None and not ready():
+        time.sleep(0.1)
+    assert driver.poll() is None, f"{argv[0]} ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
+    driver.wait()
+    kill_mentioning(home)  # Ray's daemons, should any have left the session: the machine is gone
+
+
+def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
+    """A sweep of two budgets (one shared supernet) killed with -9 while its supernet trains, resumed, and that
+    resume killed in its first budget's second trial: `resume --last` finishes it as one job (the supernet from
+    Ray Train's checkpoint, the cut-off budget continued, the one never begun searched), equal to an
+    uninterrupted sweep."""
+    import glob
+
     from mlflow.tracking import MlflowClient
     from storage.manifest import verify_artifact_set
     from storage.stores import StorageConfig, open_store
-    from tests.procs import kill_mentioning
     from tests.test_orchestrator import acla
 
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
@@ -102,23 +119,26 @@ def test_kill_9_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *SWEEP], env=env, cwd=broken,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state, deadline = SearchState(broken), time.time() + 300
-    while time.time() < deadline and driver.poll() is None:  # the first budget: one trial finished, one running
-        searches = state.searches()
-        trials = state.trials(searches[0]["parent_run_id"]) if searches else []
-        if [t["state"] for t in trials] == ["finished", "running"]:
-            break
-        time.sleep(0.2)
-    assert driver.poll() is None, "the sweep ended before it could be killed"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
-    driver.wait()
-    kill_mentioning(broken)  # Ray's daemons, should any have left the session: the machine is gone
+    # 1: while the supernet trains, once Ray Train holds a checkpoint of it
+    start_and_kill(SWEEP, broken, env, lambda: glob.glob(f"{broken}/artifacts/ray-train/shared-*/checkpoint_*/"))
+    assert not glob.glob(f"{broken}/artifacts/shared-supernets/*")  # never finished, so never stored
     status = json.loads(acla("status", "--json", home=broken).stdout)
     assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]  # the second budget never began
     assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
     first_parent = status["searches"][0]["run_id"]
+    assert SearchState(broken).trials(first_parent) == []
+
+    # 2: the resume, during the first budget's second trial (one finished, one running)
+    state = SearchState(broken)
+    start_and_kill(["resume", "--last", "--json"], broken, env,
+                   lambda: [t["state"] for t in state.trials(first_parent)] == ["finished", "running"])
+    client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
+    resumed_from = int(client.get_run(first_parent).data.tags["shared_supernet_resumed_from_step"])
+    assert 0 < resumed_from < 40  # the supernet went on from Ray Train's checkpoint, not from its start
+    assert len(glob.glob(f"{broken}/artifacts/shared-supernets/*/manifest.json")) == 1  # finished and stored
+    status = json.loads(acla("status", "--json", home=broken).stdout)
+    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
+    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
 
     out = acla("resume", "--last", "--json", home=broken)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -131,7 +151,6 @@ def test_kill_9_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
     assert not [s for s in resumed + uninterrupted if "width" in s]  # --no-width, kept through the resume
     # one FINISHED MLflow trial run per trial, the cut-off attempt's run (created when it started) KILLED, none
     # left RUNNING, both parents FINISHED
-    client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
     experiment = client.get_experiment_by_name("acla-car-q10")
     runs = client.search_runs([experiment.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]

@@ -121,7 +121,7 @@ def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile
         record = search.arch_step(next(arch_on), update=step >= profile.search_warmup)
         step += 1
         if report and (step % profile.log_every == 0 or step == last):
-            report({"step": step, "total_steps": total, "train_loss": max(losses.values()), **record})
+            report({"step": step, "total_steps": total, "loss": losses[max(losses)], **record})
         if checkpoint_path and ((checkpoint_every and step % checkpoint_every == 0) or step == last):
             save_shared_checkpoint(checkpoint_path, search, step, weight_batches, arch_batches, config)
             if hooks.on_checkpoint:
