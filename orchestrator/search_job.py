@@ -59,9 +59,15 @@ def run_search(job: SearchJob, run, store) -> int:
         check_retrain_workers(job.retrain_workers, job.profile)
     with user_errors():
         backbones = {budget: check_feasible(job.task, job.profile, budget) for budget in job.budgets}
+    shared = {}  # the sweep's supernet, once it is trained or found: its bytes, its store URI, its resumed step
     if job.shared:
-        from .shared_supernet import check_coverage
+        from .shared_supernet import check_coverage, stored_supernet
+        from .state import SearchState
         check_coverage(job)
+        # a resumed sweep whose trials began was derived from a stored supernet: it must be there, intact
+        trained_before = any(SearchState(run.run_dir).trials(parent) for parent in job.resume_parents.values())
+        with user_errors():
+            shared.update(stored_supernet(job, store, trained_before=trained_before))
     for budget in job.budgets:
         warning = unused_budget_warning(job.task, job.profile, budget)
         if warning:
@@ -78,7 +84,6 @@ def run_search(job: SearchJob, run, store) -> int:
         if job.retrain:
             retrain_resources(shapes, job.retrain_workers)
         client = mlflow_client(run)
-        shared = {}  # the sweep's supernet, once it is trained or found: (its bytes, its store URI)
         for budget in job.budgets:
             summaries.append(run_one_budget(job, budget, backbones[budget], resources, run=run, store=store,
                                             client=client, width_resources=alone, shared=shared))
@@ -148,7 +153,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
     progress, reporter = None, None
     try:
         if job.shared:  # before the trials, within this parent: a sweep cut off while it trains is resumed by it
-            settings = dataclasses.replace(settings, shared_supernet=sweep_supernet(job, run, store, state, shared))
+            settings = dataclasses.replace(settings, shared_supernet=sweep_supernet(job, run, store, shared))
             client.set_tag(parent_id, "shared_supernet", shared["uri"])
             if shared["resumed_from"] is not None:  # trained in this job: from its start, or from a checkpoint
                 client.set_tag(parent_id, "shared_supernet_resumed_from_step", str(shared["resumed_from"]))
@@ -195,14 +200,11 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
     return summary
 
 
-def sweep_supernet(job: SearchJob, run, store, state, shared: dict) -> bytes:
-    """The sweep's supernet, trained once per job (or found stored); its trials are derived from it."""
-    from .shared_supernet import shared_supernet
+def sweep_supernet(job: SearchJob, run, store, shared: dict) -> bytes:
+    """The sweep's supernet: the one found stored before Ray started, or trained now, once per job."""
+    from .shared_supernet import train_shared_supernet
     if "bytes" not in shared:
-        # a trial of this sweep ever started: its supernet was finished and stored before
-        trained_before = any(state.trials(parent) for parent in job.resume_parents.values())
-        shared["bytes"], shared["uri"], shared["resumed_from"] = shared_supernet(job, run, store,
-                                                                                 trained_before=trained_before)
+        shared.update(train_shared_supernet(job, run, store))
     return shared["bytes"]
 
 

@@ -102,25 +102,31 @@ def recorded_supernet(store, sweep_id: str) -> bytes | None:
         return store.get_bytes(f"{prefix}/{SHARED_FILE}")
     except StorageError as err:
         raise UsageError(f"the sweep's shared supernet ({store.uri(prefix)}) fails its manifest check: {err}; "
-                         f"remove that folder to train the supernet again") from None
+                         f"restore it from a copy, or start the sweep anew") from None
 
 
-def shared_supernet(job, run, store, *, trained_before: bool) -> tuple[bytes, str, int | None]:
-    """The sweep's supernet (its checkpoint's bytes), its store URI, and the step its training continued from
-    (None where it was found stored): the one stored, or trained now, continuing from Ray Train's latest
-    checkpoint where a cut-off sweep left one. `trained_before`: the sweep's state says it finished, so a missing
-    set is an error, not a reason to train again."""
-    from storage.manifest import put_artifact_set
+def stored_supernet(job, store, *, trained_before: bool) -> dict:
+    """The sweep's stored supernet ({bytes, uri, resumed_from: None}), or {} where none is stored yet. Where the
+    sweep's state says it was finished (`trained_before`: its trials began), a missing set is an error, not a
+    reason to train it again: the trials so far were derived from it."""
     prefix = f"{SHARED_SETS}/{job.sweep.id}"
     recorded = recorded_supernet(store, job.sweep.id)
     if recorded is not None:
-        return recorded, store.uri(prefix), None
+        return {"bytes": recorded, "uri": store.uri(prefix), "resumed_from": None}
     if trained_before:
-        raise UsageError(f"the sweep's shared supernet is missing from {store.uri(prefix)}; its trials were derived "
-                         f"from it, so it cannot be trained again alike: start the sweep anew")
+        raise UsageError(f"the sweep's shared supernet is missing from {store.uri(prefix)}; its trials so far were "
+                         f"derived from it, so it cannot be trained again alike: restore it from a copy, or start the sweep anew")
+    return {}
+
+
+def train_shared_supernet(job, run, store) -> dict:
+    """Train the sweep's supernet (continuing from Ray Train's latest checkpoint where a cut-off sweep left one)
+    and store it: {bytes, uri, resumed_from: the step its training continued from, 0 from its start}."""
+    from storage.manifest import put_artifact_set
+    prefix = f"{SHARED_SETS}/{job.sweep.id}"
     local, resumed_from = train_on_ray(job, run)
     put_artifact_set(store, prefix, {SHARED_FILE: local})
-    return Path(local).read_bytes(), store.uri(prefix), resumed_from
+    return {"bytes": Path(local).read_bytes(), "uri": store.uri(prefix), "resumed_from": resumed_from}
 
 
 def train_on_ray(job, run) -> tuple[str, int]:

@@ -136,6 +136,21 @@ def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_pat
     resumed_from = int(client.get_run(first_parent).data.tags["shared_supernet_resumed_from_step"])
     assert 0 < resumed_from < 40  # the supernet went on from Ray Train's checkpoint, not from its start
     assert len(glob.glob(f"{broken}/artifacts/shared-supernets/*/manifest.json")) == 1  # finished and stored
+    # its trials were derived from that supernet: a resume refuses one that fails its check, or is gone, in one
+    # line and exit 2, writing nothing
+    stored, = glob.glob(f"{broken}/artifacts/shared-supernets/*/shared.pt")
+    intact = open(stored, "rb").read()
+    before = sorted(os.listdir(broken))
+    folder = os.path.dirname(stored)
+    for damage, expected in ((lambda: open(stored, "ab").write(b"x"), "fails its manifest check"),
+                             (lambda: os.rename(folder, folder + ".gone"), "is missing")):
+        damage()
+        out = acla("resume", "--last", home=broken)
+        assert out.returncode == 2 and expected in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert sorted(os.listdir(broken)) == before
+        if os.path.exists(folder + ".gone"):
+            os.rename(folder + ".gone", folder)
+        open(stored, "wb").write(intact)
     status = json.loads(acla("status", "--json", home=broken).stdout)
     assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
     assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
