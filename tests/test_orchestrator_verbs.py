@@ -21,6 +21,27 @@ def test_sweep_then_retrain_one_trial(run_dir):
     line = width_points(client, experiment.experiment_id)
     assert [p["budget_macs"] for p in line] == [1.5e9, 2e9] and all(p["macs"] <= p["budget_macs"] for p in line)
     assert [s["width"]["run_id"] for s in searches] == [p["run_id"] for p in line]
+    # one shared supernet for both budgets: trained once, from its start, stored with its manifest, named on each
+    # budget's parent run; each trial's genotype is the one derived from it at its backbone's width
+    from storage.manifest import verify_artifact_set
+    from storage.stores import StorageConfig, open_store
+    from workers.shared_run import derive_backbone, load_shared_search
+    parents = [client.get_run(s["parent_run_id"]).data.tags for s in searches]
+    assert len({tags["shared_supernet"] for tags in parents}) == 1
+    assert parents[0]["shared_supernet_resumed_from_step"] == "0" and "shared_supernet_resumed_from_step" in parents[1]
+    store = open_store(StorageConfig(f"{run_dir}/artifacts"))
+    prefix = parents[0]["shared_supernet"].split("/artifacts/", 1)[1]
+    verify_artifact_set(store, prefix)
+    from workers.data import embedded_sets
+    from workers.profiles import get_profile
+    from workers.tasks import task_from_options
+    from workers.train import DataSpec
+    profile, data = get_profile("smoke"), DataSpec(*embedded_sets())
+    shared, config = load_shared_search(store.get_bytes(f"{prefix}/shared.pt"), task_from_options("car"), profile)
+    for search in searches:
+        trial = client.get_run(search["trials"][0]["run_id"])
+        derived = derive_backbone(shared, config, data, profile, trial.data.params["backbone"], search["budget_macs"])
+        assert search["trials"][0]["positions"] == list(derived.genotype.positions)
     trial_id = searches[0]["trials"][0]["run_id"]
     out = acla("retrain", "--run-id", trial_id, "--json", "--retrain-workers", "1", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]

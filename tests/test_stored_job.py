@@ -127,3 +127,17 @@ def test_the_orchestrator_imports_no_circle():
                     return True
         return False
     assert [name for name in sorted(modules) if reaches(name, name, set())] == []
+
+
+def test_a_sweep_shares_one_supernet_unless_separate_and_keeps_that_through_resume():
+    def job_of(*argv):
+        return search_job_from_args(build_parser().parse_args([*argv, "--task", "car", "--profile", "smoke"]))
+    shared, separate = job_of("sweep", "--budgets", "2G,3G"), job_of("sweep", "--budgets", "2G,3G", "--separate")
+    assert shared.shared and not separate.shared and not job_of("search", "--budget", "2G").shared
+    for job in (shared, separate):
+        again = SearchJob.from_stored(json.loads(json.dumps(job.to_stored(2e9))), json_output=False,
+                                      resume_parents={2e9: "p1"})
+        assert again.shared == job.shared
+    older = shared.to_stored(2e9)
+    del older["job"]["shared"]  # a job stored before the shared supernet existed searched each budget on its own
+    assert not SearchJob.from_stored(older, json_output=False, resume_parents={2e9: "p1"}).shared

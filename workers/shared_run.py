@@ -58,20 +58,24 @@ class SharedConfig:
 
 def covered_widths(config: SharedConfig, profile: Profile) -> tuple[int, dict[int, float]]:
     """The depth every budget's backbones share, and each proxy width with the budget (at the proxy's scale)
-    that prices its keys: the tightest among the budgets that offer it. CoverageError where the budgets' backbones
-    differ in depth (a supernet with elastic widths holds one depth)."""
-    depth, priced = None, {}
-    for budget in config.budgets:
-        for label in check_feasible(config.task, profile, budget):
-            channels, blocks = parse_backbone(label)
-            if depth not in (None, blocks):
-                raise CoverageError(f"budget {budget:.4g} offers {blocks}-block backbones and another budget "
-                                    f"{depth}-block ones: one supernet covers one depth; sweep budgets whose "
-                                    f"backbones share a depth, or search each budget on its own")
-            depth = blocks
+    that prices its keys: the tightest among the budgets that offer it. CoverageError where the budgets offer
+    backbones of several depths (a supernet with elastic widths holds one depth)."""
+    from search_space.budget import short_budget
+    offered = {budget: [parse_backbone(label) for label in check_feasible(config.task, profile, budget)]
+               for budget in config.budgets}
+    depths = {budget: sorted({blocks for _, blocks in backbones}) for budget, backbones in offered.items()}
+    if len({d for ds in depths.values() for d in ds}) > 1:
+        named = "; ".join(f"{short_budget(b)} offers {', '.join(map(str, ds))} blocks" for b, ds in depths.items())
+        raise CoverageError(f"the {profile.name} profile's backbones for these budgets differ in depth ({named}), "
+                            f"and one shared supernet has one depth (its widths are elastic, not its blocks); "
+                            f"pass --separate to search each budget on its own")
+    priced = {}
+    for budget, backbones in offered.items():
+        for channels, blocks in backbones:
             target, proxy = config.genotype(channels, blocks), config.genotype(profile.proxy_channels(channels), blocks)
             width_budget = proxy_budget(target, proxy, budget)
             priced[proxy.channels] = min(priced.get(proxy.channels, width_budget), width_budget)
+    depth, = {d for ds in depths.values() for d in ds}
     return depth, dict(sorted(priced.items()))
 
 
