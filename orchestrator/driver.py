@@ -106,8 +106,11 @@ def budget_label(budget_macs: float) -> str:
     return f"budget-{giga:g}G" if giga >= 1 and float(giga).is_integer() else f"budget-{budget_macs / 1e6:g}M".replace(".", "p")
 
 
-def search_space(feasible: list[str], profile) -> dict:
-    """Optuna's space: the budget's backbones, and the search's rates within 3x of the profile's."""
+def search_space(feasible: list[str], profile, shared: bool = False) -> dict:
+    """Optuna's space: the budget's backbones, and the search's rates within 3x of the profile's. A sweep's trial
+    (`shared`) only derives from the supernet trained before it, with its own rates: its backbone is the choice."""
+    if shared:
+        return {"backbone": tune.choice(feasible)}
     return {"backbone": tune.choice(feasible), "penalty_weight": tune.loguniform(0.1, 10.0),
             "weight_lr": tune.loguniform(profile.weight_lr / 3, profile.weight_lr * 3),
             "arch_lr": tune.loguniform(profile.arch_lr / 3, profile.arch_lr * 3),
@@ -172,8 +175,10 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
     study = study_name(settings, parent_id)
     prepare_study(storage, study, resume)
-    searcher = OptunaSearch(space=search_space(request.backbones, settings.profile), metric=["psnr", "macs"], mode=["max", "min"],
-                            study_name=study, storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4))
+    space = search_space(request.backbones, settings.profile, shared=settings.shared_supernet is not None)
+    searcher = OptunaSearch(space=space, metric=["psnr", "macs"], mode=["max", "min"], study_name=study,
+                            storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4,
+                                                                    distinct=settings.shared_supernet is not None))
     search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label,
                    "task_spec": json.dumps(dataclasses.asdict(settings.task)), "profile": settings.profile.name}
     recorded: list[TrialRecord] = list(resume.recorded) if resume else []

@@ -77,11 +77,6 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
     started = time.perf_counter()
     task, profile = settings.task, settings.profile
     channels, blocks = parse_backbone(params["backbone"])
-    config = SearchConfig(task=task, budget_macs=settings.budget_macs, channels=channels, blocks=blocks,
-                          stages=profile.stages, max_keys=profile.max_keys,
-                          attention=settings.attention, penalty_weight=params["penalty_weight"],
-                          gate_temperature=params["gate_temperature"], weight_lr=params["weight_lr"],
-                          arch_lr=params["arch_lr"], seed=settings.seed)
     device = training_device()
     folder = trial_folder(settings, params)
     if settings.shared_supernet:  # a sweep's trial: its backbone derived from the sweep's one supernet
@@ -92,6 +87,11 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
     elif folder is not None and (folder / "search.pt").is_file():  # searched before it was interrupted
         found = load_search_result(folder / "search.pt")
     else:
+        config = SearchConfig(task=task, budget_macs=settings.budget_macs, channels=channels, blocks=blocks,
+                              stages=profile.stages, max_keys=profile.max_keys,
+                              attention=settings.attention, penalty_weight=params["penalty_weight"],
+                              gate_temperature=params["gate_temperature"], weight_lr=params["weight_lr"],
+                              arch_lr=params["arch_lr"], seed=settings.seed)
         found = run_search(config, settings.data, profile, progress_report(report, "search", 0), device=device)
         if folder is not None:
             save_search_result(found, folder / "search.pt")

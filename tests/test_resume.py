@@ -54,6 +54,22 @@ def test_concurrent_trials_get_different_proposals():
     assert len({json.dumps(t.params, sort_keys=True) for t in asked}) == 3
 
 
+def test_distinct_proposals_take_every_backbone_once_before_any_twice():
+    choices = ["c8-b4", "c12-b4", "c16-b4"]
+
+    def backbone_only(trial):
+        return len(trial.suggest_categorical("backbone", choices))
+    for seed in range(5):
+        study = optuna.create_study(sampler=ReproducibleTPE(seed, 4, distinct=True))
+        study.optimize(backbone_only, n_trials=4)
+        proposed = [t.params["backbone"] for t in study.trials]
+        assert sorted(proposed[:3]) == sorted(choices) and proposed[3] in choices
+    plain = [optuna.create_study(sampler=ReproducibleTPE(seed, 4)) for seed in range(5)]
+    for study in plain:
+        study.optimize(backbone_only, n_trials=3)
+    assert any(len({t.params["backbone"] for t in s.trials}) < 3 for s in plain)  # what distinct is for
+
+
 def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
     state = SearchState(tmp_path)
     state.begin("p1", "e1", {"budget": 2e9})
