@@ -1,7 +1,8 @@
 """Orchestrator cost, as JSON: the wall time of `acla-orch search --budget 50GFLOPs --task car` (smoke, and quick
 with --full), and the overhead of one quick trial run through Ray Tune + Optuna + MLflow against the same
-trial function called directly with the same parameters, in the same run.
-Usage: python benchmarks/orchestrator.py [--full] [--profile quick]"""
+trial function called directly with the same parameters, in the same run. With --sweep, P9 instead (issue #22):
+a sweep of 4 budgets on one shared supernet against one single-budget search, with the same flags and profile.
+Usage: python benchmarks/orchestrator.py [--full] [--profile quick] | --sweep [--profile quick]"""
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 
-def search(home: str, *args: str) -> tuple[float, dict]:
+SWEEP_BUDGETS = "13G,25G,50G,100G"  # GMACs; the single search is the README's 50GFLOPs = 25 GMACs, one of them
+
+
+def search(home: str, *args: str, verb: tuple[str, ...] = ("search", "--budget", "50GFLOPs")) -> tuple[float, dict]:
     env = {**os.environ, "ACLA_HOME": home, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": ROOT}
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "search", "--budget", "50GFLOPs", "--task", "car",
-                          "--json", *args], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *verb, "--task", "car", "--json", *args], env=env,
+                         capture_output=True, text=True)
     wall = time.perf_counter() - started
     if out.returncode:
         raise SystemExit(out.stderr[-2000:])
@@ -54,8 +58,11 @@ def direct_trial(home: str, summary: dict, profile_name: str) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="also time the full quick-profile search (minutes)")
-    parser.add_argument("--profile", default="quick", help="profile of the overhead trial")
+    parser.add_argument("--profile", default="quick", help="profile of the overhead trial (or of P9)")
+    parser.add_argument("--sweep", action="store_true", help=f"P9: sweep {SWEEP_BUDGETS} against one search")
     args = parser.parse_args()
+    if args.sweep:
+        return sweep_cost(args.profile)
     results = {"cpus": os.cpu_count()}
     home = tempfile.mkdtemp(prefix="acla-b-")
     try:
@@ -76,6 +83,26 @@ def main() -> None:
                         "trial_overhead_ratio": round(in_ray / direct, 3),
                         "one_trial_search_wall_s": round(orchestrated, 1),
                         "whole_search_over_direct": round(orchestrated / direct, 3)})
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+def sweep_cost(profile: str) -> None:
+    """P9: the wall time of a 4-budget sweep (one shared supernet) over that of one search, same flags (retraining
+    off: a sweep retrains each budget's winners, a search one budget's; the width line on, as by default)."""
+    flags = ("--profile", profile, "--no-retrain")
+    results = {"cpus": os.cpu_count(), "profile": profile, "sweep_budgets": SWEEP_BUDGETS, "search_budget": "25G"}
+    home = tempfile.mkdtemp(prefix="acla-b-")
+    try:
+        results["search_s"] = round(search(home, *flags, verb=("search", "--budget", "25G"))[0], 1)
+        print(json.dumps(results), file=sys.stderr, flush=True)
+        shutil.rmtree(home)
+        home = tempfile.mkdtemp(prefix="acla-b-")
+        wall, summary = search(home, *flags, verb=("sweep", "--budgets", SWEEP_BUDGETS))
+        results["sweep_s"] = round(wall, 1)
+        results["sweep_over_search"] = round(wall / results["search_s"], 2)
+        results["sweep_trials"] = sum(len(s["trials"]) for s in summary["searches"])
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(results, indent=2))
