@@ -88,6 +88,22 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
+def sweep_breakdown(home: str, summary: dict) -> dict:
+    """Where the sweep's time went, from its MLflow runs: the supernet's training, each budget's trials (summed,
+    though two run at a time) and its width net."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{home}/mlflow.db")
+    first = client.get_run(summary["searches"][0]["parent_run_id"]).data.tags
+    budgets = {}
+    for search in summary["searches"]:
+        trial_seconds = sum(client.get_run(t["run_id"]).data.metrics.get("trial_seconds", 0.0) for t in search["trials"])
+        width = search.get("width") or {}
+        width_seconds = client.get_run(width["run_id"]).data.metrics.get("seconds") if width.get("run_id") else None
+        budgets[f"{search['budget_macs'] / 1e9:g}G"] = {"trials_s_summed": round(trial_seconds, 1),
+                                                      "width_s": None if width_seconds is None else round(width_seconds, 1)}
+    return {"shared_supernet_s": float(first.get("shared_supernet_seconds", "nan")), "per_budget": budgets}
+
+
 def sweep_cost(profile: str) -> None:
     """P9: the wall time of a 4-budget sweep (one shared supernet) over that of one search, same flags (retraining
     off: a sweep retrains each budget's winners, a search one budget's; the width line on, as by default)."""
@@ -103,6 +119,7 @@ def sweep_cost(profile: str) -> None:
         results["sweep_s"] = round(wall, 1)
         results["sweep_over_search"] = round(wall / results["search_s"], 2)
         results["sweep_trials"] = sum(len(s["trials"]) for s in summary["searches"])
+        results.update(sweep_breakdown(home, summary))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(results, indent=2))

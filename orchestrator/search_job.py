@@ -157,6 +157,7 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
             client.set_tag(parent_id, "shared_supernet", shared["uri"])
             if shared["resumed_from"] is not None:  # trained in this job: from its start, or from a checkpoint
                 client.set_tag(parent_id, "shared_supernet_resumed_from_step", str(shared["resumed_from"]))
+                client.set_tag(parent_id, "shared_supernet_seconds", f"{shared['seconds']:.1f}")
         request = SearchRequest(settings=settings, run=run, trials=job.trials, concurrency=job.concurrency,
                                 command_line=job.command_line, backbones=backbones, resources=resources)
         progress, reporter = progress_reporter(not job.json)

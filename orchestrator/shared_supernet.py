@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import tempfile
+import time
 from pathlib import Path
 
 from workers.data import DataSpec, ImageSet
@@ -124,9 +125,11 @@ def train_shared_supernet(job, run, store) -> dict:
     and store it: {bytes, uri, resumed_from: the step its training continued from, 0 from its start}."""
     from storage.manifest import put_artifact_set
     prefix = f"{SHARED_SETS}/{job.sweep.id}"
+    started = time.perf_counter()
     local, resumed_from = train_on_ray(job, run)
     put_artifact_set(store, prefix, {SHARED_FILE: local})
-    return {"bytes": Path(local).read_bytes(), "uri": store.uri(prefix), "resumed_from": resumed_from}
+    return {"bytes": Path(local).read_bytes(), "uri": store.uri(prefix), "resumed_from": resumed_from,
+            "seconds": time.perf_counter() - started}
 
 
 def train_on_ray(job, run) -> tuple[str, int]:

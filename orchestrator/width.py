@@ -41,12 +41,16 @@ def train_width(settings, backbone: str) -> dict:
 
 def tune_width(settings, backbone: str) -> dict:
     """Ray's view of `train_width`: as many torch threads as CPUs granted."""
+    import time
+
     from .driver import use_granted_cpus
     use_granted_cpus()
-    return train_width(settings, backbone)
+    started = time.perf_counter()
+    return {**train_width(settings, backbone), "seconds": time.perf_counter() - started}
 
 
 WIDTH_METRICS = ("psnr", "psnr_y", "psnr_rgb", "input_psnr", "macs", "proxy_macs", "params", "steps")
+# and, where the width net was trained here, its wall time in Ray (`seconds`)
 
 
 def width_point(settings, resources: dict, client, experiment_id: str, parent_id: str) -> dict:
@@ -67,7 +71,8 @@ def width_point(settings, resources: dict, client, experiment_id: str, parent_id
     channels, blocks = parse_backbone(backbone)
     run = client.create_run(experiment_id, run_name=f"width-{channels}x{blocks}",
                             tags={"mlflow.parentRunId": parent_id, "acla_kind": "width", "budget_macs": str(int(budget))})
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(result[k]), 0, 0) for k in WIDTH_METRICS],
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(result[k]), 0, 0) for k in WIDTH_METRICS + ("seconds",)
+                                               if k in result],
                      params=[Param("backbone", backbone), Param("net", f"{channels}x{blocks}"),
                              Param("positions", "none"), Param("seed", str(settings.seed))])
     client.set_terminated(run.info.run_id, "FINISHED")
