@@ -27,13 +27,11 @@ from .train import DataSpec, Report, make_sampler
 SCORE_BATCHES = 4  # held-out batches the position scores are measured on
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    task: TaskSpec
-    budget_macs: float
-    channels: int  # the target width; the supernet is the profile's proxy of it
-    blocks: int
-    stages: int
+@dataclass(frozen=True, kw_only=True)
+class SearchRates:
+    """How a search runs, beyond its backbone and budget (a single search's, and a sweep's shared supernet's): the
+    attention kind and candidate keys per reference layer, the penalty weight, the gate temperature, the learning
+    rates and the seed. Keyword-only, after the fields of the configurations built on it."""
     max_keys: int = 9
     attention: str = "acla"
     penalty_weight: float = 1.0
@@ -41,6 +39,15 @@ class SearchConfig:
     weight_lr: float = 1e-3
     arch_lr: float = 3e-3
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig(SearchRates):
+    task: TaskSpec
+    budget_macs: float
+    channels: int  # the target width; the supernet is the profile's proxy of it
+    blocks: int
+    stages: int
 
     def base_genotype(self, channels: int | None = None) -> Genotype:
         return Genotype(task=self.task.name, scale=self.task.scale, in_channels=self.task.in_channels,

@@ -25,7 +25,7 @@ from .backbones import check_feasible, parse_backbone
 from .data import DataSpec
 from .device import to_device, training_device
 from .profiles import Profile
-from .search_run import SearchResult, proxy_budget
+from .search_run import SearchRates, SearchResult, proxy_budget
 from .tasks import TaskSpec
 from .train import Report, TrainHooks, make_sampler
 
@@ -37,17 +37,10 @@ class CoverageError(ValueError):
 
 
 @dataclass(frozen=True)
-class SharedConfig:
+class SharedConfig(SearchRates):
     task: TaskSpec
     budgets: tuple[float, ...]  # MACs at the target scale, one per budget of the sweep
     stages: int
-    max_keys: int = 9
-    attention: str = "acla"
-    penalty_weight: float = 1.0
-    gate_temperature: float = 1.0
-    weight_lr: float = 1e-3
-    arch_lr: float = 3e-3
-    seed: int = 0
 
     def genotype(self, channels: int, blocks: int) -> Genotype:
         """The bare backbone of `channels` x `blocks` with this search's attention kind and candidate keys."""
