@@ -31,32 +31,50 @@ from .progress import loss_status, progress_bar
 CHECKPOINT_FILE = "model.pt"
 
 
-def retrain_loop_per_worker(config: dict) -> None:
+def worker_context(config: dict) -> tuple[int, int, TaskSpec, object, DataSpec]:
+    """In a Ray Train worker: its rank and world size (its torch threads set to its share), and the task,
+    profile and data that `fit_on_workers` put in `config`."""
     import ray.train
-    import ray.train.torch
     import torch  # in the worker: the driver imports this module without torch
+    context = ray.train.get_context()
+    torch.set_num_threads(max(1, int(config["threads_per_worker"])))
+    data = DataSpec(ImageSet(**config["train_set"]), ImageSet(**config["valid_set"]))
+    return (context.get_world_rank(), context.get_world_size(), TaskSpec(**config["task"]),
+            get_profile(config["profile"]), data)
+
+
+def restored_checkpoint(file_name: str) -> str | None:
+    """The file of the checkpoint that Ray Train hands this worker group (a failed group's, or a run started
+    again under its name), copied to a local folder; None where there is none."""
+    import ray.train
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    return str(Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="acla-resume-"))) / file_name)
+
+
+def report_checkpoint(rank: int, report: dict, written: str) -> None:
+    """Every rank reports at the same steps; rank 0's report carries the checkpoint (the folder of `written`)."""
+    import ray.train
+    if rank == 0:
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(Path(written).parent)))
+    else:
+        ray.train.report(report)
+
+
+def retrain_loop_per_worker(config: dict) -> None:
+    import ray.train.torch
 
     from workers.train import TrainHooks, train
 
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    torch.set_num_threads(max(1, int(config["threads_per_worker"])))
+    rank, world, task, profile, data = worker_context(config)
     genotype = Genotype.from_json(config["genotype"])
-    task = TaskSpec(**config["task"])
-    profile = get_profile(config["profile"])
-    data = DataSpec(ImageSet(**config["train_set"]), ImageSet(**config["valid_set"]))
-    resume_from, resumed_step = None, 0
-    checkpoint = ray.train.get_checkpoint()  # set when this worker group replaces one that failed
-    if checkpoint is not None:
-        resume_from = str(Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="acla-resume-"))) / CHECKPOINT_FILE)
-        resumed_step = int(load_checkpoint(resume_from)["step"])
+    resume_from = restored_checkpoint(CHECKPOINT_FILE)  # set when this worker group replaces one that failed
+    resumed_step = int(load_checkpoint(resume_from)["step"]) if resume_from else 0
 
-    def on_checkpoint(path: str, step: int, metrics: dict) -> None:  # every rank, at the same steps
-        report = {"step": step, "resumed_from_step": resumed_step, **metrics,
-                  "psnr": metrics.get(task.headline_metric, math.nan)}
-        if rank == 0:
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(Path(path).parent)))
-        else:
-            ray.train.report(report)
+    def on_checkpoint(path: str, step: int, metrics: dict) -> None:
+        report_checkpoint(rank, {"step": step, "resumed_from_step": resumed_step, **metrics,
+                                 "psnr": metrics.get(task.headline_metric, math.nan)}, path)
 
     steps = config["steps"]
     hooks = TrainHooks(wrap_model=ray.train.torch.prepare_model, sampler_seed=config["seed"] + 1000 * rank,
@@ -115,13 +133,13 @@ def fit_reporting(trainer, queue, progress) -> object:
         drain()
 
 
-def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage,
-                     name: str, num_workers: int, steps: int, seed: int = 0,
-                     progress: Callable[[dict], None] | None = None,
-                     init_state: dict | None = None) -> RetrainOutcome:
-    """`storage` is the run's StorageConfig: Ray Train writes through its pyarrow filesystem (disk or S3).
-    `progress` gets rank 0's training records ({step, total_steps, loss}) as they come; without it, a progress
-    bar on a terminal shows them. `init_state`: the weights every worker starts from (the trial's, widened)."""
+def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec, profile_name: str, data: DataSpec,
+                   storage, name: str, num_workers: int, steps: int, description: str,
+                   progress: Callable[[dict], None] | None = None, show_bar: bool = True) -> tuple[object, str]:
+    """Run `loop` on `num_workers` Ray Train workers (Ray Train's result, raising its error, and the storage root).
+    `config` gets the task, profile, data, steps, each worker's threads and the progress queue. Ray Train keeps the
+    latest checkpoint under `<artifact root>/ray-train/<name>`, and a run started again under that name continues
+    from it. `progress` gets rank 0's records as they come; without it, a bar on a terminal shows them."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
@@ -132,27 +150,42 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
     from .cluster import node_shapes, retrain_resources
     filesystem, root = storage.pyarrow_filesystem()
     use_gpu, per_worker, threads = retrain_resources(node_shapes(ray), num_workers)  # the cluster's, not ours
-    config = {"genotype": genotype.to_json(), "task": dataclasses.asdict(task), "profile": profile_name,
+    config = {**config, "task": dataclasses.asdict(task), "profile": profile_name, "steps": steps,
               "train_set": dataclasses.asdict(data.train), "valid_set": dataclasses.asdict(data.valid),
-              "steps": steps, "reports": 4, "seed": seed, "threads_per_worker": threads, "init_state": init_state,
+              "threads_per_worker": threads,
               "progress": Queue(maxsize=10_000, actor_options={  # on the driver's node, which it dies with
                   "num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
                       ray.get_runtime_context().get_node_id(), soft=True)})}
     try:  # the queue's actor goes whatever happens from here
         trainer = TorchTrainer(
-            retrain_loop_per_worker, train_loop_config=config,
+            loop, train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker=per_worker),
             run_config=RunConfig(name=name, storage_path=f"{root}/ray-train", storage_filesystem=filesystem,
                                  checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest: the trained model
                                  failure_config=FailureConfig(max_failures=1)))
-        with progress_bar(f"{name} on {num_workers} Ray Train worker(s)", steps, enabled=progress is None) as bar:
+        with progress_bar(f"{description} on {num_workers} Ray Train worker(s)", steps,
+                          enabled=show_bar and progress is None) as bar:
             result = fit_reporting(trainer, config["progress"],
                                    progress or (lambda record: bar.update(record["step"], loss_status(record))))
     finally:
         ray.kill(config["progress"].actor, no_restart=True)
     if result.error:
         raise result.error
+    return result, root
+
+
+def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage,
+                     name: str, num_workers: int, steps: int, seed: int = 0,
+                     progress: Callable[[dict], None] | None = None,
+                     init_state: dict | None = None) -> RetrainOutcome:
+    """`storage` is the run's StorageConfig: Ray Train writes through its pyarrow filesystem (disk or S3).
+    `progress` gets rank 0's training records ({step, total_steps, loss}) as they come; without it, a progress
+    bar on a terminal shows them. `init_state`: the weights every worker starts from (the trial's, widened)."""
+    config = {"genotype": genotype.to_json(), "reports": 4, "seed": seed, "init_state": init_state}
+    result, root = fit_on_workers(retrain_loop_per_worker, config, task=task, profile_name=profile_name, data=data,
+                                  storage=storage, name=name, num_workers=num_workers, steps=steps,
+                                  description=name, progress=progress)
     final, final_metrics = result.checkpoint, result.metrics
     local = final.to_directory(tempfile.mkdtemp(prefix="acla-ckpt-"))
     key = final.path[len(root):].lstrip("/")

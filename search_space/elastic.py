@@ -63,6 +63,8 @@ class WidthView:
         template.train(elastic.training)
         self.base = template.base
         self.adaptive = template.adaptive
+        own = {**dict(template.named_parameters()), **dict(template.named_buffers())}
+        self._shapes = {name: value.shape for name, value in own.items()}  # fixed: read once, not every forward
 
     @property
     def template(self) -> Supernet:
@@ -71,11 +73,8 @@ class WidthView:
     def tensors(self) -> dict[str, torch.Tensor]:
         """The widest supernet's parameters and buffers, each sliced to this width's shape, keyed as this
         width's own."""
-        widest = dict(self._elastic.widest.named_parameters())
-        widest.update(self._elastic.widest.named_buffers())
-        own = dict(self.template.named_parameters())
-        own.update(self.template.named_buffers())
-        return {f"supernet.{name}": slice_to(widest[name], value.shape) for name, value in own.items()}
+        widest = {**dict(self._elastic.widest.named_parameters()), **dict(self._elastic.widest.named_buffers())}
+        return {f"supernet.{name}": slice_to(widest[name], shape) for name, shape in self._shapes.items()}
 
     def call(self, name: str, *args, **kwargs):
         return functional_call(self._method, self.tensors(), (name, *args), kwargs)

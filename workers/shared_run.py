@@ -32,6 +32,10 @@ from .train import Report, TrainHooks, make_sampler
 SCORE_BATCHES = 8  # held-out batches a width's position scores are measured on (their pairs give the error)
 
 
+CONFIG_FIELDS = ("budgets", "stages", "max_keys", "attention", "penalty_weight", "gate_temperature", "weight_lr",
+                 "arch_lr", "seed")
+
+
 class CoverageError(ValueError):
     """Budgets whose backbones one supernet cannot cover."""
 
@@ -41,6 +45,14 @@ class SharedConfig(SearchRates):
     task: TaskSpec
     budgets: tuple[float, ...]  # MACs at the target scale, one per budget of the sweep
     stages: int
+
+    def fields(self) -> dict:
+        """Everything but the task, as plain JSON data (what a checkpoint and a Ray Train worker carry)."""
+        return {name: getattr(self, name) for name in CONFIG_FIELDS} | {"budgets": [float(b) for b in self.budgets]}
+
+    @classmethod
+    def from_fields(cls, task: TaskSpec, fields: dict) -> "SharedConfig":
+        return cls(task=task, **{**fields, "budgets": tuple(fields["budgets"])})
 
     def genotype(self, channels: int, blocks: int) -> Genotype:
         """The bare backbone of `channels` x `blocks` with this search's attention kind and candidate keys."""
@@ -126,18 +138,12 @@ def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile
     return search
 
 
-CONFIG_FIELDS = ("budgets", "stages", "max_keys", "attention", "penalty_weight", "gate_temperature", "weight_lr",
-                 "arch_lr", "seed")
-
-
 def save_shared_checkpoint(path: str, search: SharedSupernetSearch, step: int, weight_batches, arch_batches,
                            config: SharedConfig) -> None:
     """The supernet's whole state, and the configuration it was built from (so that a trial rebuilds it)."""
     from .atomic import write_atomically
-    described = {name: getattr(config, name) for name in CONFIG_FIELDS}
-    described["budgets"] = [float(b) for b in config.budgets]
     payload = {"search": search.state_dict(), "step": step, "widths": list(search.elastic.widths),
-               "config": described, "task": config.task.label,
+               "config": config.fields(), "task": config.task.label,
                "base": search.elastic.base.to_json(), "weight_sampler": weight_batches.state(),
                "arch_sampler": arch_batches.state(), "torch_rng": torch.get_rng_state()}
     write_atomically(path, lambda temporary: torch.save(payload, temporary))
@@ -155,7 +161,7 @@ def load_shared_search(path, task: TaskSpec, profile: Profile,
     saved = load_shared_checkpoint(io.BytesIO(path) if isinstance(path, bytes) else path)
     if saved["task"] != task.label:
         raise ValueError(f"{path}: the shared supernet was trained for {saved['task']}, not {task.label}")
-    config = SharedConfig(task=task, **{**saved["config"], "budgets": tuple(saved["config"]["budgets"])})
+    config = SharedConfig.from_fields(task, saved["config"])
     search = build_shared_search(config, profile, device)
     search.load_state_dict(saved["search"])
     return search, config
