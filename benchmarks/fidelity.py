@@ -11,7 +11,7 @@ every schedule. Every run is also recorded in MLflow by `ablate` itself, under t
 
 Usage: python benchmarks/fidelity.py [--tasks car,denoise] [--steps 400,1600] [--long 3200] [--seeds 3]
        [--budget 13G] [--attention acla] [--variants plain-matched,cla,acla-random,acla-searched]
-       [--out benchmarks/results/fidelity] [--home DIR]
+       [--out benchmarks/results/fidelity] [--home DIR] [--genotype G.json] [--reuse-reference]
        python benchmarks/fidelity.py --summarise-only   (table and plot from the JSON lines already written)
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from orchestrator.fidelity import markdown, plot  # noqa: E402  (the table and plot that `report` shows too)
+from orchestrator.fidelity import markdown, pair_with_earlier_reference, plot  # noqa: E402  (the table and plot that `report` shows too)
 DATASETS = ROOT.parent / "shared" / "datasets"
 TASKS = {"car": (["--task", "car", "--quality", "10"], "LIVE1"),
          "denoise": (["--task", "denoise", "--sigma", "25"], "CBSD68")}
@@ -65,6 +65,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity"))
     parser.add_argument("--home", default=str(ROOT / "acla-runs" / "fidelity"))
     parser.add_argument("--genotype", help="ablate this genotype instead of searching (its task must match)")
+    parser.add_argument("--reuse-reference", action="store_true",
+                        help="with --variants lacking plain-matched: pair each variant, seed by seed, with the "
+                             "plain-matched runs of the latest earlier ablation of the same setting in the results "
+                             "(seeded runs reproduce to the digit), instead of training plain-matched again")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -77,6 +81,9 @@ def main() -> None:
     if not args.summarise_only:
         for task, steps, variants in plan:
             report = run_ablation(task, steps, variants, args)
+            if args.reuse_reference:
+                earlier = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
+                report = pair_with_earlier_reference(report, earlier)
             with lines.open("a") as handle:  # each result as it comes in
                 handle.write(json.dumps(report) + "\n")
             print(f"{task} {steps} steps: done in {report['wall_seconds']:.0f} s", file=sys.stderr)

@@ -30,6 +30,39 @@ def meets_target(gap: dict | None) -> bool:
     return bool(gap) and gap["mean"] >= TARGET_DB and gap.get("low") is not None and gap["low"] > 0
 
 
+def same_setting(a: dict, b: dict) -> bool:
+    """Two ablations that trained alike: task, steps, seeds, budget, attention kind, scored-on set and placement."""
+    keys = ("task", "steps", "seeds", "seed", "budget_macs", "attention", "benchmark")
+    genotype = lambda r: {k: v for k, v in r.get("searched_genotype", {}).items() if k != "expected_keys"}
+    return all(a.get(k) == b.get(k) for k in keys) and genotype(a) == genotype(b)
+
+
+def pair_with_earlier_reference(report: dict, earlier: list[dict], reference: str = "plain-matched") -> dict:
+    """`report`, an ablation run without `reference`, with each variant's paired gaps (Y and RGB, 95% interval)
+    against the `reference` runs of the latest earlier ablation of the same setting. Every run is seeded (seed s
+    is the same data stream in each), so a reference rerun reproduces its scores to the digit (README, #20): this
+    saves retraining it. The report says which ablation the reference came from. Raises ValueError if none ran."""
+    from workers.ablation import paired_interval
+    if any(v["name"] == reference for v in report["variants"]):
+        return report
+    source = next((r for r in reversed(earlier) if same_setting(r, report)
+                   and any(v["name"] == reference for v in r["variants"])), None)
+    if source is None:
+        raise ValueError(f"no earlier ablation of the same setting ran {reference}")
+    theirs = next(v for v in source["variants"] if v["name"] == reference)
+    variants = []
+    for variant in report["variants"]:
+        variant = dict(variant)
+        for metric, key in (("psnr_y", "gap_y"), ("psnr_rgb", "gap_rgb")):
+            ours, base = variant.get(f"{metric}_seeds"), theirs.get(f"{metric}_seeds")
+            if ours and base:
+                by_seed = dict(zip(theirs["seeds"], base))
+                variant[key] = paired_interval([o - by_seed[s] for s, o in zip(variant["seeds"], ours) if s in by_seed])
+        variants.append(variant)
+    reused = {**theirs, "reused_from": source.get("parent_run_id")}
+    return {**report, "variants": [reused, *variants], "reference_from": source.get("parent_run_id")}
+
+
 def fidelity_rows(reports: list[dict]) -> list[dict]:
     """One row per ablation and variant with a gap: task, scored-on, steps, seeds, variant, score, gap."""
     rows = []
@@ -42,7 +75,8 @@ def fidelity_rows(reports: list[dict]) -> list[dict]:
             rows.append({"task": report["task"], "eval_data": report.get("benchmark") or report.get("eval_data"),
                          "placement": placement,
                          "steps": report["steps"], "seeds": report["seeds"], "attention": report.get("attention", "acla"),
-                         "variant": variant["name"], "metric": metric, "psnr": variant.get(metric),
+                         "variant": variant["name"] + (" (earlier run)" if variant.get("reused_from") else ""),
+                         "metric": metric, "psnr": variant.get(metric),
                          "seed_scores": variant.get(f"{metric}_seeds", []), "gap": variant.get(key)})
     return rows
 

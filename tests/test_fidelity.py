@@ -34,3 +34,25 @@ def test_gaps_against_steps_in_the_headline_metric(tmp_path):
 def pytest_approx(value):
     import pytest
     return pytest.approx(value, abs=1e-6)
+
+
+def test_a_variant_run_alone_is_paired_with_the_earlier_reference_of_the_same_setting():
+    from orchestrator.fidelity import pair_with_earlier_reference
+    earlier = _report("car-q10", 1600, [0.15, 0.12, 0.13])
+    earlier.update(parent_run_id="first", budget_macs=13, attention="acla", benchmark="LIVE1", seed=0)
+    other = {**earlier, "steps": 400, "parent_run_id": "other"}  # another schedule: never paired with
+    later = {**earlier, "parent_run_id": "second",
+             "variants": [dict(v) for v in earlier["variants"] if v["name"] == "acla-searched"]}
+    for v in later["variants"]:
+        v.pop("gap_y"), v.pop("gap_rgb")
+    paired = pair_with_earlier_reference(later, [earlier, other])
+    assert paired["reference_from"] == "first"
+    assert [v["name"] for v in paired["variants"]] == ["plain-matched", "acla-searched"]
+    gap = paired["variants"][1]["gap_y"]
+    # the oracle: the gains the earlier ablation computed in one run, from the same per-seed scores
+    assert gap == next(v for v in earlier["variants"] if v["name"] == "acla-searched")["gap_y"]
+    assert gap["mean"] == pytest_approx(0.1333333) and gap["pairs"] == 3
+    assert "plain-matched (earlier run)" in markdown([paired])
+    import pytest
+    with pytest.raises(ValueError, match="no earlier ablation"):
+        pair_with_earlier_reference(later, [other])
