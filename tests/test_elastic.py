@@ -55,8 +55,12 @@ def test_a_narrow_width_is_the_widest_network_with_its_other_channels_off(kind, 
     oracle.load_state_dict(zeroed_beyond(elastic.widest.state_dict(), Supernet(base=base(task, kind, 8)).state_dict()))
     x, _ = sample(task)
     with torch.no_grad():
-        assert torch.allclose(narrow(x), oracle(x), atol=1e-5)
-        assert not torch.allclose(elastic.at(12)(x), oracle(x), atol=1e-3)  # the widest uses all its channels
+        expected = oracle(x)
+        # the same sums in another order (8 channels against 12 with 4 zero): equal up to float32 rounding, which
+        # reached 7 units in the last place of the output's largest value (about 80) on an AMD host; allow 32.
+        # A wrong or missing channel moves the output by O(1).
+        assert torch.allclose(narrow(x), expected, rtol=0, atol=4e-6 * expected.abs().max().item())
+        assert not torch.allclose(elastic.at(12)(x), expected, atol=1e-3)  # the widest uses all its channels
         assert torch.equal(elastic.at(12)(x), elastic.widest(x))
 
 
