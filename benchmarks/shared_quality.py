@@ -9,7 +9,8 @@ Writes one JSON line per retraining as it finishes (shared_quality.jsonl), then 
 (shared_quality.md): per budget, both networks, their scores per seed, the paired difference shared minus
 separate, and the separate search's seed spread.
 
-Usage: python benchmarks/shared_quality.py [--budgets 13G,25G,50G,100G] [--seeds 2] [--profile quick]
+Usage: python benchmarks/shared_quality.py [--budgets 13G,25G,50G,100G] [--compare 13G,25G,50G] [--seeds 2]
+       [--profile quick]
        [--out benchmarks/results/shared-quality] [--home DIR]
        python benchmarks/shared_quality.py --summarise-only
 """
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 FLAGS = ("--task", "car", "--quality", "10", "--no-retrain", "--no-width", "--json")
 
 
@@ -47,29 +49,45 @@ def net(trial: dict) -> str:
 
 
 def run(args) -> None:
+    """Each seed's two sweeps and their retrainings, skipping what the results file already holds (a cut-off run
+    continues). The shared sweep covers every budget in --budgets; the separate one, and the retrainings, only
+    those in --compare."""
+    from search_space.budget import parse_budget
     lines = Path(args.out) / "shared_quality.jsonl"
+    compare = [parse_budget(b) for b in (args.compare or args.budgets).split(",")]
     for seed in range(args.seeds):
         home = str(Path(args.home) / f"seed-{seed}")
         Path(home).mkdir(parents=True, exist_ok=True)
-        for method, extra in (("shared", ()), ("separate", ("--separate",))):
+        for method, budgets, extra in (("shared", args.budgets, ()),
+                                       ("separate", args.compare or args.budgets, ("--separate",))):
+            held = {(r["seed"], r["method"], r["budget_macs"]) for r in read(lines)}
+            if all((seed, method, b) in held for b in compare):
+                continue
             started = time.perf_counter()
-            sweep = acla(home, "sweep", "--budgets", args.budgets, "--profile", args.profile, "--seed", str(seed),
+            sweep = acla(home, "sweep", "--budgets", budgets, "--profile", args.profile, "--seed", str(seed),
                          *FLAGS, *extra)
             search_seconds = time.perf_counter() - started
             for search in sweep["searches"]:
+                if search["budget_macs"] not in compare or (seed, method, search["budget_macs"]) in held:
+                    continue
                 trial = best_trial(search)
                 started = time.perf_counter()
                 retrained = acla(home, "retrain", "--run-id", trial["run_id"], "--seed", str(seed), "--json")
                 record = {"seed": seed, "method": method, "budget_macs": search["budget_macs"], "net": net(trial),
-                          "trial_run_id": trial["run_id"], "proxy_psnr_y": trial["psnr"], "retrained_psnr": retrained["psnr"],
-                          "proxy_psnr_rgb": trial.get("psnr_rgb"), "psnr_y": retrained["psnr_y"],
-                          "psnr_rgb": retrained.get("psnr_rgb"), "input_psnr_y": retrained.get("input_psnr_y"),
+                          "sweep_budgets": budgets, "trial_run_id": trial["run_id"], "proxy_psnr_y": trial["psnr"],
+                          "proxy_psnr_rgb": trial.get("psnr_rgb"), "retrained_psnr": retrained["psnr"],
+                          "psnr_y": retrained["psnr_y"], "psnr_rgb": retrained.get("psnr_rgb"),
+                          "input_psnr_y": retrained.get("input_psnr_y"),
                           "input_psnr_rgb": retrained.get("input_psnr_rgb"),
                           "retrain_seconds": time.perf_counter() - started, "sweep_seconds": search_seconds}
                 with lines.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 print(f"seed {seed} {method} {search['budget_macs'] / 1e9:g}G {record['net']}: "
-                      f"Y {record['psnr_y']:.3f} RGB {record['psnr_rgb']}", file=sys.stderr)
+                      f"Y {record['psnr_y']:.3f} RGB {record['psnr_rgb']:.3f}", file=sys.stderr)
+
+
+def read(lines: Path) -> list[dict]:
+    return [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.exists() else []
 
 
 def markdown(records: list[dict]) -> str:
@@ -111,6 +129,7 @@ def verdict(budget: float, pairs: list[tuple[dict, dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", default="13G,25G,50G,100G")
+    parser.add_argument("--compare", help="the budgets to compare (searched separately and retrained); default: all")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shared-quality"))
@@ -120,8 +139,7 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.summarise_only:
         run(args)
-    lines = Path(args.out) / "shared_quality.jsonl"
-    records = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.exists() else []
+    records = read(Path(args.out) / "shared_quality.jsonl")
     if not records:
         raise SystemExit("no results yet")
     table = markdown(records)
