@@ -76,6 +76,9 @@ def search_job_from_args(args: argparse.Namespace):
     """The flags of `search`, `sweep` or a replayed `resume`, as the dataclass everything below reads."""
     from .local_commands import data_from_args, profile_from_args, search_profile, task_spec_from_args
     from .records import SearchJob, Sweep
+    if args.no_width and args.width_seeds > 1:
+        raise UsageError(f"--width-seeds {args.width_seeds} trains the width line, which --no-width turns off; "
+                         f"expected one of the two")
     task = task_spec_from_args(args)
     budgets = tuple(args.budgets if getattr(args, "budgets", None) else [args.budget])
     profile, data = search_profile(args, profile_from_args(args)), data_from_args(args)
@@ -84,6 +87,7 @@ def search_job_from_args(args: argparse.Namespace):
                      attention=args.attention, trials=args.trials or profile.trials,
                      concurrency=args.concurrency or profile.concurrency, seed=args.seed, retrain_top=args.retrain_top,
                      retrain_workers=args.retrain_workers, retrain=not args.no_retrain, width=not args.no_width,
+                     width_seeds=args.width_seeds,
                      shared=args.verb == "sweep" and not args.separate, json=args.json,
                      command_line=redacted_command(sys.argv), request=platform_request(args))
 
@@ -149,6 +153,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-width", action="store_true",
                         help="no width line: skip training the plain backbone that fills each budget (the front's "
                              "answer to \"does search beat width?\")")
+    parser.add_argument("--width-seeds", type=positive_int, default=1,
+                        help="with N >= 2, the best trial's genotype and the width net are also trained alike with N "
+                             "paired seeds: each budget's gain over the width line with its 95%% interval")
 
 
 def variant_list(text: str) -> tuple[str, ...]:

@@ -56,6 +56,7 @@ class SearchJob:
     command_line: str
     request: dict = field(default_factory=dict)
     width: bool = True  # train each budget's width line (width.py); --no-width turns it off
+    width_seeds: int = 1  # >= 2: the width line's gain over that many paired seeds, with its interval
     shared: bool = False  # a sweep whose budgets derive from one supernet (shared_supernet.py); --separate: not
     # A sweep's id (`sweep`, not `search`), kept with each of its budgets' searches: `resume` finds its budgets
     # by it and finishes them as one job, the ones never begun included.
@@ -103,7 +104,8 @@ class SearchJob:
 
 # The SearchJob fields stored as they are.
 JOB_SCALARS = ("attention", "trials", "concurrency", "seed", "retrain_top", "retrain_workers", "retrain", "command_line",
-               "width", "shared")  # width, shared: absent from a job stored before they existed (then their defaults)
+               "width", "shared", "width_seeds")  # the last three: absent from a job stored before they existed
+# (then their defaults)
 
 
 @dataclass(frozen=True)

@@ -71,14 +71,21 @@ def width_section(width: list[dict], trials: list[dict]) -> tuple[str, str]:
         gain = gain_over_width(point, trials)
         beaten += bool(gain["beats"])
         best = next((t for t in trials if t["run_id"] == gain["best"]), None)
+        interval = gain.get("interval")
         rows.append([f"{point['budget_macs'] / 1e9:g}", point.get("net", ""), f"{point['macs'] / 1e9:.2f}",
                      f"{point['psnr']:.3f}", "" if best is None else f"{best['psnr']:.3f}",
-                     "" if gain["gain"] is None else f"{gain['gain']:+.3f}"])
+                     "" if gain["gain"] is None else f"{gain['gain']:+.3f}",
+                     f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}] ({interval['seeds']} seeds)"
+                     if interval else "one seed (--width-seeds N gives it)"])
     if beaten == 0:
         verdict = f"The front never beats its width line: at none of {len(width)} budgets is a searched net above it."
     else:
-        verdict = f"A searched net is above the width line at {beaten} of {len(width)} budgets (one seed each)."
-    headers = ["budget (GMACs)", "plain net", "GMACs", "width PSNR", "best searched within budget", "gain (dB)"]
+        seeded = sum(1 for point in width if point.get("gain_low") is not None)
+        verdict = (f"A searched net is above the width line at {beaten} of {len(width)} budgets "
+                   f"({'the mean over paired seeds at ' + str(seeded) + ', ' if seeded else ''}"
+                   f"one seed at {len(width) - seeded}).")
+    headers = ["budget (GMACs)", "plain net", "GMACs", "width PSNR", "best searched within budget", "gain (dB)",
+               "gain over paired seeds [95%]"]
     return table(headers, rows), verdict
 
 

@@ -165,7 +165,8 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         progress.stop()
         if not recorded:
             raise UsageError("no trial finished; see the Ray logs under the run directory")
-        width = width_point(settings, width_resources, client, experiment_id, parent_id) if job.width else None
+        width = width_point(settings, width_resources, client, experiment_id, parent_id, seeds=job.width_seeds,
+                            best=max(recorded, key=lambda r: r.psnr)) if job.width else None
         rows = update_front(client, experiment_id)
         summarise_parent(client, parent_id, rows)
         record_trials(store, name, parent_id, recorded, rows)
@@ -196,8 +197,10 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
     summary = summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
     if width is not None:
         summary["width"] = {**width, **gain_over_width(width, summary["trials"])}
+        interval = summary["width"].get("interval") or {}
         client.log_batch(parent_id, metrics=[Metric("width_psnr", float(width["psnr"]), 0, 0)] + (
-            [Metric("width_gain", float(summary["width"]["gain"]), 0, 0)] if summary["width"]["gain"] is not None else []))
+            [Metric("width_gain", float(summary["width"]["gain"]), 0, 0)] if summary["width"]["gain"] is not None else [])
+            + [Metric(f"width_gain_{k}", float(interval[k]), 0, 0) for k in ("mean", "low", "high") if k in interval])
     return summary
 
 

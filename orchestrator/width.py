@@ -5,8 +5,10 @@ budget's backbones, no attention) is trained alike to the trials: at the trials'
 steps as a trial takes (its search's and its proxy training's), on the same data stream (the search's seed), and
 scored on the same validation images in the same metric. It is recorded as an MLflow run (`acla_kind` width) under
 the search's parent, drawn as a second line beside the front, and the summary and `report` state each budget's
-searched net's gain over it. One seed gives one paired difference; `acla-orch ablate --seeds N` gives its 95%
-interval.
+searched net's gain over it. One seed gives one paired difference. With `--width-seeds N` (N >= 2), the best
+trial's genotype and the width net are each trained alike from scratch with N seeds (seed s: the same data
+stream for both), and the gain is the mean of the N paired differences with its 95% interval, as `ablate`
+reports them.
 """
 from __future__ import annotations
 
@@ -19,43 +21,53 @@ def width_backbone(task, profile, budget_macs: float) -> str:
     return max(backbones, key=lambda label: bare_macs(task, *parse_backbone(label), profile.stages))
 
 
-def train_width(settings, backbone: str) -> dict:
-    """Train and score the plain `backbone` as a trial is trained and scored (no Ray, MLflow or store here)."""
+def train_width(settings, backbone: str, *, genotype_json: str | None = None, seed: int | None = None) -> dict:
+    """Train and score the plain `backbone` as a trial is trained and scored (no Ray, MLflow or store here): at
+    the proxy width, for a trial's search and proxy-training steps, with the search's seed (or `seed`). With
+    `genotype_json`, that searched genotype instead of the plain backbone, trained the same way from scratch."""
     from search_space.backbone import build_network
     from search_space.cost import count_parameters, genotype_macs
     from search_space.genotype import Genotype
     from workers.device import training_device
     from workers.train import train
     task, profile = settings.task, settings.profile
-    channels, blocks = parse_backbone(backbone)
-    target = Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels, channels=channels,
-                      blocks=blocks, stages=profile.stages)
-    proxy = target.replace(channels=profile.proxy_channels(channels))
+    if genotype_json is None:
+        channels, blocks = parse_backbone(backbone)
+        target = Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels, channels=channels,
+                          blocks=blocks, stages=profile.stages)
+    else:
+        target = Genotype.from_json(genotype_json)
+    proxy = target.replace(channels=profile.proxy_channels(target.channels))
     steps = profile.search_steps + profile.train_steps
-    metrics = train(genotype=proxy, task=task, data=settings.data, profile=profile, steps=steps, seed=settings.seed,
-                    device=training_device()).metrics
+    metrics = train(genotype=proxy, task=task, data=settings.data, profile=profile, steps=steps,
+                    seed=settings.seed if seed is None else seed, device=training_device()).metrics
     return {"psnr": metrics[task.headline_metric], "psnr_y": metrics["psnr_y"], "psnr_rgb": metrics["psnr_rgb"],
             "input_psnr": metrics["input_" + task.headline_metric], "macs": genotype_macs(target),
             "proxy_macs": genotype_macs(proxy), "params": count_parameters(build_network(target)), "steps": steps}
 
 
-def tune_width(settings, backbone: str) -> dict:
+def tune_width(settings, backbone: str, genotype_json: str | None = None, seed: int | None = None) -> dict:
     """Ray's view of `train_width`: as many torch threads as CPUs granted."""
     import time
 
     from .driver import use_granted_cpus
     use_granted_cpus()
     started = time.perf_counter()
-    return {**train_width(settings, backbone), "seconds": time.perf_counter() - started}
+    return {**train_width(settings, backbone, genotype_json=genotype_json, seed=seed),
+            "seconds": time.perf_counter() - started}
 
 
-WIDTH_METRICS = ("psnr", "psnr_y", "psnr_rgb", "input_psnr", "macs", "proxy_macs", "params", "steps")
+WIDTH_METRICS = ("psnr", "psnr_y", "psnr_rgb", "input_psnr", "macs", "proxy_macs", "params", "steps", "seeds",
+                 "gain_mean", "gain_low", "gain_high", "gain_rgb_mean", "gain_rgb_low", "gain_rgb_high")
 # and, where the width net was trained here, its wall time in Ray (`seconds`)
 
 
-def width_point(settings, resources: dict, client, experiment_id: str, parent_id: str) -> dict:
+def width_point(settings, resources: dict, client, experiment_id: str, parent_id: str, *, seeds: int = 1,
+                best=None) -> dict:
     """This budget's width point: the one already recorded under the parent (a resumed search), or trained now
-    as a Ray task with a trial's resources and recorded."""
+    as a Ray task with a trial's resources and recorded. With `seeds` >= 2 and `best` (the best trial's record),
+    its genotype and the width net are also trained alike with that many seeds, and the paired gain's mean and
+    95% interval recorded with the point."""
     budget = settings.budget_macs
     found = client.search_runs([experiment_id], f"tags.acla_kind = 'width' and tags.mlflow.parentRunId = "
                                                 f"'{parent_id}' and attributes.status = 'FINISHED'")
@@ -68,15 +80,37 @@ def width_point(settings, resources: dict, client, experiment_id: str, parent_id
     backbone = width_backbone(settings.task, settings.profile, budget)
     task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(tune_width)
     result = ray.get(task.remote(settings, backbone))
+    params = [Param("backbone", backbone), Param("positions", "none"), Param("seed", str(settings.seed))]
+    if seeds >= 2 and best is not None:
+        result.update(seeded_gain(task, settings, backbone, best, seeds))
+        params.append(Param("searched_run_id", best.run_id))
     channels, blocks = parse_backbone(backbone)
     run = client.create_run(experiment_id, run_name=f"width-{channels}x{blocks}",
                             tags={"mlflow.parentRunId": parent_id, "acla_kind": "width", "budget_macs": str(int(budget))})
     client.log_batch(run.info.run_id, metrics=[Metric(k, float(result[k]), 0, 0) for k in WIDTH_METRICS + ("seconds",)
-                                               if k in result],
-                     params=[Param("backbone", backbone), Param("net", f"{channels}x{blocks}"),
-                             Param("positions", "none"), Param("seed", str(settings.seed))])
+                                               if result.get(k) is not None],
+                     params=params + [Param("net", f"{channels}x{blocks}")])
     client.set_terminated(run.info.run_id, "FINISHED")
     return {"run_id": run.info.run_id, "backbone": backbone, "budget_macs": budget, **result}
+
+
+def seeded_gain(task, settings, backbone: str, best, seeds: int) -> dict:
+    """The best trial's genotype and the width net, each trained from scratch with seeds seed..seed+N-1 (seed s
+    the same data stream for both), as Ray tasks at once: the paired gain's mean and 95% interval, headline and
+    RGB (where the task has it)."""
+    import ray
+
+    from workers.ablation import paired_interval
+    seed_list = [settings.seed + k for k in range(seeds)]
+    searched = [task.remote(settings, backbone, best.result["genotype"], s) for s in seed_list]
+    plain = [task.remote(settings, backbone, None, s) for s in seed_list]
+    ours, theirs = ray.get(searched), ray.get(plain)
+    out = {"seeds": seeds}
+    for metric, key in (("psnr", "gain"), ("psnr_rgb", "gain_rgb")):
+        if all(r.get(metric) is not None for r in ours + theirs):
+            interval = paired_interval([a[metric] - b[metric] for a, b in zip(ours, theirs)])
+            out.update({f"{key}_mean": interval["mean"], f"{key}_low": interval["low"], f"{key}_high": interval["high"]})
+    return out
 
 
 def width_points(client, experiment_id: str) -> list[dict]:
@@ -101,8 +135,13 @@ def gain_over_width(width: dict, trials: list[dict]) -> dict:
     best = max(within, key=lambda t: t["psnr"])
     gain_rgb = (best["psnr_rgb"] - width["psnr_rgb"]
                 if best.get("psnr_rgb") is not None and width.get("psnr_rgb") is not None else None)
-    return {"best": best.get("run_id"), "gain": best["psnr"] - width["psnr"], "gain_rgb": gain_rgb,
+    gain = {"best": best.get("run_id"), "gain": best["psnr"] - width["psnr"], "gain_rgb": gain_rgb,
             "beats": best["psnr"] > width["psnr"]}
+    if width.get("gain_low") is not None:  # trained alike with several seeds: the paired mean and its interval
+        gain["interval"] = {"mean": width["gain_mean"], "low": width["gain_low"], "high": width["gain_high"],
+                            "seeds": int(width["seeds"])}
+        gain["beats"] = width["gain_mean"] > 0
+    return gain
 
 
 def width_line_text(width: dict, gain: dict) -> str:
@@ -112,6 +151,12 @@ def width_line_text(width: dict, gain: dict) -> str:
     if gain["gain"] is None:
         return head + "; no searched trial within this budget"
     rgb = f" (RGB {gain['gain_rgb']:+.2f})" if gain["gain_rgb"] is not None else ""
-    verdict = ("above it on this one seed (`acla-orch ablate --seeds 3` gives the interval)" if gain["beats"] else
+    if gain.get("interval"):
+        i = gain["interval"]
+        verdict = ("above it, the interval excluding zero" if i["low"] > 0 else "below it, the interval excluding zero"
+                   if i["high"] < 0 else "not resolved: the interval includes zero")
+        return (f"{head}; the best trial's genotype, trained alike with {i['seeds']} seeds, {i['mean']:+.2f} dB over "
+                f"it (95% interval {i['low']:+.2f} to {i['high']:+.2f}): {verdict}")
+    verdict = ("above it on this one seed (`--width-seeds 3` gives the interval)" if gain["beats"] else
                "the search does not beat width at this budget")
     return f"{head}; the best searched trial {gain['gain']:+.2f} dB{rgb} over it: {verdict}"

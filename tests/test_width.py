@@ -52,6 +52,13 @@ def test_gain_is_the_best_trial_within_the_budget_minus_the_width_point():
     below = gain_over_width({**width, "psnr": 30.5}, trials)
     assert not below["beats"] and "does not beat width" in width_line_text(width, below)
     assert gain_over_width(width, trials[1:2])["gain"] is None
+    # with paired seeds (--width-seeds), the recorded interval decides and is stated
+    seeded = {**width, "seeds": 3, "gain_mean": -0.05, "gain_low": -0.2, "gain_high": 0.1}
+    gain = gain_over_width(seeded, trials)
+    assert gain["interval"] == {"mean": -0.05, "low": -0.2, "high": 0.1, "seeds": 3} and not gain["beats"]
+    assert "with 3 seeds, -0.05 dB" in width_line_text(seeded, gain) and "not resolved" in width_line_text(seeded, gain)
+    above = gain_over_width({**seeded, "gain_mean": 0.3, "gain_low": 0.1, "gain_high": 0.5}, trials)
+    assert above["beats"] and "interval excluding zero" in width_line_text(seeded, above)
 
 
 def test_the_front_plot_draws_the_width_line(tmp_path, monkeypatch):
