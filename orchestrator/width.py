@@ -78,11 +78,11 @@ def width_point(settings, resources: dict, client, experiment_id: str, parent_id
     import ray
     from mlflow.entities import Metric, Param
     backbone = width_backbone(settings.task, settings.profile, budget)
-    task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(tune_width)
-    result = ray.get(task.remote(settings, backbone))
+    remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(tune_width)
+    result = ray.get(remote.remote(settings, backbone))
     params = [Param("backbone", backbone), Param("positions", "none"), Param("seed", str(settings.seed))]
     if seeds >= 2 and best is not None:
-        result.update(seeded_gain(task, settings, backbone, best, seeds))
+        result.update(seeded_gain(remote, settings, backbone, best, seeds, first_plain=result))
         params.append(Param("searched_run_id", best.run_id))
     channels, blocks = parse_backbone(backbone)
     run = client.create_run(experiment_id, run_name=f"width-{channels}x{blocks}",
@@ -94,17 +94,18 @@ def width_point(settings, resources: dict, client, experiment_id: str, parent_id
     return {"run_id": run.info.run_id, "backbone": backbone, "budget_macs": budget, **result}
 
 
-def seeded_gain(task, settings, backbone: str, best, seeds: int) -> dict:
+def seeded_gain(remote, settings, backbone: str, best, seeds: int, first_plain: dict) -> dict:
     """The best trial's genotype and the width net, each trained from scratch with seeds seed..seed+N-1 (seed s
-    the same data stream for both), as Ray tasks at once: the paired gain's mean and 95% interval, headline and
-    RGB (where the task has it)."""
+    the same data stream for both), as Ray tasks (`remote`: tune_width's) at once: the paired gain's mean and
+    95% interval, headline and RGB (where the task has it). `first_plain`: the width net at the search's own
+    seed, already trained as the width point."""
     import ray
 
     from workers.ablation import paired_interval
     seed_list = [settings.seed + k for k in range(seeds)]
-    searched = [task.remote(settings, backbone, best.result["genotype"], s) for s in seed_list]
-    plain = [task.remote(settings, backbone, None, s) for s in seed_list]
-    ours, theirs = ray.get(searched), ray.get(plain)
+    searched = [remote.remote(settings, backbone, best.result["genotype"], s) for s in seed_list]
+    plain = [remote.remote(settings, backbone, None, s) for s in seed_list[1:]]
+    ours, theirs = ray.get(searched), [first_plain, *ray.get(plain)]
     out = {"seeds": seeds}
     for metric, key in (("psnr", "gain"), ("psnr_rgb", "gain_rgb")):
         if all(r.get(metric) is not None for r in ours + theirs):
