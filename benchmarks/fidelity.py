@@ -50,6 +50,11 @@ def run_ablation(task: str, steps: int, variants, args) -> dict:
     return report
 
 
+def read_reports(lines: Path) -> list[dict]:
+    """The ablations written so far, one JSON line each (none where the file is not there yet)."""
+    return [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.exists() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="car,denoise")
@@ -82,12 +87,11 @@ def main() -> None:
         for task, steps, variants in plan:
             report = run_ablation(task, steps, variants, args)
             if args.reuse_reference:
-                earlier = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
-                report = pair_with_earlier_reference(report, earlier)
+                report = pair_with_earlier_reference(report, read_reports(lines))
             with lines.open("a") as handle:  # each result as it comes in
                 handle.write(json.dumps(report) + "\n")
             print(f"{task} {steps} steps: done in {report['wall_seconds']:.0f} s", file=sys.stderr)
-    reports = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.exists() else []
+    reports = read_reports(lines)
     if not reports:
         raise SystemExit("no ablation results yet")
     table = markdown(reports)

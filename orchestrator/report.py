@@ -81,9 +81,9 @@ def width_section(width: list[dict], trials: list[dict]) -> tuple[str, str]:
         verdict = f"The front never beats its width line: at none of {len(width)} budgets is a searched net above it."
     else:
         seeded = sum(1 for point in width if point.get("gain_low") is not None)
-        verdict = (f"A searched net is above the width line at {beaten} of {len(width)} budgets "
-                   f"({'the mean over paired seeds at ' + str(seeded) + ', ' if seeded else ''}"
-                   f"one seed at {len(width) - seeded}).")
+        bases = ([f"the mean over paired seeds at {seeded}"] if seeded else []) + (
+            [f"one seed at {len(width) - seeded}"] if seeded < len(width) else [])
+        verdict = f"A searched net is above the width line at {beaten} of {len(width)} budgets ({', '.join(bases)})."
     headers = ["budget (GMACs)", "plain net", "GMACs", "width PSNR", "best searched within budget", "gain (dB)",
                "gain over paired seeds [95%]"]
     return table(headers, rows), verdict
