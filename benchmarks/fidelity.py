@@ -87,7 +87,10 @@ def main() -> None:
         for task, steps, variants in plan:
             report = run_ablation(task, steps, variants, args)
             if args.reuse_reference:
-                report = pair_with_earlier_reference(report, read_reports(lines))
+                try:
+                    report = pair_with_earlier_reference(report, read_reports(lines))
+                except ValueError as err:  # kept unpaired rather than lost: hours of training went into it
+                    print(f"{task} {steps} steps: written without gaps: {err}", file=sys.stderr)
             with lines.open("a") as handle:  # each result as it comes in
                 handle.write(json.dumps(report) + "\n")
             print(f"{task} {steps} steps: done in {report['wall_seconds']:.0f} s", file=sys.stderr)
