@@ -43,6 +43,32 @@ def kill_mentioning(text: str) -> None:
             pass
 
 
+def with_environment(marker: str) -> list[int]:
+    """PIDs of the processes whose environment holds `marker` (a `NAME=value` unique to what one test started).
+    Ray's daemons rename themselves (`ray::DashboardAgent`) and a worker node's client proxy names neither the
+    node's folder nor its parent, but every one of them inherits the environment of the `ray start` that made it."""
+    needle = marker.encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_with_environment(marker: str) -> None:
+    for pid in with_environment(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def descendants(root: int) -> list[tuple[int, str]]:
     """(pid, command line) of every process below `root`."""
     table = processes()

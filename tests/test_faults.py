@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from orchestrator.state import SearchState
-from tests.procs import kill_mentioning, processes
+from tests.procs import kill_mentioning, kill_with_environment, processes
 from tests.pgserver import free_port
 from tests.s3server import free_port_pair
 
@@ -62,7 +62,8 @@ def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path, s3_env):
         assert [t["state"] for t in trials] == ["finished"] * 4
         assert max(t["attempts"] for t in trials) == 2  # the trial on the dead node ran again, once
     finally:
-        kill_mentioning(temp_dir)  # every process of this cluster, by PID
+        kill_mentioning(temp_dir)  # every process of this cluster, by PID: those naming its folder, and those
+        kill_with_environment(f"RAY_AUTH_TOKEN={env['RAY_AUTH_TOKEN']}")  # that do not (the second node's agents)
 
 
 def test_a_failed_trial_is_recorded_with_its_reason(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.pgserver import free_port
-from tests.procs import descendants, mentioning
+from tests.procs import descendants, kill_with_environment, mentioning
 from tests.s3server import SECRET_KEY
 from tests.test_orchestrator_s3 import s3_environment
 
@@ -65,6 +65,7 @@ def two_nodes(s3_env):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        kill_with_environment(f"RAY_AUTH_TOKEN={env['RAY_AUTH_TOKEN']}")  # the worker node's client proxy, too
         time.sleep(1)
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
