@@ -234,7 +234,11 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
                                     request.resources)
     tuner = tune.Tuner(trainable,
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                                   max_concurrent_trials=request.concurrency),
+                                                   max_concurrent_trials=request.concurrency,
+                                                   # a trial actor runs the next trial of its size:
+                                                   # a fresh one imports Ray Tune, torch and the trial code
+                                                   # again (a smoke sweep of 2 x 2 trials: 71 -> 61 CPU-s)
+                                                   reuse_actors=True),
                        run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
                                                  storage_path=str(request.run.run_dir / "tune"),
                                                  # a trial whose worker dies is run once more, then failed

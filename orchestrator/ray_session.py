@@ -99,6 +99,9 @@ def require_local_token() -> None:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
+STARTED_HERE = {"local": False}  # whether the Ray of this process's session is one it started (and ends)
+
+
 @contextmanager
 def ray_session(run: RunSettings):
     """Join RAY_ADDRESS/--address, or start a local Ray sized to this machine; always shut it down."""
@@ -122,6 +125,7 @@ def ray_session(run: RunSettings):
         no_idle_workers_at_start()
         no_preemption_watcher()
         ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
+        STARTED_HERE["local"] = True
     else:
         join_cluster(ray, run.ray_address, kwargs)
     # ray.init installs a C++ failure handler for SIGTERM that dumps a stack and aborts (exit 134); put back
@@ -130,6 +134,7 @@ def ray_session(run: RunSettings):
     try:
         yield ray
     finally:
+        STARTED_HERE["local"] = False
         ray.shutdown()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +97,11 @@ class RetrainOutcome:
 
 def put_progress(queue, record: dict) -> None:
     """Rank 0's training record to the driver: never waits and never fails a training. A full queue drops the
-    record; a queue that is gone (with its driver's node) drops them all."""
+    record; a queue that is gone (with its driver's node) drops them all; no queue (nobody reads them) none."""
     from ray.exceptions import RayActorError
     from ray.util.queue import Full
+    if queue is None:
+        return
     try:
         queue.put_nowait({k: record[k] for k in ("step", "total_steps", "loss")})
     except (Full, RayActorError):
@@ -111,6 +114,8 @@ def fit_reporting(trainer, queue, progress) -> object:
 
     from ray.exceptions import RayActorError
     from ray.util.queue import Empty
+    if queue is None:
+        return trainer.fit()
     done = threading.Event()
 
     def drain() -> None:  # the progress shown is lost with the queue (its node gone), never the training's result
@@ -133,6 +138,31 @@ def fit_reporting(trainer, queue, progress) -> object:
         drain()
 
 
+def lean_trainer(base: type, *, local: bool) -> type:
+    """`base` (Ray Train's DataParallelTrainer or TorchTrainer) without the helpers that have nothing to do here.
+    Every fit otherwise starts, besides its controller and workers, a `DatasetManager` actor (for Ray Datasets,
+    which these trainings do not use: they read their own images) and, on the driver's node, a detached
+    `PlacementGroupCleaner` that polls the controller each second to free its resources should the controller die
+    while the cluster lives on. On a local Ray that this process started the cluster ends with the driver, so
+    nothing is left to free. Each of them is a Python process importing Ray: about 2.2-2.6 CPU-seconds per fit,
+    measured per process on a smoke sweep. A Ray without these callbacks keeps its own list."""
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return base
+    if not hasattr(base, "_create_default_callbacks"):
+        return base
+
+    class Lean(base):
+        def _create_default_callbacks(self):
+            return [callback for callback in super()._create_default_callbacks()
+                    if not (isinstance(callback, DatasetsCallback) and not self.datasets)
+                    and not (isinstance(callback, PlacementGroupCleanerCallback) and local)]
+    Lean.__name__ = Lean.__qualname__ = base.__name__
+    return Lean
+
+
 def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec, profile_name: str, data: DataSpec,
                    storage, name: str, num_workers: int, steps: int, description: str,
                    progress: Callable[[dict], None] | None = None, show_bar: bool = True) -> tuple[object, str]:
@@ -149,17 +179,19 @@ def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec
     import ray
 
     from .cluster import node_shapes, retrain_resources
+    from .ray_session import STARTED_HERE
     filesystem, root = storage.pyarrow_filesystem()
     use_gpu, per_worker, threads = retrain_resources(node_shapes(ray), num_workers)  # the cluster's, not ours
+    shown = progress is not None or (show_bar and sys.stderr.isatty())  # else no one reads rank 0's records
     config = {**config, "task": dataclasses.asdict(task), "profile": profile_name, "steps": steps,
               "train_set": dataclasses.asdict(data.train), "valid_set": dataclasses.asdict(data.valid),
               "threads_per_worker": threads,
               "progress": Queue(maxsize=10_000, actor_options={  # on the driver's node, which it dies with
                   "num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
-                      ray.get_runtime_context().get_node_id(), soft=True)})}
+                      ray.get_runtime_context().get_node_id(), soft=True)}) if shown else None}
     try:  # the queue's actor goes whatever happens from here
         # one worker has no peer to reduce with: no torch process group to set up (about 3.5 s of each fit)
-        trainer = (TorchTrainer if num_workers > 1 else DataParallelTrainer)(
+        trainer = lean_trainer(TorchTrainer if num_workers > 1 else DataParallelTrainer, local=STARTED_HERE["local"])(
             loop, train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker=per_worker),
@@ -171,7 +203,8 @@ def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec
             result = fit_reporting(trainer, config["progress"],
                                    progress or (lambda record: bar.update(record["step"], loss_status(record))))
     finally:
-        ray.kill(config["progress"].actor, no_restart=True)
+        if config["progress"] is not None:
+            ray.kill(config["progress"].actor, no_restart=True)
     if result.error:
         raise result.error
     return result, root
