@@ -1,21 +1,41 @@
-"""sweep (several budgets, one Ray session, one front) and retrain --run-id, on real Ray and MLflow."""
+"""sweep (several budgets, one Ray session, one front), then retrain --run-id; and the same sweep killed with -9
+twice and finished by `resume` as if uninterrupted (#11). On real Ray and MLflow. Both tests read one
+uninterrupted sweep, run once for this file (pytest-xdist hands a file to one worker)."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
+
+from orchestrator.state import SearchState
 from tests.test_orchestrator import acla
 
+SWEEP = ["sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency",
+         "1", "--no-retrain", "--search-steps", "40", "--retrain-workers", "1", "--json"]
 
-def test_sweep_then_retrain_one_trial(run_dir):
-    from mlflow.tracking import MlflowClient
-    out = acla("sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "1",
-               "--no-retrain", "--json", home=run_dir)
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """(run directory, summary) of SWEEP run once, uninterrupted: the retrain test goes on in its directory, the
+    kill -9 test compares with its summary (read before anything else is written there)."""
+    home = str(tmp_path_factory.mktemp("swept"))
+    out = acla(*SWEEP, home=home)
     assert out.returncode == 0, out.stderr[-3000:]
-    searches = json.loads(out.stdout)["searches"]
+    return home, json.loads(out.stdout)["searches"]
+
+
+def test_sweep_then_retrain_one_trial(swept):
+    from mlflow.tracking import MlflowClient
+    run_dir, searches = swept
     assert [s["budget_macs"] for s in searches] == [1_500_000_000, 2_000_000_000]
     assert all(t["macs"] <= s["budget_macs"] for s in searches for t in s["trials"])
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     experiment = client.get_experiment_by_name("acla-car-q10")
     trials = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
-    assert len(trials) == 2 and all(r.data.tags["pareto"] in ("true", "false") for r in trials)  # one front over both
+    assert len(trials) == 4 and all(r.data.tags["pareto"] in ("true", "false") for r in trials)  # one front over all
     # the width line: one plain point per budget, each within its budget, and the sweep's front drawn with both
     from orchestrator.width import width_points
     line = width_points(client, experiment.experiment_id)
@@ -113,6 +133,115 @@ def test_sweep_then_retrain_one_trial(run_dir):
     assert {s["experiment"] for s in json.loads(out.stdout)["searches"]} == {"acla-car-q10"}
     out = acla("status", home=run_dir)
     assert "acla-car-q40" in out.stdout and "budget 2G" in out.stdout and "budget 1.5G" in out.stdout
+
+
+def trial_set(summary: dict) -> list[tuple]:
+    return sorted((t["macs"], round(t["psnr"], 4), json.dumps(t["positions"]), t["pareto"]) for t in summary["trials"])
+
+
+def start_and_kill(argv, home, env, ready) -> None:
+    """Start `acla-orch argv` in `home`, wait until `ready()`, then kill -9 it and everything in its session."""
+    from tests.procs import kill_mentioning
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], env=env, cwd=home,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None and not ready():
+        time.sleep(0.1)
+    assert driver.poll() is None, f"{argv[0]} ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
+    driver.wait()
+    kill_mentioning(home)  # Ray's daemons, should any have left the session: the machine is gone
+
+
+def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, tmp_path):
+    """A sweep of two budgets (one shared supernet) killed with -9 while its supernet trains, resumed, and that
+    resume killed in its first budget's second trial: `resume --last` finishes it as one job (the supernet from
+    Ray Train's checkpoint, the cut-off budget continued, the one never begun searched, each budget's width
+    point), equal to the uninterrupted sweep."""
+    import glob
+
+    from mlflow.tracking import MlflowClient
+    from storage.manifest import verify_artifact_set
+    from storage.stores import StorageConfig, open_store
+
+    uninterrupted = swept[1]
+    broken = str(tmp_path / "broken")
+    os.makedirs(broken)
+
+    env = {**os.environ, "ACLA_HOME": broken, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    # 1: while the supernet trains, once Ray Train holds a checkpoint of it
+    start_and_kill(SWEEP, broken, env, lambda: glob.glob(f"{broken}/artifacts/ray-train/shared-*/checkpoint_*/"))
+    assert not glob.glob(f"{broken}/artifacts/shared-supernets/*")  # never finished, so never stored
+    status = json.loads(acla("status", "--json", home=broken).stdout)
+    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]  # the second budget never began
+    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
+    first_parent = status["searches"][0]["run_id"]
+    assert SearchState(broken).trials(first_parent) == []
+
+    # 2: the resume, during the first budget's second trial (one finished, one running)
+    state = SearchState(broken)
+    start_and_kill(["resume", "--last", "--json"], broken, env,
+                   lambda: [t["state"] for t in state.trials(first_parent)] == ["finished", "running"])
+    client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
+    resumed_from = int(client.get_run(first_parent).data.tags["shared_supernet_resumed_from_step"])
+    assert 0 < resumed_from < 40  # the supernet went on from Ray Train's checkpoint, not from its start
+    assert len(glob.glob(f"{broken}/artifacts/shared-supernets/*/manifest.json")) == 1  # finished and stored
+    # its trials were derived from that supernet: a resume refuses one that fails its check, or is gone, in one
+    # line and exit 2, writing nothing
+    stored, = glob.glob(f"{broken}/artifacts/shared-supernets/*/shared.pt")
+    intact = open(stored, "rb").read()
+    before = sorted(os.listdir(broken))
+    folder = os.path.dirname(stored)
+    for damage, expected in ((lambda: open(stored, "ab").write(b"x"), "fails its manifest check"),
+                             (lambda: os.rename(folder, folder + ".gone"), "is missing")):
+        damage()
+        out = acla("resume", "--last", home=broken)
+        assert out.returncode == 2 and expected in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert sorted(os.listdir(broken)) == before
+        if os.path.exists(folder + ".gone"):
+            os.rename(folder + ".gone", folder)
+        open(stored, "wb").write(intact)
+    status = json.loads(acla("status", "--json", home=broken).stdout)
+    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
+    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
+
+    out = acla("resume", "--last", "--json", home=broken)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = json.loads(out.stdout)["searches"]
+    assert [s["budget_macs"] for s in resumed] == [s["budget_macs"] for s in uninterrupted] == [1.5e9, 2e9]
+    assert resumed[0]["parent_run_id"] == first_parent
+
+    # each budget's front, and every trial, equal the uninterrupted sweep's
+    assert [trial_set(s) for s in resumed] == [trial_set(s) for s in uninterrupted]
+    # each budget's width point (the plain net at the same cost), equal too
+    assert [(s["width"]["macs"], round(s["width"]["psnr"], 4)) for s in resumed] == \
+        [(s["width"]["macs"], round(s["width"]["psnr"], 4)) for s in uninterrupted]
+    # one FINISHED MLflow trial run per trial, the cut-off attempt's run (created when it started) KILLED, none
+    # left RUNNING, both parents FINISHED
+    experiment = client.get_experiment_by_name("acla-car-q10")
+    runs = client.search_runs([experiment.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
+    assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 4 + ["KILLED"]
+    assert [client.get_run(s["parent_run_id"]).info.status for s in resumed] == ["FINISHED"] * 2
+    # no finished trial ran twice: the interrupted one ran again, nothing else did; the second budget ran once
+    trials = SearchState(broken).trials(first_parent)
+    assert sorted(t["state"] for t in trials) == ["finished", "finished", "interrupted"]
+    configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
+    finished = [c for c, t in zip(configs, trials) if t["state"] == "finished"]
+    assert len(set(finished)) == 2
+    assert configs.count(configs[[t["state"] for t in trials].index("interrupted")]) == 2  # the same config again
+    assert [t["state"] for t in SearchState(broken).trials(resumed[1]["parent_run_id"])] == ["finished"] * 2
+    assert acla("resume", "--last", home=broken).returncode == 2  # nothing left to resume
+    # every artifact set verifies
+    store = open_store(StorageConfig(os.path.join(broken, "artifacts")))
+    manifests = [key.rsplit("/", 1)[0] for key in store.list() if key.endswith("manifest.json")]
+    assert len(manifests) >= 6  # four genotypes and the two trial tables
+    for prefix in manifests:
+        verify_artifact_set(store, prefix)
 
 
 def test_a_model_worse_than_its_input_gets_no_alias():

@@ -1,12 +1,10 @@
 """Durable search state and resume: the sampler proposes after an interruption what it would have without one;
-the state survives its writer and knows a dead driver; and a search killed with -9 is finished by `resume`
-exactly as an uninterrupted one (tests of issue #11)."""
+the state survives its writer and knows a dead driver; an interrupted trial continues from its checkpoint (tests
+of issue #11). A sweep killed with -9 and finished by `resume`: tests/test_orchestrator_verbs.py."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -88,121 +86,6 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
     assert trials[0]["result"] == {"psnr": 30.0} and trials[0]["config"] == {"x": 1}
     reread.end("p1", "killed")
     assert reread.search("p1")["status"] == "killed"
-
-
-SWEEP = ["sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency",
-         "1", "--no-retrain", "--no-width", "--search-steps", "40", "--retrain-workers", "1", "--json"]
-
-
-def trial_set(summary: dict) -> list[tuple]:
-    return sorted((t["macs"], round(t["psnr"], 4), json.dumps(t["positions"]), t["pareto"]) for t in summary["trials"])
-
-
-def start_and_kill(argv, home, env, ready) -> None:
-    """Start `acla-orch argv` in `home`, wait until `ready()`, then kill -9 it and everything in its session."""
-    from tests.procs import kill_mentioning
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], env=env, cwd=home,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and driver.poll() is None and not ready():
-        time.sleep(0.1)
-    assert driver.poll() is None, f"{argv[0]} ended before it could be killed"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
-    driver.wait()
-    kill_mentioning(home)  # Ray's daemons, should any have left the session: the machine is gone
-
-
-def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(tmp_path):
-    """A sweep of two budgets (one shared supernet) killed with -9 while its supernet trains, resumed, and that
-    resume killed in its first budget's second trial: `resume --last` finishes it as one job (the supernet from
-    Ray Train's checkpoint, the cut-off budget continued, the one never begun searched), equal to an
-    uninterrupted sweep."""
-    import glob
-
-    from mlflow.tracking import MlflowClient
-    from storage.manifest import verify_artifact_set
-    from storage.stores import StorageConfig, open_store
-    from tests.test_orchestrator import acla
-
-    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-    os.makedirs(whole)
-    os.makedirs(broken)
-    out = acla(*SWEEP, home=whole)
-    assert out.returncode == 0, out.stderr[-3000:]
-    uninterrupted = json.loads(out.stdout)["searches"]
-
-    env = {**os.environ, "ACLA_HOME": broken, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    # 1: while the supernet trains, once Ray Train holds a checkpoint of it
-    start_and_kill(SWEEP, broken, env, lambda: glob.glob(f"{broken}/artifacts/ray-train/shared-*/checkpoint_*/"))
-    assert not glob.glob(f"{broken}/artifacts/shared-supernets/*")  # never finished, so never stored
-    status = json.loads(acla("status", "--json", home=broken).stdout)
-    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]  # the second budget never began
-    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
-    first_parent = status["searches"][0]["run_id"]
-    assert SearchState(broken).trials(first_parent) == []
-
-    # 2: the resume, during the first budget's second trial (one finished, one running)
-    state = SearchState(broken)
-    start_and_kill(["resume", "--last", "--json"], broken, env,
-                   lambda: [t["state"] for t in state.trials(first_parent)] == ["finished", "running"])
-    client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
-    resumed_from = int(client.get_run(first_parent).data.tags["shared_supernet_resumed_from_step"])
-    assert 0 < resumed_from < 40  # the supernet went on from Ray Train's checkpoint, not from its start
-    assert len(glob.glob(f"{broken}/artifacts/shared-supernets/*/manifest.json")) == 1  # finished and stored
-    # its trials were derived from that supernet: a resume refuses one that fails its check, or is gone, in one
-    # line and exit 2, writing nothing
-    stored, = glob.glob(f"{broken}/artifacts/shared-supernets/*/shared.pt")
-    intact = open(stored, "rb").read()
-    before = sorted(os.listdir(broken))
-    folder = os.path.dirname(stored)
-    for damage, expected in ((lambda: open(stored, "ab").write(b"x"), "fails its manifest check"),
-                             (lambda: os.rename(folder, folder + ".gone"), "is missing")):
-        damage()
-        out = acla("resume", "--last", home=broken)
-        assert out.returncode == 2 and expected in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-        assert sorted(os.listdir(broken)) == before
-        if os.path.exists(folder + ".gone"):
-            os.rename(folder + ".gone", folder)
-        open(stored, "wb").write(intact)
-    status = json.loads(acla("status", "--json", home=broken).stdout)
-    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
-    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
-
-    out = acla("resume", "--last", "--json", home=broken)
-    assert out.returncode == 0, out.stderr[-3000:]
-    resumed = json.loads(out.stdout)["searches"]
-    assert [s["budget_macs"] for s in resumed] == [s["budget_macs"] for s in uninterrupted] == [1.5e9, 2e9]
-    assert resumed[0]["parent_run_id"] == first_parent
-
-    # each budget's front, and every trial, equal the uninterrupted sweep's
-    assert [trial_set(s) for s in resumed] == [trial_set(s) for s in uninterrupted]
-    assert not [s for s in resumed + uninterrupted if "width" in s]  # --no-width, kept through the resume
-    # one FINISHED MLflow trial run per trial, the cut-off attempt's run (created when it started) KILLED, none
-    # left RUNNING, both parents FINISHED
-    experiment = client.get_experiment_by_name("acla-car-q10")
-    runs = client.search_runs([experiment.experiment_id])
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
-    assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 4 + ["KILLED"]
-    assert [client.get_run(s["parent_run_id"]).info.status for s in resumed] == ["FINISHED"] * 2
-    # no finished trial ran twice: the interrupted one ran again, nothing else did; the second budget ran once
-    trials = SearchState(broken).trials(first_parent)
-    assert sorted(t["state"] for t in trials) == ["finished", "finished", "interrupted"]
-    configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
-    finished = [c for c, t in zip(configs, trials) if t["state"] == "finished"]
-    assert len(set(finished)) == 2
-    assert configs.count(configs[[t["state"] for t in trials].index("interrupted")]) == 2  # the same config again
-    assert [t["state"] for t in SearchState(broken).trials(resumed[1]["parent_run_id"])] == ["finished"] * 2
-    assert acla("resume", "--last", home=broken).returncode == 2  # nothing left to resume
-    # every artifact set verifies
-    store = open_store(StorageConfig(os.path.join(broken, "artifacts")))
-    manifests = [key.rsplit("/", 1)[0] for key in store.list() if key.endswith("manifest.json")]
-    assert len(manifests) >= 6  # four genotypes and the two trial tables
-    for prefix in manifests:
-        verify_artifact_set(store, prefix)
 
 
 def test_same_seed_same_genotype_and_psnr_on_the_cpu():
