@@ -84,6 +84,23 @@ def agent_port_of_its_own() -> None:
     init.__defaults__ = tuple(defaults)
 
 
+def no_monitors() -> None:
+    """A local Ray without its log monitor and its autoscaler monitor. The log monitor streams the workers' output
+    to the driver, which a search turns off (`log_to_driver=False`: the trials report through Tune, and their
+    logs stay under the run directory); the autoscaler monitor scales a cluster that here is one fixed machine.
+    Each is a Python process importing Ray; without them a smoke sweep (2 budgets x 2 trials, `--no-width`)
+    took 47.3 and 45.7 CPU-seconds against 61.0 and 54.6 with them, in the same session, measured in a cgroup.
+    Like the agent's port, they go in as RayParams defaults; ray.init has no setting for them."""
+    from ray._private.parameter import RayParams
+    init = RayParams.__init__
+    defaults, code = list(init.__defaults__ or ()), init.__code__
+    names = code.co_varnames[code.co_argcount - len(defaults):code.co_argcount]
+    for name, value in (("include_log_monitor", False), ("no_monitor", True)):
+        if name in names:
+            defaults[names.index(name)] = value
+    init.__defaults__ = tuple(defaults)
+
+
 def require_local_token() -> None:
     """Token authentication for the local Ray this process starts, whatever the caller's environment says.
 
@@ -124,6 +141,7 @@ def ray_session(run: RunSettings):
         agent_port_of_its_own()
         no_idle_workers_at_start()
         no_preemption_watcher()
+        no_monitors()
         ray.init(num_cpus=os.cpu_count(), _temp_dir=str(ray_temp_dir(run.run_dir)), **kwargs)
         STARTED_HERE["local"] = True
     else:

@@ -108,6 +108,9 @@ def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_a
         workers = [line for _, parent, line in processes() if parent == raylet and
                    (line.startswith("ray::") or "workers/default_worker.py" in line.split(" ", 2)[1])]
         assert [w for w in workers if "Agent" not in w] == [], workers
+        # nor a log monitor (the driver reads no worker output) or an autoscaler monitor (one fixed machine)
+        monitors = [line for _, line in mentioning(run_dir) if "log_monitor.py" in line or "/autoscaler/" in line]
+        assert monitors == [], monitors
     finally:
         holder.communicate("\n", timeout=60)
         squatter.close()
