@@ -55,7 +55,7 @@ def shared_loop_per_worker(config: dict) -> None:
 
 def shared_config(job):
     """The supernet's configuration (workers/shared_run.py's SharedConfig) for `job`'s sweep."""
-    from workers.shared_run import SharedConfig
+    from workers.shared_config import SharedConfig
     profile = job.profile
     return SharedConfig(task=job.task, budgets=tuple(job.sweep.budgets), stages=profile.stages,
                         max_keys=profile.max_keys, attention=job.attention, weight_lr=profile.weight_lr,
@@ -64,7 +64,7 @@ def shared_config(job):
 
 def check_coverage(job) -> None:
     """One line (UsageError) where the sweep's budgets cannot share one supernet."""
-    from workers.shared_run import CoverageError, covered_widths
+    from workers.shared_config import CoverageError, covered_widths
     try:
         covered_widths(shared_config(job), job.profile)
     except CoverageError as err:

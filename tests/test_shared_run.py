@@ -10,7 +10,8 @@ from search_space.cost import genotype_macs
 from workers.backbones import check_feasible, parse_backbone
 from workers.data import embedded_sets
 from workers.profiles import get_profile
-from workers.shared_run import (CoverageError, SharedConfig, covered_widths, derive_backbone, train_shared_supernet)
+from workers.shared_config import CoverageError, SharedConfig, covered_widths
+from workers.shared_run import derive_backbone, train_shared_supernet
 from workers.tasks import task_from_options
 from workers.train import DataSpec
 
@@ -36,6 +37,18 @@ def test_the_supernet_covers_every_backbone_of_every_budget_at_its_proxy_width()
     two_depths = dataclasses.replace(get_profile("smoke"), block_choices=(4, 6))
     with pytest.raises(CoverageError, match="one depth"):
         covered_widths(config(), two_depths)
+
+
+def test_a_sweeps_budgets_are_checked_without_importing_torch():
+    """The driver checks a sweep's coverage before any training: without torch (about 2 s of every sweep's start)."""
+    import subprocess
+    import sys
+    script = ("import sys; from workers.shared_config import SharedConfig, covered_widths; "
+              "from workers.profiles import get_profile; from workers.tasks import task_from_options; "
+              "print(covered_widths(SharedConfig(task=task_from_options('car'), budgets=(1.5e9, 2e9), stages=2), "
+              "get_profile('smoke'))[0], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(covered_widths(config(), get_profile("smoke"))[0]), "False"]
 
 
 def test_a_resumed_shared_supernet_equals_an_uninterrupted_one(tmp_path):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from search_space.cost import genotype_macs
 from search_space.genotype import Genotype
 from search_space.registry import get_kind
 from search_space.search import SearchOutcome, derive_genotype, search_architecture
@@ -21,24 +20,11 @@ from search_space.supernet import Supernet
 
 from .device import to_device, training_device
 from .profiles import Profile
+from .shared_config import SearchRates, proxy_budget
 from .tasks import TaskSpec
 from .train import DataSpec, Report, make_sampler
 
 SCORE_BATCHES = 4  # held-out batches the position scores are measured on
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchRates:
-    """How a search runs, beyond its backbone and budget (a single search's, and a sweep's shared supernet's): the
-    attention kind and candidate keys per reference layer, the penalty weight, the gate temperature, the learning
-    rates and the seed. Keyword-only, after the fields of the configurations built on it."""
-    max_keys: int = 9
-    attention: str = "acla"
-    penalty_weight: float = 1.0
-    gate_temperature: float = 1.0
-    weight_lr: float = 1e-3
-    arch_lr: float = 3e-3
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,11 +48,6 @@ class SearchResult:
     proxy_genotype: Genotype  # the same positions and keys at the search width (what the trial proxy-trains)
     outcome: SearchOutcome
     supernet_state: dict  # the proxy supernet's weights, keyed as the derived network's
-
-
-def proxy_budget(target: Genotype, proxy: Genotype, budget_macs: float) -> float:
-    """The budget scaled by the proxy backbone's share of the target's bare cost (the penalty's budget)."""
-    return budget_macs * genotype_macs(proxy.bare()) / genotype_macs(target.bare())
 
 
 def _alternate(weight_batches, arch_batches):

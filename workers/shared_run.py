@@ -11,77 +11,23 @@ budget that offers it, scaled to the proxy as a single search scales it. Plain f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
 from search_space.elastic import ElasticSupernet
-from search_space.genotype import Genotype
-from search_space.registry import get_kind
 from search_space.search import SearchOutcome
 from search_space.shared_search import SharedSupernetSearch, derive_for_budget, measure_width
 
-from .backbones import check_feasible, parse_backbone
+from .backbones import parse_backbone
 from .data import DataSpec
 from .device import to_device, training_device
 from .profiles import Profile
-from .search_run import SearchRates, SearchResult, proxy_budget
+from .search_run import SearchResult
+from .shared_config import SharedConfig, covered_widths
 from .tasks import TaskSpec
 from .train import Report, TrainHooks, make_sampler
 
 SCORE_BATCHES = 8  # held-out batches a width's position scores are measured on (their pairs give the error)
-
-
-CONFIG_FIELDS = ("budgets", "stages", "max_keys", "attention", "penalty_weight", "gate_temperature", "weight_lr",
-                 "arch_lr", "seed")
-
-
-class CoverageError(ValueError):
-    """Budgets whose backbones one supernet cannot cover."""
-
-
-@dataclass(frozen=True)
-class SharedConfig(SearchRates):
-    task: TaskSpec
-    budgets: tuple[float, ...]  # MACs at the target scale, one per budget of the sweep
-    stages: int
-
-    def fields(self) -> dict:
-        """Everything but the task, as plain JSON data (what a checkpoint and a Ray Train worker carry)."""
-        return {name: getattr(self, name) for name in CONFIG_FIELDS} | {"budgets": [float(b) for b in self.budgets]}
-
-    @classmethod
-    def from_fields(cls, task: TaskSpec, fields: dict) -> "SharedConfig":
-        return cls(task=task, **{**fields, "budgets": tuple(fields["budgets"])})
-
-    def genotype(self, channels: int, blocks: int) -> Genotype:
-        """The bare backbone of `channels` x `blocks` with this search's attention kind and candidate keys."""
-        return Genotype(task=self.task.name, scale=self.task.scale, in_channels=self.task.in_channels,
-                        channels=channels, blocks=blocks, stages=self.stages, attention=self.attention,
-                        max_keys=self.max_keys, adaptive=get_kind(self.attention).adaptive)
-
-
-def covered_widths(config: SharedConfig, profile: Profile) -> tuple[int, dict[int, float]]:
-    """The depth every budget's backbones share, and each proxy width with the budget (at the proxy's scale)
-    that prices its keys: the tightest among the budgets that offer it. CoverageError where the budgets offer
-    backbones of several depths (a supernet with elastic widths holds one depth)."""
-    from search_space.budget import short_budget
-    offered = {budget: [parse_backbone(label) for label in check_feasible(config.task, profile, budget)]
-               for budget in config.budgets}
-    depths = {budget: sorted({blocks for _, blocks in backbones}) for budget, backbones in offered.items()}
-    if len({d for ds in depths.values() for d in ds}) > 1:
-        named = "; ".join(f"{short_budget(b)} offers {', '.join(map(str, ds))} blocks" for b, ds in depths.items())
-        raise CoverageError(f"the {profile.name} profile's backbones for these budgets differ in depth ({named}), "
-                            f"and one shared supernet has one depth (its widths are elastic, not its blocks); "
-                            f"pass --separate to search each budget on its own")
-    priced = {}
-    for budget, backbones in offered.items():
-        for channels, blocks in backbones:
-            target, proxy = config.genotype(channels, blocks), config.genotype(profile.proxy_channels(channels), blocks)
-            width_budget = proxy_budget(target, proxy, budget)
-            priced[proxy.channels] = min(priced.get(proxy.channels, width_budget), width_budget)
-    depth, = {d for ds in depths.values() for d in ds}
-    return depth, dict(sorted(priced.items()))
 
 
 def build_shared_search(config: SharedConfig, profile: Profile, device: torch.device | None = None,
