@@ -15,9 +15,9 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
 
 # The files that take longest (minutes: real searches, clusters, servers) go first, so that pytest-xdist's two
 # workers (one file at a time each) share them evenly instead of meeting the longest ones at the end.
-LONGEST_FIRST = ("test_orchestrator_verbs.py", "test_orchestrator_s3.py", "test_two_nodes.py",
-                 "test_orchestrator.py", "test_faults.py", "test_retrain.py", "test_ablate_cli.py", "test_security.py",
-                 "test_bad_input.py", "test_cli.py", "test_restore.py", "test_search.py")  # session 13's --durations
+LONGEST_FIRST = ("test_orchestrator_verbs.py", "test_orchestrator_s3.py", "test_orchestrator.py", "test_two_nodes.py",
+                 "test_faults.py", "test_retrain.py", "test_ablate_cli.py", "test_bad_input.py", "test_security.py",
+                 "test_cli.py", "test_restore.py", "test_search.py")  # session 14's --durations
 
 
 def pytest_collection_modifyitems(config, items):

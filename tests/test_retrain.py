@@ -1,6 +1,5 @@
 """Retraining on Ray Train runs the shared training loop (workers.train) and survives a dead worker: the
 worker group starts again and resumes from its last checkpoint through `ray.train.get_checkpoint()`."""
-import glob
 import json
 import os
 import signal
@@ -36,16 +35,26 @@ RETRAIN = textwrap.dedent("""
 """)
 
 
+def registered_checkpoint(snapshot: str) -> bool:
+    try:
+        with open(snapshot) as handle:
+            return json.load(handle).get("latest_checkpoint_result") is not None
+    except (OSError, ValueError):  # not there yet, or being written
+        return False
+
+
 def test_a_dead_retrain_worker_resumes_from_its_last_checkpoint(tmp_path):
     home, steps = str(tmp_path / "home"), 400
     script = subprocess.Popen([sys.executable, "-c", RETRAIN, home, str(steps)], cwd=str(tmp_path),
                               env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     deadline = time.time() + 240
-    checkpoints = os.path.join(home, "artifacts", "ray-train", "resume-test", "checkpoint_*")
-    while time.time() < deadline and script.poll() is None and not glob.glob(checkpoints):
-        time.sleep(0.2)  # the first checkpoint (step 100) is in Ray Train's storage
-    time.sleep(3)  # and registered by Ray Train's controller (it lands on disk first)
+    # Ray Train's controller writes this snapshot when it has registered a checkpoint (the first, at step 100):
+    # a worker group started after that resumes from it. (Waiting a fixed 3 s after the checkpoint reached the
+    # disk instead let a quiet machine finish all 400 steps first.)
+    snapshot = os.path.join(home, "artifacts", "ray-train", "resume-test", "checkpoint_manager_snapshot.json")
+    while time.time() < deadline and script.poll() is None and not registered_checkpoint(snapshot):
+        time.sleep(0.05)
     running = descendants(script.pid)
     workers = [pid for pid, line in running if line.startswith("ray::RayTrainWorker")]
     assert script.poll() is None and workers, "the retrain ended before a worker could be killed"
