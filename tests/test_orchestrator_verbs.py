@@ -172,8 +172,10 @@ def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, 
            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    # 1: while the supernet trains, once Ray Train holds a checkpoint of it
-    start_and_kill(SWEEP, broken, env, lambda: glob.glob(f"{broken}/artifacts/ray-train/shared-*/checkpoint_*/"))
+    # 1: while the supernet trains, once Ray Train's controller has registered a checkpoint of it
+    from tests.test_retrain import registered_checkpoint
+    start_and_kill(SWEEP, broken, env, lambda: any(map(registered_checkpoint, glob.glob(
+        f"{broken}/artifacts/ray-train/shared-*/checkpoint_manager_snapshot.json"))))
     assert not glob.glob(f"{broken}/artifacts/shared-supernets/*")  # never finished, so never stored
     status = json.loads(acla("status", "--json", home=broken).stdout)
     assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]  # the second budget never began
