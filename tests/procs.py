@@ -7,12 +7,15 @@ import signal
 import time
 
 
+def other_pids() -> list[int]:
+    """Every live process but this one."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) != os.getpid()]
+
+
 def processes() -> list[tuple[int, int, str]]:
     """(pid, parent pid, command line) of every live process but this one."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
+    for entry in other_pids():
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 line = handle.read().replace(b"\0", b" ").decode(errors="replace")
@@ -20,7 +23,7 @@ def processes() -> list[tuple[int, int, str]]:
                 parent = int(handle.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        found.append((int(entry), parent, line))
+        found.append((entry, parent, line))
     return found
 
 
@@ -49,13 +52,11 @@ def with_environment(marker: str) -> list[int]:
     node's folder nor its parent, but every one of them inherits the environment of the `ray start` that made it."""
     needle = marker.encode()
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
+    for entry in other_pids():
         try:
             with open(f"/proc/{entry}/environ", "rb") as handle:
                 if needle in handle.read().split(b"\0"):
-                    found.append(int(entry))
+                    found.append(entry)
         except OSError:
             continue
     return found
