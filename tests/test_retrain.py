@@ -73,7 +73,9 @@ def test_a_dead_retrain_worker_resumes_from_its_last_checkpoint(tmp_path):
     seen = [r["step"] for r in metrics["progress"]]
     assert seen[-1] == steps and all(r["total_steps"] == steps and r["loss"] > 0 for r in metrics["progress"])
     restarts = [i for i in range(1, len(seen)) if seen[i] <= seen[i - 1]]
-    assert len(restarts) == 1 and seen[restarts[0]] == metrics["resumed_from_step"] + 2
+    # the second group starts again after its checkpoint; where the first got past that step before it was
+    # killed, its steps show once more (none where the kill came right at the checkpoint)
+    assert len(restarts) <= 1 and all(seen[i] == metrics["resumed_from_step"] + 2 for i in restarts), seen
     assert sorted(set(seen)) == list(range(2, steps + 1, 2))
 
 
