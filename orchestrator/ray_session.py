@@ -61,6 +61,19 @@ def no_preemption_watcher() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
+def ray_params_defaults(**values) -> None:
+    """Set defaults of RayParams, which builds a local node's parameters, for settings `ray.init` does not pass
+    through; a Ray whose RayParams lacks one of them keeps its own behaviour for it."""
+    from ray._private.parameter import RayParams
+    init = RayParams.__init__
+    defaults, code = list(init.__defaults__ or ()), init.__code__
+    names = code.co_varnames[code.co_argcount - len(defaults):code.co_argcount]
+    for name, value in values.items():
+        if name in names:
+            defaults[names.index(name)] = value
+    init.__defaults__ = tuple(defaults)
+
+
 def agent_port_of_its_own() -> None:
     """Give the local Ray's dashboard agent a free HTTP port instead of Ray's fixed 52365.
 
@@ -70,18 +83,10 @@ def agent_port_of_its_own() -> None:
     of 3.4. `ray.init` has no setting for this port, so it goes in as the default of RayParams, which builds the
     node's parameters; a Ray without that parameter keeps its own default."""
     import socket
-
-    from ray._private.parameter import RayParams
-    init = RayParams.__init__
-    defaults, code = list(init.__defaults__ or ()), init.__code__
-    names = code.co_varnames[code.co_argcount - len(defaults):code.co_argcount]
-    if "dashboard_agent_listen_port" not in names:
-        return
     with socket.socket() as probe:  # a port free now; the agent binds it a second later
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    defaults[names.index("dashboard_agent_listen_port")] = port
-    init.__defaults__ = tuple(defaults)
+    ray_params_defaults(dashboard_agent_listen_port=port)
 
 
 def no_monitors() -> None:
@@ -91,14 +96,7 @@ def no_monitors() -> None:
     Each is a Python process importing Ray; without them a smoke sweep (2 budgets x 2 trials, `--no-width`)
     took 47.3 and 45.7 CPU-seconds against 61.0 and 54.6 with them, in the same session, measured in a cgroup.
     Like the agent's port, they go in as RayParams defaults; ray.init has no setting for them."""
-    from ray._private.parameter import RayParams
-    init = RayParams.__init__
-    defaults, code = list(init.__defaults__ or ()), init.__code__
-    names = code.co_varnames[code.co_argcount - len(defaults):code.co_argcount]
-    for name, value in (("include_log_monitor", False), ("no_monitor", True)):
-        if name in names:
-            defaults[names.index(name)] = value
-    init.__defaults__ = tuple(defaults)
+    ray_params_defaults(include_log_monitor=False, no_monitor=True)
 
 
 def require_local_token() -> None:
