@@ -65,7 +65,9 @@ def main() -> int:
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        parser.error("give the command to run after --")
+        print("cpu_by_process.py: no command given; expected: cpu_by_process.py [--interval S] -- COMMAND ...",
+              file=sys.stderr)
+        return 2
     cgroup = make_cgroup()
 
     def enter() -> None:

@@ -24,3 +24,8 @@ def test_a_child_process_cpu_is_counted_by_its_kind_and_the_exit_status_passed_o
     # each process's own CPU, less what it spent after its last reading (more where the sampler waits for a CPU)
     assert 0.4 <= cpus[0] <= 1.0 and 0.5 <= cpus[1] <= 1.2, cpus
     assert out.stderr.splitlines()[0].startswith("exit 3, wall ")
+
+
+def test_no_command_is_one_line_and_exit_2():
+    out = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no command given" in out.stderr
