@@ -24,6 +24,7 @@ from .acla import OFFSET_LR_SCALE, parameter_groups
 from .budget import check_budget
 from .cost import genotype_macs
 from .genotype import Genotype, refs_at_position
+from .optim import Adam
 from .registry import get_kind
 from .supernet import Supernet
 
@@ -196,14 +197,14 @@ def search_architecture(
     supernet.set_gate_temperature(gate_temperature)
     if score_batches is None:
         score_batches = [next(batches) for _ in range(2)]
-    weight_opt = torch.optim.Adam(parameter_groups(supernet.weight_parameters(), supernet, weight_lr, offset_lr_scale),
+    weight_opt = Adam(parameter_groups(supernet.weight_parameters(), supernet, weight_lr, offset_lr_scale),
                                   lr=weight_lr)
     gate_params = [p for m in supernet.net.attention for p in m.gate_parameters()]
     gate_ids = {id(p) for p in gate_params}
     arch_groups = [{"params": [p for p in supernet.arch_parameters() if id(p) not in gate_ids], "lr": arch_lr}]
     if gate_ids:
         arch_groups.append({"params": [p for p in supernet.arch_parameters() if id(p) in gate_ids], "lr": gate_lr})
-    arch_opt = torch.optim.Adam(arch_groups, lr=arch_lr, betas=(0.5, 0.999))
+    arch_opt = Adam(arch_groups, lr=arch_lr, betas=(0.5, 0.999))
     measure_at = set(score_steps(steps, warmup_steps, score_window, score_measurements))
     keys_avg: list[list[float]] | None = None
     caps_avg: list[list[float]] | None = None

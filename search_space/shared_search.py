@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .acla import OFFSET_LR_SCALE, parameter_groups
 from .elastic import ElasticSupernet, WidthView, sandwich_widths
 from .genotype import Genotype
+from .optim import Adam
 from .search import (GATE_LR, KEY_PRICE, PRICE_LR, budget_penalty, check_bare_budget, derive_genotype,
                      key_price_term)
 
@@ -54,14 +55,14 @@ class SharedSupernetSearch:
         self.rng = random.Random(seed)
         self.steps_done = 0
         elastic.set_gate_temperature(gate_temperature)
-        self.weight_opt = torch.optim.Adam(parameter_groups(elastic.weight_parameters(), elastic.widest, weight_lr,
+        self.weight_opt = Adam(parameter_groups(elastic.weight_parameters(), elastic.widest, weight_lr,
                                                             offset_lr_scale), lr=weight_lr)
         self.gate_params = [p for m in elastic.widest.net.attention for p in m.gate_parameters()]
         gate_ids = {id(p) for p in self.gate_params}
         groups = [{"params": [p for p in elastic.arch_parameters() if id(p) not in gate_ids], "lr": arch_lr}]
         if gate_ids:
             groups.append({"params": self.gate_params, "lr": gate_lr})
-        self.arch_opt = torch.optim.Adam(groups, lr=arch_lr, betas=(0.5, 0.999))
+        self.arch_opt = Adam(groups, lr=arch_lr, betas=(0.5, 0.999))
 
     def weight_step(self, batch: Batch) -> dict[int, float]:
         """One weight step on the sandwich of widths; the loss at each width trained."""

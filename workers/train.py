@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from search_space.acla import parameter_groups
 from search_space.backbone import build_network
 from search_space.genotype import Genotype
+from search_space.optim import Adam, StepLR
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, DataSpec, ImageSet, PatchSampler, evaluation_pairs, prepare_pairs, to_tensor
@@ -73,12 +74,12 @@ def make_optimizer(model: torch.nn.Module, profile: Profile):
     """Adam (0.9, 0.999, eps 1e-8) at the profile's rate (ACLA's sampling offsets at 0.1x, as Deformable-DETR
     trains them), decayed by lr_gamma every lr_step iterations."""
     groups = parameter_groups(model.parameters(), model, profile.lr)
-    optimizer = torch.optim.Adam(groups, lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=profile.lr_step, gamma=profile.lr_gamma)
+    optimizer = Adam(groups, lr=profile.lr, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = StepLR(optimizer, step_size=profile.lr_step, gamma=profile.lr_gamma)
     return optimizer, scheduler
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+def train_step(model: torch.nn.Module, optimizer: Adam, inputs: torch.Tensor,
                targets: torch.Tensor) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss = F.l1_loss(model(inputs), targets)
