@@ -23,8 +23,11 @@ browser:
 		(apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
 		echo "chromium could not be installed: the browser tests will say so"
 
+# Two test workers, one file at a time each, in tests/conftest.py's order (longest first: without
+# --no-loadscope-reorder, xdist puts the files with the most tests first), and one torch thread per process
+# (OMP_NUM_THREADS=1, which trials and Ray Train workers honour): the two workers share two cores.
 test: $(STAMP) browser
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q -n 2 --dist loadfile
+	MLFLOW_DISABLE_TELEMETRY=true OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py

@@ -75,11 +75,14 @@ def take_weights(queue, pending: dict) -> None:
 
 
 def use_granted_cpus() -> None:
-    """Inside a Ray task or trial: as many torch threads as CPUs Ray granted it."""
+    """Inside a Ray task or trial: as many torch threads as CPUs Ray granted it, capped by OMP_NUM_THREADS
+    (workers/device.py's torch_threads)."""
     import ray
     import torch
+
+    from workers.device import torch_threads
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(torch_threads(cpus))
 
 
 def keep_credentials_out_of_trial_runtime_envs() -> None:

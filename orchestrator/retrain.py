@@ -38,7 +38,8 @@ def worker_context(config: dict) -> tuple[int, int, TaskSpec, object, DataSpec]:
     import ray.train
     import torch  # in the worker: the driver imports this module without torch
     context = ray.train.get_context()
-    torch.set_num_threads(max(1, int(config["threads_per_worker"])))
+    from workers.device import torch_threads
+    torch.set_num_threads(torch_threads(config["threads_per_worker"]))
     data = DataSpec(ImageSet(**config["train_set"]), ImageSet(**config["valid_set"]))
     return (context.get_world_rank(), context.get_world_size(), TaskSpec(**config["task"]),
             get_profile(config["profile"]), data)

@@ -33,10 +33,20 @@ def run(fn, values, offsets, logits, gates, bias, keys, grad, **kwargs):
 SHAPES = [(2, 5, 2, 3, 6, 7), (1, 64, 3, 9, 9, 8), (3, 1, 1, 1, 4, 5), (1, 33, 2, 2, 1, 6), (2, 16, 1, 4, 5, 1)]
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """The kernel's parallel loops split the work across threads; both the one-thread path and a split one are
+    checked, whatever OMP_NUM_THREADS the suite runs with (`make test` sets 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("spread", [0.7, 4.0])
 @pytest.mark.parametrize("gated", [True, False])
-def test_forward_and_gradients_match_reference(shape, spread, gated):
+def test_forward_and_gradients_match_reference(shape, spread, gated, threads):
     for seed in range(2):
         values, offsets, logits, gates, bias = case(*shape, spread=spread, seed=seed, gated=gated)
         grad = torch.randn(shape[0], shape[4], shape[5], shape[1])
