@@ -353,6 +353,11 @@ def test_a_second_ctrl_c_forces_the_exit(run_dir):
     time.sleep(0.3)
     search.send_signal(signal.SIGINT)
     _, stderr = search.communicate(timeout=60)
-    assert search.returncode == 130, stderr[-2000:]
-    assert "forced exit" in stderr or stderr.strip().splitlines()[-1] == "acla-orch: interrupted"
+    last = stderr.strip().splitlines()[-1]
+    # 130 from the forced exit or the finished cancellation; or, where the cleanup was already done ("interrupted"
+    # printed) and the interpreter was exiting, killed by the second SIGINT itself (Python restores the default
+    # handler as it shuts down), which a shell reports as 130 too
+    assert search.returncode == 130 or (search.returncode == -signal.SIGINT and last == "acla-orch: interrupted"), \
+        stderr[-2000:]
+    assert "forced exit" in stderr or last == "acla-orch: interrupted"
     kill_mentioning(run_dir)  # a forced exit may leave Ray's daemons: the user asked for that
