@@ -19,6 +19,7 @@ import time
 import torch
 
 from search_space.genotype import Genotype
+from search_space.optim import Adam
 from workers.data import embedded_sets
 from workers.profiles import get_profile
 from workers.tasks import task_from_options
@@ -32,7 +33,7 @@ def measure(genotype: Genotype, task, profile, steps: int) -> dict:
     train_set, _ = embedded_sets()
     sampler = make_sampler(task, train_set, profile, seed=0)  # decodes and caches the images once
     model = build_network(genotype).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr)
+    optimizer = Adam(model.parameters(), lr=profile.lr)  # the optimizer the project trains with
     train_step(model, optimizer, *next(sampler))  # warm-up
     data_s = compute_s = 0.0
     for _ in range(steps):
@@ -55,7 +56,7 @@ def step_profile(genotype: Genotype, task, profile, steps: int) -> dict:
     sampler = make_sampler(task, train_set, profile, seed=0)
     torch.manual_seed(0)
     model = build_network(genotype).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr)
+    optimizer = Adam(model.parameters(), lr=profile.lr)  # the optimizer the project trains with
     batches = [next(sampler) for _ in range(steps + 2)]
     for batch in batches[:2]:
         train_step(model, optimizer, *batch)  # warm-up

@@ -198,7 +198,7 @@ def search_architecture(
     if score_batches is None:
         score_batches = [next(batches) for _ in range(2)]
     weight_opt = Adam(parameter_groups(supernet.weight_parameters(), supernet, weight_lr, offset_lr_scale),
-                                  lr=weight_lr)
+                      lr=weight_lr)
     gate_params = [p for m in supernet.net.attention for p in m.gate_parameters()]
     gate_ids = {id(p) for p in gate_params}
     arch_groups = [{"params": [p for p in supernet.arch_parameters() if id(p) not in gate_ids], "lr": arch_lr}]

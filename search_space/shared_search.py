@@ -56,7 +56,7 @@ class SharedSupernetSearch:
         self.steps_done = 0
         elastic.set_gate_temperature(gate_temperature)
         self.weight_opt = Adam(parameter_groups(elastic.weight_parameters(), elastic.widest, weight_lr,
-                                                            offset_lr_scale), lr=weight_lr)
+                                                offset_lr_scale), lr=weight_lr)
         self.gate_params = [p for m in elastic.widest.net.attention for p in m.gate_parameters()]
         gate_ids = {id(p) for p in self.gate_params}
         groups = [{"params": [p for p in elastic.arch_parameters() if id(p) not in gate_ids], "lr": arch_lr}]
