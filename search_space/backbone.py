@@ -73,10 +73,36 @@ class RestorationNet(nn.Module):
     def forward(self, x: torch.Tensor, position_weights: torch.Tensor | None = None) -> torch.Tensor:
         """`position_weights` (blocks,) relaxes each position to f + w * (attention(f) - f), for the search."""
         head = self.head(x)
-        refs = [head]
-        features = head
-        for index, (block, attention) in enumerate(zip(self.body, self.attention)):
-            features = block(features)
+        features = self._body(head, [head], 0, position_weights)
+        return self._finish(x, head, features)
+
+    def outputs_without_each(self, x: torch.Tensor, position_weights: torch.Tensor,
+                             after_first=None) -> list[torch.Tensor]:
+        """The output with every position at its weight, then, for each position in turn, the output with that
+        position switched off (weight 0): what the perturbation scores compare. Each of the latter continues from
+        the first pass's features after its own block (the same values a whole forward with that weight zero
+        computes, as the prefix is the same computation), so the set costs about half of separate forwards.
+        `after_first()` is called once the first pass is done (before any module runs again)."""
+        head = self.head(x)
+        states: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        outputs = [self._finish(x, head, self._body(head, [head], 0, position_weights, states))]
+        if after_first is not None:
+            after_first()
+        for position, (features, refs) in enumerate(states):
+            if (position + 1) % self.blocks_per_stage == 0:
+                refs = refs + [features]
+            outputs.append(self._finish(x, head, self._body(features, refs, position + 1, position_weights)))
+        return outputs
+
+    def _body(self, features: torch.Tensor, refs: list[torch.Tensor], start: int,
+              position_weights: torch.Tensor | None, states: list | None = None) -> torch.Tensor:
+        """Blocks `start`.. and their positions; `refs` (extended in place) are the reference layers so far.
+        `states` collects, per block, its output before its position and the reference layers it saw."""
+        for index in range(start, self.blocks):
+            features = self.body[index](features)
+            if states is not None:
+                states.append((features, list(refs)))
+            attention = self.attention[index]
             if not isinstance(attention, NoAttention):
                 attended = attention(features, tuple(refs))
                 if position_weights is None:
@@ -85,6 +111,9 @@ class RestorationNet(nn.Module):
                     features = features + position_weights[index] * (attended - features)
             if (index + 1) % self.blocks_per_stage == 0:
                 refs.append(features)
+        return features
+
+    def _finish(self, x: torch.Tensor, head: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         features = self.body_end(features) + head
         out = self.tail(self.upsample(features))
         return out if self.upscales else x + out  # same-size tasks learn the residual on their input

@@ -114,15 +114,14 @@ def measure_position_scores(supernet: Supernet, batches: Sequence[tuple[torch.Te
     was_training = supernet.training
     supernet.eval()
     weights = supernet.position_probs().detach()
-    base_loss = sum(loss_fn(supernet.net(x, position_weights=weights), y).item() for x, y in batches)
-    scores = []
-    for position in range(len(weights)):
-        off = weights.clone()
-        off[position] = 0.0
-        loss = sum(loss_fn(supernet.net(x, position_weights=off), y).item() for x, y in batches)
-        scores.append((loss - base_loss) / len(batches))
+    base_loss, losses = 0.0, [0.0] * len(weights)
+    for x, y in batches:  # each position off continues from the full pass's features after its block
+        output, _, _, without = supernet.perturbed_outputs(x, weights)
+        base_loss += loss_fn(output, y).item()
+        for position, off in enumerate(without):
+            losses[position] += loss_fn(off, y).item()
     supernet.train(was_training)
-    return scores
+    return [(loss - base_loss) / len(batches) for loss in losses]
 
 
 @dataclass

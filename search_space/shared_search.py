@@ -147,17 +147,16 @@ def measure_width(view: WidthView, batches: Sequence[Batch],
     was_training = view.training
     view.eval()
     weights = view.position_probs().detach()
-    base_losses, keys, caps = [], [], []
-    for x, y in batches:
-        base_losses.append(loss_fn(view.net(x, position_weights=weights), y).item())
-        keys.append(view.active_keys())
-        caps.append(view.key_quantiles())
+    base_losses, keys, caps, off_losses = [], [], [], []
+    for x, y in batches:  # each position off continues from the full pass's features after its block
+        output, batch_keys, batch_caps, without = view.call("perturbed_outputs", x, weights)
+        base_losses.append(loss_fn(output, y).item())
+        keys.append(batch_keys)
+        caps.append(batch_caps)
+        off_losses.append([loss_fn(off, y).item() for off in without])
     scores, errors = [], []
     for position in range(len(weights)):
-        off = weights.clone()
-        off[position] = 0.0
-        diffs = [loss_fn(view.net(x, position_weights=off), y).item() - base
-                 for (x, y), base in zip(batches, base_losses)]
+        diffs = [losses[position] - base for losses, base in zip(off_losses, base_losses)]
         scores.append(statistics.fmean(diffs))
         errors.append(statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0)
     view.train(was_training)

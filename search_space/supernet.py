@@ -43,6 +43,15 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, position_weights=self.position_probs())
 
+    def perturbed_outputs(self, x: torch.Tensor, position_weights: torch.Tensor):
+        """What a perturbation score compares on one batch: the output with every position at its weight, the
+        active keys and their 90th percentiles of that pass, and the output with each position switched off in
+        turn (`RestorationNet.outputs_without_each`)."""
+        seen = {}
+        outputs = self.net.outputs_without_each(
+            x, position_weights, after_first=lambda: seen.update(keys=self.active_keys(), caps=self.key_quantiles()))
+        return outputs[0], seen["keys"], seen["caps"], outputs[1:]
+
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha, *(p for m in self.net.attention for p in m.gate_parameters())]
 

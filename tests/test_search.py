@@ -113,6 +113,31 @@ def test_budget_below_bare_backbone_names_smallest():
         derive_genotype(base=BASE, position_scores=[0.9] * 4, active_keys=[[1.0]] * 4, budget_macs=BARE - 1)
 
 
+@pytest.mark.parametrize("task,scale", [("sr", 3), ("car", 1)])
+def test_each_position_off_equals_a_whole_forward_with_its_weight_zero(task, scale):
+    """The shared-prefix perturbation pass (what the scores run) computes, to the bit, what a whole forward with
+    that position's weight zeroed computes; stage boundaries included (8 blocks, 4 stages). The keys it reports
+    are those of the full pass."""
+    torch.manual_seed(1)
+    base = Genotype(task=task, scale=scale, in_channels=3, channels=8, blocks=8, stages=4, attention="acla",
+                    max_keys=4, adaptive=True)
+    supernet = Supernet(base=base, alpha_init=0.3).eval()
+    for module in supernet.net.attention:
+        torch.nn.init.normal_(module.fuse.weight, std=0.3)
+    x = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        weights = supernet.position_probs()
+        full, keys, caps, without = supernet.perturbed_outputs(x, weights)
+        assert torch.equal(full, supernet.net(x, position_weights=weights))
+        assert (keys, caps) == (supernet.active_keys(), supernet.key_quantiles())
+        assert len(without) == base.blocks
+        for position, output in enumerate(without):
+            off = weights.clone()
+            off[position] = 0
+            assert torch.equal(output, supernet.net(x, position_weights=off))
+            assert not torch.equal(output, full)
+
+
 def test_position_scores_oracle():
     """The perturbation score equals the loss with that position's weight zeroed minus the loss as it is."""
     torch.manual_seed(0)
