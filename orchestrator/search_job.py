@@ -146,6 +146,8 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         params = {"budget": short_budget(budget), "task": task.label, "profile": profile.name,
                   "attention": job.attention, "trials": job.trials, "concurrency": job.concurrency, "seed": job.seed,
                   "search_steps": profile.search_steps, "search_warmup": profile.search_warmup}
+        if job.shared:  # a sweep's trials and width nets fine-tune the supernet's weights for these steps
+            params["sweep_train_steps"] = profile.sweep_steps()
         run_name = f"search-{short_budget(budget)}-{time.strftime('%m%d-%H%M%S')}"  # one name per search
         parent_id, plan = start_parent(client, experiment_id, run_name=run_name, tags=tags, params=params,
                                        command_line=job.command_line), None

@@ -64,7 +64,8 @@ def progress_report(report: Report | None, phase: str, offset: int) -> Report | 
 def run_trial(params: dict, settings: TrialSettings, report: Report | None = None,
               keep_weights: Callable[[dict], None] | None = None) -> dict:
     """Search at the proxy width, derive at the target width within the budget, proxy-train the proxy genotype
-    (inheriting the supernet's weights) and measure. Returns flat metrics: `macs` of the target genotype (what
+    (inheriting the supernet's weights; a sweep's trial derives from its shared supernet instead of searching,
+    and fine-tunes for the profile's `sweep_steps()`) and measure. Returns flat metrics: `macs` of the target genotype (what
     retraining builds), `proxy_macs` of what was trained here. `keep_weights` gets the proxy-trained weights (on
     the CPU), which the retraining widens and starts from."""
     # torch and the training code, here: the driver imports this module for Tune without paying for them
@@ -96,9 +97,10 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
         if folder is not None:
             save_search_result(found, folder / "search.pt")
     saved = None if folder is None else str(folder / "train.pt")
-    trained = train(genotype=found.proxy_genotype, task=task, data=settings.data, profile=profile,
+    steps = profile.sweep_steps() if settings.shared_supernet else profile.train_steps
+    trained = train(genotype=found.proxy_genotype, task=task, data=settings.data, profile=profile, steps=steps,
                     init_state=found.supernet_state, seed=settings.seed, device=device, checkpoint_path=saved,
-                    checkpoint_every=max(1, profile.train_steps // 10),
+                    checkpoint_every=max(1, steps // 10),
                     resume_from=saved if saved and os.path.isfile(saved) else None,
                     report=progress_report(report, "train", profile.search_steps))
     genotype = found.genotype

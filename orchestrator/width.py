@@ -3,7 +3,9 @@
 At each budget of a search or a sweep, the plain backbone that best fills the budget (the costliest of the
 budget's backbones, no attention) is trained alike to the trials: at the trials' proxy width, for as many weight
 steps as a trial takes (its search's and its proxy training's), on the same data stream (the search's seed), and
-scored on the same validation images in the same metric. It is recorded as an MLflow run (`acla_kind` width) under
+scored on the same validation images in the same metric. In a sweep, whose trials inherit the shared
+supernet's weights at their width and fine-tune them, the width net inherits its own width's and fine-tunes
+them alike (the supernet's weights with every position off: the plain network of that width). It is recorded as an MLflow run (`acla_kind` width) under
 the search's parent, drawn as a second line beside the front, and the summary and `report` state each budget's
 searched net's gain over it. One seed gives one paired difference. With `--width-seeds N` (N >= 2), the best
 trial's genotype and the width net are each trained alike from scratch with N seeds (seed s: the same data
@@ -24,7 +26,9 @@ def width_backbone(task, profile, budget_macs: float) -> str:
 def train_width(settings, backbone: str, *, genotype_json: str | None = None, seed: int | None = None) -> dict:
     """Train and score the plain `backbone` as a trial is trained and scored (no Ray, MLflow or store here): at
     the proxy width, for a trial's search and proxy-training steps, with the search's seed (or `seed`). With
-    `genotype_json`, that searched genotype instead of the plain backbone, trained the same way from scratch."""
+    `genotype_json`, that searched genotype instead of the plain backbone, trained the same way from scratch.
+    In a sweep (`settings.shared_supernet`), as a sweep's trial: from the shared supernet's weights at its width,
+    fine-tuned for the profile's `sweep_steps()`."""
     from search_space.backbone import build_network
     from search_space.cost import count_parameters, genotype_macs
     from search_space.genotype import Genotype
@@ -38,8 +42,12 @@ def train_width(settings, backbone: str, *, genotype_json: str | None = None, se
     else:
         target = Genotype.from_json(genotype_json)
     proxy = target.replace(channels=profile.proxy_channels(target.channels))
-    steps = profile.search_steps + profile.train_steps
-    metrics = train(genotype=proxy, task=task, data=settings.data, profile=profile, steps=steps,
+    steps, inherited = profile.search_steps + profile.train_steps, None
+    if settings.shared_supernet:  # a sweep's: from the shared supernet at its width, fine-tuned as its trials are
+        from workers.shared_run import inherited_state, load_shared_search
+        shared, _ = load_shared_search(settings.shared_supernet, task, profile, training_device())
+        steps, inherited = profile.sweep_steps(), inherited_state(shared, proxy.channels)
+    metrics = train(genotype=proxy, task=task, data=settings.data, profile=profile, steps=steps, init_state=inherited,
                     seed=settings.seed if seed is None else seed, device=training_device()).metrics
     return {"psnr": metrics[task.headline_metric], "psnr_y": metrics["psnr_y"], "psnr_rgb": metrics["psnr_rgb"],
             "input_psnr": metrics["input_" + task.headline_metric], "macs": genotype_macs(target),

@@ -41,6 +41,8 @@ def test_sweep_then_retrain_one_trial(swept):
     line = width_points(client, experiment.experiment_id)
     assert [p["budget_macs"] for p in line] == [1.5e9, 2e9] and all(p["macs"] <= p["budget_macs"] for p in line)
     assert [s["width"]["run_id"] for s in searches] == [p["run_id"] for p in line]
+    from workers.profiles import get_profile
+    assert all(p["steps"] == get_profile("smoke").sweep_steps() for p in line)  # fine-tuned as the sweep's trials
     # one shared supernet for both budgets: trained once, from its start, stored with its manifest, named on each
     # budget's parent run; each trial's genotype is the one derived from it at its backbone's width
     from storage.manifest import verify_artifact_set

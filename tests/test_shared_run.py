@@ -13,7 +13,7 @@ from workers.profiles import get_profile
 from workers.shared_config import CoverageError, SharedConfig, covered_widths
 from workers.shared_run import derive_backbone, train_shared_supernet
 from workers.tasks import task_from_options
-from workers.train import DataSpec
+from workers.train import DataSpec, train
 
 BUDGETS = (1.5e9, 2e9)
 
@@ -110,9 +110,18 @@ def test_a_sweep_trial_derives_from_the_shared_supernet_and_proxy_trains_what_it
         search_module.run_search = real
     assert searched == []  # derived, not searched
     shared, shared_config = load_shared_search(path, config().task, profile)
-    expected = derive_backbone(shared, shared_config, data, profile, backbone, budget).genotype
+    derived = derive_backbone(shared, shared_config, data, profile, backbone, budget)
+    expected = derived.genotype
     got = Genotype.from_json(result["genotype"])
     assert got.replace(expected_keys=[]) == expected.replace(expected_keys=[])  # keys re-measured after training
+    # fine-tuned from the supernet's weights at its width for the sweep's steps: the same training called directly,
+    # on weights sliced from the widest supernet by hand (oracle)
+    own = build_network(derived.proxy_genotype).state_dict()
+    widest = {k.removeprefix("net."): v for k, v in shared.elastic.widest.state_dict().items()}
+    by_hand = {k: widest[k][tuple(slice(0, n) for n in v.shape)] for k, v in own.items()}
+    direct = train(genotype=derived.proxy_genotype, task=config().task, data=data, profile=profile,
+                   steps=profile.sweep_steps(), init_state=by_hand, seed=0).metrics
+    assert result["psnr"] == direct["psnr_y"] and profile.sweep_steps() != profile.train_steps
     assert result["macs"] <= budget and result["psnr"] == result["psnr"]
     assert len(json.loads(result["position_scores"])) == got.blocks
     with pytest.raises(ValueError, match="trained for car"):

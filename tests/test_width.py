@@ -41,6 +41,33 @@ def test_the_width_net_is_trained_as_a_trial_is_at_the_proxy_width():
     assert result["steps"] == profile.search_steps + profile.train_steps
 
 
+def test_a_sweeps_width_net_inherits_the_shared_supernet_at_its_width_and_fine_tunes_as_its_trials(tmp_path):
+    """Oracle: the plain proxy network trained directly for the sweep's steps from weights sliced by hand from the
+    widest supernet (its backbone tensors only: the plain network has no attention)."""
+    from search_space.backbone import build_network
+    from search_space.genotype import Genotype
+    from workers.shared_config import SharedConfig
+    from workers.shared_run import load_shared_search, train_shared_supernet
+    task, profile, data = task_from_options("car"), get_profile("smoke"), DataSpec(*embedded_sets())
+    config = SharedConfig(task=task, budgets=(1.5e9, 2e9), stages=profile.stages, max_keys=profile.max_keys)
+    path = str(tmp_path / "shared.pt")
+    train_shared_supernet(config, data, profile, steps=3, checkpoint_path=path)
+    settings = TrialSettings(task=task, budget_macs=2e9, profile=profile, data=data, seed=5, shared_supernet=path)
+    backbone = width_backbone(task, profile, 2e9)
+    result = train_width(settings, backbone)
+    channels, blocks = parse_backbone(backbone)
+    proxy = Genotype(task="car", scale=1, in_channels=3, channels=profile.proxy_channels(channels), blocks=blocks,
+                     stages=profile.stages)
+    shared, _ = load_shared_search(path, task, profile)
+    widest = {k.removeprefix("net."): v for k, v in shared.elastic.widest.state_dict().items()}
+    by_hand = {k: widest[k][tuple(slice(0, n) for n in v.shape)] for k, v in build_network(proxy).state_dict().items()}
+    direct = train(genotype=proxy, task=task, data=data, profile=profile, steps=profile.sweep_steps(),
+                   init_state=by_hand, seed=5).metrics
+    assert result["psnr"] == direct["psnr_y"] and result["steps"] == profile.sweep_steps()
+    scratch = train(genotype=proxy, task=task, data=data, profile=profile, steps=profile.sweep_steps(), seed=5).metrics
+    assert scratch["psnr_y"] != direct["psnr_y"]  # it did inherit
+
+
 def test_gain_is_the_best_trial_within_the_budget_minus_the_width_point():
     width = {"backbone": "c40-b8", "macs": 1.9e9, "budget_macs": 2e9, "psnr": 30.0, "psnr_rgb": 27.0}
     trials = [{"run_id": "a", "macs": 1.8e9, "psnr": 30.2, "psnr_rgb": 26.9},

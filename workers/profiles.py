@@ -45,6 +45,13 @@ class Profile:
     # A winner's retraining that starts from its trial's weights (widened to full width, orchestrator/inherit.py)
     # continues the trial's training: these steps at full width. 0: the from-scratch schedule, retrain_steps.
     inherit_steps: int = 0
+    # A sweep's trial (and its width line) starts from the shared supernet's weights at its width, which its
+    # training already gave (search_space/shared_search.py), and fine-tunes them for these steps before it is
+    # scored (Once-for-All and BigNAS score inherited weights with no training at all). 0: `train_steps`.
+    sweep_train_steps: int = 0
+
+    def sweep_steps(self) -> int:
+        return self.sweep_train_steps or self.train_steps
 
     def retraining_steps(self, inherited: bool) -> int:
         return self.inherit_steps if inherited and self.inherit_steps else self.retrain_steps
@@ -57,15 +64,17 @@ class Profile:
 PROFILES = {
     "smoke": Profile("smoke", channels=8, blocks=4, stages=2, max_keys=4, patch=16, batch_size=2, lr=1e-3,
                      lr_step=1000, search_steps=3, train_steps=6, retrain_steps=8, valid_crop=48, trials=2,
-                     concurrency=2, log_every=2, block_choices=(4,), channel_step=4, max_channels=32),
+                     concurrency=2, log_every=2, block_choices=(4,), channel_step=4, max_channels=32,
+                     sweep_train_steps=3),
     "quick": Profile("quick", channels=32, blocks=8, stages=4, max_keys=9, patch=48, batch_size=8, lr=5e-4,
                      lr_step=400, search_steps=64, train_steps=200, retrain_steps=400, valid_crop=256, trials=2,
                      concurrency=2, log_every=16, search_warmup=32, block_choices=(8,), channel_step=8, max_channels=128,
-                     proxy_width=0.5, inherit_steps=150),
+                     proxy_width=0.5, inherit_steps=150, sweep_train_steps=32),
     "paper": Profile("paper", channels=64, blocks=16, stages=4, max_keys=9, patch=48, batch_size=16, lr=1e-4,
                      lr_step=200_000, search_steps=50_000, train_steps=100_000, retrain_steps=600_000,
                      valid_crop=0, trials=32, concurrency=4, weight_lr=1e-4, arch_lr=3e-4, log_every=1000,
-                     search_warmup=10_000, block_choices=(8, 12, 16), channel_step=8, max_channels=256),
+                     search_warmup=10_000, block_choices=(8, 12, 16), channel_step=8, max_channels=256,
+                     sweep_train_steps=25_000),
 }
 
 

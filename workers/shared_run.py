@@ -130,6 +130,11 @@ def derive_backbone(search: SharedSupernetSearch, config: SharedConfig, data: Da
                             active_keys=scores.active_keys, position_scores=scores.position_scores,
                             score_spread=[e * SCORE_BATCHES ** 0.5 for e in scores.score_errors],
                             score_errors=scores.score_errors, key_caps=scores.key_caps)
-    state = {k.removeprefix("net."): v for k, v in search.elastic.at(width).state_dict().items()}
     return SearchResult(genotype=genotype, proxy_genotype=genotype.replace(channels=width), outcome=outcome,
-                        supernet_state=state)
+                        supernet_state=inherited_state(search, width))
+
+
+def inherited_state(search: SharedSupernetSearch, width: int) -> dict:
+    """The supernet's weights at `width`, keyed as a derived network's (a network of that width, with or without
+    attention, takes those of its own tensors it finds here)."""
+    return {k.removeprefix("net."): v for k, v in search.elastic.at(width).state_dict().items()}
