@@ -90,7 +90,8 @@ def main() -> None:
 
 def sweep_breakdown(home: str, summary: dict) -> dict:
     """Where the sweep's time went, from its MLflow runs: the supernet's training, each budget's trials (summed,
-    though two run at a time) and its width net."""
+    though two run at a time), its width net, and its parent run's wall time (the first budget's includes the
+    supernet's training)."""
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{home}/mlflow.db")
     first = client.get_run(summary["searches"][0]["parent_run_id"]).data.tags
@@ -99,8 +100,10 @@ def sweep_breakdown(home: str, summary: dict) -> dict:
         trial_seconds = sum(client.get_run(t["run_id"]).data.metrics.get("trial_seconds", 0.0) for t in search["trials"])
         width = search.get("width") or {}
         width_seconds = client.get_run(width["run_id"]).data.metrics.get("seconds") if width.get("run_id") else None
+        info = client.get_run(search["parent_run_id"]).info  # the budget's parent: its whole wall time
         budgets[f"{search['budget_macs'] / 1e9:g}G"] = {"trials_s_summed": round(trial_seconds, 1),
-                                                      "width_s": None if width_seconds is None else round(width_seconds, 1)}
+                                                      "width_s": None if width_seconds is None else round(width_seconds, 1),
+                                                      "parent_wall_s": round((info.end_time - info.start_time) / 1e3, 1)}
     return {"shared_supernet_s": float(first.get("shared_supernet_seconds", "nan")), "per_budget": budgets}
 
 

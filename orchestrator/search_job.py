@@ -61,9 +61,8 @@ def run_search(job: SearchJob, run, store) -> int:
         backbones = {budget: check_feasible(job.task, job.profile, budget) for budget in job.budgets}
     shared = {}  # the sweep's supernet, once it is trained or found: its bytes, its store URI, its resumed step
     if job.shared:
-        from .shared_supernet import check_coverage, stored_supernet
+        from .shared_supernet import stored_supernet
         from .state import SearchState
-        check_coverage(job)
         # a resumed sweep whose trials began was derived from a stored supernet: it must be there, intact
         trained_before = any(SearchState(run.run_dir).trials(parent) for parent in job.resume_parents.values())
         with user_errors():

@@ -62,15 +62,6 @@ def shared_config(job):
                         arch_lr=profile.arch_lr, seed=job.seed)
 
 
-def check_coverage(job) -> None:
-    """One line (UsageError) where the sweep's budgets cannot share one supernet."""
-    from workers.shared_config import CoverageError, covered_widths
-    try:
-        covered_widths(shared_config(job), job.profile)
-    except CoverageError as err:
-        raise UsageError(str(err)) from None
-
-
 def stored_supernet(job, store, *, trained_before: bool) -> dict:
     """The sweep's stored supernet, checked against its manifest ({bytes, uri, resumed_from: None}), or {} where
     none is stored yet. Where the sweep's state says it was finished (`trained_before`: its trials began), a missing

@@ -46,7 +46,7 @@ def train_width(settings, backbone: str, *, genotype_json: str | None = None, se
     if settings.shared_supernet:  # a sweep's: from the shared supernet at its width, fine-tuned as its trials are
         from workers.shared_run import inherited_state, load_shared_search
         shared, _ = load_shared_search(settings.shared_supernet, task, profile, training_device())
-        steps, inherited = profile.sweep_steps(), inherited_state(shared, proxy.channels)
+        steps, inherited = profile.sweep_steps(), inherited_state(shared, proxy.channels, proxy.blocks)
     metrics = train(genotype=proxy, task=task, data=settings.data, profile=profile, steps=steps, init_state=inherited,
                     seed=settings.seed if seed is None else seed, device=training_device()).metrics
     return {"psnr": metrics[task.headline_metric], "psnr_y": metrics["psnr_y"], "psnr_rgb": metrics["psnr_rgb"],

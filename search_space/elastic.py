@@ -10,11 +10,15 @@ and the key gates) are shared by every width.
 
 A narrower network is the same `Supernet` class built at that width, run with `torch.func.functional_call` on
 slices (views) of the widest one's tensors: its gradients flow back into the shared tensors, and neither the
-backbone nor the attention modules know that they are elastic. Widths, not depths: every width has the
-widest's blocks and stages (the quick and smoke profiles offer one depth).
+backbone nor the attention modules know that they are elastic.
 
-Sandwich sampling (BigNAS; slimmable networks' "sandwich rule"): each weight step trains the widest and the
-narrowest network and `random_widths` others drawn at random, and sums their gradients.
+Depths are elastic too, as Once-for-All makes them: a network of d blocks in S stages runs the first d/S blocks
+of each of the deepest network's stages (and their positions' modules and logits), so its reference layers (the
+head and each stage's output) are the same layers' and every module keeps its number of references. A size is a
+(width, depth) pair; the supernet holds the widest and deepest of its sizes.
+
+Sandwich sampling (BigNAS; slimmable networks' "sandwich rule"): each weight step trains the largest and the
+smallest network (by MACs) and `random_widths` other sizes drawn at random, and sums their gradients.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from .cost import genotype_macs
 from .genotype import Genotype
 from .supernet import Supernet
 
@@ -51,14 +56,34 @@ class _Method(nn.Module):
         return target(*args, **kwargs)
 
 
-class WidthView:
-    """The shared supernet at one width. It answers what a `Supernet` answers (forward, `net`, the expected
-    MACs and key counts, train/eval), computed on slices of the widest supernet's tensors."""
+def block_map(depth: int, deepest: int, stages: int) -> list[int]:
+    """The deepest network's block that each block of a `depth`-block network (same stages) runs on: the first
+    depth/stages blocks of each stage."""
+    if depth % stages or deepest % stages or depth > deepest:
+        raise ValueError(f"a {depth}-block network is not a part of a {deepest}-block one in {stages} stages")
+    per, deepest_per = depth // stages, deepest // stages
+    return [(j // per) * deepest_per + j % per for j in range(depth)]
 
-    def __init__(self, elastic: "ElasticSupernet", width: int) -> None:
+
+def _holder_name(name: str, blocks: list[int]) -> str:
+    """A depth view's tensor name as the deepest supernet names it (its block and position renumbered)."""
+    parts = name.split(".")
+    if len(parts) > 3 and parts[1] == "net" and parts[2] in ("body", "attention"):
+        parts[3] = str(blocks[int(parts[3])])
+    return ".".join(parts[1:])
+
+
+class WidthView:
+    """The shared supernet at one size (width, and depth: the deepest's by default). It answers what a `Supernet`
+    answers (forward, `net`, the expected MACs and key counts, train/eval), computed on slices of the widest,
+    deepest supernet's tensors."""
+
+    def __init__(self, elastic: "ElasticSupernet", width: int, depth: int | None = None) -> None:
         self.width = width
+        self.depth = depth = depth or elastic.base.blocks
         self._elastic = elastic
-        template = Supernet(base=elastic.base.replace(channels=width))
+        self._blocks = block_map(depth, elastic.base.blocks, elastic.base.stages)
+        template = Supernet(base=elastic.base.replace(channels=width, blocks=depth))
         self._method = _Method(template).to(next(elastic.parameters()).device)
         template.train(elastic.training)
         self.base = template.base
@@ -74,7 +99,12 @@ class WidthView:
         """The widest supernet's parameters and buffers, each sliced to this width's shape, keyed as this
         width's own."""
         widest = {**dict(self._elastic.widest.named_parameters()), **dict(self._elastic.widest.named_buffers())}
-        return {f"supernet.{name}": slice_to(widest[name], shape) for name, shape in self._shapes.items()}
+        if self.depth == self._elastic.base.blocks:  # every block: the same names, sliced in width only
+            return {f"supernet.{name}": slice_to(widest[name], shape) for name, shape in self._shapes.items()}
+        tensors = {f"supernet.{name}": slice_to(widest[_holder_name('supernet.' + name, self._blocks)], shape)
+                   for name, shape in self._shapes.items() if name != "alpha"}
+        tensors["supernet.alpha"] = widest["alpha"][self._blocks]  # its positions' logits (a gather: grads flow)
+        return tensors
 
     def call(self, name: str, *args, **kwargs):
         return functional_call(self._method, self.tensors(), (name, *args), kwargs)
@@ -123,24 +153,35 @@ class WidthView:
 
 
 class ElasticSupernet(nn.Module):
-    """The search supernet at the widest of `widths`, whose narrower widths share its tensors."""
+    """The search supernet at the widest of `widths` (at `base.blocks`), or of `sizes` ((width, depth) pairs:
+    at the widest width and the deepest depth among them), whose smaller sizes share its tensors. `sizes`
+    lists them from the smallest to the largest by MACs; `widths` is kept for a supernet of one depth."""
 
-    def __init__(self, *, base: Genotype, widths: Sequence[int], alpha_init: float = 0.0) -> None:
+    def __init__(self, *, base: Genotype, widths: Sequence[int] = (), alpha_init: float = 0.0,
+                 sizes: Sequence[tuple[int, int]] = ()) -> None:
         super().__init__()
-        widths = sorted({int(w) for w in widths})
-        if not widths or widths[0] < 1:
-            raise ValueError(f"an elastic supernet needs one or more positive widths, not {list(widths)}")
-        self.widths = tuple(widths)
-        self.widest = Supernet(base=base.replace(channels=widths[-1]), alpha_init=alpha_init)
+        pairs = {(int(w), int(d)) for w, d in sizes} | {(int(w), base.blocks) for w in widths}
+        if not pairs or min(w for w, _ in pairs) < 1 or min(d for _, d in pairs) < 1:
+            raise ValueError(f"an elastic supernet needs one or more positive sizes, not {sorted(pairs)}")
+        deepest = max(d for _, d in pairs)
+        self.widest = Supernet(base=base.replace(channels=max(w for w, _ in pairs), blocks=deepest),
+                               alpha_init=alpha_init)
         self.base = self.widest.base
-        self._views: dict[int, WidthView] = {}  # structure only: kept out of the module tree and its state_dict
+        for _, depth in pairs:
+            block_map(depth, deepest, base.stages)  # every depth must be a part of the deepest
+        self.sizes = tuple(sorted(pairs, key=lambda p: (genotype_macs(self.base.replace(channels=p[0],
+                                                                                           blocks=p[1])), p)))
+        self.widths = tuple(sorted({w for w, _ in pairs}))
+        self._views: dict[tuple[int, int], WidthView] = {}  # structure only: out of the module tree and state_dict
 
-    def at(self, width: int) -> WidthView:
-        if width not in self.widths:
-            raise ValueError(f"width {width} is not one of the supernet's ({', '.join(map(str, self.widths))})")
-        if width not in self._views:
-            self._views[width] = WidthView(self, width)
-        return self._views[width]
+    def at(self, width: int, depth: int | None = None) -> WidthView:
+        size = (width, depth or self.base.blocks)
+        if size not in self.sizes:
+            named = ", ".join(f"{w}x{d}" for w, d in self.sizes)
+            raise ValueError(f"size {size[0]}x{size[1]} is not one of the supernet's ({named})")
+        if size not in self._views:
+            self._views[size] = WidthView(self, *size)
+        return self._views[size]
 
     def train(self, mode: bool = True) -> "ElasticSupernet":
         super().train(mode)
@@ -160,10 +201,11 @@ class ElasticSupernet(nn.Module):
             view.set_gate_temperature(temperature)
 
 
-def sandwich_widths(widths: Sequence[int], rng: random.Random, random_widths: int = 2) -> list[int]:
-    """The widths one weight step trains: the widest, the narrowest, and `random_widths` drawn uniformly (with
-    replacement) from the widths between them (from all of them where there are none between)."""
-    ordered = sorted(set(widths))
+def sandwich_widths(widths: Sequence, rng: random.Random, random_widths: int = 2) -> list:
+    """The sizes one weight step trains, from `widths` ordered from the smallest to the largest (widths, or
+    (width, depth) sizes by MACs): the largest, the smallest, and `random_widths` drawn uniformly (with
+    replacement) from those between them (from all of them where there are none between)."""
+    ordered = list(dict.fromkeys(widths)) if widths and isinstance(widths[0], tuple) else sorted(set(widths))
     if len(ordered) == 1:
         return ordered
     between = ordered[1:-1] or ordered

@@ -2,10 +2,10 @@
 genotype per budget, derived from position scores measured at that budget's width.
 
 Each step is DARTS's alternation (search_space/search.py), made elastic:
-- a weight step trains the sandwich of widths (the widest, the narrowest and two at random) on one batch and
-  sums their gradients (BigNAS);
-- an architecture step takes the next batch at one width, in turn, and prices that width's keys against that
-  width's budget (its tightest: the smallest budget that the width serves), with the same budget penalty,
+- a weight step trains the sandwich of sizes (the largest, the smallest and two at random; a size is a width,
+  and a depth where the profile offers several) on one batch and sums their gradients (BigNAS);
+- an architecture step takes the next batch at one size, in turn, and prices that size's keys against that
+  size's budget (its tightest: the smallest budget that the size serves), with the same budget penalty,
   key price and decoupled price step as a single search.
 
 The position scores of a width are DARTS-PT's perturbation scores (the held-out loss with a position switched
@@ -34,8 +34,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class SharedSupernetSearch:
-    """The optimizers and the step rule for an elastic supernet. `budgets[width]` is the budget (MACs, at the
-    width's own scale) that prices that width's keys. Its whole state is in `state_dict`."""
+    """The optimizers and the step rule for an elastic supernet. `budgets[size]` is the budget (MACs, at the
+    size's own scale) that prices that size's keys; a size is (width, depth), or a width alone where the supernet
+    has one depth. Its whole state is in `state_dict`."""
 
     def __init__(self, elastic: ElasticSupernet, budgets: dict[int, float], *, weight_lr: float = 1e-3,
                  arch_lr: float = 3e-3, penalty_weight: float = 1.0, gate_temperature: float = 1.0,
@@ -45,10 +46,11 @@ class SharedSupernetSearch:
                  reduce_gradients: Callable[[list[torch.Tensor]], None] | None = None) -> None:
         """`reduce_gradients` averages a list of gradient tensors in place across data-parallel workers (each
         drawing its share of the batch), before every optimizer step, as DDP does; None on one worker."""
-        if sorted(budgets) != list(elastic.widths):
-            raise ValueError(f"need one budget per width {list(elastic.widths)}, got {sorted(budgets)}")
-        self.elastic, self.budgets, self.loss_fn = elastic, dict(budgets), loss_fn
-        self.bare = {w: check_bare_budget(elastic.at(w).base, b) for w, b in budgets.items()}
+        budgets = {(k if isinstance(k, tuple) else (k, elastic.base.blocks)): b for k, b in budgets.items()}
+        if set(budgets) != set(elastic.sizes):
+            raise ValueError(f"need one budget per size {list(elastic.sizes)}, got {sorted(budgets)}")
+        self.elastic, self.budgets, self.loss_fn = elastic, budgets, loss_fn
+        self.bare = {size: check_bare_budget(elastic.at(*size).base, b) for size, b in budgets.items()}
         self.penalty_weight, self.key_price, self.price_lr = penalty_weight, key_price, price_lr
         self.random_widths = random_widths
         self.reduce_gradients = reduce_gradients
@@ -65,32 +67,32 @@ class SharedSupernetSearch:
         self.arch_opt = Adam(groups, lr=arch_lr, betas=(0.5, 0.999))
 
     def weight_step(self, batch: Batch) -> dict[int, float]:
-        """One weight step on the sandwich of widths; the loss at each width trained."""
+        """One weight step on the sandwich of sizes; the loss at each size trained, keyed (width, depth)."""
         inputs, targets = batch
         self.weight_opt.zero_grad(set_to_none=True)
         losses = {}
-        for width in sandwich_widths(self.elastic.widths, self.rng, self.random_widths):
-            view = self.elastic.at(width).train()
+        for size in sandwich_widths(self.elastic.sizes, self.rng, self.random_widths):
+            view = self.elastic.at(*size).train()
             loss = self.loss_fn(view(inputs), targets)
             loss.backward()
-            losses[width] = loss.item()
+            losses[size] = loss.item()
         self._reduce(self.elastic.weight_parameters())
         self.weight_opt.step()
         return losses
 
     def arch_step(self, batch: Batch, *, update: bool = True) -> dict:
-        """One architecture step at the next width in turn (`update=False`: measure only, as during a warm-up)."""
-        widths = self.elastic.widths
-        width = widths[self.steps_done % len(widths)]
+        """One architecture step at the next size in turn (`update=False`: measure only, as during a warm-up)."""
+        sizes = self.elastic.sizes
+        size = sizes[self.steps_done % len(sizes)]
         self.steps_done += 1
-        view, budget = self.elastic.at(width).train(), self.budgets[width]
+        view, budget = self.elastic.at(*size).train(), self.budgets[size]
         inputs, targets = batch
         self.arch_opt.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(update):
             val_loss = self.loss_fn(view(inputs), targets)
             expected = view.expected_macs()
             penalty = self.penalty_weight * budget_penalty(expected, budget)
-            price = key_price_term(view.expected_key_macs(), self.bare[width], budget, self.key_price)
+            price = key_price_term(view.expected_key_macs(), self.bare[size], budget, self.key_price)
         if update:
             price_grads = (torch.autograd.grad(price, self.gate_params, retain_graph=True, allow_unused=True)
                            if self.gate_params and price.requires_grad else [])
@@ -104,7 +106,7 @@ class SharedSupernetSearch:
                 for param, grad in zip(self.gate_params, price_grads):
                     if grad is not None:
                         param.sub_(self.price_lr * grad)
-        return {"width": width, "val_loss": val_loss.item(), "penalty": penalty.item(),
+        return {"width": size[0], "depth": size[1], "val_loss": val_loss.item(), "penalty": penalty.item(),
                 "key_price": price.item(), "expected_macs": expected.item()}
 
     def _reduce(self, params: list[torch.nn.Parameter]) -> None:
@@ -133,6 +135,7 @@ class SharedSupernetSearch:
 class WidthScores:
     """What a width's derivation rests on, measured on the finished supernet."""
     width: int
+    depth: int
     position_scores: list[float]  # mean perturbation score per position (loss units)
     score_errors: list[float]  # the standard error of each, over the paired per-batch differences
     active_keys: list[list[float]]  # mean active keys per query, per position and reference layer
@@ -160,7 +163,7 @@ def measure_width(view: WidthView, batches: Sequence[Batch],
         scores.append(statistics.fmean(diffs))
         errors.append(statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0)
     view.train(was_training)
-    return WidthScores(width=view.width, position_scores=scores, score_errors=errors,
+    return WidthScores(width=view.width, depth=view.depth, position_scores=scores, score_errors=errors,
                        active_keys=_mean_lists(keys), key_caps=_mean_lists(caps))
 
 

@@ -88,6 +88,85 @@ def test_a_width_trains_only_its_own_channels_with_the_gradient_of_a_net_of_that
         assert not outside.any(), f"{name} has a gradient outside width 8"
 
 
+def by_hand(elastic, width, depth, blocks):
+    """The oracle's weights for a network of `width` x `depth`: the deepest supernet's, its blocks `blocks` taken
+    and renumbered, every tensor cut to its leading channels, alpha's entries picked."""
+    own = Supernet(base=elastic.base.replace(channels=width, blocks=depth)).state_dict()
+    holder = elastic.widest.state_dict()
+    picked = {}
+    for name, value in own.items():
+        parts = name.split(".")
+        if parts[0] == "net" and parts[1] in ("body", "attention"):
+            parts[2] = str(blocks[int(parts[2])])
+        source = holder["alpha"][blocks] if name == "alpha" else holder[".".join(parts)]
+        picked[name] = source[tuple(slice(0, n) for n in value.shape)].clone()
+    return picked
+
+
+@pytest.mark.parametrize("kind", SEARCHABLE_KINDS)
+@pytest.mark.parametrize("task", ["sr", "car"])
+def test_a_shallow_size_runs_the_first_blocks_of_each_stage_of_the_deepest(kind, task):
+    """Elastic depth (Once-for-All): 2 blocks in 2 stages run the deepest's blocks 0 and 2, with their positions'
+    modules and logits, at the narrow width; an independent network with those weights copied computes the same,
+    and the gradients land only on those blocks' leading channels, equal to the independent network's."""
+    torch.manual_seed(2)
+    elastic = ElasticSupernet(base=base(task, kind), sizes=[(8, 2), (12, 4)]).eval()
+    assert elastic.sizes == ((8, 2), (12, 4)) and elastic.base.blocks == 4
+    with torch.no_grad():
+        for p in elastic.parameters():
+            p.uniform_(-0.3, 0.3)
+    view = elastic.at(8, 2).eval()
+    alone = Supernet(base=base(task, kind, 8).replace(blocks=2)).eval()
+    alone.load_state_dict(by_hand(elastic, 8, 2, [0, 2]))
+    x, y = sample(task)
+    out, expected = view(x), alone(x)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    assert not torch.allclose(elastic.at(12, 4)(x), expected, atol=1e-3)
+    torch.nn.functional.l1_loss(out, y).backward()
+    torch.nn.functional.l1_loss(expected, y).backward()
+    own = dict(alone.named_parameters())
+    for name, p in elastic.widest.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
+        parts = name.split(".")
+        if name == "alpha":
+            assert torch.allclose(grad[[0, 2]], own["alpha"].grad, atol=1e-6) and not grad[[1, 3]].any()
+            continue
+        if parts[1] in ("body", "attention") and parts[2] in ("1", "3"):
+            assert not grad.any(), f"{name}: a block the shallow network does not run got a gradient"
+            continue
+        if parts[1] in ("body", "attention"):
+            parts[2] = str([0, 2].index(int(parts[2])))
+        mine = own[".".join(parts)]
+        block = tuple(slice(0, n) for n in mine.shape)
+        reference = torch.zeros_like(mine) if mine.grad is None else mine.grad
+        assert torch.allclose(grad[block], reference, atol=1e-6), name
+        outside = grad.clone()
+        outside[block] = 0
+        assert not outside.any(), f"{name} has a gradient outside width 8"
+    with pytest.raises(ValueError, match="not a part of"):
+        ElasticSupernet(base=base(), sizes=[(8, 3), (12, 4)])
+
+
+def test_the_sandwich_of_sizes_trains_the_largest_and_the_smallest_by_macs():
+    elastic = ElasticSupernet(base=base(), sizes=[(12, 2), (8, 4), (12, 4), (8, 2)])
+    macs = [genotype_macs(base("sr", "acla", w).replace(blocks=d).bare()) for w, d in elastic.sizes]
+    assert macs == sorted(macs) and elastic.sizes[0] == (8, 2) and elastic.sizes[-1] == (12, 4)
+    rng = random.Random(1)
+    draws = [sandwich_widths(elastic.sizes, rng) for _ in range(100)]
+    assert all(d[:2] == [(12, 4), (8, 2)] and set(d[2:]) <= {(12, 2), (8, 4)} for d in draws)
+    search = SharedSupernetSearch(elastic, {size: 1.3 * m for size, m in zip(elastic.sizes, macs)}, seed=1)
+    losses = search.weight_step(sample("sr"))
+    assert set(losses) <= set(elastic.sizes) and {(12, 4), (8, 2)} <= set(losses)
+    records = [search.arch_step(sample("sr", seed=s)) for s in range(4)]
+    assert [(r["width"], r["depth"]) for r in records] == list(elastic.sizes)  # each size in turn
+    scores = measure_width(elastic.at(12, 2), [sample("sr", seed=s) for s in range(3)])
+    assert (scores.width, scores.depth) == (12, 2) and len(scores.position_scores) == 2
+    target = base("sr", "acla", 24).replace(blocks=2).bare()
+    genotype = derive_for_budget(scores, target, 1.5 * genotype_macs(target))
+    assert genotype.blocks == 2 and all(p < 2 for p in genotype.positions)
+    assert genotype_macs(genotype) <= 1.5 * genotype_macs(target)
+
+
 def test_sandwich_sampling_trains_the_widest_the_narrowest_and_two_between():
     rng = random.Random(0)
     widths = [8, 12, 16, 20, 24]
@@ -143,7 +222,7 @@ def test_the_shared_search_moves_weights_and_architecture_of_every_width():
     before = {k: v.clone() for k, v in elastic.state_dict().items()}
     for step in range(3):
         losses = search.weight_step(sample("sr", seed=step))
-        assert sorted(losses) == [8, 12]  # two widths: the widest and the narrowest, each step
+        assert sorted(losses) == [(8, 4), (12, 4)]  # two widths: the widest and the narrowest, each step
         record = search.arch_step(sample("sr", seed=10 + step))
         assert record["width"] == [8, 12][step % 2]
     after = elastic.state_dict()

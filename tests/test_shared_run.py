@@ -10,7 +10,7 @@ from search_space.cost import genotype_macs
 from workers.backbones import check_feasible, parse_backbone
 from workers.data import embedded_sets
 from workers.profiles import get_profile
-from workers.shared_config import CoverageError, SharedConfig, covered_widths
+from workers.shared_config import SharedConfig, covered_sizes
 from workers.shared_run import derive_backbone, train_shared_supernet
 from workers.tasks import task_from_options
 from workers.train import DataSpec, train
@@ -22,33 +22,39 @@ def config(budgets=BUDGETS, seed=0):
     return SharedConfig(task=task_from_options("car"), budgets=budgets, stages=2, max_keys=4, seed=seed)
 
 
-def test_the_supernet_covers_every_backbone_of_every_budget_at_its_proxy_width():
+def test_the_supernet_covers_every_backbone_of_every_budget_at_its_proxy_size():
     profile = dataclasses.replace(get_profile("smoke"), proxy_width=0.5)
-    depth, priced = covered_widths(config(), profile)
+    priced = covered_sizes(config(), profile)
     offered = {parse_backbone(label) for budget in BUDGETS for label in check_feasible(config().task, profile, budget)}
-    assert depth == 4 and {blocks for _, blocks in offered} == {4}
-    assert set(priced) == {profile.proxy_channels(channels) for channels, _ in offered}
-    for width, budget in priced.items():  # the tightest budget offering the width, scaled as a search scales it
+    assert {blocks for _, blocks in offered} == {4}
+    assert set(priced) == {(profile.proxy_channels(channels), blocks) for channels, blocks in offered}
+    for (width, depth), budget in priced.items():  # the tightest budget offering the size, scaled as a search does
         cfg = config()
-        scaled = [b * genotype_macs(cfg.genotype(width, 4).bare()) / genotype_macs(cfg.genotype(c, 4).bare())
+        scaled = [b * genotype_macs(cfg.genotype(width, depth).bare()) / genotype_macs(cfg.genotype(c, d).bare())
                   for b in BUDGETS for label in check_feasible(cfg.task, profile, b)
-                  for c, _ in [parse_backbone(label)] if profile.proxy_channels(c) == width]
+                  for c, d in [parse_backbone(label)] if (profile.proxy_channels(c), d) == (width, depth)]
         assert budget == pytest.approx(min(scaled))
-    two_depths = dataclasses.replace(get_profile("smoke"), block_choices=(4, 6))
-    with pytest.raises(CoverageError, match="one depth"):
-        covered_widths(config(), two_depths)
+
+
+def test_budgets_whose_backbones_differ_in_depth_share_one_supernet():
+    """The paper profile offers 8, 12 and 16 blocks at each budget: one supernet covers them all (elastic depth)."""
+    profile = get_profile("paper")
+    cfg = SharedConfig(task=task_from_options("car"), budgets=(50e9, 100e9), stages=profile.stages)
+    priced = covered_sizes(cfg, profile)
+    offered = {parse_backbone(label) for budget in cfg.budgets for label in check_feasible(cfg.task, profile, budget)}
+    assert {d for _, d in priced} == {8, 12, 16} and set(priced) == offered  # proxy width 1: the backbones themselves
 
 
 def test_a_sweeps_budgets_are_checked_without_importing_torch():
     """The driver checks a sweep's coverage before any training: without torch (about 2 s of every sweep's start)."""
     import subprocess
     import sys
-    script = ("import sys; from workers.shared_config import SharedConfig, covered_widths; "
+    script = ("import sys; from workers.shared_config import SharedConfig, covered_sizes; "
               "from workers.profiles import get_profile; from workers.tasks import task_from_options; "
-              "print(covered_widths(SharedConfig(task=task_from_options('car'), budgets=(1.5e9, 2e9), stages=2), "
-              "get_profile('smoke'))[0], 'torch' in sys.modules)")
+              "print(len(covered_sizes(SharedConfig(task=task_from_options('car'), budgets=(1.5e9, 2e9), stages=2), "
+              "get_profile('smoke'))), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [str(covered_widths(config(), get_profile("smoke"))[0]), "False"]
+    assert out.stdout.split() == [str(len(covered_sizes(config(), get_profile("smoke")))), "False"]
 
 
 def test_a_resumed_shared_supernet_equals_an_uninterrupted_one(tmp_path):
@@ -126,3 +132,29 @@ def test_a_sweep_trial_derives_from_the_shared_supernet_and_proxy_trains_what_it
     assert len(json.loads(result["position_scores"])) == got.blocks
     with pytest.raises(ValueError, match="trained for car"):
         load_shared_search(path, task_from_options("denoise"), profile)
+
+
+def test_a_supernet_of_two_depths_derives_each_backbone_at_its_own_depth(tmp_path):
+    """Elastic depth: budgets offering 2- and 4-block backbones share one supernet; each backbone's genotype is
+    derived at its own depth, within its budget, and a trial of the shallow one proxy-trains it."""
+    from orchestrator.trial import TrialSettings, run_trial
+    from search_space.genotype import Genotype
+    profile, data = dataclasses.replace(get_profile("smoke"), block_choices=(2, 4)), DataSpec(*embedded_sets())
+    offered = {budget: [parse_backbone(label) for label in check_feasible(config().task, profile, budget)]
+               for budget in BUDGETS}
+    assert {d for backbones in offered.values() for _, d in backbones} == {2, 4}
+    path = str(tmp_path / "shared.pt")
+    search = train_shared_supernet(config(), data, profile, steps=2, checkpoint_path=path)
+    assert {d for _, d in search.elastic.sizes} == {2, 4} and search.elastic.base.blocks == 4
+    for budget, backbones in offered.items():
+        for channels, blocks in backbones:
+            found = derive_backbone(search, config(), data, profile, f"c{channels}-b{blocks}", budget)
+            assert (found.genotype.channels, found.genotype.blocks) == (channels, blocks)
+            assert genotype_macs(found.genotype) <= budget and all(p < blocks for p in found.genotype.positions)
+            assert found.proxy_genotype.blocks == blocks
+    budget = BUDGETS[1]
+    channels, blocks = next((c, d) for c, d in offered[budget] if d == 2)
+    settings = TrialSettings(task=config().task, budget_macs=budget, profile=profile, data=data, shared_supernet=path)
+    result = run_trial({"backbone": f"c{channels}-b{blocks}", "penalty_weight": 1.0, "weight_lr": profile.weight_lr,
+                        "arch_lr": profile.arch_lr, "gate_temperature": 1.0}, settings)
+    assert Genotype.from_json(result["genotype"]).blocks == 2 and result["macs"] <= budget

@@ -141,3 +141,4 @@ def test_a_sweep_shares_one_supernet_unless_separate_and_keeps_that_through_resu
     older = shared.to_stored(2e9)
     del older["job"]["shared"]  # a job stored before the shared supernet existed searched each budget on its own
     assert not SearchJob.from_stored(older, json_output=False, resume_parents={2e9: "p1"}).shared
+

@@ -1,4 +1,4 @@
-"""What a sweep's shared supernet is configured with, and which widths it must cover (workers/shared_run.py
+"""What a sweep's shared supernet is configured with, and which sizes (widths and depths) it must cover (workers/shared_run.py
 trains it): plain data and arithmetic, without torch, so that the driver checks a sweep's budgets before any
 training code is imported. The search rates and the proxy's budget, shared with a single search
 (workers/search_run.py), live here for the same reason."""
@@ -38,10 +38,6 @@ CONFIG_FIELDS = ("budgets", "stages", "max_keys", "attention", "penalty_weight",
                  "arch_lr", "seed")
 
 
-class CoverageError(ValueError):
-    """Budgets whose backbones one supernet cannot cover."""
-
-
 @dataclass(frozen=True)
 class SharedConfig(SearchRates):
     task: TaskSpec
@@ -63,24 +59,18 @@ class SharedConfig(SearchRates):
                         max_keys=self.max_keys, adaptive=get_kind(self.attention).adaptive)
 
 
-def covered_widths(config: SharedConfig, profile: Profile) -> tuple[int, dict[int, float]]:
-    """The depth every budget's backbones share, and each proxy width with the budget (at the proxy's scale)
-    that prices its keys: the tightest among the budgets that offer it. CoverageError where the budgets offer
-    backbones of several depths (a supernet with elastic widths holds one depth)."""
-    from search_space.budget import short_budget
+def covered_sizes(config: SharedConfig, profile: Profile) -> dict[tuple[int, int], float]:
+    """Each proxy size (width, depth) that some budget's backbone needs, with the budget (at the proxy's scale)
+    that prices its keys: the tightest among the budgets that offer it. The supernet holds the widest and
+    deepest of them; a shallower size runs the first blocks of each stage (search_space/elastic.py), so every
+    set of budgets is covered: the profile's depths are whole numbers of blocks per stage (search_space/
+    genotype.py checks that of every backbone)."""
     offered = {budget: [parse_backbone(label) for label in check_feasible(config.task, profile, budget)]
                for budget in config.budgets}
-    depths = {budget: sorted({blocks for _, blocks in backbones}) for budget, backbones in offered.items()}
-    if len({d for ds in depths.values() for d in ds}) > 1:
-        named = "; ".join(f"{short_budget(b)} offers {', '.join(map(str, ds))} blocks" for b, ds in depths.items())
-        raise CoverageError(f"the {profile.name} profile's backbones for these budgets differ in depth ({named}), "
-                            f"and one shared supernet has one depth (its widths are elastic, not its blocks); "
-                            f"pass --separate to search each budget on its own")
     priced = {}
     for budget, backbones in offered.items():
         for channels, blocks in backbones:
             target, proxy = config.genotype(channels, blocks), config.genotype(profile.proxy_channels(channels), blocks)
-            width_budget = proxy_budget(target, proxy, budget)
-            priced[proxy.channels] = min(priced.get(proxy.channels, width_budget), width_budget)
-    depth, = {d for ds in depths.values() for d in ds}
-    return depth, dict(sorted(priced.items()))
+            size, width_budget = (proxy.channels, blocks), proxy_budget(target, proxy, budget)
+            priced[size] = min(priced.get(size, width_budget), width_budget)
+    return dict(sorted(priced.items()))

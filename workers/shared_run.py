@@ -23,7 +23,7 @@ from .data import DataSpec
 from .device import to_device, training_device
 from .profiles import Profile
 from .search_run import SearchResult
-from .shared_config import SharedConfig, covered_widths
+from .shared_config import SharedConfig, covered_sizes
 from .tasks import TaskSpec
 from .train import Report, TrainHooks, make_sampler
 
@@ -32,9 +32,9 @@ SCORE_BATCHES = 8  # held-out batches a width's position scores are measured on 
 
 def build_shared_search(config: SharedConfig, profile: Profile, device: torch.device | None = None,
                         reduce_gradients=None) -> SharedSupernetSearch:
-    depth, priced = covered_widths(config, profile)
+    priced = covered_sizes(config, profile)
     torch.manual_seed(config.seed)
-    elastic = ElasticSupernet(base=config.genotype(max(priced), depth), widths=list(priced))
+    elastic = ElasticSupernet(base=config.genotype(*max(priced)), sizes=list(priced))
     elastic.to(device or training_device())
     return SharedSupernetSearch(elastic, priced, weight_lr=config.weight_lr, arch_lr=config.arch_lr,
                                 penalty_weight=config.penalty_weight, gate_temperature=config.gate_temperature,
@@ -76,7 +76,7 @@ def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile
         record = search.arch_step(next(arch_on), update=step >= profile.search_warmup)
         step += 1
         if report and (step % profile.log_every == 0 or step == last):
-            report({"step": step, "total_steps": total, "loss": losses[max(losses)], **record})
+            report({"step": step, "total_steps": total, "loss": losses[search.elastic.sizes[-1]], **record})
         if checkpoint_path and ((checkpoint_every and step % checkpoint_every == 0) or step == last):
             save_shared_checkpoint(checkpoint_path, search, step, weight_batches, arch_batches, config)
             if hooks.on_checkpoint:
@@ -88,7 +88,7 @@ def save_shared_checkpoint(path: str, search: SharedSupernetSearch, step: int, w
                            config: SharedConfig) -> None:
     """The supernet's whole state, and the configuration it was built from (so that a trial rebuilds it)."""
     from .atomic import write_atomically
-    payload = {"search": search.state_dict(), "step": step, "widths": list(search.elastic.widths),
+    payload = {"search": search.state_dict(), "step": step, "sizes": [list(s) for s in search.elastic.sizes],
                "config": config.fields(), "task": config.task.label,
                "base": search.elastic.base.to_json(), "weight_sampler": weight_batches.state(),
                "arch_sampler": arch_batches.state(), "torch_rng": torch.get_rng_state()}
@@ -123,18 +123,19 @@ def derive_backbone(search: SharedSupernetSearch, config: SharedConfig, data: Da
     target = config.genotype(channels, blocks)
     width = profile.proxy_channels(channels)
     held_out = to_device(make_sampler(config.task, data.train, profile, config.seed + 2), device)
-    scores = measure_width(search.elastic.at(width), [next(held_out) for _ in range(SCORE_BATCHES)])
+    view = search.elastic.at(width, blocks)
+    scores = measure_width(view, [next(held_out) for _ in range(SCORE_BATCHES)])
     genotype = derive_for_budget(scores, target, budget_macs)
-    probs = [float(p) for p in search.elastic.at(width).position_probs().detach()]
+    probs = [float(p) for p in view.position_probs().detach()]
     outcome = SearchOutcome(genotype=genotype.replace(channels=width), position_probs=probs,
                             active_keys=scores.active_keys, position_scores=scores.position_scores,
                             score_spread=[e * SCORE_BATCHES ** 0.5 for e in scores.score_errors],
                             score_errors=scores.score_errors, key_caps=scores.key_caps)
     return SearchResult(genotype=genotype, proxy_genotype=genotype.replace(channels=width), outcome=outcome,
-                        supernet_state=inherited_state(search, width))
+                        supernet_state=inherited_state(search, width, blocks))
 
 
-def inherited_state(search: SharedSupernetSearch, width: int) -> dict:
-    """The supernet's weights at `width`, keyed as a derived network's (a network of that width, with or without
+def inherited_state(search: SharedSupernetSearch, width: int, depth: int) -> dict:
+    """The supernet's weights at a size, keyed as a derived network's (a network of that size, with or without
     attention, takes those of its own tensors it finds here)."""
-    return {k.removeprefix("net."): v for k, v in search.elastic.at(width).state_dict().items()}
+    return {k.removeprefix("net."): v for k, v in search.elastic.at(width, depth).state_dict().items()}
