@@ -182,6 +182,9 @@ def add_orchestrator_verbs(verbs) -> None:
     sweep.add_argument("--separate", action="store_true",
                        help="search each budget on its own, from scratch, instead of deriving every budget from one "
                             "shared supernet trained once")
+    sweep.add_argument("--finetune-steps", type=positive_int,
+                       help="steps each trial and width net of a shared-supernet sweep trains from the supernet's "
+                            "weights before it is scored (default: the profile's sweep_train_steps)")
     add_search_args(sweep)
     sweep.set_defaults(handler="cli:command_search")
 

@@ -147,8 +147,11 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def search_profile(args: argparse.Namespace, profile):
-    """The profile with the --search-steps / --search-warmup overrides; a warm-up as long as the search is refused."""
+    """The profile with the --search-steps / --search-warmup (and a sweep's --finetune-steps) overrides; a warm-up
+    as long as the search is refused."""
     import dataclasses
+    if getattr(args, "finetune_steps", None):
+        profile = dataclasses.replace(profile, sweep_train_steps=args.finetune_steps)
     steps = args.search_steps or profile.search_steps
     warmup = profile.search_warmup if args.search_warmup is None else args.search_warmup
     if warmup >= steps:

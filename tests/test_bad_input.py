@@ -181,6 +181,7 @@ CASES = [
     ("resume nothing to resume", ["resume", "--last"], nothing, "no MLflow store"),
     ("resume both id and last", ["resume", "0123456789abcdef0123456789abcdef", "--last"], nothing, "--last"),
     ("sweep duplicate budgets", ["sweep", "--budgets", "2G,3G,2000M", "--task", "car", "--profile", "smoke"], nothing, "budget 2.00GMACs is given more than once"),
+    ("sweep fine-tune steps 0", ["sweep", "--budgets", "2G,3G", "--task", "car", "--profile", "smoke", "--finetune-steps", "0"], nothing, "--finetune-steps"),
     ("sweep too many budgets", ["sweep", "--budgets", ",".join(f"{b}G" for b in range(1, 10)), "--task", "car", "--profile", "smoke"], nothing, "a sweep takes at most 8"),
     ("ablate unknown variant", ["ablate", "--task", "car", "--budget", "5G", "--profile", "smoke", "--variants", "bogus"], nothing, "bogus"),
     ("ablate seeds 0", ["ablate", "--task", "car", "--budget", "5G", "--profile", "smoke", "--seeds", "0"], nothing, "seeds"),

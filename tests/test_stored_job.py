@@ -142,3 +142,18 @@ def test_a_sweep_shares_one_supernet_unless_separate_and_keeps_that_through_resu
     del older["job"]["shared"]  # a job stored before the shared supernet existed searched each budget on its own
     assert not SearchJob.from_stored(older, json_output=False, resume_parents={2e9: "p1"}).shared
 
+
+def test_a_sweeps_finetune_steps_reach_its_profile_and_survive_resume():
+    job = search_job_from_args(build_parser().parse_args(["sweep", "--budgets", "2G,3G", "--task", "car", "--profile",
+                                                          "smoke", "--finetune-steps", "5"]))
+    assert job.profile.sweep_steps() == 5 and job.profile.train_steps != 5
+    again = SearchJob.from_stored(json.loads(json.dumps(job.to_stored(2e9))), json_output=False,
+                                  resume_parents={2e9: "p1"})
+    assert again.profile.sweep_steps() == 5
+    default = search_job_from_args(build_parser().parse_args(["sweep", "--budgets", "2G,3G", "--task", "car",
+                                                              "--profile", "smoke"]))
+    assert default.profile.sweep_steps() == default.profile.sweep_train_steps == 3
+    older = default.to_stored(2e9)  # stored before the fine-tune existed: its trials trained train_steps
+    del older["job"]["profile"]["sweep_train_steps"]
+    resumed = SearchJob.from_stored(older, json_output=False, resume_parents={2e9: "p1"})
+    assert resumed.profile.sweep_steps() == resumed.profile.train_steps
