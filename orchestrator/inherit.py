@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from typing import Callable
 
 TRIAL_WEIGHTS = "trial-weights"
 WEIGHTS_FILE = "proxy.pt"
@@ -35,10 +36,14 @@ def save_trial_weights(store, run_id: str, data: bytes) -> str | None:
         os.unlink(path)
 
 
-def inherited_state(store, run_id: str, genotype, proxy_channels: int | None, seed: int = 0) -> tuple[dict | None, str]:
+def inherited_state(store, run_id: str, genotype, proxy_channels: int | None, seed: int = 0,
+                    top_up: tuple[int, Callable] | None = None) -> tuple[dict | None, str]:
     """(full-width weights computing the trial's function, a line saying what was inherited), or (None, why not):
     no weights stored for the trial (a search before this was built, or a trial recorded after its driver died),
-    a store that fails the manifest check, or an attention kind that cannot be widened."""
+    a store that fails the manifest check, or an attention kind that cannot be widened. `top_up` (steps,
+    train(narrow genotype, state, steps) -> state): a sweep's trial, which fine-tuned fewer steps than a search's
+    trial trains, first trains those steps more at its own width, so that every retraining starts from a trial
+    trained as long."""
     import torch
 
     from search_space.widen import widen_state
@@ -54,10 +59,30 @@ def inherited_state(store, run_id: str, genotype, proxy_channels: int | None, se
     except (StorageError, RuntimeError, OSError) as error:
         return None, f"from scratch: its trial's weights fail their check ({error})"
     narrow = genotype.replace(channels=int(proxy_channels or genotype.channels))
+    topped = ""
+    if top_up is not None and top_up[0] > 0:
+        state = top_up[1](narrow, state, top_up[0])
+        topped = f", topped up by {top_up[0]} steps at its width"
     try:
         widened = widen_state(state, narrow, genotype, seed=seed)
     except (ValueError, IndexError, RuntimeError) as error:
         return None, f"from scratch: its trial's weights cannot be widened ({error})"
     if narrow.channels == genotype.channels:
-        return widened, f"from its trial's weights ({genotype.channels} channels, the trial's own width)"
-    return widened, f"from its trial's weights, widened from {narrow.channels} to {genotype.channels} channels"
+        return widened, f"from its trial's weights{topped} ({genotype.channels} channels, the trial's own width)"
+    return widened, f"from its trial's weights{topped}, widened from {narrow.channels} to {genotype.channels} channels"
+
+
+def top_up_trial(settings, genotype, state: dict, steps: int, seed: int) -> dict:
+    """A sweep trial's weights (at its proxy width) trained `steps` more, as its proxy training trains (fresh
+    optimizer, the seed's data stream): the CPU state. Plain function (no Ray)."""
+    from workers.train import train
+    model = train(genotype=genotype, task=settings.task, data=settings.data, profile=settings.profile, steps=steps,
+                  init_state=state, seed=seed).model
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def ray_top_up(settings, genotype, state: dict, steps: int, seed: int) -> dict:
+    """Ray's view of `top_up_trial` (winners.py runs it as a task): as many torch threads as CPUs granted."""
+    from .driver import use_granted_cpus
+    use_granted_cpus()
+    return top_up_trial(settings, genotype, state, steps, seed)

@@ -122,6 +122,7 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
         "macs": genotype_macs(genotype), "macs_expected": genotype_macs(genotype, expected=True),
         "proxy_macs": genotype_macs(found.proxy_genotype),
         "params": count_parameters(target), "proxy_channels": found.proxy_genotype.channels,
+        "proxy_steps": steps,  # a sweep's trial fine-tunes fewer: its winner's retraining tops it up (winners.py)
         "num_modules": len(genotype.positions), "mean_active_keys": sum(keys) / len(keys) if keys else 0.0,
         "latency_ms": measure_latency_ms(target, task.in_channels),
         "genotype": genotype.to_json(),

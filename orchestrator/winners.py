@@ -23,6 +23,26 @@ def worse_than_input(metrics: dict, color: bool) -> str | None:
     return f"no alias: the retrained model is worse than its input in {' and '.join(c.upper() for c in worse)} ({figures})"
 
 
+def trial_top_up(settings, winner) -> tuple[int, object] | None:
+    """(steps, a function running them as a Ray task) where the winner trained fewer proxy steps than a search's
+    trial (a sweep's, fine-tuned from its supernet: workers/profiles.py's sweep_train_steps); None otherwise,
+    and for trials recorded before their steps were (they trained the full proxy schedule)."""
+    done = winner.result.get("proxy_steps")
+    missing = settings.profile.train_steps - int(done) if done is not None else 0
+    if missing <= 0:
+        return None
+
+    def run_top_up(genotype, state, steps):
+        import ray
+
+        from .cluster import node_shapes, trial_resources
+        from .inherit import ray_top_up
+        resources = trial_resources(node_shapes(ray), 1)  # a trial's alone: a GPU, or one node's CPUs
+        task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(ray_top_up)
+        return ray.get(task.remote(settings, genotype, state, steps, settings.seed))
+    return missing, run_top_up
+
+
 def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers,
                     set_alias: bool = True):
     """Ray Train each winner; log it as a run linked to its trial; register the model, and point the budget's
@@ -42,7 +62,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
     for rank, winner in enumerate(winners):
         genotype = winner.genotype
         init_state, init = inherited_state(store, winner.run_id, genotype, winner.result.get("proxy_channels"),
-                                           seed=settings.seed)
+                                           seed=settings.seed, top_up=trial_top_up(settings, winner))
         steps = settings.profile.retraining_steps(inherited=init_state is not None)
         init = f"{init}, {steps} steps"
         outcome = retrain_genotype(genotype=genotype, task=settings.task, profile_name=settings.profile.name,

@@ -69,6 +69,8 @@ def test_sweep_then_retrain_one_trial(swept):
     assert out.returncode == 0, out.stderr[-3000:]
     retrained = json.loads(out.stdout)
     assert retrained["trial_run_id"] == trial_id and retrained["alias"] is None  # registered, alias untouched
+    # the sweep's trial fine-tuned 3 steps: its retraining trains the 3 a search's trial has more, then widens
+    assert "topped up by 3 steps at its width" in retrained["init"], retrained["init"]
     assert client.get_registered_model("acla-car-q10").aliases == {}
     out = acla("retrain", "--run-id", trial_id, "--json", "--retrain-workers", "1", "--set-alias", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -100,6 +100,53 @@ def test_a_retraining_inherits_its_trials_weights_from_the_store(tmp_path):
     assert state is None and note.startswith("from scratch: its trial's weights fail their check")
 
 
+def test_a_sweep_trial_is_topped_up_at_its_width_before_it_is_widened(tmp_path):
+    """A sweep's trial fine-tuned fewer steps than a search's trial trains: its retraining first trains the missing
+    steps at the trial's width (oracle: the same training called directly), then widens that."""
+    import dataclasses
+    import io
+
+    from orchestrator.inherit import inherited_state, save_trial_weights, top_up_trial
+    from orchestrator.records import TrialRecord
+    from orchestrator.trial import TrialSettings
+    from orchestrator.winners import trial_top_up
+    from storage.stores import LocalStore
+    from workers.data import embedded_sets
+    from workers.profiles import get_profile
+    from workers.tasks import task_from_options
+    from workers.train import DataSpec, train
+    narrow = _genotype("acla", "car", 4, derived=True)
+    wide = narrow.replace(channels=8)
+    small = _randomised(narrow, seed=2)
+    buffer = io.BytesIO()
+    torch.save(small.state_dict(), buffer)
+    store = LocalStore(tmp_path)
+    save_trial_weights(store, "run1", buffer.getvalue())
+    profile = dataclasses.replace(get_profile("smoke"), stages=narrow.stages)
+    settings = TrialSettings(task=task_from_options("car"), budget_macs=2e9, profile=profile,
+                             data=DataSpec(*embedded_sets()), seed=3)
+    record = lambda steps: TrialRecord("t", "run1", {}, {"proxy_steps": steps, "genotype": wide.to_json()}, "")
+    assert trial_top_up(settings, record(float(profile.train_steps))) is None  # a search's trial: nothing missing
+    assert trial_top_up(settings, TrialRecord("t", "run1", {}, {}, "")) is None  # recorded before the steps were
+    missing, _ = trial_top_up(settings, record(2.0))
+    assert missing == profile.train_steps - 2
+    calls = []
+
+    def direct(genotype, state, steps):
+        calls.append((genotype, steps))
+        return top_up_trial(settings, genotype, state, steps, settings.seed)
+    state, note = inherited_state(store, "run1", wide, 4, top_up=(missing, direct))
+    assert calls == [(narrow, missing)] and f"topped up by {missing} steps at its width" in note
+    topped = train(genotype=narrow, task=settings.task, data=settings.data, profile=profile, steps=missing,
+                   init_state=small.state_dict(), seed=3).model.eval()
+    big = build_network(wide).eval()
+    big.load_state_dict(state)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(big(x), topped(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(topped(x), small.eval()(x), atol=1e-4)  # the top-up trained
+
+
 def test_a_store_that_refuses_the_weights_leaves_none_and_the_retraining_starts_from_scratch(tmp_path):
     from orchestrator.inherit import inherited_state, save_trial_weights
     from storage.stores import LocalStore, StorageError
