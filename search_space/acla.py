@@ -87,9 +87,9 @@ class ACLA(AttentionModule):
                                                                      for _ in range(num_refs)))
         self.fuse = nn.Conv2d(channels, channels, 1)
         self._reset_parameters(gate_init)
-        self.last_active_keys: torch.Tensor | None = None  # (L,) mean active keys per query, no grad
-        self.last_expected_keys: torch.Tensor | None = None  # (L,) expected active keys, differentiable
-        self.last_keys_per_query: torch.Tensor | None = None  # (L, queries) of the last forward pass, no grad
+        self._seen_gates: torch.Tensor | None = None  # (B, H, W, L, K) gates of the last forward pass, no grad
+        self._keys: tuple[torch.Tensor, torch.Tensor] | None = None  # counted from them on demand
+        self._expected_keys: torch.Tensor | None = None  # (L,) expected active keys, differentiable
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [] if self.gate_proj is None else list(self.gate_proj.parameters())
@@ -104,6 +104,25 @@ class ACLA(AttentionModule):
         if value is None:
             return None
         return list(value.unbind(0)) if expected else [float(v) for v in value]
+
+    @property
+    def last_keys_per_query(self) -> torch.Tensor | None:
+        """(L, queries): the active keys of each query in the last forward pass, per layer (counted when asked:
+        a derived module's forward pass keeps only its gates)."""
+        if self._keys is None and self._seen_gates is not None:
+            per_query = self._seen_gates.sum(dim=4).flatten(0, 2).transpose(0, 1).float()
+            self._keys = per_query, per_query.mean(dim=1)
+        return None if self._keys is None else self._keys[0]
+
+    @property
+    def last_active_keys(self) -> torch.Tensor | None:
+        """(L,) mean active keys per query in the last forward pass, no grad."""
+        return None if self.last_keys_per_query is None else self._keys[1]
+
+    @property
+    def last_expected_keys(self) -> torch.Tensor | None:
+        """(L,) expected active keys (differentiable where the gates are sampled; a derived module's active ones)."""
+        return self.last_active_keys if self.active_keys is not None else self._expected_keys
 
     def key_quantiles(self) -> list[float] | None:
         """The 90th percentile of a query's active keys per layer in the last forward pass (None without gates)."""
@@ -174,7 +193,7 @@ class ACLA(AttentionModule):
         batch, height, width, _ = scores.shape
         # P(logit + logistic noise > 0) = sigmoid(logit): the expected gate equals the probability below.
         per_key = torch.sigmoid(scores).view(batch, height, width, self.num_refs, self.keys_per_ref)
-        self.last_expected_keys = per_key.sum(dim=4).mean(dim=(0, 1, 2))
+        self._expected_keys = per_key.sum(dim=4).mean(dim=(0, 1, 2))
         if self.training:
             uniform = torch.rand_like(scores).clamp(1e-6, 1 - 1e-6)
             noisy = (scores + torch.log(uniform) - torch.log1p(-uniform)) / self.gate_temperature
@@ -182,14 +201,12 @@ class ACLA(AttentionModule):
             gates = straight_through((noisy > 0).to(soft.dtype), soft)
         else:
             gates = (scores > 0).to(scores.dtype)
-        counts = gates.detach().view(batch, height, width, self.num_refs, self.keys_per_ref).sum(dim=4)
-        self._count(counts.flatten(0, 2).transpose(0, 1))  # (L, B*H*W)
+        self._seen(gates.detach().view(batch, height, width, self.num_refs, self.keys_per_ref))
         return gates
 
-    def _count(self, per_query: torch.Tensor) -> None:
-        """Record the active keys per query, per layer, from (L, queries), and their mean."""
-        self.last_keys_per_query = per_query.float()
-        self.last_active_keys = self.last_keys_per_query.mean(dim=1)
+    def _seen(self, gates: torch.Tensor) -> None:
+        """Keep the last forward pass's gates (B, H, W, L, K); their counts are taken when asked."""
+        self._seen_gates, self._keys = gates, None
 
     def _capped(self, scores: torch.Tensor) -> torch.Tensor:
         """The derived module's gates (B, H, W, L*K) from its gate scores (same shape): each query keeps its
@@ -201,9 +218,8 @@ class ACLA(AttentionModule):
         """
         batch, height, width, _ = scores.shape
         scores = scores.reshape(batch, height, width, self.num_refs, self.keys_per_ref)
-        hard = top_k_mask(scores, self.active_keys) * (scores.detach() > 0).to(scores.dtype)
-        self._count(hard.sum(dim=4).flatten(0, 2).transpose(0, 1))
-        self.last_expected_keys = self.last_active_keys
+        hard = top_k_mask(scores, self.active_keys, positive=True)
+        self._seen(hard)
         if not torch.is_grad_enabled():  # inference: the hard gates alone, no gradient path to build
             return hard.flatten(3)
         return straight_through(hard, torch.sigmoid(scores) * hard).flatten(3)

@@ -102,3 +102,9 @@ def test_top_k_mask_matches_torch_topk():
         ref = top_k_mask(scores, (1, 4, 9))
     assert torch.equal(fast, ref)
     assert fast.sum(-1).mean(dim=(0, 1, 2)).tolist() == [1.0, 4.0, 9.0]
+    # positive: of those, only the keys scored above 0 (a derived module's gated-on keys), in the same pass
+    positive = top_k_mask(scores, (1, 4, 9), positive=True)
+    with use_reference():
+        assert torch.equal(positive, top_k_mask(scores, (1, 4, 9), positive=True))
+    assert torch.equal(positive, fast * (scores > 0))
+    assert 0 < positive.sum() < fast.sum()

@@ -233,14 +233,15 @@ def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.
                               None if gates is None else gates.contiguous(), bias.contiguous(), *maps)
 
 
-def top_k_mask(scores: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-    """scores (B, H, W, L, K) -> 0/1 mask keeping each query's counts[l] highest-scored keys of layer l."""
+def top_k_mask(scores: torch.Tensor, counts: Sequence[int], positive: bool = False) -> torch.Tensor:
+    """scores (B, H, W, L, K) -> 0/1 mask keeping each query's counts[l] highest-scored keys of layer l (with
+    `positive`, only those of them whose score is above 0: a derived module's gated-on keys, in one pass)."""
     counts = [int(c) for c in counts]
     if cpu_kernel_available(scores):
-        return load_extension().top_k_mask(scores.detach().contiguous(), counts)
+        return load_extension().top_k_mask(scores.detach().contiguous(), counts, positive)
     mask = torch.zeros_like(scores)
     for layer, count in enumerate(counts):
         mask[..., layer, :].scatter_(-1, scores[..., layer, :].topk(count, dim=-1).indices, 1.0)
-    return mask
+    return mask * (scores.detach() > 0).to(scores.dtype) if positive else mask
 
 

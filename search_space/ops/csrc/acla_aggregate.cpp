@@ -295,7 +295,7 @@ std::vector<torch::Tensor> acla_backward(std::vector<torch::Tensor> values, torc
 
 // The derived module's hard gates from scores (B, H, W, L, K): 1 for the counts[l] highest scores of each query
 // and layer (ties go to the lower key index), 0 elsewhere.
-torch::Tensor top_k_mask(torch::Tensor scores, std::vector<int64_t> counts) {
+torch::Tensor top_k_mask(torch::Tensor scores, std::vector<int64_t> counts, bool positive) {
   TORCH_CHECK(scores.dim() == 5 && scores.is_contiguous() && scores.device().is_cpu(), "scores must be contiguous CPU (B,H,W,L,K)");
   const int64_t L = scores.size(3), K = scores.size(4), rows = scores.numel() / K;
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == L, "one count per layer");
@@ -309,7 +309,7 @@ torch::Tensor top_k_mask(torch::Tensor scores, std::vector<int64_t> counts) {
         for (int64_t k = 0; k < K; ++k) {
           int64_t rank = 0;
           for (int64_t j = 0; j < K; ++j) rank += row[j] > row[k] || (row[j] == row[k] && j < k);
-          m[r * K + k] = rank < counts[r % L] ? 1 : 0;
+          m[r * K + k] = rank < counts[r % L] && (!positive || row[k] > 0) ? 1 : 0;
         }
       }
     });
