@@ -80,9 +80,3 @@ def top_up_trial(settings, genotype, state: dict, steps: int, seed: int) -> dict
                   init_state=state, seed=seed).model
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-
-def ray_top_up(settings, genotype, state: dict, steps: int, seed: int) -> dict:
-    """Ray's view of `top_up_trial` (winners.py runs it as a task): as many torch threads as CPUs granted."""
-    from .driver import use_granted_cpus
-    use_granted_cpus()
-    return top_up_trial(settings, genotype, state, steps, seed)

@@ -36,11 +36,18 @@ def trial_top_up(settings, winner) -> tuple[int, object] | None:
         import ray
 
         from .cluster import node_shapes, trial_resources
-        from .inherit import ray_top_up
         resources = trial_resources(node_shapes(ray), 1)  # a trial's alone: a GPU, or one node's CPUs
         task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(ray_top_up)
         return ray.get(task.remote(settings, genotype, state, steps, settings.seed))
     return missing, run_top_up
+
+
+def ray_top_up(settings, genotype, state: dict, steps: int, seed: int) -> dict:
+    """Ray's view of inherit.top_up_trial (a task): as many torch threads as CPUs granted."""
+    from .driver import use_granted_cpus
+    from .inherit import top_up_trial
+    use_granted_cpus()
+    return top_up_trial(settings, genotype, state, steps, seed)
 
 
 def retrain_winners(*, run, store, client, experiment_id, parent_id, request_settings, winners, retrain_workers,
