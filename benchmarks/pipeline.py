@@ -13,8 +13,8 @@ Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car] [--
 from __future__ import annotations
 
 import argparse
-import statistics
 import json
+import statistics
 import time
 
 import torch

@@ -79,4 +79,3 @@ def top_up_trial(settings, genotype, state: dict, steps: int, seed: int) -> dict
     model = train(genotype=genotype, task=settings.task, data=settings.data, profile=settings.profile, steps=steps,
                   init_state=state, seed=seed).model
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-

@@ -64,10 +64,10 @@ def progress_report(report: Report | None, phase: str, offset: int) -> Report | 
 def run_trial(params: dict, settings: TrialSettings, report: Report | None = None,
               keep_weights: Callable[[dict], None] | None = None) -> dict:
     """Search at the proxy width, derive at the target width within the budget, proxy-train the proxy genotype
-    (inheriting the supernet's weights; a sweep's trial derives from its shared supernet instead of searching,
-    and fine-tunes for the profile's `sweep_steps()`) and measure. Returns flat metrics: `macs` of the target genotype (what
-    retraining builds), `proxy_macs` of what was trained here. `keep_weights` gets the proxy-trained weights (on
-    the CPU), which the retraining widens and starts from."""
+    (inheriting the supernet's weights; a sweep's trial derives from its shared supernet instead of searching, and
+    fine-tunes for the profile's `sweep_steps()`) and measure. Returns flat metrics: `macs` of the target genotype
+    (what retraining builds), `proxy_macs` of what was trained here. `keep_weights` gets the proxy-trained weights
+    (on the CPU), which the retraining widens and starts from."""
     # torch and the training code, here: the driver imports this module for Tune without paying for them
     from search_space.backbone import build_network
     from workers.device import describe_device, training_device

@@ -1,16 +1,15 @@
 """The width line: does search beat width?
 
-At each budget of a search or a sweep, the plain backbone that best fills the budget (the costliest of the
-budget's backbones, no attention) is trained alike to the trials: at the trials' proxy width, for as many weight
-steps as a trial takes (its search's and its proxy training's), on the same data stream (the search's seed), and
-scored on the same validation images in the same metric. In a sweep, whose trials inherit the shared
-supernet's weights at their width and fine-tune them, the width net inherits its own width's and fine-tunes
-them alike (the supernet's weights with every position off: the plain network of that width). It is recorded as an MLflow run (`acla_kind` width) under
+At each budget of a search or a sweep, the plain backbone that best fills the budget (the costliest of the budget's
+backbones, no attention) is trained alike to the trials: at the trials' proxy width, for as many weight steps as a
+trial takes (its search's and its proxy training's), on the same data stream (the search's seed), and scored on the
+same validation images in the same metric. In a sweep, whose trials inherit the shared supernet's weights at their
+width and fine-tune them, the width net inherits its own width's and fine-tunes them alike (the supernet's weights
+with every position off: the plain network of that width). It is recorded as an MLflow run (`acla_kind` width) under
 the search's parent, drawn as a second line beside the front, and the summary and `report` state each budget's
-searched net's gain over it. One seed gives one paired difference. With `--width-seeds N` (N >= 2), the best
-trial's genotype and the width net are each trained alike from scratch with N seeds (seed s: the same data
-stream for both), and the gain is the mean of the N paired differences with its 95% interval, as `ablate`
-reports them.
+searched net's gain over it. One seed gives one paired difference. With `--width-seeds N` (N >= 2), the best trial's
+genotype and the width net are each trained alike from scratch with N seeds (seed s: the same data stream for both),
+and the gain is the mean of the N paired differences with its 95% interval, as `ablate` reports them.
 """
 from __future__ import annotations
 

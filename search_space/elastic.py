@@ -66,11 +66,12 @@ def block_map(depth: int, deepest: int, stages: int) -> list[int]:
 
 
 def _holder_name(name: str, blocks: list[int]) -> str:
-    """A depth view's tensor name as the deepest supernet names it (its block and position renumbered)."""
+    """A view's tensor name (`net.body.1.conv1.weight`) as the deepest supernet names it: its block and
+    position renumbered by `blocks` (block_map's)."""
     parts = name.split(".")
-    if len(parts) > 3 and parts[1] == "net" and parts[2] in ("body", "attention"):
-        parts[3] = str(blocks[int(parts[3])])
-    return ".".join(parts[1:])
+    if len(parts) > 2 and parts[0] == "net" and parts[1] in ("body", "attention"):
+        parts[2] = str(blocks[int(parts[2])])
+    return ".".join(parts)
 
 
 class WidthView:
@@ -82,14 +83,18 @@ class WidthView:
         self.width = width
         self.depth = depth = depth or elastic.base.blocks
         self._elastic = elastic
-        self._blocks = block_map(depth, elastic.base.blocks, elastic.base.stages)
+        blocks = block_map(depth, elastic.base.blocks, elastic.base.stages)
+        # alpha's entries of this depth's positions: a slice (a view) at full depth, else a gather (grads flow)
+        self._alpha = slice(0, depth) if depth == elastic.base.blocks else blocks
         template = Supernet(base=elastic.base.replace(channels=width, blocks=depth))
         self._method = _Method(template).to(next(elastic.parameters()).device)
         template.train(elastic.training)
         self.base = template.base
         self.adaptive = template.adaptive
         own = {**dict(template.named_parameters()), **dict(template.named_buffers())}
-        self._shapes = {name: value.shape for name, value in own.items()}  # fixed: read once, not every forward
+        # fixed, so read once rather than at every call: each tensor's shape and the holder's tensor it cuts
+        self._sources = {name: (_holder_name(name, blocks), value.shape) for name, value in own.items()
+                         if name != "alpha"}
 
     @property
     def template(self) -> Supernet:
@@ -99,11 +104,9 @@ class WidthView:
         """The widest supernet's parameters and buffers, each sliced to this width's shape, keyed as this
         width's own."""
         widest = {**dict(self._elastic.widest.named_parameters()), **dict(self._elastic.widest.named_buffers())}
-        if self.depth == self._elastic.base.blocks:  # every block: the same names, sliced in width only
-            return {f"supernet.{name}": slice_to(widest[name], shape) for name, shape in self._shapes.items()}
-        tensors = {f"supernet.{name}": slice_to(widest[_holder_name('supernet.' + name, self._blocks)], shape)
-                   for name, shape in self._shapes.items() if name != "alpha"}
-        tensors["supernet.alpha"] = widest["alpha"][self._blocks]  # its positions' logits (a gather: grads flow)
+        tensors = {f"supernet.{name}": slice_to(widest[source], shape)
+                   for name, (source, shape) in self._sources.items()}
+        tensors["supernet.alpha"] = widest["alpha"][self._alpha]
         return tensors
 
     def call(self, name: str, *args, **kwargs):
@@ -155,7 +158,7 @@ class WidthView:
 class ElasticSupernet(nn.Module):
     """The search supernet at the widest of `widths` (at `base.blocks`), or of `sizes` ((width, depth) pairs:
     at the widest width and the deepest depth among them), whose smaller sizes share its tensors. `sizes`
-    lists them from the smallest to the largest by MACs; `widths` is kept for a supernet of one depth."""
+    lists them all from the smallest to the largest by MACs; `widths` is the short form for one depth."""
 
     def __init__(self, *, base: Genotype, widths: Sequence[int] = (), alpha_init: float = 0.0,
                  sizes: Sequence[tuple[int, int]] = ()) -> None:
@@ -171,7 +174,6 @@ class ElasticSupernet(nn.Module):
             block_map(depth, deepest, base.stages)  # every depth must be a part of the deepest
         self.sizes = tuple(sorted(pairs, key=lambda p: (genotype_macs(self.base.replace(channels=p[0],
                                                                                            blocks=p[1])), p)))
-        self.widths = tuple(sorted({w for w, _ in pairs}))
         self._views: dict[tuple[int, int], WidthView] = {}  # structure only: out of the module tree and state_dict
 
     def at(self, width: int, depth: int | None = None) -> WidthView:
@@ -201,11 +203,11 @@ class ElasticSupernet(nn.Module):
             view.set_gate_temperature(temperature)
 
 
-def sandwich_widths(widths: Sequence, rng: random.Random, random_widths: int = 2) -> list:
-    """The sizes one weight step trains, from `widths` ordered from the smallest to the largest (widths, or
-    (width, depth) sizes by MACs): the largest, the smallest, and `random_widths` drawn uniformly (with
+def sandwich_widths(ordered: Sequence, rng: random.Random, random_widths: int = 2) -> list:
+    """The sizes one weight step trains, from `ordered` (distinct sizes, or widths, from the smallest to the
+    largest: `ElasticSupernet.sizes`): the largest, the smallest, and `random_widths` drawn uniformly (with
     replacement) from those between them (from all of them where there are none between)."""
-    ordered = list(dict.fromkeys(widths)) if widths and isinstance(widths[0], tuple) else sorted(set(widths))
+    ordered = list(ordered)
     if len(ordered) == 1:
         return ordered
     between = ordered[1:-1] or ordered

@@ -46,7 +46,8 @@ def test_budgets_whose_backbones_differ_in_depth_share_one_supernet():
 
 
 def test_a_sweeps_budgets_are_checked_without_importing_torch():
-    """The driver checks a sweep's coverage before any training: without torch (about 2 s of every sweep's start)."""
+    """A sweep's configuration and coverage are plain arithmetic: the driver builds them without torch (about 2 s
+    of every sweep's start)."""
     import subprocess
     import sys
     script = ("import sys; from workers.shared_config import SharedConfig, covered_sizes; "

@@ -1,7 +1,7 @@
-"""What a sweep's shared supernet is configured with, and which sizes (widths and depths) it must cover (workers/shared_run.py
-trains it): plain data and arithmetic, without torch, so that the driver checks a sweep's budgets before any
-training code is imported. The search rates and the proxy's budget, shared with a single search
-(workers/search_run.py), live here for the same reason."""
+"""What a sweep's shared supernet is configured with, and which sizes (widths and depths) it must cover
+(workers/shared_run.py trains it): plain data and arithmetic, without torch, so that the driver builds a sweep's
+configuration (orchestrator/shared_supernet.py) without importing any training code. The search rates and the
+proxy's budget, shared with a single search (workers/search_run.py), live here for the same reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass
