@@ -89,22 +89,27 @@ def main() -> None:
 
 
 def sweep_breakdown(home: str, summary: dict) -> dict:
-    """Where the sweep's time went, from its MLflow runs: the supernet's training, each budget's trials (summed,
-    though two run at a time), its width net, and its parent run's wall time (the first budget's includes the
-    supernet's training)."""
+    """Where the sweep's time went, from its MLflow runs: the supernet's training; the one Tune run of every
+    budget's trials (from the first trial's start to the last one's end); what followed it (the width nets,
+    trained at once, each budget's front and records); and each budget's trials (summed, though two run at a
+    time) and width net."""
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{home}/mlflow.db")
     first = client.get_run(summary["searches"][0]["parent_run_id"]).data.tags
-    budgets = {}
+    budgets, spans, parents_end = {}, [], 0
     for search in summary["searches"]:
-        trial_seconds = sum(client.get_run(t["run_id"]).data.metrics.get("trial_seconds", 0.0) for t in search["trials"])
+        runs = [client.get_run(t["run_id"]) for t in search["trials"]]
+        spans += [(run.info.start_time, run.info.end_time) for run in runs]
         width = search.get("width") or {}
         width_seconds = client.get_run(width["run_id"]).data.metrics.get("seconds") if width.get("run_id") else None
-        info = client.get_run(search["parent_run_id"]).info  # the budget's parent: its whole wall time
-        budgets[f"{search['budget_macs'] / 1e9:g}G"] = {"trials_s_summed": round(trial_seconds, 1),
-                                                      "width_s": None if width_seconds is None else round(width_seconds, 1),
-                                                      "parent_wall_s": round((info.end_time - info.start_time) / 1e3, 1)}
-    return {"shared_supernet_s": float(first.get("shared_supernet_seconds", "nan")), "per_budget": budgets}
+        parents_end = max(parents_end, client.get_run(search["parent_run_id"]).info.end_time)
+        budgets[f"{search['budget_macs'] / 1e9:g}G"] = {
+            "trials_s_summed": round(sum(run.data.metrics.get("trial_seconds", 0.0) for run in runs), 1),
+            "width_s": None if width_seconds is None else round(width_seconds, 1)}
+    trials_end = max(end for _, end in spans)
+    return {"shared_supernet_s": float(first.get("shared_supernet_seconds", "nan")),
+            "trials_wall_s": round((trials_end - min(start for start, _ in spans)) / 1e3, 1),
+            "after_trials_s": round((parents_end - trials_end) / 1e3, 1), "per_budget": budgets}
 
 
 def sweep_cost(profile: str) -> None:

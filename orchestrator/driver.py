@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ray import tune
 
+from .budget_search import BUDGET_KEY, BudgetSearch, own_config
 from .inherit import save_trial_weights
 from .callbacks import RecordTrials, StopOnStoreFailure
 from .records import TrialRecord
@@ -25,6 +26,8 @@ from .trial import TrialSettings, run_trial
 
 @dataclass
 class SearchRequest:
+    """One budget's part of a Tune run: what its trials need, its parent MLflow run, and what a resumed search
+    already has (None: a new one). The run's trials share `run`, `concurrency` and `resources`."""
     settings: TrialSettings
     run: RunSettings
     trials: int
@@ -32,16 +35,19 @@ class SearchRequest:
     command_line: str
     backbones: list[str]  # the budget's backbones (workers/backbones.py), checked before the search started
     resources: dict  # what each trial asks of the cluster (cluster.trial_resources): {"cpu": n, "gpu": 0 or 1}
+    parent_id: str = ""
+    resume: "ResumePlan | None" = None
 
 
-def tune_trial(config: dict, settings: TrialSettings, weights=None) -> None:
-    """Ray Tune's view of a trial: set the thread count to the CPUs granted, run, report its progress as it
-    goes (the driver logs it to the trial's MLflow run) and its result at the end. Its proxy-trained weights go
-    to the driver on the `weights` queue (the driver stores them; a trial holds no store credentials)."""
+def tune_trial(config: dict, settings: dict, weights=None) -> None:
+    """Ray Tune's view of a trial: set the thread count to the CPUs granted, run with its budget's settings
+    (`settings`: {budget: TrialSettings}), report its progress as it goes (the driver logs it to the trial's MLflow
+    run) and its result at the end. Its proxy-trained weights go to the driver on the `weights` queue (the driver
+    stores them; a trial holds no store credentials)."""
     import ray
     use_granted_cpus()
     keep = None if weights is None else functools.partial(put_weights, weights, tune.get_context().get_trial_id())
-    result = run_trial(config, settings, report=tune.report, keep_weights=keep)
+    result = run_trial(own_config(config), settings[config[BUDGET_KEY]], report=tune.report, keep_weights=keep)
     result["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node, where nodes share a host
     tune.report(result)
 
@@ -160,11 +166,12 @@ def trial_error(trial) -> str:
     return lines[-1][:2000] if lines else f"trial failed ({path or 'no error file'})"
 
 
-def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent_id: str, reporter, state,
-                      resume: ResumePlan | None = None, store=None) -> list[dict]:
-    """Optuna through Ray Tune; each trial's start and end go to the search state, and each finished trial is
+def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str, reporter, state,
+                      store=None) -> dict[float, list[TrialRecord]]:
+    """Every budget's trials in one Ray Tune run, each proposed by its budget's Optuna study (budget_search.py);
+    each trial's start and end go to the search state of its budget's parent run, and each finished trial is
     recorded in MLflow from the driver as it ends, its proxy-trained weights in `store` (inherit.TRIAL_WEIGHTS).
-    A resumed search runs only the trials it still owes."""
+    A resumed search runs only the trials it still owes. Returns {budget: its finished trials}."""
     import optuna
     import ray
     from ray.util.queue import Queue
@@ -174,32 +181,48 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
     from .sampler import ReproducibleTPE
     from .tracking import TRIAL_RESULT_KEYS, log_failed_trial, log_progress, log_trial, start_trial_run
 
-    settings = request.settings
-    storage = optuna.storages.RDBStorage(f"sqlite:///{request.run.run_dir / 'optuna.db'}")
-    study = study_name(settings, parent_id)
-    prepare_study(storage, study, resume)
-    space = search_space(request.backbones, settings.profile, shared=settings.shared_supernet is not None)
-    searcher = OptunaSearch(space=space, metric=["psnr", "macs"], mode=["max", "min"], study_name=study,
-                            storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4,
-                                                                    distinct=settings.shared_supernet is not None))
-    search_tags = {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label,
-                   "task_spec": json.dumps(dataclasses.asdict(settings.task)), "profile": settings.profile.name}
-    recorded: list[TrialRecord] = list(resume.recorded) if resume else []
-    remaining = request.trials - (resume.done if resume else 0)
-    if remaining <= 0:
+    first = requests[0]
+    by_budget = {request.settings.budget_macs: request for request in requests}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{first.run.run_dir / 'optuna.db'}")
+    searchers, owed, search_tags = {}, {}, {}
+    recorded: dict[float, list[TrialRecord]] = {}
+    for budget, request in by_budget.items():
+        settings, shared = request.settings, request.settings.shared_supernet is not None
+        study = study_name(settings, request.parent_id)
+        prepare_study(storage, study, request.resume)
+        searchers[budget] = OptunaSearch(space=search_space(request.backbones, settings.profile, shared=shared),
+                                         metric=["psnr", "macs"], mode=["max", "min"], study_name=study,
+                                         storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4,
+                                                                                  distinct=shared))
+        owed[budget] = max(request.trials - (request.resume.done if request.resume else 0), 0)
+        search_tags[budget] = {"budget_macs": str(int(budget)), "task": settings.task.label,
+                               "task_spec": json.dumps(dataclasses.asdict(settings.task)),
+                               "profile": settings.profile.name}
+        recorded[budget] = list(request.resume.recorded) if request.resume else []
+    total = sum(request.trials for request in requests)
+    if not any(owed.values()):
         return recorded
+    searcher = BudgetSearch(searchers, owed, metric=["psnr", "macs"], mode=["max", "min"])
 
     runs: dict[str, str] = {}  # Tune's trial id -> its MLflow run, created when the trial starts
 
+    def parent_of(trial) -> str:
+        return by_budget[trial.config[BUDGET_KEY]].parent_id
+
     def run_of(trial) -> str:
         if trial.trial_id not in runs:
-            runs[trial.trial_id] = start_trial_run(client, experiment_id, parent_id, trial_id=trial.trial_id,
-                                                   params=dict(trial.config), search_tags=search_tags)
+            runs[trial.trial_id] = start_trial_run(client, experiment_id, parent_of(trial), trial_id=trial.trial_id,
+                                                   params=own_config(trial.config),
+                                                   search_tags=search_tags[trial.config[BUDGET_KEY]])
         return runs[trial.trial_id]
+
+    def done() -> int:
+        return sum(len(r) for r in recorded.values())
 
     def on_start(trial) -> None:  # its MLflow run first: a trial the state calls running always has one
         run_of(trial)
-        state.trial_started(parent_id, trial.trial_id, dict(trial.config), settings.seed)
+        state.trial_started(parent_of(trial), trial.trial_id, own_config(trial.config),
+                            by_budget[trial.config[BUDGET_KEY]].settings.seed)
 
     def on_result(trial, result) -> None:
         if "progress_phase" in result:
@@ -209,41 +232,44 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
         result = trial.last_result or {}
         if "genotype" not in result:
             return
-        params = dict(trial.config)
+        params = own_config(trial.config)
         run_id = log_trial(client, run_of(trial), result=result)
         take_weights(weights, pending)
         if store is not None and trial.trial_id in pending:
             save_trial_weights(store, run_id, pending.pop(trial.trial_id))  # a failure leaves none: from scratch
         artifact_uri = client.get_run(run_id).info.artifact_uri
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
-        state.trial_finished(parent_id, trial.trial_id, run_id, result, artifact_uri)
-        recorded.append(TrialRecord(trial=trial.trial_id, run_id=run_id, params=params, result=result,
-                                    artifact_uri=artifact_uri))
-        reporter(len(recorded), request.trials)
+        state.trial_finished(parent_of(trial), trial.trial_id, run_id, result, artifact_uri)
+        recorded[trial.config[BUDGET_KEY]].append(TrialRecord(trial=trial.trial_id, run_id=run_id, params=params,
+                                                              result=result, artifact_uri=artifact_uri))
+        reporter(done(), total)
 
     def on_error(trial) -> None:
         error = trial_error(trial)
         run_id = log_failed_trial(client, run_of(trial), error=error)
-        state.trial_failed(parent_id, trial.trial_id, run_id, error)
-        reporter(len(recorded), request.trials)
+        state.trial_failed(parent_of(trial), trial.trial_id, run_id, error)
+        reporter(done(), total)
 
     recorder = RecordTrials(on_complete, on_error, on_start, on_result)
-    stopper = StopOnStoreFailure(recorder.key, request.run.storage if request.run.storage.is_s3 else None)
+    stopper = StopOnStoreFailure(recorder.key, first.run.storage if first.run.storage.is_s3 else None)
     keep_credentials_out_of_trial_runtime_envs()
     pending: dict[str, bytes] = {}  # trial id -> its weights, until the trial is recorded
     weights = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=True)})  # on the driver's node, which it dies with
+    settings = {budget: request.settings for budget, request in by_budget.items()}
     trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings, weights=weights),
-                                    request.resources)
+                                    first.resources)
+    name = study_name(first.settings, first.parent_id) if len(requests) == 1 else \
+        f"acla-{first.settings.task.label}-budgets-{first.settings.profile.name}-{first.parent_id[:12]}"
     tuner = tune.Tuner(trainable,
-                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                                   max_concurrent_trials=request.concurrency,
-                                                   # a trial actor runs the next trial of its size:
-                                                   # a fresh one imports Ray Tune, torch and the trial code
-                                                   # again (a smoke sweep of 2 x 2 trials: 71 -> 61 CPU-s)
+                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sum(owed.values()),
+                                                   max_concurrent_trials=first.concurrency,
+                                                   # a trial actor runs the next trial of its size, of any
+                                                   # budget: a fresh one imports Ray Tune, torch and the trial
+                                                   # code again (a smoke sweep of 2 x 2 trials: 71 -> 61 CPU-s)
                                                    reuse_actors=True),
-                       run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
-                                                 storage_path=str(request.run.run_dir / "tune"),
+                       run_config=tune.RunConfig(name=f"{name}-{int(time.time())}",
+                                                 storage_path=str(first.run.run_dir / "tune"),
                                                  # a trial whose worker dies is run once more, then failed
                                                  failure_config=tune.FailureConfig(max_failures=1),
                                                  stop=stopper, callbacks=[recorder], verbose=0))
@@ -264,4 +290,3 @@ def run_search_on_ray(request: SearchRequest, client, experiment_id: str, parent
             stopper.finish()
             ray.kill(weights.actor, no_restart=True)
     return recorded
-

@@ -1,6 +1,7 @@
-"""One search, top to bottom: the budget's trials on Ray Tune (continued, when resumed), the front, the winners
-retrained and registered, the summary. `command_search` (commands.py) parses the flags into a `SearchJob`,
-checks every input and the budget once, and calls `run_one_budget` once per budget inside one Ray session.
+"""A search or a sweep, top to bottom: every budget's trials in one Ray Tune run (continued, when resumed), then
+for each budget the front, the winners retrained and registered, the summary. `command_search` (commands.py)
+parses the flags into a `SearchJob`, checks every input and budget once, and calls `run_search`, which runs every
+budget inside one Ray session (`run_budgets`).
 
 The parent MLflow run ends FINISHED only when everything it announces exists; an error marks it FAILED and
 Ctrl-C or SIGTERM marks it KILLED, so no half-made run looks finished. The run directory's search state
@@ -49,7 +50,7 @@ def storage_faults(run):
 
 def run_search(job: SearchJob, run, store) -> int:
     """The recipe: check once (training data, and every budget against the profile's backbones) -> one Ray
-    session -> each budget's search -> the summary (a table, or JSON on stdout)."""
+    session -> every budget's search (run_budgets) -> the summary (a table, or JSON on stdout)."""
     from workers.backbones import check_feasible, unused_budget_warning
 
     from .cluster import check_artifact_root, node_shapes, retrain_resources, trial_resources
@@ -73,19 +74,19 @@ def run_search(job: SearchJob, run, store) -> int:
             print(warning, file=sys.stderr)
     from .ray_session import ray_session  # Ray, MLflow and torch are imported once the inputs have passed
     from .tracking import mlflow_client
-    summaries = []
     # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
     with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run) as ray:
         shapes = node_shapes(ray)  # what the cluster offers, checked before any trial starts or run is made
         check_artifact_root(shapes, run.storage)
         resources = trial_resources(shapes, job.concurrency)
-        alone = trial_resources(shapes, 1)  # the width net trains after the trials, alone: a whole node's CPUs
         if job.retrain:
             retrain_resources(shapes, job.retrain_workers)
-        client = mlflow_client(run)
-        for budget in job.budgets:
-            summaries.append(run_one_budget(job, budget, backbones[budget], resources, run=run, store=store,
-                                            client=client, width_resources=alone, shared=shared))
+        # the width nets train after the trials: one alone takes a whole node's CPUs; several share the cluster
+        # as trials do (decided by the job, not by what a resume has left, so a resumed net trains alike)
+        alone = len(job.sweep.budgets if job.sweep else job.budgets) == 1 and job.width_seeds < 2
+        width_resources = trial_resources(shapes, 1) if alone else resources
+        summaries = run_budgets(job, backbones, resources, run=run, store=store, client=mlflow_client(run),
+                                width_resources=width_resources, shared=shared)
     if job.json:  # a sweep's budgets as a list, however many this job ran of them
         print(json.dumps({"searches": summaries} if job.sweep or len(summaries) > 1 else summaries[0]))
     else:
@@ -113,26 +114,14 @@ def check_retrain_workers(workers: int, profile) -> None:
                          f"{profile.batch_size} patches, which the workers share; expected at most {profile.batch_size}")
 
 
-def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resources: dict, *, run, store,
-                   client, width_resources: dict, shared: dict) -> dict:
-    """One budget's search, recorded as it goes in the run directory's search state; with a parent run for this
-    budget in `job.resume_parents` it continues that search: its finished trials kept, its interrupted ones run
-    again, its retrains done."""
-    from .driver import SearchRequest, git_commit, run_search_on_ray
-    from .state import SearchState, resume_plan
-    from mlflow.entities import Metric
-
-    from .width import gain_over_width, width_point, width_points
-    from .winners import pick_winners, record_trials
-    from .tracking import (close_stale_runs, end_parent, ensure_experiment, experiment_name, log_front, reopen_parent,
-                           start_parent, summarise_parent, update_front)
+def open_search(job: SearchJob, budget: float, client, experiment_id: str, state) -> tuple[str, object]:
+    """This budget's parent MLflow run, begun in the search state: a new one, or (with a parent for this budget in
+    `job.resume_parents`) that search reopened, with what it already has (state.resume_plan; None when new)."""
+    from .driver import git_commit
+    from .state import resume_plan
+    from .tracking import close_stale_runs, reopen_parent, start_parent
     from search_space.budget import short_budget
-
     task, profile = job.task, job.profile
-    settings = trial_settings(job, budget, run)
-    name = experiment_name(task.label)
-    experiment_id = ensure_experiment(client, name, run.artifact_root, run.tracking_uri)
-    state = SearchState(run.run_dir)
     if job.resume_parent(budget):
         parent_id = job.resume_parent(budget)
         plan = resume_plan(state, parent_id)
@@ -151,51 +140,92 @@ def run_one_budget(job: SearchJob, budget: float, backbones: list[str], resource
         parent_id, plan = start_parent(client, experiment_id, run_name=run_name, tags=tags, params=params,
                                        command_line=job.command_line), None
     state.begin(parent_id, experiment_id, job.to_stored(budget))
-    progress, reporter = None, None
+    return parent_id, plan
+
+
+def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store, client, width_resources: dict,
+                shared: dict) -> list[dict]:
+    """Every budget's search, recorded as it goes in the run directory's search state: each budget's parent run
+    begun (or, resumed, continued: its finished trials kept, its interrupted ones run again, its retrains done)
+    -> a sweep's shared supernet -> every budget's trials in one Ray Tune run -> their width nets, at once ->
+    each budget's front, winners and summary, its parent ended FINISHED. Cut off, every parent not yet finished
+    ends KILLED (Ctrl-C, SIGTERM) or FAILED."""
+    from .driver import SearchRequest, run_search_on_ray
+    from .state import SearchState
+    from .tracking import close_stale_runs, end_parent, ensure_experiment, experiment_name
+    from .width import width_points_at
+    experiment_id = ensure_experiment(client, experiment_name(job.task.label), run.artifact_root, run.tracking_uri)
+    state = SearchState(run.run_dir)
+    requests, summaries = [], []
     try:
-        if job.shared:  # before the trials, within this parent: a sweep cut off while it trains is resumed by it
-            settings = dataclasses.replace(settings, shared_supernet=sweep_supernet(job, run, store, shared))
-            client.set_tag(parent_id, "shared_supernet", shared["uri"])
-            if shared["resumed_from"] is not None:  # trained in this job: from its start, or from a checkpoint
-                client.set_tag(parent_id, "shared_supernet_resumed_from_step", str(shared["resumed_from"]))
-                client.set_tag(parent_id, "shared_supernet_seconds", f"{shared['seconds']:.1f}")
-        request = SearchRequest(settings=settings, run=run, trials=job.trials, concurrency=job.concurrency,
-                                command_line=job.command_line, backbones=backbones, resources=resources)
+        for budget in job.budgets:
+            parent_id, plan = open_search(job, budget, client, experiment_id, state)
+            requests.append(SearchRequest(settings=trial_settings(job, budget, run), run=run, trials=job.trials,
+                                          concurrency=job.concurrency, command_line=job.command_line,
+                                          backbones=backbones[budget], resources=resources, parent_id=parent_id,
+                                          resume=plan))
+        if job.shared:  # trained while every parent is open: a sweep cut off while it trains is resumed by them
+            supernet = sweep_supernet(job, run, store, shared)
+            requests = [dataclasses.replace(r, settings=dataclasses.replace(r.settings, shared_supernet=supernet))
+                        for r in requests]
+            for request in requests:
+                client.set_tag(request.parent_id, "shared_supernet", shared["uri"])
+                if shared["resumed_from"] is not None:  # trained in this job: from its start, or a checkpoint
+                    client.set_tag(request.parent_id, "shared_supernet_resumed_from_step", str(shared["resumed_from"]))
+                    client.set_tag(request.parent_id, "shared_supernet_seconds", f"{shared['seconds']:.1f}")
         progress, reporter = progress_reporter(not job.json)
-        recorded = run_search_on_ray(request, client, experiment_id, parent_id, reporter, state, plan, store=store)
-        progress.stop()
-        if not recorded:
-            raise UsageError("no trial finished; see the Ray logs under the run directory")
-        width = width_point(settings, width_resources, client, experiment_id, parent_id, seeds=job.width_seeds,
-                            best=max(recorded, key=lambda r: r.psnr)) if job.width else None
-        rows = update_front(client, experiment_id)
-        summarise_parent(client, parent_id, rows)
-        record_trials(store, name, parent_id, recorded, rows)
-        title = f"{name}: PSNR vs MACs"
-        line = [(p["psnr"], p["macs"]) for p in width_points(client, experiment_id)] if job.width else []
-        log_front(client, parent_id, rows, budget_macs=budget, title=title, width=line)
-        front_ids = {r["run_id"] for r in rows if r["pareto"]}
-        winners = pick_winners(recorded, front_ids, job.retrain_top)
-        retrained = retrain_each(run, store, client, experiment_id, parent_id, settings, winners, job.retrain_workers,
-                                 state) if job.retrain else []
-        if retrained:
-            log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
-                      retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained", width=line)
-        end_parent(client, parent_id, "FINISHED")
-        state.end(parent_id, "finished")
-    except KeyboardInterrupt:
-        progress and progress.stop()
-        close_stale_runs(client, experiment_id, parent_id, "KILLED")  # the trials it cut off
-        end_parent(client, parent_id, "KILLED")
-        state.end(parent_id, "killed")
+        try:
+            recorded = run_search_on_ray(requests, client, experiment_id, reporter, state, store=store)
+        finally:
+            progress.stop()
+        for request in requests:
+            if not recorded[request.settings.budget_macs]:
+                raise UsageError("no trial finished; see the Ray logs under the run directory")
+        widths = width_points_at([(r.settings, r.parent_id, max(recorded[r.settings.budget_macs], key=lambda t: t.psnr))
+                                  for r in requests], width_resources, client, experiment_id,
+                                 seeds=job.width_seeds) if job.width else {}
+        for request in requests:
+            budget = request.settings.budget_macs
+            summary = finish_search(job, request, recorded[budget], widths.get(budget), client=client,
+                                    experiment_id=experiment_id, state=state, store=store)
+            end_parent(client, request.parent_id, "FINISHED")
+            state.end(request.parent_id, "finished")
+            summaries.append(summary)
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        for request in requests[len(summaries):]:
+            close_stale_runs(client, experiment_id, request.parent_id, status)  # the trials it cut off
+            end_parent(client, request.parent_id, status)
+            state.end(request.parent_id, status.lower())
         raise
-    except BaseException:
-        progress and progress.stop()
-        close_stale_runs(client, experiment_id, parent_id, "FAILED")
-        end_parent(client, parent_id, "FAILED")
-        state.end(parent_id, "failed")
-        raise
-    summary = summarise(name, parent_id, budget, task, profile, recorded, rows, retrained)
+    return summaries
+
+
+def finish_search(job: SearchJob, request, recorded: list[TrialRecord], width: dict | None, *, client,
+                  experiment_id: str, state, store) -> dict:
+    """One budget after its trials: the front (with the width line), the trial records, the winners retrained,
+    and its summary (its parent then ends FINISHED)."""
+    from mlflow.entities import Metric
+
+    from .tracking import experiment_name, log_front, summarise_parent, update_front
+    from .width import gain_over_width, width_points
+    from .winners import pick_winners, record_trials
+    settings, parent_id, run = request.settings, request.parent_id, request.run
+    budget, name = settings.budget_macs, experiment_name(job.task.label)
+    rows = update_front(client, experiment_id)
+    summarise_parent(client, parent_id, rows)
+    record_trials(store, name, parent_id, recorded, rows)
+    title = f"{name}: PSNR vs MACs"
+    line = [(p["psnr"], p["macs"]) for p in width_points(client, experiment_id)] if job.width else []
+    log_front(client, parent_id, rows, budget_macs=budget, title=title, width=line)
+    front_ids = {r["run_id"] for r in rows if r["pareto"]}
+    winners = pick_winners(recorded, front_ids, job.retrain_top)
+    retrained = retrain_each(run, store, client, experiment_id, parent_id, settings, winners, job.retrain_workers,
+                             state) if job.retrain else []
+    if retrained:
+        log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
+                  retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained", width=line)
+    summary = summarise(name, parent_id, budget, job.task, job.profile, recorded, rows, retrained)
     if width is not None:
         summary["width"] = {**width, **gain_over_width(width, summary["trials"])}
         interval = summary["width"].get("interval") or {}

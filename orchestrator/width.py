@@ -69,28 +69,50 @@ WIDTH_METRICS = ("psnr", "psnr_y", "psnr_rgb", "input_psnr", "macs", "proxy_macs
 # and, where the width net was trained here, its wall time in Ray (`seconds`)
 
 
-def width_point(settings, resources: dict, client, experiment_id: str, parent_id: str, *, seeds: int = 1,
-                best=None) -> dict:
-    """This budget's width point: the one already recorded under the parent (a resumed search), or trained now
-    as a Ray task with a trial's resources and recorded. With `seeds` >= 2 and `best` (the best trial's record),
-    its genotype and the width net are also trained alike with that many seeds, and the paired gain's mean and
-    95% interval recorded with the point."""
-    budget = settings.budget_macs
+def recorded_width(client, experiment_id: str, parent_id: str, budget: float) -> dict | None:
+    """The width point already recorded under this parent (a resumed search), or None."""
     found = client.search_runs([experiment_id], f"tags.acla_kind = 'width' and tags.mlflow.parentRunId = "
                                                 f"'{parent_id}' and attributes.status = 'FINISHED'")
-    if found:
-        run = found[0]
-        return {"run_id": run.info.run_id, "backbone": run.data.params["backbone"], "budget_macs": budget,
-                **{k: run.data.metrics[k] for k in WIDTH_METRICS if k in run.data.metrics}}
+    if not found:
+        return None
+    run = found[0]
+    return {"run_id": run.info.run_id, "backbone": run.data.params["backbone"], "budget_macs": budget,
+            **{k: run.data.metrics[k] for k in WIDTH_METRICS if k in run.data.metrics}}
+
+
+def width_points_at(searches: list[tuple], resources: dict, client, experiment_id: str, *, seeds: int = 1) -> dict:
+    """Each budget's width point, {budget: point}: the one already recorded under its parent (a resumed search),
+    or trained now and recorded. `searches`: (settings, parent run id, best trial's record) of each budget. Every
+    net still to train goes to Ray at once, each a task with `resources`, so several budgets' nets share the
+    cluster. With `seeds` >= 2, each budget's best genotype and its width net are also trained alike with that
+    many seeds, and the paired gain's mean and 95% interval recorded with the point."""
     import ray
-    from mlflow.entities import Metric, Param
-    backbone = width_backbone(settings.task, settings.profile, budget)
+    from mlflow.entities import Param
     remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(tune_width)
-    result = ray.get(remote.remote(settings, backbone))
-    params = [Param("backbone", backbone), Param("positions", "none"), Param("seed", str(settings.seed))]
-    if seeds >= 2 and best is not None:
-        result.update(seeded_gain(remote, settings, backbone, best, seeds, first_plain=result))
-        params.append(Param("searched_run_id", best.run_id))
+    points, started = {}, []
+    for settings, parent_id, best in searches:
+        budget = settings.budget_macs
+        points[budget] = recorded_width(client, experiment_id, parent_id, budget)
+        if points[budget] is None:
+            backbone = width_backbone(settings.task, settings.profile, budget)
+            first = remote.remote(settings, backbone)
+            seeded = start_seeded(remote, settings, backbone, best, seeds) if seeds >= 2 and best is not None else None
+            started.append((settings, parent_id, best, backbone, first, seeded))
+    for settings, parent_id, best, backbone, first, seeded in started:
+        result = ray.get(first)
+        params = [Param("backbone", backbone), Param("positions", "none"), Param("seed", str(settings.seed))]
+        if seeded is not None:
+            result.update(seeded_gain(*seeded, first_plain=result))
+            params.append(Param("searched_run_id", best.run_id))
+        points[settings.budget_macs] = record_width(client, experiment_id, parent_id, settings, backbone, result, params)
+    return points
+
+
+def record_width(client, experiment_id: str, parent_id: str, settings, backbone: str, result: dict,
+                 params: list) -> dict:
+    """A width net trained: its MLflow run under the search's parent, and its point."""
+    from mlflow.entities import Metric, Param
+    budget = settings.budget_macs
     channels, blocks = parse_backbone(backbone)
     run = client.create_run(experiment_id, run_name=f"width-{channels}x{blocks}",
                             tags={"mlflow.parentRunId": parent_id, "acla_kind": "width", "budget_macs": str(int(budget))})
@@ -101,17 +123,22 @@ def width_point(settings, resources: dict, client, experiment_id: str, parent_id
     return {"run_id": run.info.run_id, "backbone": backbone, "budget_macs": budget, **result}
 
 
-def seeded_gain(remote, settings, backbone: str, best, seeds: int, first_plain: dict) -> dict:
-    """The best trial's genotype and the width net, each trained from scratch with seeds seed..seed+N-1 (seed s
-    the same data stream for both), as Ray tasks (`remote`: tune_width's) at once: the paired gain's mean and
-    95% interval, headline and RGB (where the task has it). `first_plain`: the width net at the search's own
-    seed, already trained as the width point."""
-    import ray
-
-    from workers.ablation import paired_interval
+def start_seeded(remote, settings, backbone: str, best, seeds: int) -> tuple:
+    """The best trial's genotype and the width net, each to be trained from scratch with seeds seed..seed+N-1
+    (seed s the same data stream for both), as Ray tasks (`remote`: tune_width's), started now; the width net at
+    the search's own seed is the width point itself."""
     seed_list = [settings.seed + k for k in range(seeds)]
     searched = [remote.remote(settings, backbone, best.result["genotype"], s) for s in seed_list]
     plain = [remote.remote(settings, backbone, None, s) for s in seed_list[1:]]
+    return searched, plain, seeds
+
+
+def seeded_gain(searched: list, plain: list, seeds: int, first_plain: dict) -> dict:
+    """The seeded trainings' paired gain (`start_seeded`'s tasks): its mean and 95% interval, headline and RGB
+    (where the task has it). `first_plain`: the width net at the search's own seed."""
+    import ray
+
+    from workers.ablation import paired_interval
     ours, theirs = ray.get(searched), [first_plain, *ray.get(plain)]
     out = {"seeds": seeds}
     for metric, key in (("psnr", "gain"), ("psnr_rgb", "gain_rgb")):

@@ -159,9 +159,9 @@ def start_and_kill(argv, home, env, ready) -> None:
 
 def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, tmp_path):
     """A sweep of two budgets (one shared supernet) killed with -9 while its supernet trains, resumed, and that
-    resume killed in its first budget's second trial: `resume --last` finishes it as one job (the supernet from
-    Ray Train's checkpoint, the cut-off budget continued, the one never begun searched, each budget's width
-    point), equal to the uninterrupted sweep."""
+    resume killed in the second trial of the budget whose trials run first (the costlier): `resume --last`
+    finishes it as one job (the supernet from Ray Train's checkpoint, the cut-off budget continued, the other
+    budget's trials run, each budget's width point), equal to the uninterrupted sweep."""
     import glob
 
     from mlflow.tracking import MlflowClient
@@ -182,15 +182,20 @@ def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, 
         f"{broken}/artifacts/ray-train/shared-*/checkpoint_manager_snapshot.json"))))
     assert not glob.glob(f"{broken}/artifacts/shared-supernets/*")  # never finished, so never stored
     status = json.loads(acla("status", "--json", home=broken).stdout)
-    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]  # the second budget never began
-    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
-    first_parent = status["searches"][0]["run_id"]
-    assert SearchState(broken).trials(first_parent) == []
+    # every budget's search begins before the supernet trains: both cut off, none ran a trial
+    assert sorted((float(s["budget_macs"]), s["status"]) for s in status["searches"]) == \
+        [(1.5e9, "INTERRUPTED"), (2e9, "INTERRUPTED")]
+    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [])]
+    parents = {float(s["budget_macs"]): s["run_id"] for s in status["searches"]}
+    first_parent, second_parent = parents[2e9], parents[1.5e9]  # the costlier budget's trials run first
+    assert SearchState(broken).trials(first_parent) == SearchState(broken).trials(second_parent) == []
 
-    # 2: the resume, during the first budget's second trial (one finished, one running)
+    # 2: the resume, during the costlier budget's second trial (one finished, one running)
     state = SearchState(broken)
     start_and_kill(["resume", "--last", "--json"], broken, env,
                    lambda: [t["state"] for t in state.trials(first_parent)] == ["finished", "running"])
+    assert SearchState(broken).trials(second_parent) == []  # its trials come after the costlier budget's
+    kept = SearchState(broken).trials(first_parent)[0]  # the trial that finished before the kill
     client = MlflowClient(f"sqlite:///{broken}/mlflow.db")
     resumed_from = int(client.get_run(first_parent).data.tags["shared_supernet_resumed_from_step"])
     assert 0 < resumed_from < 40  # the supernet went on from Ray Train's checkpoint, not from its start
@@ -211,14 +216,14 @@ def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, 
             os.rename(folder + ".gone", folder)
         open(stored, "wb").write(intact)
     status = json.loads(acla("status", "--json", home=broken).stdout)
-    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"]
-    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [2e9])]
+    assert [s["status"] for s in status["searches"]] == ["INTERRUPTED"] * 2
+    assert [(s["budgets"], s["not_begun"]) for s in status["sweeps"]] == [([1.5e9, 2e9], [])]
 
     out = acla("resume", "--last", "--json", home=broken)
     assert out.returncode == 0, out.stderr[-3000:]
     resumed = json.loads(out.stdout)["searches"]
     assert [s["budget_macs"] for s in resumed] == [s["budget_macs"] for s in uninterrupted] == [1.5e9, 2e9]
-    assert resumed[0]["parent_run_id"] == first_parent
+    assert [s["parent_run_id"] for s in resumed] == [second_parent, first_parent]
 
     # each budget's front, and every trial, equal the uninterrupted sweep's
     assert [trial_set(s) for s in resumed] == [trial_set(s) for s in uninterrupted]
@@ -233,14 +238,13 @@ def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, 
     trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
     assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 4 + ["KILLED"]
     assert [client.get_run(s["parent_run_id"]).info.status for s in resumed] == ["FINISHED"] * 2
-    # no finished trial ran twice: the interrupted one ran again, nothing else did; the second budget ran once
+    # no finished trial ran twice: the interrupted one ran again, nothing else did; the other budget's ran once
+    # (this budget has one backbone, so its trials' configs are alike: they are told apart by their ids)
     trials = SearchState(broken).trials(first_parent)
-    assert sorted(t["state"] for t in trials) == ["finished", "finished", "interrupted"]
-    configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
-    finished = [c for c, t in zip(configs, trials) if t["state"] == "finished"]
-    assert len(set(finished)) == 2
-    assert configs.count(configs[[t["state"] for t in trials].index("interrupted")]) == 2  # the same config again
-    assert [t["state"] for t in SearchState(broken).trials(resumed[1]["parent_run_id"])] == ["finished"] * 2
+    assert [t["state"] for t in trials] == ["finished", "interrupted", "finished"]  # in the order they started
+    assert (trials[0]["trial_id"], trials[0]["mlflow_run_id"]) == (kept["trial_id"], kept["mlflow_run_id"])
+    assert trials[2]["config"] == trials[1]["config"] and trials[2]["trial_id"] != trials[1]["trial_id"]
+    assert [t["state"] for t in SearchState(broken).trials(second_parent)] == ["finished"] * 2
     assert acla("resume", "--last", home=broken).returncode == 2  # nothing left to resume
     # every artifact set verifies
     store = open_store(StorageConfig(os.path.join(broken, "artifacts")))
