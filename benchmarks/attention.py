@@ -197,8 +197,9 @@ def kernel_bounds(channels: int, layers: int, keys: int, batch: int, size: int, 
     for name, spread in (("trained_offsets_1.5px", 1.5), ("same_four_pixels", None), ("offsets_8px", 8.0)):
         offsets = (torch.full((*shape, 2), 0.5) if spread is None
                    else torch.randn(*shape, 2, generator=generator) * spread).contiguous()
-        _, weights = kernel.forward(values, offsets, logits, gates, bias, keys)
-        rows[f"forward_{name}"] = median_ms(lambda: kernel.forward(values, offsets, logits, gates, bias, keys))
+        none = bias.new_empty(0)  # no residual
+        _, weights = kernel.forward(values, offsets, logits, gates, bias, keys, none)
+        rows[f"forward_{name}"] = median_ms(lambda: kernel.forward(values, offsets, logits, gates, bias, keys, none))
         rows[f"backward_{name}"] = median_ms(lambda: kernel.backward(values, offsets, logits, gates, bias, weights,
                                                                        keys, grad, True, True))
         if spread == 1.5:

@@ -169,7 +169,9 @@ class ACLA(AttentionModule):
         else:  # the value projections with the fusion folded in: fuse(sum V_l(sample_l)) = sum sample_l(fuse V_l)
             values = [F.linear(_nhwc(ref), weight, bias).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
                       for ref, (weight, bias) in zip(refs, self.merged_values())]
-            out = attend(values, offsets, logits, gates, self.keys_per_ref, self.fuse.bias, off_key_grads)
+            # the skip connection too: query + out, summed in the kernel's first write of each output row
+            return attend(values, offsets, logits, gates, self.keys_per_ref, self.fuse.bias, off_key_grads,
+                          residual=flat).permute(0, 3, 1, 2)
         return query + out.permute(0, 3, 1, 2)
 
     def merged_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

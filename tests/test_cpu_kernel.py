@@ -57,6 +57,27 @@ def test_forward_and_gradients_match_reference(shape, spread, gated, threads):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=f"gradient {index}")
 
 
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_a_residual_is_added_in_the_kernel_with_its_gradient_the_identity(shape, threads):
+    """`attend(..., residual=r)` (the module's skip connection, summed in the kernel) equals r + the reference's
+    output, forward and every gradient, the residual's included; a non-contiguous residual too."""
+    values, offsets, logits, gates, bias = case(*shape, spread=2.0, seed=11)
+    batch, channels, height, width = shape[0], shape[1], shape[4], shape[5]
+    residual = torch.randn(batch, channels, height, width).permute(0, 2, 3, 1)  # (B, H, W, C), strided
+    grad = torch.randn(batch, height, width, channels)
+    outputs = []
+    for fused in (True, False):
+        leaf = residual.clone().requires_grad_(True)
+        fn = (lambda *a, **k: attend(*a, **k, residual=leaf)) if fused else (lambda *a: leaf + reference_attend(*a))
+        out, grads = run(fn, values, offsets, logits, gates, bias, shape[3], grad)
+        outputs.append((out, grads + [leaf.grad]))
+    (fast, fast_grads), (ref, ref_grads) = outputs
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_grads[-1], grad)  # the residual's gradient: the output's, unchanged
+    for index, (a, b) in enumerate(zip(fast_grads, ref_grads)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=f"gradient {index}")
+
+
 def test_off_key_gradients_skipped_for_a_derived_module():
     values, offsets, logits, gates, bias = case(2, 8, 2, 4, 5, 6, spread=2.0, seed=5)
     grad = torch.randn(2, 5, 6, 8)
@@ -83,6 +104,9 @@ def test_float64_matches_naive_loop_and_gradcheck():
     leaves = [t.requires_grad_(True) for t in (*values, offsets, logits, gates, bias)]
     assert torch.autograd.gradcheck(lambda a, b, o, lg, g, bi: attend([a, b], o, lg, g, 2, bi), leaves,
                                     eps=1e-6, atol=1e-6)
+    residual = torch.randn(1, 4, 5, 3, dtype=torch.float64, requires_grad=True)  # with the skip connection summed in
+    assert torch.autograd.gradcheck(lambda a, b, o, lg, g, bi, r: attend([a, b], o, lg, g, 2, bi, residual=r),
+                                    leaves + [residual], eps=1e-6, atol=1e-6)
 
 
 def test_integer_offsets_shift_exactly_in_float32():

@@ -134,9 +134,10 @@ def load_extension():
 
 class _FusedAttend(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, keys, off_key_grads, offsets, logits, gates, bias, *values):
+    def forward(ctx, keys, off_key_grads, offsets, logits, gates, bias, residual, *values):
         gates = logits.new_empty(0) if gates is None else gates  # empty: every key on
-        out, weights = load_extension().forward(list(values), offsets, logits, gates, bias, keys)
+        skip = logits.new_empty(0) if residual is None else residual  # empty: none
+        out, weights = load_extension().forward(list(values), offsets, logits, gates, bias, keys, skip)
         ctx.keys, ctx.off_key_grads = keys, off_key_grads
         ctx.save_for_backward(offsets, logits, gates, bias, weights, *values)
         return out
@@ -147,7 +148,9 @@ class _FusedAttend(torch.autograd.Function):
         value_grad = any(ctx.needs_input_grad[6:])
         *grad_values, grad_offsets, grad_logits, grad_gates, grad_bias = load_extension().backward(
             values, offsets, logits, gates, bias, weights, ctx.keys, grad_out, value_grad, ctx.off_key_grads)
-        return (None, None, grad_offsets, grad_logits, grad_gates if gates.numel() else None, grad_bias, *grad_values)
+        grad_residual = grad_out if ctx.needs_input_grad[6] else None  # the skip connection's: the identity
+        return (None, None, grad_offsets, grad_logits, grad_gates if gates.numel() else None, grad_bias, grad_residual,
+                *grad_values)
 
 
 BACKENDS = ("triton", "cpu-kernel", "reference")
@@ -204,33 +207,37 @@ def cpu_kernel_available(tensor: torch.Tensor) -> bool:
 
 
 def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.Tensor, gates: torch.Tensor | None,
-           keys_per_ref: int, bias: torch.Tensor, off_key_grads: bool = True) -> torch.Tensor:
-    """ACLA's attention: softmax weights over the gated-on keys, then bias + the weighted bilinear reads.
+           keys_per_ref: int, bias: torch.Tensor, off_key_grads: bool = True,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """ACLA's attention: softmax weights over the gated-on keys, then bias + the weighted bilinear reads (+ the
+    residual, where given).
 
     values: L maps (B, C, H, W); offsets (B, H, W, L*K, 2) in pixels (dx, dy), layer by layer; logits and gates
-    (B, H, W, L*K), gates 0/1 or None (all on); bias (C). Returns (B, H, W, C). `off_key_grads=False` skips the
-    gradients of gated-off keys (a derived top-k module, whose gate gradient is zero there), so that they cost
-    nothing in the backward either.
+    (B, H, W, L*K), gates 0/1 or None (all on); bias (C); residual (B, H, W, C) or None. Returns (B, H, W, C).
+    `off_key_grads=False` skips the gradients of gated-off keys (a derived top-k module, whose gate gradient is
+    zero there), so that they cost nothing in the backward either. The CPU kernel starts each output row from
+    its residual row (a module's skip connection then costs no pass of its own); the others add it after.
     """
     keys = len(values) * keys_per_ref
     if offsets.shape[3:] != (keys, 2) or logits.shape[3] != keys or (gates is not None and gates.shape != logits.shape):
         raise ValueError(f"{len(values)} reference layers x {keys_per_ref} keys: offsets {tuple(offsets.shape)}, "
                          f"logits {tuple(logits.shape)} must hold {keys} keys in dim 3")
     dtype, device = values[0].dtype, values[0].device
-    tensors = [offsets, logits, bias] + ([] if gates is None else [gates])
+    tensors = [offsets, logits, bias] + ([] if gates is None else [gates]) + ([] if residual is None else [residual])
     backend = attention_backend(device, dtype)
     if not all(t.dtype == dtype and t.device == device for t in tensors):
         backend = "reference"
     if (backend, device.type) not in _logged:
         _logged.add((backend, device.type))
         log.info("ACLA attention on %s tensors: %s", device.type, backend)
-    if backend == "triton":
-        return triton_module().triton_attend(values, offsets, logits, gates, keys_per_ref, bias, off_key_grads)
-    if backend == "reference":
-        return reference_attend(values, offsets, logits, gates, keys_per_ref, bias)
+    if backend in ("triton", "reference"):
+        out = (triton_module().triton_attend(values, offsets, logits, gates, keys_per_ref, bias, off_key_grads)
+               if backend == "triton" else reference_attend(values, offsets, logits, gates, keys_per_ref, bias))
+        return out if residual is None else residual + out
     maps = [value.permute(0, 2, 3, 1).contiguous() for value in values]  # free for channels-last maps
     return _FusedAttend.apply(keys_per_ref, off_key_grads, offsets.contiguous(), logits.contiguous(),
-                              None if gates is None else gates.contiguous(), bias.contiguous(), *maps)
+                              None if gates is None else gates.contiguous(), bias.contiguous(),
+                              None if residual is None else residual.contiguous(), *maps)
 
 
 def top_k_mask(scores: torch.Tensor, counts: Sequence[int], positive: bool = False) -> torch.Tensor:

@@ -68,8 +68,10 @@ inline scalar_t masked_softmax(const scalar_t* logits, const scalar_t* gates, in
 }
 
 // CT > 0 fixes the channel count at compile time so the channel loops unroll into registers.
+// With `residual` (B, H, W, C), each query's output starts from its residual row and the bias, so the module's
+// skip connection costs no pass of its own.
 template <typename scalar_t, int CT>
-void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights) {
+void forward_kernel(const Problem<scalar_t>& p, const scalar_t* residual, scalar_t* out, scalar_t* weights) {
   const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W;
   at::parallel_for(0, p.B * HW, 16, [&](int64_t begin, int64_t end) {
     scalar_t acc[CT > 0 ? CT : 1];
@@ -80,7 +82,12 @@ void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights
       masked_softmax<scalar_t>(p.logits + q * p.Kt, p.gates ? p.gates + q * p.Kt : nullptr, p.Kt, e.data(), w);
       scalar_t* o = out + q * C;
       scalar_t* a = CT > 0 ? acc : o;  // a register-sized local accumulator when C is known
-      for (int64_t c = 0; c < C; ++c) a[c] = p.bias[c];
+      if (residual) {
+        const scalar_t* r = residual + q * C;
+        for (int64_t c = 0; c < C; ++c) a[c] = r[c] + p.bias[c];
+      } else {
+        for (int64_t c = 0; c < C; ++c) a[c] = p.bias[c];
+      }
       for (int64_t l = 0; l < p.L; ++l) {
         const scalar_t* base = p.values[l] + b * HW * C;
         for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
@@ -226,16 +233,23 @@ void dispatch_channels(int64_t C, Fn&& fn) {
 
 }  // namespace
 
-// Returns the output (B, H, W, C) and the attention weights (B, H, W, Kt).
+// Returns the output (B, H, W, C), plus `residual` where it is not empty, and the attention weights (B, H, W, Kt).
 std::vector<torch::Tensor> acla_forward(std::vector<torch::Tensor> values, torch::Tensor offsets, torch::Tensor logits,
-                                        torch::Tensor gates, torch::Tensor bias, int64_t keys) {
+                                        torch::Tensor gates, torch::Tensor bias, int64_t keys, torch::Tensor residual) {
   std::vector<torch::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_forward", [&] {
     const auto p = make_problem<scalar_t>(values, offsets, logits, gates, bias, keys);
+    const scalar_t* skip = nullptr;
+    if (residual.defined() && residual.numel() > 0) {
+      TORCH_CHECK(residual.is_contiguous() && residual.device().is_cpu() && residual.sizes() == values[0].sizes() &&
+                  residual.scalar_type() == values[0].scalar_type(),
+                  "residual must be a contiguous CPU (B, H, W, C) map of the values' dtype, got ", residual.sizes());
+      skip = residual.data_ptr<scalar_t>();
+    }
     auto out = torch::empty_like(values[0]);
     auto weights = torch::empty_like(logits);
     dispatch_channels(p.C, [&](auto ct) {
-      forward_kernel<scalar_t, decltype(ct)::value>(p, out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+      forward_kernel<scalar_t, decltype(ct)::value>(p, skip, out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
     });
     result = {out, weights};
   });
