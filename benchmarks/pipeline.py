@@ -93,9 +93,14 @@ def plain_matched(searched: Genotype) -> Genotype:
     return matched_plain(genotype_macs(searched), searched.bare().replace(attention="none", adaptive=False))
 
 
+LATENCY_ROUNDS = 9  # the sign test's interval for a median of 9: the 2nd to the 8th value, 96% coverage
+
+
 def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
     """acla-searched against plain-matched: steps/s (interleaved, twice each), and the trials' latency measure
-    (interleaved, five times each) with the ratio of its medians."""
+    (interleaved, LATENCY_ROUNDS times each): the ratio of its medians, and the median of the rounds' paired
+    ratios (each round measures both nets back to back, so the machine's drift between rounds cancels) with its
+    96% interval (the sign test's: the 2nd and 8th of the 9 sorted ratios)."""
     from workers.latency import measure_latency_ms
     from search_space.backbone import build_network as build
     from search_space.cost import genotype_macs
@@ -106,18 +111,21 @@ def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
         rates["plain_matched"].append(measure(matched, task, profile, steps)["steps_per_s"])
     nets = {"acla_searched": build(searched), "plain_matched": build(matched)}
     latency = {name: [] for name in nets}
-    for _ in range(5):  # interleaved too: the trials' own measure (a median of 7 forwards), 5 times each
+    for _ in range(LATENCY_ROUNDS):  # interleaved too: the trials' own measure (a median of 7 forwards)
         for name, net in nets.items():
             latency[name].append(round(measure_latency_ms(net, task.in_channels), 2))
+    paired = sorted(a / b for a, b in zip(latency["acla_searched"], latency["plain_matched"]))
     latency = {name: sorted(values) for name, values in latency.items()}
     best = {name: max(values) for name, values in rates.items()}
     return {"acla_searched": {"positions": list(searched.positions), "macs": genotype_macs(searched),
-                              "steps_per_s": rates["acla_searched"], "latency_ms_5_repeats": latency["acla_searched"]},
+                              "steps_per_s": rates["acla_searched"], "latency_ms": latency["acla_searched"]},
             "plain_matched": {"channels": matched.channels, "blocks": matched.blocks, "macs": genotype_macs(matched),
-                              "steps_per_s": rates["plain_matched"], "latency_ms_5_repeats": latency["plain_matched"]},
+                              "steps_per_s": rates["plain_matched"], "latency_ms": latency["plain_matched"]},
             "steps_per_s_ratio": round(best["acla_searched"] / best["plain_matched"], 3),
             "latency_ratio": round(statistics.median(latency["acla_searched"])
-                                   / statistics.median(latency["plain_matched"]), 3)}
+                                   / statistics.median(latency["plain_matched"]), 3),
+            "latency_ratio_paired": {"median": round(statistics.median(paired), 3), "low": round(paired[1], 3),
+                                     "high": round(paired[-2], 3), "rounds": len(paired)}}
 
 
 def main() -> None:
