@@ -206,14 +206,17 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
 
     runs: dict[str, str] = {}  # Tune's trial id -> its MLflow run, created when the trial starts
 
+    def budget_of(trial) -> float:
+        return trial.config[BUDGET_KEY]
+
     def parent_of(trial) -> str:
-        return by_budget[trial.config[BUDGET_KEY]].parent_id
+        return by_budget[budget_of(trial)].parent_id
 
     def run_of(trial) -> str:
         if trial.trial_id not in runs:
             runs[trial.trial_id] = start_trial_run(client, experiment_id, parent_of(trial), trial_id=trial.trial_id,
                                                    params=own_config(trial.config),
-                                                   search_tags=search_tags[trial.config[BUDGET_KEY]])
+                                                   search_tags=search_tags[budget_of(trial)])
         return runs[trial.trial_id]
 
     def done() -> int:
@@ -222,7 +225,7 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
     def on_start(trial) -> None:  # its MLflow run first: a trial the state calls running always has one
         run_of(trial)
         state.trial_started(parent_of(trial), trial.trial_id, own_config(trial.config),
-                            by_budget[trial.config[BUDGET_KEY]].settings.seed)
+                            by_budget[budget_of(trial)].settings.seed)
 
     def on_result(trial, result) -> None:
         if "progress_phase" in result:
@@ -240,8 +243,8 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
         artifact_uri = client.get_run(run_id).info.artifact_uri
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
         state.trial_finished(parent_of(trial), trial.trial_id, run_id, result, artifact_uri)
-        recorded[trial.config[BUDGET_KEY]].append(TrialRecord(trial=trial.trial_id, run_id=run_id, params=params,
-                                                              result=result, artifact_uri=artifact_uri))
+        recorded[budget_of(trial)].append(TrialRecord(trial=trial.trial_id, run_id=run_id, params=params,
+                                                      result=result, artifact_uri=artifact_uri))
         reporter(done(), total)
 
     def on_error(trial) -> None:

@@ -46,6 +46,7 @@ struct Problem {
   const scalar_t* logits;               // (B, H, W, Kt)
   const scalar_t* gates;                // (B, H, W, Kt) of 0/1, or nullptr: every key on
   const scalar_t* bias;                 // (C)
+  const scalar_t* residual;             // (B, H, W, C) added to the output (a module's skip connection), or nullptr
   int64_t B, H, W, C, L, K, Kt;
 };
 
@@ -68,10 +69,10 @@ inline scalar_t masked_softmax(const scalar_t* logits, const scalar_t* gates, in
 }
 
 // CT > 0 fixes the channel count at compile time so the channel loops unroll into registers.
-// With `residual` (B, H, W, C), each query's output starts from its residual row and the bias, so the module's
-// skip connection costs no pass of its own.
+// With a residual, each query's output starts from its residual row and the bias, so the module's skip
+// connection costs no pass of its own.
 template <typename scalar_t, int CT>
-void forward_kernel(const Problem<scalar_t>& p, const scalar_t* residual, scalar_t* out, scalar_t* weights) {
+void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights) {
   const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W;
   at::parallel_for(0, p.B * HW, 16, [&](int64_t begin, int64_t end) {
     scalar_t acc[CT > 0 ? CT : 1];
@@ -82,8 +83,8 @@ void forward_kernel(const Problem<scalar_t>& p, const scalar_t* residual, scalar
       masked_softmax<scalar_t>(p.logits + q * p.Kt, p.gates ? p.gates + q * p.Kt : nullptr, p.Kt, e.data(), w);
       scalar_t* o = out + q * C;
       scalar_t* a = CT > 0 ? acc : o;  // a register-sized local accumulator when C is known
-      if (residual) {
-        const scalar_t* r = residual + q * C;
+      if (p.residual) {
+        const scalar_t* r = p.residual + q * C;
         for (int64_t c = 0; c < C; ++c) a[c] = r[c] + p.bias[c];
       } else {
         for (int64_t c = 0; c < C; ++c) a[c] = p.bias[c];
@@ -188,7 +189,7 @@ void softmax_backward(const Problem<scalar_t>& p, const scalar_t* weights, const
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const std::vector<torch::Tensor>& values, const torch::Tensor& offsets,
                                const torch::Tensor& logits, const torch::Tensor& gates, const torch::Tensor& bias,
-                               int64_t keys) {
+                               int64_t keys, const torch::Tensor& residual = torch::Tensor()) {
   TORCH_CHECK(!values.empty() && values[0].dim() == 4, "values must be (B, H, W, C) maps");
   const auto& v0 = values[0];
   Problem<scalar_t> p;
@@ -214,6 +215,11 @@ Problem<scalar_t> make_problem(const std::vector<torch::Tensor>& values, const t
     check(gates, {p.B, p.H, p.W, p.Kt}, "gates");
     p.gates = gates.data_ptr<scalar_t>();
   }
+  p.residual = nullptr;
+  if (residual.defined() && residual.numel() > 0) {
+    check(residual, v0.sizes(), "residual");
+    p.residual = residual.data_ptr<scalar_t>();
+  }
   return p;
 }
 
@@ -238,18 +244,11 @@ std::vector<torch::Tensor> acla_forward(std::vector<torch::Tensor> values, torch
                                         torch::Tensor gates, torch::Tensor bias, int64_t keys, torch::Tensor residual) {
   std::vector<torch::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_forward", [&] {
-    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, bias, keys);
-    const scalar_t* skip = nullptr;
-    if (residual.defined() && residual.numel() > 0) {
-      TORCH_CHECK(residual.is_contiguous() && residual.device().is_cpu() && residual.sizes() == values[0].sizes() &&
-                  residual.scalar_type() == values[0].scalar_type(),
-                  "residual must be a contiguous CPU (B, H, W, C) map of the values' dtype, got ", residual.sizes());
-      skip = residual.data_ptr<scalar_t>();
-    }
+    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, bias, keys, residual);
     auto out = torch::empty_like(values[0]);
     auto weights = torch::empty_like(logits);
     dispatch_channels(p.C, [&](auto ct) {
-      forward_kernel<scalar_t, decltype(ct)::value>(p, skip, out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+      forward_kernel<scalar_t, decltype(ct)::value>(p, out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
     });
     result = {out, weights};
   });
