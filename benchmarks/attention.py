@@ -7,7 +7,8 @@ reference. `--memory` adds ACLA's peak memory (forward+backward, fresh process p
 `--bounds` adds what bounds the CPU kernel at 96x96: its forward and backward alone with offsets spread as a
 trained module's (about 1.5 px), with every offset (0.5, 0.5) (every key of a query reads the same 4 pixels: the
 same arithmetic, nearly no cache misses) and with 8 px offsets, and its backward without the value gradients (no
-scatter).
+scatter), and P1's bound: forward+backward of the conv and of the module's matrix products alone, and what
+2x the conv leaves for the kernel and the glue after those products.
 `--device cuda` instead compares, on one GPU in one run, ACLA through the Triton kernels against the grid_sample
 reference and a 3x3 conv, with each one's peak GPU memory (`--sizes`, default 96). Prints JSON.
 Usage: python benchmarks/attention.py [--repeats N] [--memory] [--bounds] [--device cpu|cuda]
@@ -164,6 +165,8 @@ def main() -> None:
     results["fast_path"] = cpu_kernel_available(torch.zeros(1))
     if args.bounds and results["fast_path"]:
         results["kernel_bounds_96x96_ms"] = kernel_bounds(channels, layers, keys, batch, 96, max(args.repeats, 5))
+        results["p1_bound_96x96_ms"] = p1_bound(conv, acla, results["kernel_bounds_96x96_ms"], batch, 96,
+                                                max(args.repeats, 5), layout)
     if args.memory:
         results["acla_peak_memory_mib"] = {f"{s}x{s}": peak_memory_mib(s) for s in (64, 128, 256)}
         sizes = sorted(results["acla_peak_memory_mib"].items(), key=lambda kv: int(kv[0].split("x")[0]))
@@ -206,6 +209,41 @@ def kernel_bounds(channels: int, layers: int, keys: int, batch: int, size: int, 
             rows["backward_without_value_grads"] = median_ms(lambda: kernel.backward(
                 values, offsets, logits, gates, bias, weights, keys, grad, False, True))
     return rows
+
+
+def p1_bound(conv: nn.Module, acla: ACLA, kernel: dict, batch: int, size: int, repeats: int, layout) -> dict:
+    """What P1 (ACLA at most 2x a 3x3 conv) leaves for the kernel and the glue once the module's own matrix
+    products are paid: forward+backward of the conv, and of the module's offset, logit, gate and value
+    projections alone (as ACLA.forward runs them: matrix products on the channels-last maps), median ms."""
+    from search_space.acla import _linear, _nhwc
+    channels = acla.channels
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=layout).requires_grad_(True)
+    refs = [torch.randn(batch, channels, size, size).contiguous(memory_format=layout).requires_grad_(True)
+            for _ in range(acla.num_refs)]
+
+    def projections() -> None:
+        flat = _nhwc(x)
+        outs = [_linear(flat, acla.offset_proj), _linear(flat, acla.logit_proj), _linear(flat, acla.gate_proj)]
+        outs += [torch.nn.functional.linear(_nhwc(ref), weight, bias)
+                 for ref, (weight, bias) in zip(refs, acla.merged_values())]
+        torch.autograd.backward(outs, [torch.ones_like(out) for out in outs])
+
+    def conv_pass() -> None:
+        out = conv(x)
+        out.backward(torch.ones_like(out))
+
+    def median_ms(call) -> float:
+        call()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return round(1000 * statistics.median(times), 1)
+    conv_ms, projection_ms = median_ms(conv_pass), median_ms(projections)
+    kernel_ms = kernel["forward_trained_offsets_1.5px"] + kernel["backward_trained_offsets_1.5px"]
+    return {"conv3x3": conv_ms, "projections": projection_ms, "kernel": round(kernel_ms, 1),
+            "left_for_kernel_and_glue_at_2x": round(2 * conv_ms - projection_ms, 1)}
 
 
 def peak_memory_mib(size: int) -> float:

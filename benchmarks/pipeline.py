@@ -5,11 +5,15 @@ step of the quick supernet (an ACLA candidate after every block; one weight and 
 `equal_macs` sets a searched ACLA genotype (--genotype, default: positions 0-3 with 8 keys, the majority choice
 of the quick search on car) beside the plain backbone widened to its MACs (the ablation's plain-matched): the
 ratio of their training steps/s (target: at least 0.9) and of the trial's latency measurement (target: at most
-1.25), each also as the median of paired, interleaved rounds with its sign-test interval.
-`--profile-steps N` adds a per-step profile of both nets at equal MACs (torch.profiler, self CPU time per op,
-summed into the convolutions, the matrix products of ACLA's 1x1 projections, ACLA's attention kernel and the
-rest), in ms per training step.
-Prints JSON.   Usage: python benchmarks/pipeline.py [--steps N] [--task car] [--genotype G.json] [--profile-steps N]"""
+1.25), each also as the median of paired, interleaved rounds with its sign-test interval. The bare backbone
+(the searched genotype without its modules) is measured in the same rounds, and `bound` says what the modules
+may cost over it for each target to hold (its allowance) against what they cost, in ms per training step and ms
+of latency. `--profile-steps N` adds a per-step profile of the nets at equal MACs and of the bare backbone
+(torch.profiler, self CPU time per op, summed into the convolutions, the matrix products of ACLA's 1x1
+projections, ACLA's attention kernel and the rest), in ms per training step. `--equal-macs-only` measures only
+those. Prints JSON.
+Usage: python benchmarks/pipeline.py [--steps N] [--task car] [--genotype G.json] [--profile-steps N]
+       [--equal-macs-only]"""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +99,7 @@ def plain_matched(searched: Genotype) -> Genotype:
 
 LATENCY_ROUNDS = 9  # the sign test's interval for a median of 9: the 2nd to the 8th value, 96% coverage
 TRAINING_ROUNDS = 5  # and for a median of 5: the smallest to the largest, 94% coverage
+TRAINING_TARGET, LATENCY_TARGET = 0.9, 1.25  # #21: steps/s at least 0.9x plain-matched's, latency at most 1.25x
 
 
 def paired(ratios: list[float], trim: int) -> dict:
@@ -114,11 +119,12 @@ def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
     from search_space.backbone import build_network as build
     from search_space.cost import genotype_macs
     matched = plain_matched(searched)
-    rates = {"acla_searched": [], "plain_matched": []}
-    for _ in range(TRAINING_ROUNDS):  # interleaved, so drift in the machine's speed hits both alike
-        rates["acla_searched"].append(measure(searched, task, profile, steps)["steps_per_s"])
-        rates["plain_matched"].append(measure(matched, task, profile, steps)["steps_per_s"])
-    nets = {"acla_searched": build(searched), "plain_matched": build(matched)}
+    genotypes = {"acla_searched": searched, "plain_matched": matched, "bare_backbone": searched.bare()}
+    rates = {name: [] for name in genotypes}
+    for _ in range(TRAINING_ROUNDS):  # interleaved, so drift in the machine's speed hits every net alike
+        for name, genotype in genotypes.items():
+            rates[name].append(measure(genotype, task, profile, steps)["steps_per_s"])
+    nets = {name: build(genotype) for name, genotype in genotypes.items()}
     latency = {name: [] for name in nets}
     for _ in range(LATENCY_ROUNDS):  # interleaved too: the trials' own measure (a median of 7 forwards)
         for name, net in nets.items():
@@ -135,7 +141,22 @@ def equal_macs(searched: Genotype, task, profile, steps: int) -> dict:
             "steps_per_s_ratio_paired": training_paired,
             "latency_ratio": round(statistics.median(latency["acla_searched"])
                                    / statistics.median(latency["plain_matched"]), 3),
-            "latency_ratio_paired": latency_paired}
+            "latency_ratio_paired": latency_paired,
+            "bare_backbone": {"macs": genotype_macs(genotypes["bare_backbone"]), "steps_per_s": rates["bare_backbone"],
+                              "latency_ms": latency["bare_backbone"]},
+            "bound": module_bound(best, {name: statistics.median(values) for name, values in latency.items()})}
+
+
+def module_bound(best_rates: dict, median_latency: dict) -> dict:
+    """What the modules may cost for each target to hold, against what they cost: ms per training step (from
+    the best steps/s) and ms of latency (from the medians), over the bare backbone the modules are added to.
+    A module cost over its allowance means the target is out of reach until the modules get that much faster."""
+    step_ms = {name: 1000 / rate for name, rate in best_rates.items()}
+    return {"training_module_ms": round(step_ms["acla_searched"] - step_ms["bare_backbone"], 1),
+            "training_allowance_ms": round(step_ms["plain_matched"] / TRAINING_TARGET - step_ms["bare_backbone"], 1),
+            "latency_module_ms": round(median_latency["acla_searched"] - median_latency["bare_backbone"], 1),
+            "latency_allowance_ms": round(median_latency["plain_matched"] * LATENCY_TARGET
+                                          - median_latency["bare_backbone"], 1)}
 
 
 def main() -> None:
@@ -143,7 +164,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--task", default="car")
     parser.add_argument("--genotype", help="the searched genotype for the equal-MACs comparison")
-    parser.add_argument("--profile-steps", type=int, default=0, help="also profile this many steps of both nets")
+    parser.add_argument("--profile-steps", type=int, default=0, help="also profile this many steps of the nets "
+                                                                     "at equal MACs and of the bare backbone")
+    parser.add_argument("--equal-macs-only", action="store_true", help="only the equal-MACs comparison (and profile)")
     args = parser.parse_args()
     profile = get_profile("quick")
     task = task_from_options(args.task)
@@ -157,8 +180,14 @@ def main() -> None:
                         keys=((5, 5), (5, 5, 5, 5)))
     seven_acla = Genotype(**base, attention="acla", adaptive=True, max_keys=profile.max_keys,
                           positions=tuple(range(7)), keys=((8,), (8,), (8, 8), (8, 8), (8, 8, 8), (8, 8, 8), (8,) * 4))
-    print(json.dumps({"profile": profile.name, "task": task.label, "batch": profile.batch_size,
-                      "patch": profile.patch, "threads": torch.get_num_threads(),
+    header = {"profile": profile.name, "task": task.label, "batch": profile.batch_size, "patch": profile.patch,
+              "threads": torch.get_num_threads()}
+    if args.equal_macs_only:
+        print(json.dumps({**header, "equal_macs": equal_macs(searched, task, profile, args.steps),
+                          **({"step_profile_ms": profiles(searched, task, profile, args.profile_steps)}
+                             if args.profile_steps else {})}, indent=2))
+        return
+    print(json.dumps({**header,
                       "plain": measure(plain, task, profile, args.steps),
                       "two_acla": measure(two_acla, task, profile, args.steps),
                       "seven_acla": measure(seven_acla, task, profile, args.steps),
@@ -171,7 +200,8 @@ def main() -> None:
 
 def profiles(searched: Genotype, task, profile, steps: int) -> dict:
     return {"acla_searched": step_profile(searched, task, profile, steps),
-            "plain_matched": step_profile(plain_matched(searched), task, profile, steps)}
+            "plain_matched": step_profile(plain_matched(searched), task, profile, steps),
+            "bare_backbone": step_profile(searched.bare(), task, profile, steps)}
 
 
 if __name__ == "__main__":
