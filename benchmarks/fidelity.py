@@ -7,11 +7,14 @@ plain-matched (mean and 95% interval, in the task's headline PSNR) against the n
 Defaults: car q=10 scored on LIVE1 and denoise sigma=25 scored on CBSD68, the quick profile's backbone at a
 13 GMACs budget, 400 and 1600 steps, 3 seeds; `--long 3200` adds denoise at 3200 steps (plain-matched against
 acla-searched only). Each ablation searches with the same seed, so a task's searched genotype is the same at
-every schedule. Every run is also recorded in MLflow by `ablate` itself, under the run directory.
+every schedule. Every run is also recorded in MLflow by `ablate` itself, under the run directory. Each ablation's
+messages go to `ablate-<task>-<steps>.log` in the output folder as it runs; one cut off (the machine stopped, a
+session ended) goes on where it stopped with `--resume ID` (its ID is on the log's first line) and the same
+arguments: only the trainings it had not kept are trained.
 
 Usage: python benchmarks/fidelity.py [--tasks car,denoise] [--steps 400,1600] [--long 3200] [--seeds 3]
        [--budget 13G] [--attention acla] [--variants plain-matched,cla,acla-random,acla-searched]
-       [--out benchmarks/results/fidelity] [--home DIR] [--genotype G.json] [--reuse-reference]
+       [--out benchmarks/results/fidelity] [--home DIR] [--genotype G.json] [--reuse-reference] [--resume ID]
        python benchmarks/fidelity.py --summarise-only   (table and plot from the JSON lines already written)
 """
 from __future__ import annotations
@@ -33,18 +36,22 @@ TASKS = {"car": (["--task", "car", "--quality", "10"], "LIVE1"),
 VARIANTS = ("plain-matched", "cla", "acla-random", "acla-searched")
 
 
-def run_ablation(task: str, steps: int, variants, args) -> dict:
+def run_ablation(task: str, steps: int, variants, args, resume: str | None = None) -> dict:
     flags, benchmark = TASKS[task]
     command = [sys.executable, "-m", "orchestrator.cli", "ablate", *flags, "--budget", args.budget, "--profile",
                args.profile, "--steps", str(steps), "--seeds", str(args.seeds), "--attention", args.attention,
                "--variants", ",".join(variants), "--eval-data", str(DATASETS / benchmark), "--json"]
     if args.genotype:  # a fixed placement instead of the search's: the module measured where the search keeps none
         command += ["--genotype", args.genotype]
+    if resume:  # the ablation of this plan that was cut off
+        command += ["--resume", resume]
     started = time.perf_counter()
     env = {**os.environ, "ACLA_HOME": args.home, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    log = Path(args.out) / f"ablate-{task}-{steps}.log"  # as it runs: its first line names the ablation's ID
+    with log.open("a") as errors:
+        out = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"ablate failed for {task} at {steps} steps: {out.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"ablate failed for {task} at {steps} steps: {log.read_text().strip().splitlines()[-1:]}")
     report = json.loads(out.stdout)
     report["benchmark"], report["wall_seconds"], report["command"] = benchmark, time.perf_counter() - started, command
     return report
@@ -74,6 +81,8 @@ def main() -> None:
                         help="with --variants lacking plain-matched: pair each variant, seed by seed, with the "
                              "plain-matched runs of the latest earlier ablation of the same setting in the results "
                              "(seeded runs reproduce to the digit), instead of training plain-matched again")
+    parser.add_argument("--resume", metavar="ID", help="go on with the first ablation of this plan, cut off "
+                                                        "earlier: the ID on the first line of its ablate-*.log")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -84,8 +93,8 @@ def main() -> None:
     if args.long:
         plan.append(("denoise", args.long, ("plain-matched", "acla-searched")))
     if not args.summarise_only:
-        for task, steps, variants in plan:
-            report = run_ablation(task, steps, variants, args)
+        for index, (task, steps, variants) in enumerate(plan):
+            report = run_ablation(task, steps, variants, args, resume=args.resume if index == 0 else None)
             if args.reuse_reference:
                 try:
                     report = pair_with_earlier_reference(report, read_reports(lines))

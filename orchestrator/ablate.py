@@ -2,8 +2,9 @@
 fixed-key CLA, ACLA everywhere and random placements of the same cost, trained alike on paired seeds and scored
 on images no step has seen (workers/ablation.py).
 
-The recipe: check the input -> search (or read --genotype) -> build the variants within the budget ->
-train every variant and seed as parallel Ray tasks -> record a parent MLflow run with a child per variant,
+The recipe: check the input -> search (or read --genotype) -> build the variants within the budget and keep
+them as the ablation's plan (or, with --resume, read the plan kept) -> train every variant and seed not yet kept,
+as parallel Ray tasks -> record a parent MLflow run with a child per variant,
 a Markdown table and a chart -> print the table (or JSON).
 """
 from __future__ import annotations
@@ -64,21 +65,34 @@ def train_variant_task(kwargs: dict, storage, prefix: str) -> dict:
     from .driver import use_granted_cpus
     use_granted_cpus()
     with tempfile.TemporaryDirectory() as folder:
-        local = str(Path(folder) / "model.pt")
-        result = train_variant(**kwargs, checkpoint_path=local)
-        manifest = put_artifact_set(open_store(storage), prefix, {"model.pt": local})
+        local, scores = Path(folder) / "model.pt", Path(folder) / "result.json"
+        result = train_variant(**kwargs, checkpoint_path=str(local))
+        scores.write_text(json.dumps({k: v for k, v in result.items() if k != "checkpoint"}))
+        manifest = put_artifact_set(open_store(storage), prefix, {"model.pt": local, "result.json": scores})
     return {**result, "checkpoint": manifest.rsplit("/", 1)[0] + "/model.pt"}
 
 
-def run_variants(variants, *, task, data, profile, steps, seeds, storage, prefix) -> list[dict]:
-    """Every variant and seed as a Ray task, as many at once as the cluster's CPUs allow (one CPU each)."""
+def run_variants(variants, *, task, data, profile, steps, seeds, storage, prefix, resume: bool) -> list[dict]:
+    """Every variant and seed as a Ray task, as many at once as the cluster's CPUs allow (one CPU each). With
+    `resume`, a training already kept in storage is read back instead of trained again."""
     import ray
+    from storage.stores import open_store
+    from .ablation_plan import finished_training, training_key
+    store = open_store(storage)
     remote = ray.remote(num_cpus=1)(train_variant_task)
-    futures = [remote.remote({"name": v.name, "genotype": v.genotype, "task": task, "data": data, "profile": profile,
-                              "steps": steps, "seed": seed, "placement": v.placement}, storage,
-                             f"{prefix}/{v.name}{'' if v.placement is None else f'-p{v.placement}'}-s{seed}")
-               for v in variants for seed in seeds]
-    return ray.get(futures)
+    runs = []
+    for v in variants:
+        for seed in seeds:
+            key = training_key(prefix, v, seed)
+            kept = finished_training(store, key) if resume else None
+            runs.append(kept if kept is not None else remote.remote(
+                {"name": v.name, "genotype": v.genotype, "task": task, "data": data, "profile": profile,
+                 "steps": steps, "seed": seed, "placement": v.placement}, storage, key))
+    if resume:
+        print(f"acla-orch: ablate: {sum(isinstance(r, dict) for r in runs)} of {len(runs)} trainings kept from "
+              f"before; training the rest", file=sys.stderr)
+    trained = iter(ray.get([r for r in runs if not isinstance(r, dict)]))
+    return [r if isinstance(r, dict) else next(trained) for r in runs]
 
 
 def plot_ablation(path: str, rows: list[dict], budget_macs: float, title: str) -> None:
@@ -131,7 +145,10 @@ def build_requested_variants(args, searched, all_keys):
 
 
 def command_ablate(args: argparse.Namespace) -> int:
+    from storage.stores import open_store
     from workers.ablation import AblationError, check_backbone_budget, markdown_table, summarise_variants
+    from .ablation_plan import ablation_prefix, ablation_settings, read_plan, write_plan
+    from .records import experiment_name
     from .settings import settings_from_args
     from .local_commands import (check_training_data, data_from_args, profile_from_args, search_profile,
                                  task_spec_from_args, user_errors)
@@ -141,23 +158,32 @@ def command_ablate(args: argparse.Namespace) -> int:
     check_training_data(data, task, profile)
     eval_set = eval_set_from_args(args, data)
     steps, seeds = args.steps or profile.retrain_steps, list(range(args.seed, args.seed + args.seeds))
+    ablation_id = args.resume or uuid.uuid4().hex[:12]
     with user_errors():
         try:
             if not args.genotype:
                 check_backbone_budget(task, profile, args.budget)
             run, _ = settings_from_args(args)  # every target checked before the search starts
-            searched, all_keys, scores = searched_genotype(args, task, profile, data, args.budget)
-            variants, skipped = build_requested_variants(args, searched, all_keys)
+            settings = ablation_settings(args, task, profile, steps, seeds)
+            store = open_store(run.storage)
+            prefix = ablation_prefix(experiment_name(task.label), ablation_id)
+            if args.resume:  # the plan kept in storage: no second search, the same random placements
+                searched, variants, skipped, scores = read_plan(store, prefix, ablation_id, settings)
+            else:
+                searched, all_keys, scores = searched_genotype(args, task, profile, data, args.budget)
+                variants, skipped = build_requested_variants(args, searched, all_keys)
+                write_plan(store, prefix, settings, searched, variants, skipped, scores)
         except AblationError as err:
             raise UsageError(str(err)) from None
+    print(f"acla-orch: ablate: ablation {ablation_id}; if it is cut off, run the same command with --resume "
+          f"{ablation_id}", file=sys.stderr)
     from .ray_session import ray_session  # Ray and MLflow, once every input has passed its checks
-    from .tracking import ensure_experiment, experiment_name, mlflow_client
+    from .tracking import ensure_experiment, mlflow_client
     client = mlflow_client(run)
     experiment_id = ensure_experiment(client, experiment_name(task.label), run.artifact_root, run.tracking_uri)
-    prefix = f"ablations/{experiment_name(task.label)}/{uuid.uuid4().hex[:12]}"
     with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
         runs = run_variants(variants, task=task, data=dataclasses.replace(data, valid=eval_set), profile=profile,
-                            steps=steps, seeds=seeds, storage=run.storage, prefix=prefix)
+                            steps=steps, seeds=seeds, storage=run.storage, prefix=prefix, resume=bool(args.resume))
     rows = summarise_variants(runs)
     for row in rows:
         row["within_budget"] = next(v.within_budget for v in variants if v.name == row["name"])
@@ -166,6 +192,7 @@ def command_ablate(args: argparse.Namespace) -> int:
               "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
               "searched_genotype": searched.to_dict(), "position_scores": scores, "variants": rows,
               "markdown": markdown_table(rows, args.budget)}
+    report["ablation_id"] = ablation_id
     tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),
             "search_steps": str(profile.search_steps), "search_warmup": str(profile.search_warmup),
             "seeds": str(len(seeds)), "eval_data": report["eval_data"], "command_line": shlex.join(sys.argv)[:4000]}

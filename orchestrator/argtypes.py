@@ -39,3 +39,14 @@ def run_id_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an MLflow run id; expected 32 hex digits "
                                          f"(see `acla-orch status`)")
     return text
+
+
+ABLATION_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def ablation_id_arg(text: str) -> str:
+    """An ablation's ID (12 hex digits, printed by `acla-orch ablate`): it names a folder in the store."""
+    if not ABLATION_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an ablation ID; expected the 12 hex digits that "
+                                         f"`acla-orch ablate` printed")
+    return text

@@ -18,7 +18,7 @@ from .errors import Terminated, UsageError, install_signal_handlers, signals_rec
 
 from search_space.registry import ATTENTION, SEARCHABLE_KINDS, TASK_NAMES, TASKS  # torch-free
 
-from .argtypes import non_negative_int, positive_int, run_id_arg, seed_arg
+from .argtypes import ablation_id_arg, non_negative_int, positive_int, run_id_arg, seed_arg
 
 VARIANT_NAMES = ("plain", "plain-matched", "nonlocal", "cla", "acla-all", "acla-random",
                  "acla-searched")  # workers.ablation.VARIANTS
@@ -254,6 +254,9 @@ def add_orchestrator_verbs(verbs) -> None:
                              "projection shared by the reference layers, as the authors' code)")
     ablate.add_argument("--variants", type=variant_list, default=VARIANT_NAMES,
                         help=f"comma-separated subset to train (default: all of {','.join(VARIANT_NAMES)})")
+    ablate.add_argument("--resume", type=ablation_id_arg, metavar="ID",
+                        help="go on with the ablation ID that was cut off (same arguments): only the trainings it "
+                             "had not finished are trained")
     add_platform_args(ablate)
     ablate.set_defaults(handler="ablate:command_ablate")
 

@@ -126,6 +126,8 @@ def test_ablate_pairs_seeds_and_draws_random_placements(run_dir, eval_folder, tm
      "variant acla-random: 1 random placement(s) other than the searched one"),
     (["--budget", "2G", "--genotype", "ALIEN"], "unknown attention 'transformer'"),
     (["--budget", "2G", "--search-steps", "4", "--search-warmup", "4"], "leaves no architecture step"),
+    (["--budget", "2G", "--resume", "0123456789ab"], "--resume 0123456789ab: no such ablation of car-q10"),
+    (["--budget", "2G", "--resume", "last"], "'last' is not an ablation ID"),
 ])
 def test_ablate_bad_input_is_one_line(run_dir, tmp_path, extra, message):
     empty = tmp_path / "empty"
@@ -152,3 +154,68 @@ def test_ablate_bad_input_is_one_line(run_dir, tmp_path, extra, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
     assert not files_under(run_dir)  # nothing half-written
     assert not os.path.exists(os.path.join(run_dir, "mlflow.db"))
+
+
+def test_ablate_killed_then_resumed_trains_only_what_is_missing(run_dir, eval_folder, tmp_path):
+    """An ablation killed with -9 once its first training is kept, resumed with --resume ID: the kept trainings
+    are read back untouched, the rest trained, and the report equals that of the same ablation uninterrupted.
+    A resume with other settings is refused in one line."""
+    import glob
+    import hashlib
+    import time
+
+    from tests.procs import kill_with_environment, with_environment
+    from tests.test_orchestrator_verbs import start_and_kill
+    genotype = tmp_path / "searched.json"
+    genotype.write_text(json.dumps({"version": 1, "task": "car", "scale": 1, "in_channels": 3, "channels": 8,
+                                    "blocks": 4, "stages": 2, "attention": "acla", "adaptive": True,
+                                    "max_keys": 4, "positions": [0, 2], "keys": [[2], [2, 2]]}))
+    argv = ["ablate", "--task", "car", "--budget", "2G", "--profile", "smoke", "--steps", "30", "--seeds", "2",
+            "--genotype", str(genotype), "--variants", "plain-matched,acla-searched", "--eval-data", eval_folder,
+            "--json"]
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    uninterrupted = acla(*argv, home=str(clean))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    env = {**os.environ, "ACLA_HOME": run_dir, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    manifests = f"{run_dir}/artifacts/ablations/*/*/*/manifest.json"
+    start_and_kill(argv, run_dir, env, lambda: bool(glob.glob(manifests)))
+    # Ray's workers rename themselves and outlive their raylet until their task ends: kill them too (the machine
+    # is gone), or one could still finish its training and keep it after the snapshot below
+    kill_with_environment(f"ACLA_HOME={run_dir}")
+    deadline = time.time() + 30
+    while with_environment(f"ACLA_HOME={run_dir}") and time.time() < deadline:
+        time.sleep(0.2)
+    kept = {path: hashlib.sha256(Path(path).with_name("model.pt").read_bytes()).hexdigest()
+            for path in glob.glob(manifests)}
+    assert 1 <= len(kept) <= 3
+    [plan] = glob.glob(f"{run_dir}/artifacts/ablations/*/*/plan.json")
+    ablation_id = Path(plan).parent.name
+    if os.path.exists(os.path.join(run_dir, "mlflow.db")):  # nothing recorded for the cut-off run
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        assert not client.search_runs(experiments, filter_string="tags.acla_kind = 'ablation'")
+
+    other = acla(*argv[:8], "31", *argv[9:], "--resume", ablation_id, home=run_dir)
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
+    assert f"--resume {ablation_id}: that ablation ran with steps 30, not 31" in other.stderr
+
+    resumed = acla(*argv, "--resume", ablation_id, home=run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(kept)} of 4 trainings kept from before" in resumed.stderr
+    assert f"ablation {ablation_id}; if it is cut off, run the same command with --resume {ablation_id}" in \
+        resumed.stderr
+    for path, digest in kept.items():  # read back, never trained or written again
+        assert hashlib.sha256(Path(path).with_name("model.pt").read_bytes()).hexdigest() == digest
+    report, reference = json.loads(resumed.stdout), json.loads(uninterrupted.stdout)
+    assert report["ablation_id"] == ablation_id
+    for ours, theirs in zip(report["variants"], reference["variants"], strict=True):
+        assert ours["name"] == theirs["name"] and ours["genotype"] == theirs["genotype"]
+        assert ours["psnr_y_seeds"] == theirs["psnr_y_seeds"]  # seeded: the same to the last digit
+        assert len(ours["checkpoints"]) == 2 and all(uri.startswith(f"file://{run_dir}") for uri in ours["checkpoints"])
+    assert report["variants"][1]["gap_y"] == reference["variants"][1]["gap_y"]
