@@ -175,6 +175,17 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
+def median_ms(call, repeats: int) -> float:
+    """Median ms of `repeats` calls after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 1)
+
+
 def kernel_bounds(channels: int, layers: int, keys: int, batch: int, size: int, repeats: int) -> dict:
     """Median ms of the CPU kernel alone (search form: 73% of keys gated on, every key's gradients), channels-last
     maps: the same work under offsets that change only where its reads land, and its backward without the value
@@ -187,27 +198,19 @@ def kernel_bounds(channels: int, layers: int, keys: int, batch: int, size: int, 
     logits = torch.randn(*shape, generator=generator)
     gates = (torch.rand(*shape, generator=generator) < 0.73).float()
     bias, grad = torch.randn(channels, generator=generator), torch.randn(batch, size, size, channels, generator=generator)
-
-    def median_ms(call) -> float:
-        call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        return round(1000 * statistics.median(times), 1)
     rows = {}
     for name, spread in (("trained_offsets_1.5px", 1.5), ("same_four_pixels", None), ("offsets_8px", 8.0)):
         offsets = (torch.full((*shape, 2), 0.5) if spread is None
                    else torch.randn(*shape, 2, generator=generator) * spread).contiguous()
         none = bias.new_empty(0)  # no residual
         _, weights = kernel.forward(values, offsets, logits, gates, bias, keys, none)
-        rows[f"forward_{name}"] = median_ms(lambda: kernel.forward(values, offsets, logits, gates, bias, keys, none))
+        rows[f"forward_{name}"] = median_ms(lambda: kernel.forward(values, offsets, logits, gates, bias, keys, none),
+                                            repeats)
         rows[f"backward_{name}"] = median_ms(lambda: kernel.backward(values, offsets, logits, gates, bias, weights,
-                                                                       keys, grad, True, True))
+                                                                       keys, grad, True, True), repeats)
         if spread == 1.5:
             rows["backward_without_value_grads"] = median_ms(lambda: kernel.backward(
-                values, offsets, logits, gates, bias, weights, keys, grad, False, True))
+                values, offsets, logits, gates, bias, weights, keys, grad, False, True), repeats)
     return rows
 
 
@@ -232,15 +235,7 @@ def p1_bound(conv: nn.Module, acla: ACLA, kernel: dict, batch: int, size: int, r
         out = conv(x)
         out.backward(torch.ones_like(out))
 
-    def median_ms(call) -> float:
-        call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        return round(1000 * statistics.median(times), 1)
-    conv_ms, projection_ms = median_ms(conv_pass), median_ms(projections)
+    conv_ms, projection_ms = median_ms(conv_pass, repeats), median_ms(projections, repeats)
     kernel_ms = kernel["forward_trained_offsets_1.5px"] + kernel["backward_trained_offsets_1.5px"]
     return {"conv3x3": conv_ms, "projections": projection_ms, "kernel": round(kernel_ms, 1),
             "left_for_kernel_and_glue_at_2x": round(2 * conv_ms - projection_ms, 1)}

@@ -30,23 +30,17 @@ def seed_arg(text: str) -> int:
     return _int_at_least(text, 0, SEED_LIMIT - 1)
 
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
+def _hex_id(text: str, digits: int, what: str, where: str) -> str:
+    if not re.fullmatch(f"[0-9a-f]{{{digits}}}", text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not {what}; expected {digits} hex digits ({where})")
+    return text
 
 
 def run_id_arg(text: str) -> str:
     """An MLflow run id (32 hex digits): it goes into MLflow filters and names, so nothing else is accepted."""
-    if not RUN_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an MLflow run id; expected 32 hex digits "
-                                         f"(see `acla-orch status`)")
-    return text
-
-
-ABLATION_ID = re.compile(r"[0-9a-f]{12}")
+    return _hex_id(text, 32, "an MLflow run id", "see `acla-orch status`")
 
 
 def ablation_id_arg(text: str) -> str:
     """An ablation's ID (12 hex digits, printed by `acla-orch ablate`): it names a folder in the store."""
-    if not ABLATION_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an ablation ID; expected the 12 hex digits that "
-                                         f"`acla-orch ablate` printed")
-    return text
+    return _hex_id(text, 12, "an ablation ID", "the ID `acla-orch ablate` printed")
