@@ -191,11 +191,11 @@ def command_ablate(args: argparse.Namespace) -> int:
               "seeds": len(seeds), "attention": searched.attention, "skipped": skipped,
               "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
               "searched_genotype": searched.to_dict(), "position_scores": scores, "variants": rows,
-              "markdown": markdown_table(rows, args.budget)}
-    report["ablation_id"] = ablation_id
+              "markdown": markdown_table(rows, args.budget), "ablation_id": ablation_id}
     tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),
             "search_steps": str(profile.search_steps), "search_warmup": str(profile.search_warmup),
-            "seeds": str(len(seeds)), "eval_data": report["eval_data"], "command_line": shlex.join(sys.argv)[:4000]}
+            "seeds": str(len(seeds)), "eval_data": report["eval_data"], "ablation_id": ablation_id,
+            "command_line": shlex.join(sys.argv)[:4000]}
     report["parent_run_id"] = record_ablation(client, experiment_id, tags=tags, rows=rows, runs=runs, report=report)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "markdown"}))

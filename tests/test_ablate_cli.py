@@ -214,6 +214,9 @@ def test_ablate_killed_then_resumed_trains_only_what_is_missing(run_dir, eval_fo
         assert hashlib.sha256(Path(path).with_name("model.pt").read_bytes()).hexdigest() == digest
     report, reference = json.loads(resumed.stdout), json.loads(uninterrupted.stdout)
     assert report["ablation_id"] == ablation_id
+    from mlflow.tracking import MlflowClient
+    parent = MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(report["parent_run_id"])
+    assert parent.data.tags["ablation_id"] == ablation_id and parent.info.status == "FINISHED"
     for ours, theirs in zip(report["variants"], reference["variants"], strict=True):
         assert ours["name"] == theirs["name"] and ours["genotype"] == theirs["genotype"]
         assert ours["psnr_y_seeds"] == theirs["psnr_y_seeds"]  # seeded: the same to the last digit
