@@ -172,7 +172,8 @@ def command_ablate(args: argparse.Namespace) -> int:
             else:
                 searched, all_keys, scores = searched_genotype(args, task, profile, data, args.budget)
                 variants, skipped = build_requested_variants(args, searched, all_keys)
-                write_plan(store, prefix, settings, searched, variants, skipped, scores)
+                write_plan(store, prefix, settings, searched, variants, skipped, scores,
+                           shlex.join(["acla-orch", *sys.argv[1:]]))
         except AblationError as err:
             raise UsageError(str(err)) from None
     print(f"acla-orch: ablate: ablation {ablation_id}; if it is cut off, run the same command with --resume "

@@ -39,8 +39,9 @@ def ablation_settings(args, task, profile, steps: int, seeds: list[int]) -> dict
             "genotype": read_genotype(args.genotype).to_dict() if args.genotype else None}
 
 
-def write_plan(store, prefix: str, settings: dict, searched, variants, skipped: dict, scores) -> None:
-    plan = {"settings": settings, "searched_genotype": searched.to_dict(), "skipped": skipped,
+def write_plan(store, prefix: str, settings: dict, searched, variants, skipped: dict, scores,
+               command: str) -> None:
+    plan = {"settings": settings, "command": command, "searched_genotype": searched.to_dict(), "skipped": skipped,
             "position_scores": scores,
             "variants": [{"name": v.name, "genotype": v.genotype.to_dict(), "macs": v.macs,
                           "within_budget": v.within_budget, "placement": v.placement} for v in variants]}
@@ -84,3 +85,26 @@ def finished_training(store, key: str) -> dict | None:
     except (StorageError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return {**result, "checkpoint": store.uri(f"{key}/model.pt")}
+
+
+def ablation_rows(store, recorded: set[str], experiment: str | None = None) -> list[dict]:
+    """Every ablation with a plan in `store` (of one experiment, where given): its ID, task, schedule, how many
+    of its trainings are kept, and whether it was recorded in MLflow (`recorded` holds those IDs); one not
+    recorded says how to go on with it."""
+    rows = []
+    for key in store.list("ablations" if experiment is None else f"ablations/{experiment}"):
+        if not key.endswith(f"/{PLAN}"):
+            continue
+        prefix, ablation_id = key.rsplit("/", 1)[0], key.split("/")[-2]
+        try:
+            plan = json.loads(store.get_bytes(key))
+            settings = plan["settings"]
+            total = len(plan["variants"]) * len(settings["seeds"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not a plan this release wrote
+        kept = sum(name.endswith("/manifest.json") for name in store.list(prefix))
+        done = ablation_id in recorded
+        rows.append({"id": ablation_id, "task": settings["task"], "steps": settings["steps"],
+                     "variants": settings["variants"], "trainings": total, "kept": kept, "recorded": done,
+                     "resume": None if done else f"{plan.get('command', 'acla-orch ablate ...')} --resume {ablation_id}"})
+    return rows

@@ -101,9 +101,10 @@ def command_status(args: argparse.Namespace) -> int:
                          "profile": parent.data.tags.get("profile"), "start_time": parent.info.start_time,
                          "resume": f"acla-orch resume {run_id}" if status in ("INTERRUPTED", "KILLED") else None})
     sweeps = sweep_rows(searches)
+    ablations = ablation_status(client, run, variant)
     if args.json:
         print(json.dumps({"run_dir": str(run.run_dir), "tracking_uri": run.tracking_uri, "searches": rows,
-                          "sweeps": sweeps}))
+                          "sweeps": sweeps, "ablations": ablations}))
     else:
         print(f"run directory {run.run_dir}, tracking {run.tracking_uri}")
         for r in rows:
@@ -114,7 +115,26 @@ def command_status(args: argparse.Namespace) -> int:
             if sweep["not_begun"]:
                 print(f"sweep {sweep['id']}: not begun: {', '.join(short_budget(b) for b in sweep['not_begun'])} "
                       f"-> acla-orch resume {sweep['parent_run_ids'][-1]} (the whole sweep)")
+        for a in ablations:
+            print(f"ablation {a['id']}  {a['task']}, {a['steps']} steps: {a['kept']} of {a['trainings']} trainings "
+                  f"kept" + ("" if a["recorded"] else f", not finished (if it was cut off: {a['resume']})"))
     return 0
+
+
+def ablation_status(client, run, variant: str | None) -> list[dict]:
+    """The ablations kept in the run's store (of one task variant, where given), as `ablation_rows` gives them;
+    none, with one line on stderr, where the store cannot be read (the searches' status does not need it)."""
+    from storage.stores import StorageError, open_store
+    from .ablation_plan import ablation_rows
+    names = {e.experiment_id: e.name for e in client.search_experiments(
+        filter_string=f"name = '{variant}'" if variant else "name LIKE 'acla-%'")}
+    recorded = {r.data.tags.get("ablation_id") for r in client.search_runs(
+        list(names), filter_string="tags.acla_kind = 'ablation'")} if names else set()
+    try:
+        return ablation_rows(open_store(run.storage), recorded, variant)
+    except StorageError as err:
+        print(f"acla-orch: status: ablations not listed: {err}", file=sys.stderr)
+        return []
 
 
 def sweep_rows(searches: list[dict]) -> list[dict]:

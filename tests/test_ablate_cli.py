@@ -201,6 +201,10 @@ def test_ablate_killed_then_resumed_trains_only_what_is_missing(run_dir, eval_fo
         experiments = [e.experiment_id for e in client.search_experiments()]
         assert not client.search_runs(experiments, filter_string="tags.acla_kind = 'ablation'")
 
+    [row] = json.loads(acla("status", "--json", home=run_dir).stdout)["ablations"]
+    assert (row["id"], row["kept"], row["trainings"], row["recorded"]) == (ablation_id, len(kept), 4, False)
+    assert row["resume"] == f"acla-orch {' '.join(argv)} --resume {ablation_id}"
+
     other = acla(*argv[:8], "31", *argv[9:], "--resume", ablation_id, home=run_dir)
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert f"--resume {ablation_id}: that ablation ran with steps 30, not 31" in other.stderr
@@ -217,6 +221,8 @@ def test_ablate_killed_then_resumed_trains_only_what_is_missing(run_dir, eval_fo
     from mlflow.tracking import MlflowClient
     parent = MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(report["parent_run_id"])
     assert parent.data.tags["ablation_id"] == ablation_id and parent.info.status == "FINISHED"
+    [row] = json.loads(acla("status", "--json", home=run_dir).stdout)["ablations"]
+    assert (row["kept"], row["recorded"], row["resume"]) == (4, True, None)
     for ours, theirs in zip(report["variants"], reference["variants"], strict=True):
         assert ours["name"] == theirs["name"] and ours["genotype"] == theirs["genotype"]
         assert ours["psnr_y_seeds"] == theirs["psnr_y_seeds"]  # seeded: the same to the last digit
