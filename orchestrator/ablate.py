@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import shlex
 import sys
 import tempfile
 import uuid
@@ -144,6 +143,12 @@ def build_requested_variants(args, searched, all_keys):
         return build_variants(searched, args.budget, all_keys, names=names, seed=args.seed), {"acla-random": str(err)}
 
 
+def command_line(argv: list[str]) -> str:
+    """The ablate command as a user types it, any password in a URI hidden: it is stored (the plan, MLflow)."""
+    from .cli import redacted_command
+    return redacted_command(["acla-orch", *argv[1:]])
+
+
 def command_ablate(args: argparse.Namespace) -> int:
     from storage.stores import open_store
     from workers.ablation import AblationError, check_backbone_budget, markdown_table, summarise_variants
@@ -172,8 +177,7 @@ def command_ablate(args: argparse.Namespace) -> int:
             else:
                 searched, all_keys, scores = searched_genotype(args, task, profile, data, args.budget)
                 variants, skipped = build_requested_variants(args, searched, all_keys)
-                write_plan(store, prefix, settings, searched, variants, skipped, scores,
-                           shlex.join(["acla-orch", *sys.argv[1:]]))
+                write_plan(store, prefix, settings, searched, variants, skipped, scores, command_line(sys.argv))
         except AblationError as err:
             raise UsageError(str(err)) from None
     print(f"acla-orch: ablate: ablation {ablation_id}; if it is cut off, run the same command with --resume "
@@ -196,7 +200,7 @@ def command_ablate(args: argparse.Namespace) -> int:
     tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),
             "search_steps": str(profile.search_steps), "search_warmup": str(profile.search_warmup),
             "seeds": str(len(seeds)), "eval_data": report["eval_data"], "ablation_id": ablation_id,
-            "command_line": shlex.join(sys.argv)[:4000]}
+            "command_line": command_line(sys.argv)[:4000]}
     report["parent_run_id"] = record_ablation(client, experiment_id, tags=tags, rows=rows, runs=runs, report=report)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "markdown"}))

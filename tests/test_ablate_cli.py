@@ -228,3 +228,13 @@ def test_ablate_killed_then_resumed_trains_only_what_is_missing(run_dir, eval_fo
         assert ours["psnr_y_seeds"] == theirs["psnr_y_seeds"]  # seeded: the same to the last digit
         assert len(ours["checkpoints"]) == 2 and all(uri.startswith(f"file://{run_dir}") for uri in ours["checkpoints"])
     assert report["variants"][1]["gap_y"] == reference["variants"][1]["gap_y"]
+
+
+def test_the_stored_command_line_hides_a_password():
+    """The ablate command kept in its plan and its MLflow tags: as typed, but a password in a URI hidden."""
+    from orchestrator.ablate import command_line
+    line = command_line(["/x/orchestrator/cli.py", "ablate", "--task", "car", "--budget", "13G",
+                         "--tracking-uri", "postgresql://user:hunter2@db:5432/mlflow", "--resume", "0123456789ab"])
+    assert "hunter2" not in line
+    assert line == "acla-orch ablate --task car --budget 13G --tracking-uri 'postgresql://user:***@db:5432/mlflow' " \
+        "--resume 0123456789ab"
