@@ -78,6 +78,30 @@ def test_a_residual_is_added_in_the_kernel_with_its_gradient_the_identity(shape,
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=f"gradient {index}")
 
 
+def test_value_gradients_are_computed_only_where_a_value_needs_one(monkeypatch):
+    """The kernel's backward is asked for the value gradients only where some value map requires a gradient:
+    not where only the residual (or the offsets) does."""
+    from search_space.ops import acla_attend
+    kernel, asked = acla_attend.load_extension(), []
+
+    class Recording:
+        forward = staticmethod(kernel.forward)
+
+        @staticmethod
+        def backward(*args):
+            asked.append(args[8])  # value_grad
+            return kernel.backward(*args)
+    monkeypatch.setattr(acla_attend, "load_extension", lambda: Recording)
+    values, offsets, logits, gates, bias = case(1, 4, 2, 3, 5, 6, spread=1.0, seed=3)
+    residual = torch.randn(1, 5, 6, 4, requires_grad=True)
+    offsets.requires_grad_(True)
+    attend(values, offsets, logits, gates, 3, bias, residual=residual).sum().backward()
+    values[1].requires_grad_(True)
+    attend(values, offsets, logits, gates, 3, bias, residual=residual).sum().backward()
+    assert asked == [False, True]
+    assert values[0].grad is None and values[1].grad is not None and residual.grad is not None
+
+
 def test_off_key_gradients_skipped_for_a_derived_module():
     values, offsets, logits, gates, bias = case(2, 8, 2, 4, 5, 6, spread=2.0, seed=5)
     grad = torch.randn(2, 5, 6, 8)

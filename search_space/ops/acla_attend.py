@@ -145,7 +145,7 @@ class _FusedAttend(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         offsets, logits, gates, bias, weights, *values = ctx.saved_tensors
-        value_grad = any(ctx.needs_input_grad[6:])
+        value_grad = any(ctx.needs_input_grad[7:])  # the inputs after keys .. bias and the residual
         *grad_values, grad_offsets, grad_logits, grad_gates, grad_bias = load_extension().backward(
             values, offsets, logits, gates, bias, weights, ctx.keys, grad_out, value_grad, ctx.off_key_grads)
         grad_residual = grad_out if ctx.needs_input_grad[6] else None  # the skip connection's: the identity
