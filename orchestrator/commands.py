@@ -91,7 +91,8 @@ def command_status(args: argparse.Namespace) -> int:
     searches = SearchState(run.run_dir).searches()
     states = {s["parent_run_id"]: s["status"] for s in searches}
     rows = []
-    for experiment in client.search_experiments(filter_string=f"name = '{variant}'" if variant else "name LIKE 'acla-%'"):
+    experiments = client.search_experiments(filter_string=f"name = '{variant}'" if variant else "name LIKE 'acla-%'")
+    for experiment in experiments:
         for parent in client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'search'"):
             run_id, status = parent.info.run_id, parent.info.status
             if status == "RUNNING" and states.get(run_id) == "interrupted":
@@ -101,7 +102,7 @@ def command_status(args: argparse.Namespace) -> int:
                          "profile": parent.data.tags.get("profile"), "start_time": parent.info.start_time,
                          "resume": f"acla-orch resume {run_id}" if status in ("INTERRUPTED", "KILLED") else None})
     sweeps = sweep_rows(searches)
-    ablations = ablation_status(client, run, variant)
+    ablations = ablation_status(client, run, [e.experiment_id for e in experiments], variant)
     if args.json:
         print(json.dumps({"run_dir": str(run.run_dir), "tracking_uri": run.tracking_uri, "searches": rows,
                           "sweeps": sweeps, "ablations": ablations}))
@@ -121,15 +122,14 @@ def command_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def ablation_status(client, run, variant: str | None) -> list[dict]:
-    """The ablations kept in the run's store (of one task variant, where given), as `ablation_rows` gives them;
-    none, with one line on stderr, where the store cannot be read (the searches' status does not need it)."""
+def ablation_status(client, run, experiment_ids: list[str], variant: str | None) -> list[dict]:
+    """The ablations kept in the run's store (of one task variant, where given), as `ablation_rows` gives them,
+    those recorded in MLflow under `experiment_ids` marked so; none, with one line on stderr, where the store
+    cannot be read (the searches' status does not need it)."""
     from storage.stores import StorageError, open_store
     from .ablation_plan import ablation_rows
-    names = {e.experiment_id: e.name for e in client.search_experiments(
-        filter_string=f"name = '{variant}'" if variant else "name LIKE 'acla-%'")}
     recorded = {r.data.tags.get("ablation_id") for r in client.search_runs(
-        list(names), filter_string="tags.acla_kind = 'ablation'")} if names else set()
+        experiment_ids, filter_string="tags.acla_kind = 'ablation'")} if experiment_ids else set()
     try:
         return ablation_rows(open_store(run.storage), recorded, variant)
     except StorageError as err:
