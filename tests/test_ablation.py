@@ -164,6 +164,8 @@ def test_summary_pairs_seeds_and_averages_random_placements():
     assert random_row["gap_y"]["mean"] == pytest.approx(0.0, abs=1e-12)
     assert random_row["placement_spread"] == pytest.approx(0.6)
     assert [p["placement"] for p in random_row["placements"]] == [0, 1, 2]
+    assert [p["psnr_rgb"] for p in random_row["placements"]] == pytest.approx([27.2, 27.5, 27.8])  # RGB = Y - 3
     assert "gap_y" not in rows["plain-matched"]
     table = markdown_table(list(rows.values()), budget_macs=200)
     assert "+0.100 [" in table and "acla-random placement 2" in table and "spread over placements 0.600" in table
+    assert "30.200 dB PSNR-Y, 27.200 dB PSNR-RGB (means over seeds)" in table  # placement 0: mean(30.0/31.0/30.5) - 0.3

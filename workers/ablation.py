@@ -273,6 +273,9 @@ def summarise_variants(runs: Sequence[dict], reference: str = "plain-matched") -
             row["placements"] = [{"placement": index, "positions": group[0]["genotype"]["positions"],
                                   "macs": group[0]["macs"], "psnr_y": statistics.fmean(r["psnr_y"] for r in group)}
                                  for index, group in sorted(placements.items())]
+            if rgb:  # a colour task's headline may be RGB (denoise): each placement's mean there too
+                for placement, group in zip(row["placements"], (g for _, g in sorted(placements.items()))):
+                    placement["psnr_rgb"] = statistics.fmean(r["psnr_rgb"] for r in group)
             means = [p["psnr_y"] for p in row["placements"]]
             row["placement_spread"] = max(means) - min(means)
             row["macs"] = round(statistics.fmean(p["macs"] for p in row["placements"]))
@@ -308,7 +311,8 @@ def markdown_table(rows: Sequence[dict], budget_macs: float) -> str:
     for r in rows:
         for p in r.get("placements", []):
             lines.append(f"- acla-random placement {p['placement']}: positions {p['positions']}, "
-                         f"{format_macs(p['macs'])}MACs, {p['psnr_y']:.3f} dB PSNR-Y (mean over seeds)")
+                         f"{format_macs(p['macs'])}MACs, {p['psnr_y']:.3f} dB PSNR-Y"
+                         + (f", {p['psnr_rgb']:.3f} dB PSNR-RGB" if "psnr_rgb" in p else "") + " (means over seeds)")
         if "placement_spread" in r:
             lines.append(f"- acla-random: spread over placements {r['placement_spread']:.3f} dB")
     return "\n".join(lines) + "\n"
