@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from tests.procs import mentioning, processes
@@ -76,10 +77,22 @@ def connect(gcs: str, home: str, **env) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def agent_log_once_bound(path: Path, patience: float = 60.0) -> str:
+    """The dashboard agent's log once it says where its HTTP server is, or that it failed to bind (with a fixed
+    port taken, Ray's agent retries for 3.3 s, then logs the failure): on a loaded machine the line can come
+    seconds after a client has connected, so the test waits for it rather than reading the log too early."""
+    deadline = time.monotonic() + patience
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if "Dashboard agent http address" in text or "failed to bind" in text.lower() or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
+
+
 def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_and_writes_it_nowhere(run_dir,
                                                                                                      tmp_path):
     """Even when the user's environment says RAY_AUTH_MODE=disabled. With Ray's fixed dashboard-agent port
-    taken, as another Ray on the machine takes it, the agent binds a port of its own, at once."""
+    taken, as another Ray on the machine takes it, the agent binds a port of its own, with no failed retries."""
     import socket
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}
     env.pop("RAY_AUTH_TOKEN", None)
@@ -101,7 +114,7 @@ def test_local_ray_listens_on_loopback_only_refuses_a_client_without_its_token_a
         assert connect(started["gcs"], str(stranger)) == "REFUSED ConnectionError"
         assert connect(started["gcs"], str(stranger), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=started["token"]) == \
             "CONNECTED " + str(os.cpu_count())
-        agent_log = (Path(run_dir) / "ray" / "session_latest" / "logs" / "dashboard_agent.log").read_text()
+        agent_log = agent_log_once_bound(Path(run_dir) / "ray" / "session_latest" / "logs" / "dashboard_agent.log")
         assert "Dashboard agent http address: 127.0.0.1:" in agent_log and "failed to bind" not in agent_log.lower()
         # no idle Python workers started ahead of need (a search's trials could not take them; driver.py)
         raylet, = [pid for pid, line in mentioning(run_dir) if line.split()[0].endswith("/raylet")]
