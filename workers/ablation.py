@@ -270,12 +270,13 @@ def summarise_variants(runs: Sequence[dict], reference: str = "plain-matched") -
             placements = {}
             for run in mine:
                 placements.setdefault(run["placement"], []).append(run)
-            row["placements"] = [{"placement": index, "positions": group[0]["genotype"]["positions"],
-                                  "macs": group[0]["macs"], "psnr_y": statistics.fmean(r["psnr_y"] for r in group)}
-                                 for index, group in sorted(placements.items())]
-            if rgb:  # a colour task's headline may be RGB (denoise): each placement's mean there too
-                for placement, group in zip(row["placements"], (g for _, g in sorted(placements.items()))):
+            row["placements"] = []
+            for index, group in sorted(placements.items()):
+                placement = {"placement": index, "positions": group[0]["genotype"]["positions"],
+                             "macs": group[0]["macs"], "psnr_y": statistics.fmean(r["psnr_y"] for r in group)}
+                if rgb:  # a colour task's headline may be RGB (denoise): each placement's mean there too
                     placement["psnr_rgb"] = statistics.fmean(r["psnr_rgb"] for r in group)
+                row["placements"].append(placement)
             means = [p["psnr_y"] for p in row["placements"]]
             row["placement_spread"] = max(means) - min(means)
             row["macs"] = round(statistics.fmean(p["macs"] for p in row["placements"]))
