@@ -115,7 +115,9 @@ class RestorationNet(nn.Module):
 
     def _finish(self, x: torch.Tensor, head: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         features = self.body_end(features) + head
-        out = self.tail(self.upsample(features))
+        # Under bf16 autocast the tail's output comes back to the input's precision before the global skip adds
+        # the input back and before the loss: both in fp32 (search_space/precision.py).
+        out = self.tail(self.upsample(features)).to(x.dtype)
         return out if self.upscales else x + out  # same-size tasks learn the residual on their input
 
 

@@ -25,6 +25,7 @@ from .budget import check_budget
 from .cost import genotype_macs
 from .genotype import Genotype, refs_at_position
 from .optim import Adam
+from .precision import autocast
 from .registry import get_kind
 from .supernet import Supernet
 
@@ -182,6 +183,7 @@ def search_architecture(
     key_price: float = KEY_PRICE,
     gate_lr: float = GATE_LR,
     price_lr: float = PRICE_LR,
+    precision: str = "fp32",
 ) -> SearchOutcome:
     """Alternate weight and architecture steps on separate batches; return the derived genotype.
 
@@ -191,6 +193,8 @@ def search_architecture(
     `score_measurements` times on the held-out `score_batches` (default: two batches drawn first from
     `batches`); the genotype is derived from their mean, by ranking (`derive_genotype`). A search run at a
     proxy scale derives again on the target backbone from the same scores (workers/search_run.py).
+    Both steps' forward passes run in `precision` (search_space/precision.py); the scores are measured in fp32,
+    as every validation is.
     """
     bare_macs = check_bare_budget(supernet.base, budget_macs)
     supernet.set_gate_temperature(gate_temperature)
@@ -213,7 +217,9 @@ def search_architecture(
     for step in range(1, steps + 1):
         inputs, targets = next(batches)
         weight_opt.zero_grad(set_to_none=True)
-        train_loss = loss_fn(supernet(inputs), targets)
+        with autocast(precision, inputs.device):
+            output = supernet(inputs)
+        train_loss = loss_fn(output.float(), targets)
         train_loss.backward()
         weight_opt.step()
 
@@ -221,7 +227,9 @@ def search_architecture(
         arch_opt.zero_grad(set_to_none=True)
         arch_step = step > warmup_steps
         with torch.set_grad_enabled(arch_step):  # during the warm-up the validation loss is only reported
-            val_loss = loss_fn(supernet(inputs), targets)
+            with autocast(precision, inputs.device):
+                output = supernet(inputs)
+            val_loss = loss_fn(output.float(), targets)
             expected = supernet.expected_macs()
             penalty = penalty_weight * budget_penalty(expected, budget_macs)
             price = key_price_term(supernet.expected_key_macs(), bare_macs, budget_macs, key_price)

@@ -27,6 +27,7 @@ from .acla import OFFSET_LR_SCALE, parameter_groups
 from .elastic import ElasticSupernet, WidthView, sandwich_widths
 from .genotype import Genotype
 from .optim import Adam
+from .precision import autocast
 from .search import (GATE_LR, KEY_PRICE, PRICE_LR, budget_penalty, check_bare_budget, derive_genotype,
                      key_price_term)
 
@@ -43,9 +44,11 @@ class SharedSupernetSearch:
                  seed: int = 0, random_widths: int = 2, key_price: float = KEY_PRICE, gate_lr: float = GATE_LR,
                  price_lr: float = PRICE_LR, offset_lr_scale: float = OFFSET_LR_SCALE,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
-                 reduce_gradients: Callable[[list[torch.Tensor]], None] | None = None) -> None:
+                 reduce_gradients: Callable[[list[torch.Tensor]], None] | None = None,
+                 precision: str = "fp32") -> None:
         """`reduce_gradients` averages a list of gradient tensors in place across data-parallel workers (each
-        drawing its share of the batch), before every optimizer step, as DDP does; None on one worker."""
+        drawing its share of the batch), before every optimizer step, as DDP does; None on one worker.
+        `precision` is the forward passes' (search_space/precision.py); losses and weights stay fp32."""
         budgets = {(k if isinstance(k, tuple) else (k, elastic.base.blocks)): b for k, b in budgets.items()}
         if set(budgets) != set(elastic.sizes):
             raise ValueError(f"need one budget per size {list(elastic.sizes)}, got {sorted(budgets)}")
@@ -54,6 +57,7 @@ class SharedSupernetSearch:
         self.penalty_weight, self.key_price, self.price_lr = penalty_weight, key_price, price_lr
         self.random_widths = random_widths
         self.reduce_gradients = reduce_gradients
+        self.precision = precision
         self.rng = random.Random(seed)
         self.steps_done = 0
         elastic.set_gate_temperature(gate_temperature)
@@ -73,7 +77,9 @@ class SharedSupernetSearch:
         losses = {}
         for size in sandwich_widths(self.elastic.sizes, self.rng, self.random_widths):
             view = self.elastic.at(*size).train()
-            loss = self.loss_fn(view(inputs), targets)
+            with autocast(self.precision, inputs.device):
+                output = view(inputs)
+            loss = self.loss_fn(output.float(), targets)
             loss.backward()
             losses[size] = loss.item()
         self._reduce(self.elastic.weight_parameters())
@@ -89,7 +95,9 @@ class SharedSupernetSearch:
         inputs, targets = batch
         self.arch_opt.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(update):
-            val_loss = self.loss_fn(view(inputs), targets)
+            with autocast(self.precision, inputs.device):
+                output = view(inputs)
+            val_loss = self.loss_fn(output.float(), targets)
             expected = view.expected_macs()
             penalty = self.penalty_weight * budget_penalty(expected, budget)
             price = key_price_term(view.expected_key_macs(), self.bare[size], budget, self.key_price)

@@ -49,6 +49,13 @@ class Profile:
     # training already gave (search_space/shared_search.py), and fine-tunes them for these steps before it is
     # scored (Once-for-All and BigNAS score inherited weights with no training at all). 0: `train_steps`.
     sweep_train_steps: int = 0
+    # The float format of every training step: "fp32", or "bf16" autocast (search_space/precision.py). The CLI
+    # resolves --precision (auto by default) into one of the two; a stored search keeps the one it started with.
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"profile precision {self.precision!r}; expected fp32 or bf16")
 
     def sweep_steps(self) -> int:
         return self.sweep_train_steps or self.train_steps

@@ -72,7 +72,8 @@ def run_search(config: SearchConfig, data: DataSpec, profile: Profile, report: R
                                   steps=profile.search_steps, weight_lr=config.weight_lr, arch_lr=config.arch_lr,
                                   penalty_weight=config.penalty_weight, gate_temperature=config.gate_temperature,
                                   report=report, report_every=profile.log_every, warmup_steps=profile.search_warmup,
-                                  score_batches=[next(held_out) for _ in range(SCORE_BATCHES)])
+                                  score_batches=[next(held_out) for _ in range(SCORE_BATCHES)],
+                                  precision=profile.precision)
     genotype = derive_genotype(base=target, position_scores=outcome.position_scores, active_keys=outcome.active_keys,
                                budget_macs=config.budget_macs, score_errors=outcome.score_errors,
                                key_caps=outcome.key_caps or None)

@@ -38,7 +38,7 @@ def build_shared_search(config: SharedConfig, profile: Profile, device: torch.de
     elastic.to(device or training_device())
     return SharedSupernetSearch(elastic, priced, weight_lr=config.weight_lr, arch_lr=config.arch_lr,
                                 penalty_weight=config.penalty_weight, gate_temperature=config.gate_temperature,
-                                seed=config.seed, reduce_gradients=reduce_gradients)
+                                seed=config.seed, reduce_gradients=reduce_gradients, precision=profile.precision)
 
 
 def train_shared_supernet(config: SharedConfig, data: DataSpec, profile: Profile, *, steps: int | None = None,

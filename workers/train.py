@@ -1,6 +1,8 @@
 """Straight-line training and evaluation, shared by the search trials and the retraining.
 
-L1 loss and Adam with step decay (EDSR's recipe, scaled by the profile). `report` is a plain callable that
+L1 loss and Adam with step decay (EDSR's recipe, scaled by the profile), each step in the profile's precision
+(fp32, or bf16 autocast: search_space/precision.py); evaluation always runs and scores in fp32, so that a model
+trained in either precision is measured alike. `report` is a plain callable that
 the orchestrator wraps for Ray; nothing here imports Ray, MLflow or boto3. A run resumed from its
 checkpoint ends with the same weights as one that was never interrupted (tests/test_train.py).
 """
@@ -18,6 +20,7 @@ from search_space.acla import parameter_groups
 from search_space.backbone import build_network
 from search_space.genotype import Genotype
 from search_space.optim import Adam, StepLR
+from search_space.precision import autocast
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, DataSpec, ImageSet, PatchSampler, evaluation_pairs, prepare_pairs, to_tensor
@@ -80,9 +83,13 @@ def make_optimizer(model: torch.nn.Module, profile: Profile):
 
 
 def train_step(model: torch.nn.Module, optimizer: Adam, inputs: torch.Tensor,
-               targets: torch.Tensor) -> float:
+               targets: torch.Tensor, precision: str = "fp32") -> float:
+    """One step of L1 and Adam; the forward pass in `precision` (the output, the loss and the gradients of the
+    fp32 weights come back in fp32)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = F.l1_loss(model(inputs), targets)
+    with autocast(precision, inputs.device):
+        output = model(inputs)
+    loss = F.l1_loss(output.float(), targets)
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -132,7 +139,7 @@ def train(*, genotype: Genotype, task: TaskSpec, data: DataSpec, profile: Profil
         inputs, targets = next(sampler)
         inputs, targets = inputs.to(device), targets.to(device)
         data_seconds += time.perf_counter() - fetch
-        loss = train_step(net, optimizer, inputs, targets)
+        loss = train_step(net, optimizer, inputs, targets, profile.precision)
         scheduler.step()
         step += 1
         if step % profile.log_every == 0 or step == last:

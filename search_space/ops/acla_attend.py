@@ -146,6 +146,7 @@ class _FusedAttend(torch.autograd.Function):
     def backward(ctx, grad_out):
         offsets, logits, gates, bias, weights, *values = ctx.saved_tensors
         value_grad = any(ctx.needs_input_grad[7:])  # the inputs after keys .. bias and the residual
+        grad_out = grad_out.to(values[0].dtype)  # the kernel reads it as it reads the maps
         *grad_values, grad_offsets, grad_logits, grad_gates, grad_bias = load_extension().backward(
             values, offsets, logits, gates, bias, weights, ctx.keys, grad_out, value_grad, ctx.off_key_grads)
         grad_residual = grad_out if ctx.needs_input_grad[6] else None  # the skip connection's: the identity
@@ -189,17 +190,23 @@ def use_reference():
 
 
 def attention_backend(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
-    """Which implementation `attend` runs for tensors on `device`: the Triton kernel for float32 CUDA tensors,
-    the fused C++ kernel for float CPU tensors, the grid_sample reference otherwise (or where the first two
-    cannot be loaded). A `use_backend` block overrides the choice."""
+    """Which implementation `attend` runs for value maps of `dtype` on `device`: the Triton kernel for float32 or
+    bfloat16 CUDA tensors, the fused C++ kernel for float32, float64 or bfloat16 CPU tensors, the grid_sample
+    reference otherwise (or where the first two cannot be loaded). A `use_backend` block overrides the choice."""
     if _forced_backend is not None:
         return _forced_backend
     kind = torch.device(device).type
-    if kind == "cuda" and dtype == torch.float32 and triton_module() is not None:
+    if kind == "cuda" and dtype in (torch.float32, torch.bfloat16) and triton_module() is not None:
         return "triton"
-    if kind == "cpu" and dtype in (torch.float32, torch.float64) and load_extension() is not None:
+    if kind == "cpu" and dtype in (torch.float32, torch.float64, torch.bfloat16) and load_extension() is not None:
         return "cpu-kernel"
     return "reference"
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the keys' tensors (offsets, logits, gates, bias) and of every sum for value maps of `dtype`:
+    float32 for half-precision maps (mixed precision), the maps' own otherwise."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def cpu_kernel_available(tensor: torch.Tensor) -> bool:
@@ -223,16 +230,24 @@ def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.
         raise ValueError(f"{len(values)} reference layers x {keys_per_ref} keys: offsets {tuple(offsets.shape)}, "
                          f"logits {tuple(logits.shape)} must hold {keys} keys in dim 3")
     dtype, device = values[0].dtype, values[0].device
-    tensors = [offsets, logits, bias] + ([] if gates is None else [gates]) + ([] if residual is None else [residual])
+    # Mixed precision (values in bf16 under autocast): where a key samples and how much it weighs stay in fp32,
+    # and the output comes back in the maps' dtype, as the residual stream it joins.
+    keys_dtype = accumulation_dtype(dtype)
+    offsets, logits, bias = offsets.to(keys_dtype), logits.to(keys_dtype), bias.to(keys_dtype)
+    gates = None if gates is None else gates.to(keys_dtype)
+    residual = None if residual is None else residual.to(dtype)
+    values = [value.to(dtype) for value in values]
     backend = attention_backend(device, dtype)
-    if not all(t.dtype == dtype and t.device == device for t in tensors):
+    if not all(t.device == device for t in [offsets, logits, bias, *values]):
         backend = "reference"
     if (backend, device.type) not in _logged:
         _logged.add((backend, device.type))
-        log.info("ACLA attention on %s tensors: %s", device.type, backend)
+        log.info("ACLA attention on %s %s tensors: %s", device.type, str(dtype).replace("torch.", ""), backend)
     if backend in ("triton", "reference"):
         out = (triton_module().triton_attend(values, offsets, logits, gates, keys_per_ref, bias, off_key_grads)
-               if backend == "triton" else reference_attend(values, offsets, logits, gates, keys_per_ref, bias))
+               if backend == "triton" else
+               reference_attend([v.to(keys_dtype) for v in values], offsets, logits, gates, keys_per_ref, bias))
+        out = out.to(dtype)
         return out if residual is None else residual + out
     maps = [value.permute(0, 2, 3, 1).contiguous() for value in values]  # free for channels-last maps
     return _FusedAttend.apply(keys_per_ref, off_key_grads, offsets.contiguous(), logits.contiguous(),
@@ -244,6 +259,7 @@ def top_k_mask(scores: torch.Tensor, counts: Sequence[int], positive: bool = Fal
     """scores (B, H, W, L, K) -> 0/1 mask keeping each query's counts[l] highest-scored keys of layer l (with
     `positive`, only those of them whose score is above 0: a derived module's gated-on keys, in one pass)."""
     counts = [int(c) for c in counts]
+    scores = scores.to(accumulation_dtype(scores.dtype))  # ranked in fp32 under mixed precision
     if cpu_kernel_available(scores):
         return load_extension().top_k_mask(scores.detach().contiguous(), counts, positive)
     mask = torch.zeros_like(scores)

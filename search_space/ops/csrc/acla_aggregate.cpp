@@ -5,13 +5,46 @@
 // and the (B, C, K, H, W) samples are never materialised. The backward gathers per query for the offset, logit
 // and gate gradients and scatters into the value gradients from tasks that own disjoint (image, layer,
 // channel-block) slices, so it needs no atomics.
+//
+// Precision: the value maps, the residual and the output gradient are float, double or bfloat16 (value_t); the
+// offsets, logits, gates, bias, attention weights and every sum are in acc_t, float for bfloat16 values (mixed
+// precision: bf16 maps read from memory at half the bytes, softmax and accumulation in fp32, one rounding per
+// stored element) and the values' own type otherwise.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
+
+using bf16 = uint16_t;  // the raw bits of a bfloat16: converted below with shifts the compiler vectorises
+
+template <typename T> struct Accumulator { using type = T; };
+template <> struct Accumulator<bf16> { using type = float; };
+template <typename T> using acc_of = typename Accumulator<T>::type;
+
+inline float widen(bf16 bits) {
+  const uint32_t word = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &word, sizeof value);
+  return value;
+}
+inline float widen(float value) { return value; }
+inline double widen(double value) { return value; }
+
+// Round to nearest even, as torch's float -> bfloat16 conversion does (NaN stays NaN).
+template <typename T> inline T narrow(acc_of<T> value) { return value; }
+template <> inline bf16 narrow<bf16>(float value) {
+  uint32_t word;
+  std::memcpy(&word, &value, sizeof word);
+  if ((word & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  word += 0x7fffu + ((word >> 16) & 1u);
+  return static_cast<bf16>(word >> 16);
+}
 
 template <typename scalar_t>
 struct Taps {
@@ -39,14 +72,15 @@ inline Taps<scalar_t> make_taps(scalar_t px, scalar_t py, int64_t H, int64_t W) 
   return t;
 }
 
-template <typename scalar_t>
+template <typename value_t>
 struct Problem {
-  std::vector<const scalar_t*> values;  // L maps (B, H, W, C)
-  const scalar_t* offsets;              // (B, H, W, Kt, 2) as (dx, dy)
-  const scalar_t* logits;               // (B, H, W, Kt)
-  const scalar_t* gates;                // (B, H, W, Kt) of 0/1, or nullptr: every key on
-  const scalar_t* bias;                 // (C)
-  const scalar_t* residual;             // (B, H, W, C) added to the output (a module's skip connection), or nullptr
+  using acc_t = acc_of<value_t>;
+  std::vector<const value_t*> values;  // L maps (B, H, W, C)
+  const acc_t* offsets;                // (B, H, W, Kt, 2) as (dx, dy)
+  const acc_t* logits;                 // (B, H, W, Kt)
+  const acc_t* gates;                  // (B, H, W, Kt) of 0/1, or nullptr: every key on
+  const acc_t* bias;                   // (C)
+  const value_t* residual;             // (B, H, W, C) added to the output (a module's skip connection), or nullptr
   int64_t B, H, W, C, L, K, Kt;
 };
 
@@ -71,41 +105,45 @@ inline scalar_t masked_softmax(const scalar_t* logits, const scalar_t* gates, in
 // CT > 0 fixes the channel count at compile time so the channel loops unroll into registers.
 // With a residual, each query's output starts from its residual row and the bias, so the module's skip
 // connection costs no pass of its own.
-template <typename scalar_t, int CT>
-void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights) {
+template <typename value_t, int CT>
+void forward_kernel(const Problem<value_t>& p, value_t* out, acc_of<value_t>* weights) {
+  using acc_t = acc_of<value_t>;
+  // Without a compile-time width, float and double accumulate in the output row itself; bf16 in a local row.
+  constexpr bool in_place = CT == 0 && std::is_same<value_t, acc_t>::value;
   const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W;
   at::parallel_for(0, p.B * HW, 16, [&](int64_t begin, int64_t end) {
-    scalar_t acc[CT > 0 ? CT : 1];
-    std::vector<scalar_t> e(p.Kt);
+    acc_t acc[CT > 0 ? CT : 1];
+    std::vector<acc_t> row(CT > 0 || in_place ? 0 : C);
+    std::vector<acc_t> e(p.Kt);
     for (int64_t q = begin; q < end; ++q) {
       const int64_t b = q / HW, pixel = q % HW, y = pixel / p.W, x = pixel % p.W;
-      scalar_t* w = weights + q * p.Kt;
-      masked_softmax<scalar_t>(p.logits + q * p.Kt, p.gates ? p.gates + q * p.Kt : nullptr, p.Kt, e.data(), w);
-      scalar_t* o = out + q * C;
-      scalar_t* a = CT > 0 ? acc : o;  // a register-sized local accumulator when C is known
+      acc_t* w = weights + q * p.Kt;
+      masked_softmax<acc_t>(p.logits + q * p.Kt, p.gates ? p.gates + q * p.Kt : nullptr, p.Kt, e.data(), w);
+      value_t* o = out + q * C;
+      acc_t* a = CT > 0 ? acc : (in_place ? reinterpret_cast<acc_t*>(o) : row.data());
       if (p.residual) {
-        const scalar_t* r = p.residual + q * C;
-        for (int64_t c = 0; c < C; ++c) a[c] = r[c] + p.bias[c];
+        const value_t* r = p.residual + q * C;
+        for (int64_t c = 0; c < C; ++c) a[c] = widen(r[c]) + p.bias[c];
       } else {
         for (int64_t c = 0; c < C; ++c) a[c] = p.bias[c];
       }
       for (int64_t l = 0; l < p.L; ++l) {
-        const scalar_t* base = p.values[l] + b * HW * C;
+        const value_t* base = p.values[l] + b * HW * C;
         for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
           if (w[k] == 0) continue;  // a gated-off key costs nothing
-          const scalar_t* d = p.offsets + (q * p.Kt + k) * 2;
-          const auto t = make_taps<scalar_t>(x + d[0], y + d[1], p.H, p.W);
+          const acc_t* d = p.offsets + (q * p.Kt + k) * 2;
+          const auto t = make_taps<acc_t>(x + d[0], y + d[1], p.H, p.W);
           for (int i = 0; i < 4; ++i) {
             if (t.weight[i] == 0) continue;
-            const scalar_t tw = w[k] * t.weight[i];
-            const scalar_t* v = base + t.index[i] * C;
+            const acc_t tw = w[k] * t.weight[i];
+            const value_t* v = base + t.index[i] * C;
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) a[c] += tw * v[c];
+            for (int64_t c = 0; c < C; ++c) a[c] += tw * widen(v[c]);
           }
         }
       }
-      if (CT > 0)
-        for (int64_t c = 0; c < C; ++c) o[c] = a[c];
+      if (!in_place)
+        for (int64_t c = 0; c < C; ++c) o[c] = narrow<value_t>(a[c]);
     }
   });
 }
@@ -113,54 +151,64 @@ void forward_kernel(const Problem<scalar_t>& p, scalar_t* out, scalar_t* weights
 // One (image, layer, channel block [c0, c1)) task. Partial dot products over the block go to `partial`
 // (3 per query and key: d loss / d w, then the offset gradient); the caller sums the blocks. Without
 // `grad_value` nothing is scattered; without `off_key_grads` (a derived top-k module) gated-off keys are skipped.
-template <typename scalar_t, int CT>
-void backward_task(const Problem<scalar_t>& p, const scalar_t* weights, const scalar_t* grad_out,
-                   scalar_t* grad_value, scalar_t* partial, bool off_key_grads, int64_t b, int64_t l, int64_t c0,
+// The value gradient is summed in acc_t: in place for float and double, in a scratch slice for bf16, rounded once.
+template <typename value_t, int CT>
+void backward_task(const Problem<value_t>& p, const acc_of<value_t>* weights, const value_t* grad_out,
+                   value_t* grad_value, acc_of<value_t>* partial, bool off_key_grads, int64_t b, int64_t l, int64_t c0,
                    int64_t c1) {
+  using acc_t = acc_of<value_t>;
+  constexpr bool in_place = std::is_same<value_t, acc_t>::value;
   const int64_t C = CT > 0 ? CT : p.C, HW = p.H * p.W;
   const int64_t width = CT > 0 ? CT : c1 - c0;  // CT > 0 only for the whole channel range
-  const scalar_t* base = p.values[l] + b * HW * C + c0;
-  scalar_t* gbase = grad_value ? grad_value + b * HW * C + c0 : nullptr;
-  if (gbase != nullptr)  // this task alone writes these channels of this slice: zero them here, cache-warm
-    for (int64_t pixel = 0; pixel < HW; ++pixel) std::fill(gbase + pixel * C, gbase + pixel * C + width, scalar_t(0));
+  const value_t* base = p.values[l] + b * HW * C + c0;
+  value_t* target = grad_value ? grad_value + b * HW * C + c0 : nullptr;
+  std::vector<acc_t> scratch(target != nullptr && !in_place ? HW * width : 0);
+  // this task alone writes these channels of this slice: zero them here, cache-warm
+  acc_t* gbase = target == nullptr ? nullptr : (in_place ? reinterpret_cast<acc_t*>(target) : scratch.data());
+  const int64_t stride = in_place ? C : width;  // between pixels in gbase
+  if (gbase != nullptr && in_place)
+    for (int64_t pixel = 0; pixel < HW; ++pixel) std::fill(gbase + pixel * C, gbase + pixel * C + width, acc_t(0));
   for (int64_t pixel = 0; pixel < HW; ++pixel) {
     const int64_t q = b * HW + pixel, y = pixel / p.W, x = pixel % p.W;
-    const scalar_t* g = grad_out + q * C + c0;
+    const value_t* g = grad_out + q * C + c0;
     for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
-      scalar_t* out = partial + (q * p.Kt + k) * 3;
-      const scalar_t wk = weights[q * p.Kt + k];
+      acc_t* out = partial + (q * p.Kt + k) * 3;
+      const acc_t wk = weights[q * p.Kt + k];
       if (!off_key_grads && p.gates && p.gates[q * p.Kt + k] == 0) {
         out[0] = out[1] = out[2] = 0;
         continue;
       }
-      const scalar_t* d = p.offsets + (q * p.Kt + k) * 2;
-      const auto t = make_taps<scalar_t>(x + d[0], y + d[1], p.H, p.W);
-      scalar_t gw = 0, gx = 0, gy = 0;
+      const acc_t* d = p.offsets + (q * p.Kt + k) * 2;
+      const auto t = make_taps<acc_t>(x + d[0], y + d[1], p.H, p.W);
+      acc_t gw = 0, gx = 0, gy = 0;
       for (int i = 0; i < 4; ++i) {
         if (t.index[i] < 0) continue;
-        const scalar_t* v = base + t.index[i] * C;
-        scalar_t dot = 0;
+        const value_t* v = base + t.index[i] * C;
+        acc_t dot = 0;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t c = 0; c < width; ++c) dot += g[c] * v[c];
+        for (int64_t c = 0; c < width; ++c) dot += widen(g[c]) * widen(v[c]);
         gw += t.weight[i] * dot;
         gx += t.dwx[i] * dot;
         gy += t.dwy[i] * dot;
-        const scalar_t tw = wk * t.weight[i];
+        const acc_t tw = wk * t.weight[i];
         if (gbase == nullptr || tw == 0) continue;
-        scalar_t* dst = gbase + t.index[i] * C;
+        acc_t* dst = gbase + t.index[i] * stride;
 #pragma omp simd
-        for (int64_t c = 0; c < width; ++c) dst[c] += tw * g[c];
+        for (int64_t c = 0; c < width; ++c) dst[c] += tw * widen(g[c]);
       }
       out[0] = gw;
       out[1] = wk * gx;
       out[2] = wk * gy;
     }
   }
+  if (gbase != nullptr && !in_place)
+    for (int64_t pixel = 0; pixel < HW; ++pixel)
+      for (int64_t c = 0; c < width; ++c) target[pixel * C + c] = narrow<value_t>(gbase[pixel * width + c]);
 }
 
 // Per query: sum the channel blocks, write the offset gradients, and back-propagate through the masked softmax.
-template <typename scalar_t>
-void softmax_backward(const Problem<scalar_t>& p, const scalar_t* weights, const scalar_t* partial, int64_t blocks,
+template <typename value_t, typename scalar_t = acc_of<value_t>>
+void softmax_backward(const Problem<value_t>& p, const scalar_t* weights, const scalar_t* partial, int64_t blocks,
                       scalar_t* grad_offsets, scalar_t* grad_logits, scalar_t* grad_gates) {
   const int64_t queries = p.B * p.H * p.W, per_block = queries * p.Kt * 3;
   at::parallel_for(0, queries, 64, [&](int64_t begin, int64_t end) {
@@ -186,41 +234,57 @@ void softmax_backward(const Problem<scalar_t>& p, const scalar_t* weights, const
   });
 }
 
-template <typename scalar_t>
-Problem<scalar_t> make_problem(const std::vector<torch::Tensor>& values, const torch::Tensor& offsets,
-                               const torch::Tensor& logits, const torch::Tensor& gates, const torch::Tensor& bias,
-                               int64_t keys, const torch::Tensor& residual = torch::Tensor()) {
+// The problem's pointers, after checking every tensor: the maps (and the residual) of one dtype, value_t; the
+// offsets, logits, gates and bias in its accumulation type.
+template <typename value_t>
+Problem<value_t> make_problem(const std::vector<torch::Tensor>& values, const torch::Tensor& offsets,
+                              const torch::Tensor& logits, const torch::Tensor& gates, const torch::Tensor& bias,
+                              int64_t keys, const torch::Tensor& residual = torch::Tensor()) {
+  using acc_t = acc_of<value_t>;
   TORCH_CHECK(!values.empty() && values[0].dim() == 4, "values must be (B, H, W, C) maps");
   const auto& v0 = values[0];
-  Problem<scalar_t> p;
+  const auto acc_type = std::is_same<value_t, acc_t>::value ? v0.scalar_type() : at::kFloat;
+  Problem<value_t> p;
   p.B = v0.size(0), p.H = v0.size(1), p.W = v0.size(2), p.C = v0.size(3), p.L = values.size();
   p.K = keys, p.Kt = p.L * keys;
   for (const auto& v : values) {
     TORCH_CHECK(v.sizes() == v0.sizes() && v.is_contiguous() && v.device().is_cpu() &&
                 v.scalar_type() == v0.scalar_type(), "value maps must be contiguous CPU (B,H,W,C) of one dtype");
-    p.values.push_back(v.data_ptr<scalar_t>());
+    p.values.push_back(static_cast<const value_t*>(v.data_ptr()));
   }
-  const auto check = [&](const torch::Tensor& t, torch::IntArrayRef shape, const char* what) {
-    TORCH_CHECK(t.is_contiguous() && t.device().is_cpu() && t.sizes() == shape && t.scalar_type() == v0.scalar_type(),
-                what, " must be contiguous CPU ", shape, " of the values' dtype, got ", t.sizes());
+  const auto check = [&](const torch::Tensor& t, torch::IntArrayRef shape, at::ScalarType type, const char* what) {
+    TORCH_CHECK(t.is_contiguous() && t.device().is_cpu() && t.sizes() == shape && t.scalar_type() == type,
+                what, " must be contiguous CPU ", shape, " of ", type, " (for ", v0.scalar_type(), " values), got ",
+                t.sizes(), " of ", t.scalar_type());
   };
-  check(offsets, {p.B, p.H, p.W, p.Kt, 2}, "offsets");
-  check(logits, {p.B, p.H, p.W, p.Kt}, "logits");
-  check(bias, {p.C}, "bias");
-  p.offsets = offsets.data_ptr<scalar_t>();
-  p.logits = logits.data_ptr<scalar_t>();
-  p.bias = bias.data_ptr<scalar_t>();
+  check(offsets, {p.B, p.H, p.W, p.Kt, 2}, acc_type, "offsets");
+  check(logits, {p.B, p.H, p.W, p.Kt}, acc_type, "logits");
+  check(bias, {p.C}, acc_type, "bias");
+  p.offsets = static_cast<const acc_t*>(offsets.data_ptr());
+  p.logits = static_cast<const acc_t*>(logits.data_ptr());
+  p.bias = static_cast<const acc_t*>(bias.data_ptr());
   p.gates = nullptr;
   if (gates.defined() && gates.numel() > 0) {
-    check(gates, {p.B, p.H, p.W, p.Kt}, "gates");
-    p.gates = gates.data_ptr<scalar_t>();
+    check(gates, {p.B, p.H, p.W, p.Kt}, acc_type, "gates");
+    p.gates = static_cast<const acc_t*>(gates.data_ptr());
   }
   p.residual = nullptr;
   if (residual.defined() && residual.numel() > 0) {
-    check(residual, v0.sizes(), "residual");
-    p.residual = residual.data_ptr<scalar_t>();
+    check(residual, v0.sizes(), v0.scalar_type(), "residual");
+    p.residual = static_cast<const value_t*>(residual.data_ptr());
   }
   return p;
+}
+
+// Calls fn(value_t()) for the maps' dtype: float, double, or bfloat16 (as its raw bits).
+template <typename Fn>
+void dispatch_values(at::ScalarType type, Fn&& fn) {
+  switch (type) {
+    case at::kFloat: fn(float()); break;
+    case at::kDouble: fn(double()); break;
+    case at::kBFloat16: fn(bf16()); break;
+    default: TORCH_CHECK(false, "ACLA's CPU kernel takes float, double or bfloat16 value maps, got ", type);
+  }
 }
 
 // Calls fn(std::integral_constant<int, CT>) with CT = C for the common channel counts, 0 (runtime) otherwise.
@@ -239,69 +303,76 @@ void dispatch_channels(int64_t C, Fn&& fn) {
 
 }  // namespace
 
-// Returns the output (B, H, W, C), plus `residual` where it is not empty, and the attention weights (B, H, W, Kt).
+// Returns the output (B, H, W, C) in the values' dtype, plus `residual` where it is not empty, and the attention
+// weights (B, H, W, Kt) in the accumulation dtype.
 std::vector<torch::Tensor> acla_forward(std::vector<torch::Tensor> values, torch::Tensor offsets, torch::Tensor logits,
                                         torch::Tensor gates, torch::Tensor bias, int64_t keys, torch::Tensor residual) {
   std::vector<torch::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_forward", [&] {
-    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, bias, keys, residual);
+  dispatch_values(values.at(0).scalar_type(), [&](auto tag) {
+    using value_t = decltype(tag);
+    using acc_t = acc_of<value_t>;
+    const auto p = make_problem<value_t>(values, offsets, logits, gates, bias, keys, residual);
     auto out = torch::empty_like(values[0]);
     auto weights = torch::empty_like(logits);
     dispatch_channels(p.C, [&](auto ct) {
-      forward_kernel<scalar_t, decltype(ct)::value>(p, out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+      forward_kernel<value_t, decltype(ct)::value>(p, static_cast<value_t*>(out.data_ptr()),
+                                                  static_cast<acc_t*>(weights.data_ptr()));
     });
     result = {out, weights};
   });
   return result;
 }
 
-// Returns the value gradients (one per map; empty without value_grad), then the offset, logit and gate
-// gradients (empty without gates), then the bias gradient.
+// Returns the value gradients (one per map, in its dtype; empty without value_grad), then the offset, logit and
+// gate gradients (empty without gates), then the bias gradient, these in the accumulation dtype.
 std::vector<torch::Tensor> acla_backward(std::vector<torch::Tensor> values, torch::Tensor offsets, torch::Tensor logits,
                                          torch::Tensor gates, torch::Tensor bias, torch::Tensor weights, int64_t keys,
                                          torch::Tensor grad_out, bool value_grad, bool off_key_grads) {
   grad_out = grad_out.contiguous();
   std::vector<torch::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES(values.at(0).scalar_type(), "acla_backward", [&] {
-    const auto p = make_problem<scalar_t>(values, offsets, logits, gates, bias, keys);
+  dispatch_values(values.at(0).scalar_type(), [&](auto tag) {
+    using value_t = decltype(tag);
+    using acc_t = acc_of<value_t>;
+    const auto p = make_problem<value_t>(values, offsets, logits, gates, bias, keys);
     TORCH_CHECK(grad_out.sizes() == values[0].sizes() && grad_out.scalar_type() == values[0].scalar_type(),
                 "the output gradient must match the values");
-    TORCH_CHECK(weights.is_contiguous() && weights.sizes() == logits.sizes(), "weights must match the logits");
+    TORCH_CHECK(weights.is_contiguous() && weights.sizes() == logits.sizes() &&
+                weights.scalar_type() == logits.scalar_type(), "weights must match the logits");
     // Enough (image, layer) tasks keep every thread busy; otherwise split the channels into blocks as well.
     const int64_t tasks = p.B * p.L, threads = at::get_num_threads();
     const int64_t blocks = tasks >= threads ? 1 : std::max<int64_t>(1, std::min<int64_t>(p.C / 8, (2 * threads + tasks - 1) / tasks));
     const int64_t block = (p.C + blocks - 1) / blocks, per_block = p.B * p.H * p.W * p.Kt * 3;
-    std::vector<scalar_t*> grad_ptrs;
+    std::vector<value_t*> grad_ptrs;
     for (const auto& v : values) {
       result.push_back(value_grad ? torch::empty_like(v) : torch::Tensor());  // each task zeroes its own part
-      grad_ptrs.push_back(value_grad ? result.back().data_ptr<scalar_t>() : nullptr);
+      grad_ptrs.push_back(value_grad ? static_cast<value_t*>(result.back().data_ptr()) : nullptr);
     }
     auto partial = torch::empty({blocks * per_block}, offsets.options());
-    const scalar_t* w = weights.data_ptr<scalar_t>();
-    const scalar_t* g = grad_out.data_ptr<scalar_t>();
-    scalar_t* part = partial.data_ptr<scalar_t>();
+    const acc_t* w = static_cast<const acc_t*>(weights.data_ptr());
+    const value_t* g = static_cast<const value_t*>(grad_out.data_ptr());
+    acc_t* part = static_cast<acc_t*>(partial.data_ptr());
     dispatch_channels(p.C, [&](auto ct) {
       at::parallel_for(0, p.B * p.L * blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t task = begin; task < end; ++task) {
           const int64_t b = task / (p.L * blocks), l = (task / blocks) % p.L, cb = task % blocks;
           const int64_t c0 = std::min(p.C, cb * block), c1 = std::min(p.C, c0 + block);
           if (blocks == 1)
-            backward_task<scalar_t, decltype(ct)::value>(p, w, g, grad_ptrs[l], part, off_key_grads, b, l, 0, p.C);
+            backward_task<value_t, decltype(ct)::value>(p, w, g, grad_ptrs[l], part, off_key_grads, b, l, 0, p.C);
           else
-            backward_task<scalar_t, 0>(p, w, g, grad_ptrs[l], part + cb * per_block, off_key_grads, b, l, c0,
-                                       c1);
+            backward_task<value_t, 0>(p, w, g, grad_ptrs[l], part + cb * per_block, off_key_grads, b, l, c0, c1);
         }
       });
     });
     auto grad_offsets = torch::empty_like(offsets);
     auto grad_logits = torch::empty_like(logits);
     auto grad_gates = p.gates ? torch::empty_like(logits) : torch::Tensor();
-    softmax_backward<scalar_t>(p, w, part, blocks, grad_offsets.data_ptr<scalar_t>(), grad_logits.data_ptr<scalar_t>(),
-                               p.gates ? grad_gates.data_ptr<scalar_t>() : nullptr);
+    softmax_backward<value_t>(p, w, part, blocks, static_cast<acc_t*>(grad_offsets.data_ptr()),
+                              static_cast<acc_t*>(grad_logits.data_ptr()),
+                              p.gates ? static_cast<acc_t*>(grad_gates.data_ptr()) : nullptr);
     result.push_back(grad_offsets);
     result.push_back(grad_logits);
     result.push_back(grad_gates);
-    result.push_back(grad_out.view({-1, p.C}).sum(0));  // the bias gradient
+    result.push_back(grad_out.view({-1, p.C}).sum(0, false, bias.scalar_type()));  // the bias gradient
   });
   return result;
 }
