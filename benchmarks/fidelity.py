@@ -13,7 +13,7 @@ session ended) goes on where it stopped with `--resume ID` (its ID is on the log
 arguments: only the trainings it had not kept are trained.
 
 Usage: python benchmarks/fidelity.py [--tasks car,denoise] [--steps 400,1600] [--long 3200] [--seeds 3]
-       [--budget 13G] [--attention acla] [--variants plain-matched,cla,acla-random,acla-searched]
+       [--budget 13G] [--attention acla] [--precision auto|fp32|bf16] [--variants plain-matched,cla,acla-random,acla-searched]
        [--out benchmarks/results/fidelity] [--home DIR] [--genotype G.json] [--reuse-reference] [--resume ID]
        python benchmarks/fidelity.py --summarise-only   (table and plot from the JSON lines already written)
 """
@@ -40,7 +40,8 @@ def run_ablation(task: str, steps: int, variants, args, resume: str | None = Non
     flags, benchmark = TASKS[task]
     command = [sys.executable, "-m", "orchestrator.cli", "ablate", *flags, "--budget", args.budget, "--profile",
                args.profile, "--steps", str(steps), "--seeds", str(args.seeds), "--attention", args.attention,
-               "--variants", ",".join(variants), "--eval-data", str(DATASETS / benchmark), "--json"]
+               "--variants", ",".join(variants), "--eval-data", str(DATASETS / benchmark),
+               "--precision", args.precision, "--json"]
     if args.genotype:  # a fixed placement instead of the search's: the module measured where the search keeps none
         command += ["--genotype", args.genotype]
     if resume:  # the ablation of this plan that was cut off
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--budget", default="13G")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--attention", default="acla")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the trainings' precision (ablate's --precision; the results before 2026-12-07 are fp32)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"the variants of each ablation (default {','.join(VARIANTS)})")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity"))

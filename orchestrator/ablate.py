@@ -193,13 +193,14 @@ def command_ablate(args: argparse.Namespace) -> int:
     for row in rows:
         row["within_budget"] = next(v.within_budget for v in variants if v.name == row["name"])
     report = {"task": task.label, "budget_macs": int(args.budget), "steps": steps, "seed": args.seed,
+              "precision": profile.precision,
               "seeds": len(seeds), "attention": searched.attention, "skipped": skipped,
               "eval_data": args.eval_data or f"{eval_set.name} (embedded validation split)",
               "searched_genotype": searched.to_dict(), "position_scores": scores, "variants": rows,
               "markdown": markdown_table(rows, args.budget), "ablation_id": ablation_id}
     tags = {"task": task.label, "budget_macs": str(int(args.budget)), "profile": profile.name, "steps": str(steps),
             "search_steps": str(profile.search_steps), "search_warmup": str(profile.search_warmup),
-            "seeds": str(len(seeds)), "eval_data": report["eval_data"], "ablation_id": ablation_id,
+            "precision": profile.precision, "seeds": str(len(seeds)), "eval_data": report["eval_data"], "ablation_id": ablation_id,
             "command_line": command_line(sys.argv)[:4000]}
     report["parent_run_id"] = record_ablation(client, experiment_id, tags=tags, rows=rows, runs=runs, report=report)
     if args.json:

@@ -28,12 +28,16 @@ def training_key(prefix: str, variant, seed: int) -> str:
     return f"{prefix}/{variant.name}{placement}-s{seed}"
 
 
+SETTINGS_BEFORE = {"precision": "fp32"}  # what a plan written before a setting existed ran with
+
+
 def ablation_settings(args, task, profile, steps: int, seeds: list[int]) -> dict:
     """What decides an ablation's trainings, as given on its command line: a resume must give the same."""
     from .local_commands import read_genotype
     return {"task": task.label, "budget_macs": int(args.budget), "profile": profile.name, "steps": steps,
             "seeds": list(seeds), "variants": list(args.variants), "attention": args.attention,
             "search_steps": profile.search_steps, "search_warmup": profile.search_warmup,
+            "precision": profile.precision,
             "data": None if args.data is None else str(Path(args.data).resolve()),
             "eval_data": None if args.eval_data is None else str(Path(args.eval_data).resolve()),
             "genotype": read_genotype(args.genotype).to_dict() if args.genotype else None}
@@ -62,10 +66,11 @@ def read_plan(store, prefix: str, ablation_id: str, settings: dict):
     if plan is None:
         raise UsageError(f"--resume {ablation_id}: no such ablation of {settings['task']} in {store.uri('ablations')}; "
                          f"expected the ID an earlier `acla-orch ablate` printed")
-    differing = [key for key in settings if plan["settings"].get(key) != settings[key]]
+    stored = {**SETTINGS_BEFORE, **plan["settings"]}
+    differing = [key for key in settings if stored.get(key) != settings[key]]
     if differing:
         key = differing[0]
-        raise UsageError(f"--resume {ablation_id}: that ablation ran with {key} {plan['settings'].get(key)!r}, not "
+        raise UsageError(f"--resume {ablation_id}: that ablation ran with {key} {stored.get(key)!r}, not "
                          f"{settings[key]!r}; give the same arguments, or start a new ablation without --resume")
     variants = [Variant(v["name"], Genotype.from_dict(v["genotype"]), v["macs"], v["within_budget"], v["placement"])
                 for v in plan["variants"]]

@@ -128,10 +128,22 @@ def add_platform_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
+PRECISIONS = ("auto", "fp32", "bf16")  # search_space.precision.PRECISIONS
+
+
+def add_precision_arg(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help="the nets' float format: bf16 autocast (fp32 weights, loss and sums) or fp32; auto "
+                             "(default): bf16 where the device has it in hardware (a CUDA GPU with bf16, a CPU with "
+                             "AVX512-BF16 or AMX), fp32 elsewhere" if default == "auto" else
+                             "the precision the search started with (its stored one; another is refused)")
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
     parser.add_argument("--data", help="folder of training images or a DIV2K root (default: the embedded photos)")
     parser.add_argument("--seed", type=seed_arg, default=0)
+    add_precision_arg(parser)
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +214,7 @@ def add_orchestrator_verbs(verbs) -> None:
     retrain.add_argument("--data", help="training images (default: the embedded photos)")
     retrain.add_argument("--seed", type=seed_arg, default=0)
     retrain.add_argument("--retrain-workers", type=positive_int, default=2, help="Ray Train DDP workers")
+    add_precision_arg(retrain)
     retrain.add_argument("--set-alias", action="store_true",
                          help="point the budget's alias (models:/acla-TASK-VARIANT@budget-...) at the retrained model")
     add_platform_args(retrain)
@@ -214,6 +227,7 @@ def add_orchestrator_verbs(verbs) -> None:
     resume.add_argument("parent_run_id", nargs="?", type=run_id_arg,
                         help="the search's parent MLflow run id (see `acla-orch status`)")
     resume.add_argument("--last", action="store_true", help="the most recent interrupted search of this run directory")
+    add_precision_arg(resume, default=None)
     add_platform_args(resume)
     resume.set_defaults(handler="resume:command_resume")
 
@@ -240,6 +254,7 @@ def add_orchestrator_verbs(verbs) -> None:
     ablate.add_argument("--steps", type=positive_int,
                         help="training steps per variant (default: the profile's retrain schedule)")
     ablate.add_argument("--seed", type=seed_arg, default=0, help="first seed (search and training)")
+    add_precision_arg(ablate)
     ablate.add_argument("--seeds", type=positive_int, default=2,
                         help="paired training seeds per variant (default 2; 3 or more for a 95%% interval worth "
                              "reading): seed s is the same data stream for every variant")
@@ -281,6 +296,7 @@ def add_local_verbs(verbs) -> None:
         parser.add_argument("--tracking-uri", help="MLflow tracking URI for run ids and models:/ references")
         parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// models")
         parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        add_precision_arg(parser)
 
     restore = verbs.add_parser("restore", help="restore degraded images with a trained model (any size, tiled)",
                                description="Takes each image as the task degrades it (a JPEG for car, a noisy image "

@@ -31,10 +31,12 @@ def meets_target(gap: dict | None) -> bool:
 
 
 def same_setting(a: dict, b: dict) -> bool:
-    """Two ablations that trained alike: task, steps, seeds, budget, attention kind, scored-on set and placement."""
+    """Two ablations that trained alike: task, steps, seeds, budget, attention kind, scored-on set, placement and
+    precision (a report from before precisions existed trained in fp32)."""
     keys = ("task", "steps", "seeds", "seed", "budget_macs", "attention", "benchmark")
     genotype = lambda r: {k: v for k, v in r.get("searched_genotype", {}).items() if k != "expected_keys"}
-    return all(a.get(k) == b.get(k) for k in keys) and genotype(a) == genotype(b)
+    precision = lambda r: r.get("precision", "fp32")
+    return all(a.get(k) == b.get(k) for k in keys) and genotype(a) == genotype(b) and precision(a) == precision(b)
 
 
 def pair_with_earlier_reference(report: dict, earlier: list[dict], reference: str = "plain-matched") -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -183,12 +184,29 @@ def check_training_data(data, task, profile) -> None:
 
 
 def profile_from_args(args: argparse.Namespace, default: str | None = None):
-    """The --profile flag's profile (`default` where the flag was left out)."""
+    """The --profile flag's profile (`default` where the flag was left out), in the --precision flag's
+    precision, resolved for this machine's training device."""
+    import dataclasses
+
     from workers.profiles import get_profile
     try:
-        return get_profile(args.profile or default)
+        profile = get_profile(args.profile or default)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    return dataclasses.replace(profile, precision=precision_from_args(args))
+
+
+def precision_from_args(args: argparse.Namespace) -> str:
+    """--precision resolved to fp32 or bf16 for the device that trains or runs the nets here (auto: bf16 where it
+    has bf16 in hardware). bf16 asked for on a device without it goes on, with one line on stderr that says so."""
+    from search_space.precision import resolve_precision, slow_bf16_warning
+    from workers.device import training_device
+    device = training_device()
+    precision = resolve_precision(getattr(args, "precision", None) or "auto", device)
+    warning = slow_bf16_warning(precision, device)
+    if warning:
+        print(f"acla-orch: {warning}", file=sys.stderr)
+    return precision
 
 
 def command_train(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from .errors import UsageError
-from .local_commands import check_output_folder, task_spec_from_args, user_errors, write_image_atomically
+from .local_commands import (check_output_folder, precision_from_args, task_spec_from_args, user_errors,
+                             write_image_atomically)
 from .progress import progress_bar
 
 
@@ -55,6 +56,11 @@ def command_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
     with user_errors():  # every input read before the model is fetched or loaded; nothing is written before all pass
         inputs = [(path, load_image(path)) for path in args.inputs]
+    for path, _ in inputs:  # the same file under any name (a relative path, a symlink or a hard link)
+        target = out_dir / f"{Path(path).stem}.png"
+        if target.exists() and os.path.samefile(target, path):
+            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
+    precision = precision_from_args(args)
     resolved = resolve_reference(args)
     network, _, task = load_model(args, resolved)
     from workers.restore import MIN_SIDE, restore_array, tile_count
@@ -67,28 +73,26 @@ def command_restore(args: argparse.Namespace) -> int:
                 raise UsageError(f"{path}: image is {width}x{height} pixels; the model needs at least "
                                  f"{MIN_SIDE}x{MIN_SIDE}")
             images.append((path, image))
-    for path, _ in images:  # the same file under any name (a relative path, a symlink or a hard link)
-        target = out_dir / f"{Path(path).stem}.png"
-        if target.exists() and os.path.samefile(target, path):
-            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
     total = sum(tile_count(*image.shape[:2], args.tile) for _, image in images)
     outputs = []
     with progress_bar("restoring", total, enabled=total > 1, transient=True) as bar:
         for path, image in images:
             started = time.perf_counter()
-            restored = restore_array(network, image, scale=task.scale, tile=args.tile, on_tile=bar.advance)
+            restored = restore_array(network, image, scale=task.scale, tile=args.tile, on_tile=bar.advance,
+                                     precision=precision)
             target = out_dir / f"{Path(path).stem}.png"
             write_image_atomically(target, restored)
             outputs.append({"input": path, "output": str(target), "input_size": list(image.shape[1::-1]),
                             "output_size": list(restored.shape[1::-1]),
                             "seconds": round(time.perf_counter() - started, 3)})
-    summary = {"model": resolved.reference, "task": task.label, "tile": args.tile, "outputs": outputs}
+    summary = {"model": resolved.reference, "task": task.label, "tile": args.tile, "precision": precision,
+               "outputs": outputs}
     if args.json:
         print(json.dumps(summary))
     else:
         for item in outputs:
             print(f"{item['input']} -> {item['output']} ({item['output_size'][0]}x{item['output_size'][1]}, "
-                  f"{item['seconds']:.1f} s)")
+                  f"{item['seconds']:.1f} s, {precision})")
     return 0
 
 
@@ -96,6 +100,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     """PSNR/SSIM per image and as a mean, beside the degraded input's own score and the classical baseline, on a
     standard test set or any folder of clean images; logged to the model's MLflow run when it came from one."""
     from workers.data import ImageSet, benchmark_set, list_images
+    precision = precision_from_args(args)
     resolved = resolve_reference(args)
     network, _, task = load_model(args, resolved)  # the model first: the input a user checks first
     from workers.restore import mean_scores, score_images
@@ -105,20 +110,22 @@ def command_evaluate(args: argparse.Namespace) -> int:
         else:
             image_set = benchmark_set(args.datasets, args.benchmark)
         with progress_bar(f"evaluating on {image_set.name}", len(image_set.paths), transient=True) as bar:
-            rows = score_images(network, task, image_set, seed=args.seed, tile=args.tile, on_image=bar.advance)
+            rows = score_images(network, task, image_set, seed=args.seed, tile=args.tile, on_image=bar.advance,
+                                precision=precision)
     mean = mean_scores(rows)
     better = images_better_than_input(rows)
-    result = {"model": resolved.reference, "task": task.label, "images": image_set.name, "count": len(rows),
+    result = {"model": resolved.reference, "task": task.label, "images": image_set.name, "precision": precision,
+              "count": len(rows),
               "mean": {k: round(v, 4) for k, v in mean.items()}, "better_than_input": better,
               "per_image": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}
     if resolved.run_id:
         from .tracking import log_evaluation
-        log_evaluation(resolved.tracking_uri, resolved.run_id, image_set.name, mean)
+        log_evaluation(resolved.tracking_uri, resolved.run_id, image_set.name, mean, precision)
         result["run_id"] = resolved.run_id
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{resolved.reference} ({task.label}) on {image_set.name}, {len(rows)} images")
+    print(f"{resolved.reference} ({task.label}) on {image_set.name}, {len(rows)} images, {precision}")
     columns = [k for k in ("psnr_y", "input_psnr_y", "psnr_rgb", "input_psnr_rgb", "ssim_y", "baseline_psnr_y",
                            "baseline_psnr_rgb") if k in mean]
     print(f"{'image':<16}" + "".join(f"{c:>17}" for c in columns))

@@ -16,7 +16,7 @@ from search_space.genotype import Genotype
 TRIAL_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr", "input_psnr_y",
                  "input_psnr_rgb", "macs", "proxy_macs", "proxy_channels", "params", "num_modules", "mean_active_keys",
                  "macs_expected", "latency_ms", "trial_seconds", "proxy_steps")
-TRIAL_PARAMS = ("device", "attention_backend", "hostname", "node_ip", "node_id")
+TRIAL_PARAMS = ("device", "precision", "attention_backend", "hostname", "node_ip", "node_id")
 
 
 def experiment_name(task_label: str) -> str:

@@ -77,6 +77,20 @@ def resume_targets(searches: list[dict], search: dict) -> tuple[tuple[float, ...
     return tuple(budgets), parents
 
 
+def check_precision(requested: str | None, stored: str, parent_id: str) -> None:
+    """A search resumes in the precision it started with: --precision may name it (or auto, when auto picks
+    it here), nothing else."""
+    if requested is None or requested == stored:
+        return
+    if requested == "auto":
+        from search_space.precision import resolve_precision
+        from workers.device import training_device
+        if resolve_precision("auto", training_device()) == stored:
+            return
+    raise UsageError(f"search {parent_id} started in {stored} and resumes in it; expected --precision {stored} "
+                     f"or no --precision")
+
+
 def command_resume(args: argparse.Namespace) -> int:
     from .records import SearchJob
     from .search_job import run_search
@@ -92,6 +106,7 @@ def command_resume(args: argparse.Namespace) -> int:
         job = SearchJob.from_stored(search["request"], json_output=args.json, resume_parents=parents, budgets=budgets)
     except ValueError as err:
         raise UsageError(f"search {search['parent_run_id']} cannot be resumed by this release: {err}") from None
+    check_precision(args.precision, job.profile.precision, search["parent_run_id"])
     platform = dict(job.request)
     for key in PLATFORM_KEYS:  # where things live: as the search had them, unless `resume` is given others
         if getattr(args, key) not in (None, False):

@@ -41,8 +41,8 @@ def worker_context(config: dict) -> tuple[int, int, TaskSpec, object, DataSpec]:
     from workers.device import torch_threads
     torch.set_num_threads(torch_threads(config["threads_per_worker"]))
     data = DataSpec(ImageSet(**config["train_set"]), ImageSet(**config["valid_set"]))
-    return (context.get_world_rank(), context.get_world_size(), TaskSpec(**config["task"]),
-            get_profile(config["profile"]), data)
+    profile = dataclasses.replace(get_profile(config["profile"]), precision=config["precision"])
+    return context.get_world_rank(), context.get_world_size(), TaskSpec(**config["task"]), profile, data
 
 
 def restored_checkpoint(file_name: str) -> str | None:
@@ -164,7 +164,8 @@ def lean_trainer(base: type, *, local: bool) -> type:
     return Lean
 
 
-def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec, profile_name: str, data: DataSpec,
+def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec, profile_name: str, precision: str,
+                   data: DataSpec,
                    storage, name: str, num_workers: int, steps: int, description: str,
                    progress: Callable[[dict], None] | None = None, show_bar: bool = True) -> tuple[object, str]:
     """Run `loop` on `num_workers` Ray Train workers (Ray Train's result, raising its error, and the storage root).
@@ -183,7 +184,8 @@ def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec
     filesystem, root = storage.pyarrow_filesystem()
     use_gpu, per_worker, threads = retrain_resources(node_shapes(ray), num_workers)  # the cluster's, not ours
     shown = progress is not None or (show_bar and sys.stderr.isatty())  # else no one reads rank 0's records
-    config = {**config, "task": dataclasses.asdict(task), "profile": profile_name, "steps": steps,
+    config = {**config, "task": dataclasses.asdict(task), "profile": profile_name, "precision": precision,
+              "steps": steps,
               "train_set": dataclasses.asdict(data.train), "valid_set": dataclasses.asdict(data.valid),
               "threads_per_worker": threads,
               "progress": Queue(maxsize=10_000, actor_options={  # on the driver's node, which it dies with
@@ -215,7 +217,7 @@ def fit_on_workers(loop: Callable[[dict], None], config: dict, *, task: TaskSpec
     return result, root
 
 
-def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, data: DataSpec, storage,
+def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, precision: str, data: DataSpec, storage,
                      name: str, num_workers: int, steps: int, seed: int = 0,
                      progress: Callable[[dict], None] | None = None,
                      init_state: dict | None = None) -> RetrainOutcome:
@@ -223,7 +225,8 @@ def retrain_genotype(*, genotype: Genotype, task: TaskSpec, profile_name: str, d
     `progress` gets rank 0's training records ({step, total_steps, loss}) as they come; without it, a progress
     bar on a terminal shows them. `init_state`: the weights every worker starts from (the trial's, widened)."""
     config = {"genotype": genotype.to_json(), "reports": 4, "seed": seed, "init_state": init_state}
-    result, root = fit_on_workers(retrain_loop_per_worker, config, task=task, profile_name=profile_name, data=data,
+    result, root = fit_on_workers(retrain_loop_per_worker, config, task=task, profile_name=profile_name,
+                                  precision=precision, data=data,
                                   storage=storage, name=name, num_workers=num_workers, steps=steps,
                                   description=name, progress=progress)
     final, final_metrics = result.checkpoint, result.metrics

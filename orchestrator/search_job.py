@@ -133,7 +133,8 @@ def open_search(job: SearchJob, budget: float, client, experiment_id: str, state
                 "search_warmup": str(profile.search_warmup), "command_line": job.command_line[:4000]}
         params = {"budget": short_budget(budget), "task": task.label, "profile": profile.name,
                   "attention": job.attention, "trials": job.trials, "concurrency": job.concurrency, "seed": job.seed,
-                  "search_steps": profile.search_steps, "search_warmup": profile.search_warmup}
+                  "search_steps": profile.search_steps, "search_warmup": profile.search_warmup,
+                  "precision": profile.precision}
         if job.shared:  # a sweep's trials and width nets fine-tune the supernet's weights for these steps
             params["sweep_train_steps"] = profile.sweep_steps()
         run_name = f"search-{short_budget(budget)}-{time.strftime('%m%d-%H%M%S')}"  # one name per search
@@ -281,7 +282,7 @@ def summarise(name, parent_id, budget, task, profile, recorded: list[TrialRecord
             trials[-1].update(psnr_rgb=round(float(item.result["psnr_rgb"]), 4),
                               retrained_psnr_rgb=by_trial.get(item.run_id, {}).get("psnr_rgb"))
     return {"experiment": name, "parent_run_id": parent_id, "task": task.label, "budget_macs": int(budget),
-            "profile": profile.name, "trials": trials, "retrained": retrained}
+            "profile": profile.name, "precision": profile.precision, "trials": trials, "retrained": retrained}
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -289,8 +290,8 @@ def summary_lines(summary: dict) -> list[str]:
     `retrain --run-id` takes; the full genotypes and URIs are in `--json`."""
     from search_space.budget import short_budget
     lines = [f"{summary['experiment']}: search {summary['parent_run_id']}",
-             f"{summary['task']} within {short_budget(summary['budget_macs'])}MACs, {summary['profile']} profile; "
-             f"* = on the front",
+             f"{summary['task']} within {short_budget(summary['budget_macs'])}MACs, {summary['profile']} profile, "
+             f"{summary.get('precision', 'fp32')}; * = on the front",
              f"{'MLflow run id (retrain --run-id)':<34}{'net':>7}{'GMACs':>7}"]
     color = any("psnr_rgb" in t for t in summary["trials"])  # PSNR is then Y's, with RGB beside it
     lines[-1] += f"{'Y':>7}{'RGB':>7}{'':2}{'retrained Y, RGB':>16}" if color else f"{'PSNR':>7}{'':2}{'retrained':>10}"

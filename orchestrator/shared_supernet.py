@@ -94,7 +94,8 @@ def train_shared_supernet(job, run, store) -> dict:
     prefix = f"{SHARED_SETS}/{job.sweep.id}"
     started = time.perf_counter()
     result, _ = fit_on_workers(shared_loop_per_worker, {"shared": shared_config(job).fields()}, task=job.task,
-                               profile_name=job.profile.name, data=job.data, storage=run.storage,
+                               profile_name=job.profile.name, precision=job.profile.precision, data=job.data,
+                               storage=run.storage,
                                name=f"shared-{job.sweep.id}", num_workers=job.retrain_workers,
                                steps=job.profile.search_steps, description="the sweep's shared supernet",
                                show_bar=not job.json)

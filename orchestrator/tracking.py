@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from .pareto import pareto_front, plot_front, point_label
@@ -306,8 +306,10 @@ def finish_retrain(client: MlflowClient, retrain_id: str, winner, *, model_set_u
     client.log_batch(winner.run_id, metrics=[Metric("retrained_psnr", float(retrained_psnr), 0, 0)])
 
 
-def log_evaluation(tracking_uri: str, run_id: str, image_set: str, mean: dict) -> None:
-    """`evaluate`'s means on the model's own run, one metric per score: `eval_<set>_psnr_y`, ..."""
+def log_evaluation(tracking_uri: str, run_id: str, image_set: str, mean: dict, precision: str = "fp32") -> None:
+    """`evaluate`'s means on the model's own run, one metric per score: `eval_<set>_psnr_y`, ..., and the
+    precision the network ran in as the tag `eval_<set>_precision`."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in image_set)
     client = MlflowClient(tracking_uri)
-    client.log_batch(run_id, metrics=[Metric(f"eval_{safe}_{key}", float(value), 0, 0) for key, value in mean.items()])
+    client.log_batch(run_id, metrics=[Metric(f"eval_{safe}_{key}", float(value), 0, 0) for key, value in mean.items()],
+                     tags=[RunTag(f"eval_{safe}_precision", precision)])

@@ -126,7 +126,7 @@ def run_trial(params: dict, settings: TrialSettings, report: Report | None = Non
         "num_modules": len(genotype.positions), "mean_active_keys": sum(keys) / len(keys) if keys else 0.0,
         "latency_ms": measure_latency_ms(target, task.in_channels),
         "genotype": genotype.to_json(),
-        **describe_device(device),  # where it ran and which attention implementation served it (MLflow params)
+        **describe_device(device, profile.precision),  # where it ran and which attention implementation served it (MLflow params)
         "position_scores": json.dumps(position_scores(found.outcome)),
         "trial_seconds": time.perf_counter() - started,  # the trial function alone, wherever it runs
     }

@@ -100,7 +100,8 @@ def width_points_at(searches: list[tuple], resources: dict, client, experiment_i
             started.append((settings, parent_id, best, backbone, first, seeded))
     for settings, parent_id, best, backbone, first, seeded in started:
         result = ray.get(first)
-        params = [Param("backbone", backbone), Param("positions", "none"), Param("seed", str(settings.seed))]
+        params = [Param("backbone", backbone), Param("positions", "none"), Param("seed", str(settings.seed)),
+                  Param("precision", settings.profile.precision)]
         if seeded is not None:
             result.update(seeded_gain(*seeded, first_plain=result))
             params.append(Param("searched_run_id", best.run_id))

@@ -73,6 +73,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
         steps = settings.profile.retraining_steps(inherited=init_state is not None)
         init = f"{init}, {steps} steps"
         outcome = retrain_genotype(genotype=genotype, task=settings.task, profile_name=settings.profile.name,
+                                   precision=settings.profile.precision,
                                    data=settings.data, storage=run.storage,
                                    name=f"retrain-{winner.trial}", num_workers=retrain_workers,
                                    steps=steps, seed=settings.seed, init_state=init_state)
@@ -82,6 +83,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
         retrain_id, version = log_retrain(
             client, experiment_id, parent_id, winner=winner, registered=registered, metrics=metrics,
             params={"checkpoint_uri": outcome.checkpoint_uri, "workers": retrain_workers,
+                    "precision": settings.profile.precision,
                     "steps": steps, "init": init, "genotype": genotype.to_json()[:6000]},
             tags={"budget_macs": str(int(settings.budget_macs))}, checkpoint_file=outcome.checkpoint_file,
             description=model_description(genotype, settings.task.label, settings.budget_macs,

@@ -33,10 +33,12 @@ def torch_threads(granted: float) -> int:
     return min(threads, cap) if cap >= 1 else threads
 
 
-def describe_device(device: torch.device) -> dict:
-    """The MLflow params that say where a trial ran its tensors and which attention implementation served it."""
+def describe_device(device: torch.device, precision: str = "fp32") -> dict:
+    """The MLflow params that say where a trial ran its tensors, in which precision, and which attention
+    implementation served it (for the value maps' dtype in that precision)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-            "attention_backend": attention_backend(device)}
+            "precision": precision, "attention_backend": attention_backend(device, dtype)}
 
 
 def to_device(batches, device: torch.device):

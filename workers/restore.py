@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from search_space.precision import autocast
+
 from .data import to_tensor
 from .train import model_device, to_uint8_image
 
@@ -57,9 +59,9 @@ def tiles(height: int, width: int, tile: int) -> Iterator[tuple[tuple[int, int],
 @torch.no_grad()
 def restore_array(model: torch.nn.Module, degraded: np.ndarray, *, scale: int, tile: int = DEFAULT_TILE,
                   margin: int = DEFAULT_MARGIN, blend: int = DEFAULT_BLEND,
-                  on_tile: Callable[[], None] | None = None) -> np.ndarray:
+                  on_tile: Callable[[], None] | None = None, precision: str = "fp32") -> np.ndarray:
     """The restored uint8 image of a degraded one (uint8 or float in [0, 1], (H, W[, C])), `tile` input pixels
-    a side at a time (0: the whole image at once)."""
+    a side at a time (0: the whole image at once), the network run in `precision` (search_space/precision.py)."""
     height, width = degraded.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise ValueError(f"image is {width}x{height} pixels; the model needs at least {MIN_SIDE}x{MIN_SIDE}")
@@ -72,7 +74,9 @@ def restore_array(model: torch.nn.Module, degraded: np.ndarray, *, scale: int, t
     for (top, bottom), (left, right) in tiles(height, width, tile):
         y0, y1 = max(0, top - margin), min(height, bottom + margin)
         x0, x1 = max(0, left - margin), min(width, right + margin)
-        window = model(image[:, y0:y1, x0:x1].unsqueeze(0).to(device))[0].clamp(0, 1).double().cpu().numpy()
+        with autocast(precision, device):
+            window = model(image[:, y0:y1, x0:x1].unsqueeze(0).to(device))[0]
+        window = window.float().clamp(0, 1).double().cpu().numpy()
         # the kept piece, in output pixels: the core widened by `blend` (both scaled)
         ky0, ky1 = max(0, top - blend) * scale, min(height, bottom + blend) * scale
         kx0, kx1 = max(0, left - blend) * scale, min(width, right + blend) * scale
@@ -91,15 +95,16 @@ def tile_count(height: int, width: int, tile: int) -> int:
 
 
 def score_images(model: torch.nn.Module, task, image_set, *, seed: int = 0, tile: int = DEFAULT_TILE,
-                 on_image: Callable[[], None] | None = None) -> list[dict]:
+                 on_image: Callable[[], None] | None = None, precision: str = "fp32") -> list[dict]:
     """Per clean image: the model's PSNR/SSIM (Y and RGB, the task's border), the degraded input's own score
     where it has the target's size (car, denoise, demosaic) and the classical baseline's (bicubic for sr,
-    bilinear for demosaic). The degradation is the evaluation's: seeded noise per image, as workers.train.evaluate."""
+    bilinear for demosaic). The degradation is the evaluation's: seeded noise per image, as workers.train.evaluate.
+    The network runs in `precision`; the scores are computed on the uint8 outputs, in float64."""
     from .data import evaluation_pairs
     from .metrics import image_metrics
     rows = []
     for name, target, degraded in evaluation_pairs(task, image_set, seed=seed):
-        output = restore_array(model, degraded, scale=task.scale, tile=tile)
+        output = restore_array(model, degraded, scale=task.scale, tile=tile, precision=precision)
         row = {"image": name, **image_metrics(target, output, border=task.border)}
         as_image = degraded if degraded.dtype == np.uint8 else to_uint8_image(to_tensor(degraded))
         if as_image.shape == target.shape:

@@ -6,6 +6,9 @@ masked softmax over the keys whose gate is on, then the bias plus the weighted b
 at the keys' offsets. A gated-off key is never read in the forward (its loads are masked off, so no memory is
 touched); with `off_key_grads=False` (a derived top-k module) it is not read in the backward either.
 
+Precision: the value maps (and so the output and the value gradients) are float32 or bfloat16; the offsets,
+logits, gates, bias, attention weights and every sum are float32 (mixed precision, as the CPU kernel).
+
 Layout: the L value maps are stacked channels-last, (L, B, H, W, C); offsets (Q, Kt, 2), logits and gates
 (Q, Kt) with Q = B*H*W queries and Kt = L*K keys, layer by layer. One program takes BLOCK_Q queries and every
 channel, so each bilinear tap is one load of BLOCK_Q contiguous channel rows.
@@ -96,8 +99,9 @@ def _forward(values, offsets, logits, gates, bias, out, weights, Q, B, H, W, C, 
             read = qmask & (wk != 0) & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)  # off keys: no load
             row = (base + yi * W + xi) * C
             v = tl.load(values + row[:, None] + c[None, :], mask=read[:, None] & cmask[None, :], other=0.0)
-            acc += (wk * tap)[:, None] * v
-    tl.store(out + q[:, None].to(tl.int64) * C + c[None, :], acc, mask=qmask[:, None] & cmask[None, :])
+            acc += (wk * tap)[:, None] * v.to(tl.float32)
+    tl.store(out + q[:, None].to(tl.int64) * C + c[None, :], acc.to(out.dtype.element_ty),
+             mask=qmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -112,7 +116,8 @@ def _backward_queries(values, offsets, logits, gates, grad_out, grad_offsets, gr
     b, y, x = _query_pixels(q, H, W)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
-    g = tl.load(grad_out + q[:, None].to(tl.int64) * C + c[None, :], mask=qmask[:, None] & cmask[None, :], other=0.0)
+    g = tl.load(grad_out + q[:, None].to(tl.int64) * C + c[None, :], mask=qmask[:, None] & cmask[None, :],
+                other=0.0).to(tl.float32)
     cols = tl.arange(0, BLOCK_K)
     grad_w = tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
     outside = B * (Kt // K) * HW  # the destination of a tap that adds nothing: sorted last, never gathered
@@ -138,7 +143,7 @@ def _backward_queries(values, offsets, logits, gates, grad_out, grad_offsets, gr
             read = wanted & inside
             row = (layer_base + yi * W + xi).to(tl.int64) * C
             v = tl.load(values + row[:, None] + c[None, :], mask=read[:, None] & cmask[None, :], other=0.0)
-            dot = tl.sum(v * g, axis=1)
+            dot = tl.sum(v.to(tl.float32) * g, axis=1)
             gw += wx * wy * dot
             gx += (1.0 if i % 2 == 1 else -1.0) * wy * dot  # d tap / d x
             gy += (1.0 if i // 2 == 1 else -1.0) * wx * dot  # d tap / d y
@@ -175,8 +180,9 @@ def _gather_values(order, starts, counts, coef, grad_out, grad_values, rows, C, 
         weight = tl.load(coef + slot, mask=live, other=0.0)
         query = (slot // (Kt * 4)).to(tl.int64)
         g = tl.load(grad_out + query[:, None] * C + c[None, :], mask=live[:, None] & cmask[None, :], other=0.0)
-        acc += weight[:, None] * g
-    tl.store(grad_values + r[:, None].to(tl.int64) * C + c[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+        acc += weight[:, None] * g.to(tl.float32)
+    tl.store(grad_values + r[:, None].to(tl.int64) * C + c[None, :], acc.to(grad_values.dtype.element_ty),
+             mask=rmask[:, None] & cmask[None, :])
 
 
 def _blocks(channels: int, keys: int) -> tuple[int, int, int]:
@@ -207,13 +213,13 @@ class _TritonAttend(torch.autograd.Function):
         offsets, logits, gates, stacked = ctx.saved_tensors
         layers, batch, height, width, channels = stacked.shape
         queries, total = batch * height * width, logits.shape[-1]
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(stacked.dtype).contiguous()
         value_grad = ctx.needs_input_grad[6]
         grad_offsets, grad_logits = torch.empty_like(offsets), torch.empty_like(logits)
         grad_gates = torch.empty_like(logits) if ctx.has_gates else logits
         slots = queries * total * 4 if value_grad else 1
         dest = torch.empty(slots, dtype=torch.int32, device=stacked.device)
-        coef = torch.empty(slots, dtype=stacked.dtype, device=stacked.device)
+        coef = torch.empty(slots, dtype=offsets.dtype, device=stacked.device)  # fp32 for bf16 maps
         block_q, block_c, block_k = _blocks(channels, total)
         _backward_queries[(triton.cdiv(queries, block_q),)](
             stacked, offsets, logits, gates, grad_out, grad_offsets, grad_logits, grad_gates, dest, coef, queries,
@@ -230,7 +236,7 @@ class _TritonAttend(torch.autograd.Function):
             _gather_values[(triton.cdiv(rows, block_r),)](
                 order, starts, counts.to(torch.int32), coef, grad_out, grad_values, rows, channels, total,
                 BLOCK_R=block_r, BLOCK_C=block_c)
-        grad_bias = grad_out.view(-1, channels).sum(0)
+        grad_bias = grad_out.view(-1, channels).sum(0, dtype=offsets.dtype)
         return None, None, grad_offsets, grad_logits, grad_gates if ctx.has_gates else None, grad_bias, grad_values
 
 
@@ -238,7 +244,8 @@ def triton_attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits:
                   gates: torch.Tensor | None, keys_per_ref: int, bias: torch.Tensor,
                   off_key_grads: bool = True) -> torch.Tensor:
     """`attend` (search_space.ops) through the Triton kernels: values L maps (B, C, H, W), any memory format,
-    float32; returns (B, H, W, C)."""
+    float32 or bfloat16 (then the offsets, logits, gates and bias in float32: every sum is in fp32, and the
+    output and the value gradients come back in bf16); returns (B, H, W, C) in the values' dtype."""
     stacked = torch.stack([value.permute(0, 2, 3, 1) for value in values]).contiguous()  # (L, B, H, W, C)
     return _TritonAttend.apply(keys_per_ref, off_key_grads, offsets.contiguous(), logits.contiguous(),
                                None if gates is None else gates.contiguous(), bias.contiguous(), stacked)
