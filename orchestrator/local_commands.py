@@ -199,9 +199,8 @@ def profile_from_args(args: argparse.Namespace, default: str | None = None):
 def precision_from_args(args: argparse.Namespace) -> str:
     """--precision resolved to fp32 or bf16 for the device that trains or runs the nets here (auto: bf16 where it
     has bf16 in hardware). bf16 asked for on a device without it goes on, with one line on stderr that says so."""
-    from search_space.precision import resolve_precision, slow_bf16_warning
-    from workers.device import training_device
-    device = training_device()
+    from search_space.precision import local_device_type, resolve_precision, slow_bf16_warning
+    device = local_device_type()  # torch-free on a machine without an NVIDIA driver: checked before slow work
     precision = resolve_precision(getattr(args, "precision", None) or "auto", device)
     warning = slow_bf16_warning(precision, device)
     if warning:

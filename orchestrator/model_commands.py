@@ -56,13 +56,9 @@ def command_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
     with user_errors():  # every input read before the model is fetched or loaded; nothing is written before all pass
         inputs = [(path, load_image(path)) for path in args.inputs]
-    for path, _ in inputs:  # the same file under any name (a relative path, a symlink or a hard link)
-        target = out_dir / f"{Path(path).stem}.png"
-        if target.exists() and os.path.samefile(target, path):
-            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
-    precision = precision_from_args(args)
     resolved = resolve_reference(args)
     network, _, task = load_model(args, resolved)
+    precision = precision_from_args(args)
     from workers.restore import MIN_SIDE, restore_array, tile_count
     images = []
     with user_errors():
@@ -73,6 +69,10 @@ def command_restore(args: argparse.Namespace) -> int:
                 raise UsageError(f"{path}: image is {width}x{height} pixels; the model needs at least "
                                  f"{MIN_SIDE}x{MIN_SIDE}")
             images.append((path, image))
+    for path, _ in images:  # the same file under any name (a relative path, a symlink or a hard link)
+        target = out_dir / f"{Path(path).stem}.png"
+        if target.exists() and os.path.samefile(target, path):
+            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
     total = sum(tile_count(*image.shape[:2], args.tile) for _, image in images)
     outputs = []
     with progress_bar("restoring", total, enabled=total > 1, transient=True) as bar:
@@ -100,9 +100,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
     """PSNR/SSIM per image and as a mean, beside the degraded input's own score and the classical baseline, on a
     standard test set or any folder of clean images; logged to the model's MLflow run when it came from one."""
     from workers.data import ImageSet, benchmark_set, list_images
-    precision = precision_from_args(args)
     resolved = resolve_reference(args)
     network, _, task = load_model(args, resolved)  # the model first: the input a user checks first
+    precision = precision_from_args(args)
     from workers.restore import mean_scores, score_images
     with user_errors():
         if args.data:

@@ -83,9 +83,8 @@ def check_precision(requested: str | None, stored: str, parent_id: str) -> None:
     if requested is None or requested == stored:
         return
     if requested == "auto":
-        from search_space.precision import resolve_precision
-        from workers.device import training_device
-        if resolve_precision("auto", training_device()) == stored:
+        from search_space.precision import local_device_type, resolve_precision
+        if resolve_precision("auto", local_device_type()) == stored:
             return
     raise UsageError(f"search {parent_id} started in {stored} and resumes in it; expected --precision {stored} "
                      f"or no --precision")

@@ -9,14 +9,15 @@ Weights are never converted: checkpoints and registered models are fp32 and load
 
 `auto` picks bf16 where the device runs it fast (a CUDA device with bf16 support; a CPU with AVX512-BF16 or AMX)
 and fp32 elsewhere. bf16 on a CPU without either still runs, through slow emulation: `slow_bf16_warning` says so.
+The CLI resolves --precision before anything slow: on a CPU this module decides without importing torch.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import sys
 from pathlib import Path
-
-import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names for the instructions oneDNN uses
@@ -34,15 +35,33 @@ def cpu_bf16_flags() -> tuple[str, ...]:
     return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
 
 
-def bf16_is_fast(device: torch.device | str) -> bool:
-    """Whether `device` has bf16 arithmetic in hardware."""
-    device = torch.device(device)
-    if device.type == "cuda":
+def device_type(device) -> str:
+    """"cpu", "cuda", ... of a torch.device or a device name ("cuda:1")."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
+
+
+def local_device_type() -> str:
+    """The type of workers.device.training_device() on this machine, without importing torch where no NVIDIA
+    driver is present (Linux: no /dev/nvidiactl, so torch could not see a GPU either)."""
+    name = os.environ.get("ACLA_DEVICE", "").strip()
+    if name:
+        return device_type(name)
+    if sys.platform.startswith("linux") and not Path("/dev/nvidiactl").exists():
+        return "cpu"
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16_is_fast(device) -> bool:
+    """Whether `device` (a torch.device or its name) has bf16 arithmetic in hardware."""
+    kind = device_type(device)
+    if kind == "cuda":
+        import torch
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and bool(cpu_bf16_flags())
+    return kind == "cpu" and bool(cpu_bf16_flags())
 
 
-def resolve_precision(requested: str, device: torch.device | str) -> str:
+def resolve_precision(requested: str, device) -> str:
     """`fp32` or `bf16` for `requested` (one of PRECISIONS) on `device`; ValueError for anything else."""
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}; expected one of {', '.join(PRECISIONS)}")
@@ -51,20 +70,20 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
     return requested
 
 
-def slow_bf16_warning(precision: str, device: torch.device | str) -> str | None:
+def slow_bf16_warning(precision: str, device) -> str | None:
     """One line for a user who asked for bf16 on a device without bf16 hardware; None otherwise."""
-    device = torch.device(device)
     if precision != "bf16" or bf16_is_fast(device):
         return None
-    where = "this GPU" if device.type == "cuda" else "this CPU (no AVX512-BF16 or AMX)"
+    where = "this GPU" if device_type(device) == "cuda" else "this CPU (no AVX512-BF16 or AMX)"
     return (f"bf16 is slow on {where}: it is emulated, and trains slower than fp32; going on in bf16 "
             f"(--precision fp32 or auto would be faster)")
 
 
-def autocast(precision: str, device: torch.device | str):
-    """The block that runs a forward pass in `precision` (fp32: a no-op)."""
+def autocast(precision: str, device):
+    """The block that runs a forward pass in `precision` (fp32: a no-op) on `device` (a torch.device or name)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision != "bf16":
         raise ValueError(f"precision {precision!r} is not resolved; expected fp32 or bf16")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    import torch
+    return torch.autocast(device_type(device), dtype=torch.bfloat16)

@@ -43,7 +43,9 @@ def check_search(summary, tracking_uri):
     import mlflow
     from search_space.genotype import Genotype
     from search_space.cost import genotype_macs
+    import torch
     from search_space.ops import attention_backend
+    from search_space.precision import resolve_precision
     from workers.checkpoint import model_from_checkpoint
 
     client = MlflowClient(tracking_uri)
@@ -51,6 +53,9 @@ def check_search(summary, tracking_uri):
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert {"budget_macs", "task", "profile", "git_commit", "command_line"} <= set(parent.data.tags)
+    # --precision auto, resolved once for this machine: bf16 on a CPU with AVX512-BF16 or AMX, fp32 elsewhere
+    precision = resolve_precision("auto", "cpu")
+    assert summary["precision"] == parent.data.params["precision"] == precision
     children = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.acla_kind = 'trial'")
     assert len(children) == len(summary["trials"]) == 2
@@ -66,8 +71,9 @@ def check_search(summary, tracking_uri):
         assert child.data.metrics["macs_expected"] <= child.data.metrics["macs"]
         assert "proxy_macs" in child.data.metrics
         # Where it ran and which attention implementation served it (the dispatcher's choice in that process).
-        assert child.data.params["device"] == "cpu"
-        assert child.data.params["attention_backend"] == attention_backend("cpu")
+        assert child.data.params["device"] == "cpu" and child.data.params["precision"] == precision
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert child.data.params["attention_backend"] == attention_backend("cpu", dtype)
     every = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
     want = independent_front([(r.info.run_id, r.data.metrics["psnr"], r.data.metrics["macs"]) for r in every])
     assert {r.info.run_id for r in every if r.data.tags["pareto"] == "true"} == want
@@ -78,11 +84,13 @@ def check_search(summary, tracking_uri):
     assert len(retrain) == 1 and retrain[0].data.tags["trial_run_id"] in {c.info.run_id for c in children}
     # the retraining started from its trial's weights, which the driver stored with a manifest
     assert retrain[0].data.params["init"].startswith("from its trial's weights")
+    assert retrain[0].data.params["precision"] == precision
     assert summary["retrained"][0]["init"] == retrain[0].data.params["init"]
     checkpoint = mlflow.artifacts.download_artifacts(run_id=retrain[0].info.run_id, artifact_path="checkpoint/model.pt",
                                                      tracking_uri=tracking_uri)
     model, genotype, task, payload = model_from_checkpoint(checkpoint)
     assert task.name == "car" and payload["profile"] == "smoke"
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())  # trained in bf16 or not, stored fp32
     assert 0.5 * BUDGET <= genotype_macs(genotype) <= BUDGET  # the registered model spends its budget
     version = aliased_version(client, summary["retrained"][0], "budget-2G", retrain[0].info.run_id)
     assert version.run_id == retrain[0].info.run_id
@@ -149,8 +157,8 @@ def test_search_end_to_end_sqlite(run_dir):
     from mlflow.tracking import MlflowClient
     tags = MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(summary["parent_run_id"]).data.tags
     assert (tags["search_steps"], tags["search_warmup"]) == ("4", "2")  # the overrides reached the search
-    assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "trials", "retrained",
-                            "width"}
+    assert set(summary) == {"experiment", "parent_run_id", "task", "budget_macs", "profile", "precision", "trials",
+                            "retrained", "width"}
     check_width(summary, f"sqlite:///{run_dir}/mlflow.db")
     assert set(summary["trials"][0]) == {"trial", "run_id", "backbone", "positions", "keys", "macs", "proxy_macs",
                                          "params", "psnr", "ssim", "pareto", "retrained_psnr", "artifact_uri", "attention_backend",

@@ -28,7 +28,7 @@ RETRAIN = textwrap.dedent("""
     records = []
     with ray_session(run):
         outcome = retrain_genotype(genotype=genotype, task=task_from_options("car"), profile_name="smoke",
-                                   data=DataSpec(*embedded_sets()), storage=run.storage, name="resume-test",
+                                   precision="fp32", data=DataSpec(*embedded_sets()), storage=run.storage, name="resume-test",
                                    num_workers=1, steps=int(sys.argv[2]), seed=0, progress=records.append)
     print(json.dumps({**{k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))},
                       "progress": records}))
