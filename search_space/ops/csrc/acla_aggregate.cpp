@@ -177,62 +177,6 @@ void forward_kernel(const Problem<value_t>& p, value_t* out, acc_of<value_t>* we
   });
 }
 
-#ifdef ACLA_DPBF16
-// The bf16 forward with vdpbf16ps, for CT a multiple of 16: the two taps of a key on one image row are adjacent
-// pixels, so each 16-channel step interleaves their bf16 channels pairwise and adds w_a * v_a + w_b * v_b into
-// fp32 lanes in one instruction, the pair's weights rounded to bf16 as the attention probabilities are before
-// the value product in bf16 attention kernels. The lanes hold the channels as the interleave leaves them
-// ({0-3, 8-11} and {4-7, 12-15} per step), put back in order once per query.
-template <int CT>
-void forward_kernel_dpbf16(const Problem<bf16>& p, bf16* out, float* weights) {
-  static_assert(CT % 16 == 0, "whole 16-channel steps");
-  constexpr int steps = CT / 16;
-  const int64_t HW = p.H * p.W;
-  at::parallel_for(0, p.B * HW, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> e(p.Kt);
-    alignas(32) bf16 zeros[CT] = {};  // what a tap outside the image reads
-    alignas(32) float sums[CT];
-    for (int64_t q = begin; q < end; ++q) {
-      const int64_t b = q / HW, pixel = q % HW, y = pixel / p.W, x = pixel % p.W;
-      float* w = weights + q * p.Kt;
-      masked_softmax<float>(p.logits + q * p.Kt, p.gates ? p.gates + q * p.Kt : nullptr, p.Kt, e.data(), w);
-      __m256 lo[steps], hi[steps];
-      for (int s = 0; s < steps; ++s) lo[s] = hi[s] = _mm256_setzero_ps();
-      for (int64_t l = 0; l < p.L; ++l) {
-        const bf16* base = p.values[l] + b * HW * CT;
-        for (int64_t k = l * p.K; k < (l + 1) * p.K; ++k) {
-          if (w[k] == 0) continue;  // a gated-off key costs nothing
-          const float* d = p.offsets + (q * p.Kt + k) * 2;
-          const auto t = make_taps<float>(x + d[0], y + d[1], p.H, p.W);
-          for (int row = 0; row < 2; ++row) {
-            const int i = 2 * row;
-            if (t.weight[i] == 0 && t.weight[i + 1] == 0) continue;
-            const bf16* va = t.weight[i] == 0 ? zeros : base + t.index[i] * CT;
-            const bf16* vb = t.weight[i + 1] == 0 ? zeros : base + t.index[i + 1] * CT;
-            const uint32_t pair = static_cast<uint32_t>(narrow<bf16>(w[k] * t.weight[i])) |
-                                  static_cast<uint32_t>(narrow<bf16>(w[k] * t.weight[i + 1])) << 16;
-            const __m256bh wp = (__m256bh)_mm256_set1_epi32(static_cast<int>(pair));
-            for (int s = 0; s < steps; ++s) {
-              const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(va + 16 * s));
-              const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb + 16 * s));
-              lo[s] = _mm256_dpbf16_ps(lo[s], (__m256bh)_mm256_unpacklo_epi16(a, c), wp);
-              hi[s] = _mm256_dpbf16_ps(hi[s], (__m256bh)_mm256_unpackhi_epi16(a, c), wp);
-            }
-          }
-        }
-      }
-      for (int s = 0; s < steps; ++s) {  // channels 16s..16s+7, then 16s+8..16s+15
-        _mm256_store_ps(sums + 16 * s, _mm256_permute2f128_ps(lo[s], hi[s], 0x20));
-        _mm256_store_ps(sums + 16 * s + 8, _mm256_permute2f128_ps(lo[s], hi[s], 0x31));
-      }
-      bf16* o = out + q * CT;
-      const bf16* r = p.residual ? p.residual + q * CT : nullptr;
-      for (int64_t c = 0; c < CT; ++c) o[c] = narrow<bf16>(sums[c] + p.bias[c] + (r ? widen(r[c]) : 0.0f));
-    }
-  });
-}
-#endif
-
 // One (image, layer, channel block [c0, c1)) task. Partial dot products over the block go to `partial`
 // (3 per query and key: d loss / d w, then the offset gradient); the caller sums the blocks. Without
 // `grad_value` nothing is scattered; without `off_key_grads` (a derived top-k module) gated-off keys are skipped.
@@ -415,14 +359,8 @@ std::vector<torch::Tensor> acla_forward(std::vector<torch::Tensor> values, torch
     auto out = torch::empty_like(values[0]);
     auto weights = torch::empty_like(logits);
     dispatch_channels(p.C, [&](auto ct) {
-      constexpr int CT = decltype(ct)::value;
-#ifdef ACLA_DPBF16
-      if constexpr (std::is_same<value_t, bf16>::value && CT > 0 && CT % 16 == 0) {
-        forward_kernel_dpbf16<CT>(p, static_cast<bf16*>(out.data_ptr()), static_cast<float*>(weights.data_ptr()));
-        return;
-      }
-#endif
-      forward_kernel<value_t, CT>(p, static_cast<value_t*>(out.data_ptr()), static_cast<acc_t*>(weights.data_ptr()));
+      forward_kernel<value_t, decltype(ct)::value>(p, static_cast<value_t*>(out.data_ptr()),
+                                                  static_cast<acc_t*>(weights.data_ptr()));
     });
     result = {out, weights};
   });
