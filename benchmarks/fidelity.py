@@ -15,6 +15,7 @@ arguments: only the trainings it had not kept are trained.
 Usage: python benchmarks/fidelity.py [--tasks car,denoise] [--steps 400,1600] [--long 3200] [--seeds 3]
        [--budget 13G] [--attention acla] [--precision auto|fp32|bf16] [--variants plain-matched,cla,acla-random,acla-searched]
        [--out benchmarks/results/fidelity] [--home DIR] [--genotype G.json] [--reuse-reference] [--resume ID]
+       [--datasets DIR]
        python benchmarks/fidelity.py --summarise-only   (table and plot from the JSON lines already written)
 """
 from __future__ import annotations
@@ -30,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from orchestrator.fidelity import markdown, pair_with_earlier_reference, plot  # noqa: E402  (the table and plot that `report` shows too)
-DATASETS = ROOT.parent / "shared" / "datasets"
 TASKS = {"car": (["--task", "car", "--quality", "10"], "LIVE1"),
          "denoise": (["--task", "denoise", "--sigma", "25"], "CBSD68")}
 VARIANTS = ("plain-matched", "cla", "acla-random", "acla-searched")
@@ -40,7 +40,7 @@ def run_ablation(task: str, steps: int, variants, args, resume: str | None = Non
     flags, benchmark = TASKS[task]
     command = [sys.executable, "-m", "orchestrator.cli", "ablate", *flags, "--budget", args.budget, "--profile",
                args.profile, "--steps", str(steps), "--seeds", str(args.seeds), "--attention", args.attention,
-               "--variants", ",".join(variants), "--eval-data", str(DATASETS / benchmark),
+               "--variants", ",".join(variants), "--eval-data", str(Path(args.datasets) / benchmark),
                "--precision", args.precision, "--json"]
     if args.genotype:  # a fixed placement instead of the search's: the module measured where the search keeps none
         command += ["--genotype", args.genotype]
@@ -86,8 +86,12 @@ def main() -> None:
                              "(seeded runs reproduce to the digit), instead of training plain-matched again")
     parser.add_argument("--resume", metavar="ID", help="go on with the first ablation of this plan, cut off "
                                                         "earlier: the ID on the first line of its ablate-*.log")
+    parser.add_argument("--datasets", help="the test sets' folder (default: $ACLA_DATASETS, else the per-user data "
+                                           "folder; docs/datasets.md); on the build machines ../shared/datasets")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
+    from workers.data import datasets_root
+    args.datasets = str(datasets_root(args.datasets)[0].resolve())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = out / "ablations.jsonl"

@@ -311,7 +311,9 @@ def add_local_verbs(verbs) -> None:
     which_images = evaluate_verb.add_mutually_exclusive_group(required=True)
     which_images.add_argument("--benchmark", choices=BENCHMARK_NAMES, help="standard test set")
     which_images.add_argument("--data", help="any folder of clean images")
-    evaluate_verb.add_argument("--datasets", default="../shared/datasets", help="folder holding the test sets")
+    evaluate_verb.add_argument("--datasets", help="folder holding the test sets (default: $ACLA_DATASETS, else the "
+                                                  "per-user data folder, ~/.cache/acla-orch/datasets; "
+                                                  "docs/datasets.md)")
     evaluate_verb.add_argument("--seed", type=seed_arg, default=0, help="noise seed for denoise")
     add_model_args(evaluate_verb)
     evaluate_verb.set_defaults(handler="model_commands:command_evaluate")

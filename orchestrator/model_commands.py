@@ -56,6 +56,10 @@ def command_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"inputs share the name {clashes[0]}; their outputs would overwrite each other in {out_dir}")
     with user_errors():  # every input read before the model is fetched or loaded; nothing is written before all pass
         inputs = [(path, load_image(path)) for path in args.inputs]
+    for path, _ in inputs:  # the same file under any name (a relative path, a symlink or a hard link)
+        target = out_dir / f"{Path(path).stem}.png"
+        if target.exists() and os.path.samefile(target, path):
+            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
     resolved = resolve_reference(args)
     network, _, task = load_model(args, resolved)
     precision = precision_from_args(args)
@@ -69,10 +73,6 @@ def command_restore(args: argparse.Namespace) -> int:
                 raise UsageError(f"{path}: image is {width}x{height} pixels; the model needs at least "
                                  f"{MIN_SIDE}x{MIN_SIDE}")
             images.append((path, image))
-    for path, _ in images:  # the same file under any name (a relative path, a symlink or a hard link)
-        target = out_dir / f"{Path(path).stem}.png"
-        if target.exists() and os.path.samefile(target, path):
-            raise UsageError(f"{path}: its output {target} would replace the input itself; pass -o with another folder")
     total = sum(tile_count(*image.shape[:2], args.tile) for _, image in images)
     outputs = []
     with progress_bar("restoring", total, enabled=total > 1, transient=True) as bar:

@@ -318,6 +318,10 @@ def summary_lines(summary: dict) -> list[str]:
                  f"{' at most' if expected else ''}{expected})"
                  if t["positions"] else "plain backbone (no attention module fits or pays)")
         lines += textwrap.wrap(where, 78, initial_indent="  ", subsequent_indent="    ")
+        if t.get("position_scores") and "passed" in t["position_scores"][0]:
+            from .tracking import position_decision
+            lines += textwrap.wrap(position_decision(t["position_scores"], t["positions"]), 78, initial_indent="  ",
+                                   subsequent_indent="    ")
     if summary.get("width"):
         from .width import width_line_text
         lines += textwrap.wrap(width_line_text(summary["width"], summary["width"]), 78, subsequent_indent="  ")

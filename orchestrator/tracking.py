@@ -132,6 +132,20 @@ def short_genotype_params(genotype: dict) -> dict:
             "net": f"{genotype['channels']}x{genotype['blocks']}"}
 
 
+NO_POSITION_PAYS = "no position pays at this budget"
+
+
+def position_decision(scores: list[dict], positions: list[int]) -> str:
+    """What a trial's significance rule decided, in words (its MLflow param `decision` and the summary's line)."""
+    passed = [s["position"] for s in scores if s.get("passed")]
+    if not passed:
+        return (f"{NO_POSITION_PAYS}: none of the {len(scores)} positions' gains is significant "
+                f"({scores[0].get('rule', 'the rule')}); the budget goes to width")
+    kept = ", ".join(map(str, positions)) or "none"
+    return (f"significant gains at positions {', '.join(map(str, passed))} ({scores[0].get('rule', 'the rule')}); "
+            f"kept within the budget: {kept}")
+
+
 def log_trial(client: MlflowClient, run_id: str, *, result: dict) -> str:
     """A trial's end on its run: the genotype's short params, the metrics (`macs_g` beside `macs`), the
     genotype and position-score JSON as artifacts; FINISHED."""
@@ -139,7 +153,11 @@ def log_trial(client: MlflowClient, run_id: str, *, result: dict) -> str:
     fields = {**short_genotype_params(genotype), **{k: result[k] for k in TRIAL_PARAMS if k in result}}
     scores = json.loads(result.get("position_scores", "[]"))
     per_position = [Metric(f"position_{kind}_{s['position']}", float(s[kind]), 0, 0)
-                    for s in scores for kind in ("score", "spread", "stderr", "prob", "active_keys") if kind in s]
+                    for s in scores for kind in ("score", "spread", "stderr", "passed", "prob", "active_keys")
+                    if kind in s]
+    if scores and "rule" in scores[0]:  # the significance rule and, in words, what it decided
+        fields["significance_rule"] = scores[0]["rule"]
+        fields["decision"] = position_decision(scores, genotype["positions"])
     metrics = [Metric(k, float(result[k]), 0, 0) for k in TRIAL_METRICS if k in result]
     metrics.append(Metric("macs_g", float(result["macs"]) / 1e9, 0, 0))
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in fields.items()], metrics=metrics + per_position)

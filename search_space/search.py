@@ -27,6 +27,7 @@ from .genotype import Genotype, refs_at_position
 from .optim import Adam
 from .precision import autocast
 from .registry import get_kind
+from .significance import holm_passes
 from .supernet import Supernet
 
 
@@ -72,7 +73,9 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
 
     `position_scores[i]` is how much the held-out loss rises when position i is switched off (DARTS-PT's
     perturbation score, in loss units), and `score_errors[i]` its standard error (default 0): a position counts
-    as gainful only when its score exceeds its error, since a decision inside the noise is a coin flip. Key
+    as gainful only when its gain is significant across all the positions tested together (Holm's method over
+    one-sided z-tests at 5% family-wise, search_space/significance.py), since a decision inside the noise is a
+    coin flip, and with 8 positions one of them clears one standard error by chance. Key
     counts are the caps of `derived_keys` (costed at the cap: a bound), and an adaptive genotype carries the
     mean active keys, at most the cap, as its `expected_keys`. A position that does not fit what is left of the
     budget is skipped and cheaper ones are still tried (a greedy knapsack), so the result never exceeds the
@@ -91,8 +94,7 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
         return [round(min(float(mean), cap), 4) for mean, cap in zip(active_keys[position], keys_at(position))]
 
     cost = {i: module_macs(base, i, keys_at(i)) for i in range(base.blocks)}
-    gainful = [i for i in range(base.blocks)
-               if math.isfinite(position_scores[i]) and position_scores[i] > max(0.0, errors[i])]
+    gainful = [i for i, passed in enumerate(holm_passes(position_scores, errors)) if passed]
     ranked = sorted(gainful, key=lambda i: (-position_scores[i] / max(cost[i], 1), i))
     left = budget_macs - bare_macs
     kept = []

@@ -84,8 +84,10 @@ def nothing(work):
 
 def car_model(*images):
     """A checkpoint of an untrained car q10 network (cheap: built, never trained) and the named images:
-    'in.png' a 48x48 photo, 'tiny.png' 4x4, 'big.png' a 40000x40000 header, 'photos/' an empty folder."""
+    'in.png' a 48x48 photo, 'tiny.png' 4x4, 'big.png' a 40000x40000 header, 'photos/' an empty folder; and an empty
+    'restored/' for the outputs."""
     def setup(work):
+        (work / "restored").mkdir()
         from search_space.backbone import build_network
         from search_space.genotype import Genotype
         from workers.checkpoint import save_checkpoint
@@ -166,15 +168,16 @@ CASES = [
     ("evaluate garbage ckpt", ["evaluate", "--model", "ckpt.pt", "--benchmark", "Set5"], checkpoint_garbage, "ckpt.pt"),
     ("evaluate unknown benchmark", ["evaluate", "--model", "ckpt.pt", "--benchmark", "Set7"], checkpoint_garbage, "Set7"),
     ("evaluate empty data folder", ["evaluate", "--model", "model.pt", "--data", "photos"], car_model("photos/"), "no images found"),
-    ("restore unknown model", ["restore", "--model", "nope.pt", "in.png", "-o", "."], car_model("in.png"), "unknown model reference"),
-    ("restore unknown registry model", ["restore", "--model", "models:/acla-car-q10@budget-50G", "in.png", "-o", "."], car_model("in.png"), "no MLflow store"),
-    ("restore malformed reference", ["restore", "--model", "models:/a/b/c", "in.png", "-o", "."], car_model("in.png"), "unknown model reference"),
-    ("restore model for another task", ["restore", "--model", "model.pt", "--task", "sr", "in.png", "-o", "."], car_model("in.png"), "trained for car-q10, not sr-x2"),
-    ("restore model for another quality", ["restore", "--model", "model.pt", "--task", "car", "--quality", "40", "in.png", "-o", "."], car_model("in.png"), "not car-q40"),
+    ("restore unknown model", ["restore", "--model", "nope.pt", "in.png", "-o", "restored"], car_model("in.png"), "unknown model reference"),
+    ("restore unknown registry model", ["restore", "--model", "models:/acla-car-q10@budget-50G", "in.png", "-o", "restored"], car_model("in.png"), "no MLflow store"),
+    ("restore malformed reference", ["restore", "--model", "models:/a/b/c", "in.png", "-o", "restored"], car_model("in.png"), "unknown model reference"),
+    ("restore model for another task", ["restore", "--model", "model.pt", "--task", "sr", "in.png", "-o", "restored"], car_model("in.png"), "trained for car-q10, not sr-x2"),
+    ("restore model for another quality", ["restore", "--model", "model.pt", "--task", "car", "--quality", "40", "in.png", "-o", "restored"], car_model("in.png"), "not car-q40"),
     ("restore output folder missing", ["restore", "--model", "model.pt", "in.png", "-o", "no/such"], car_model("in.png"), "does not exist"),
-    ("restore image over the pixel limit", ["restore", "--model", "model.pt", "big.png", "-o", "."], car_model("big.png"), "ACLA_MAX_PIXELS"),
-    ("restore image too small", ["restore", "--model", "model.pt", "in.png", "tiny.png", "-o", "."], car_model("in.png", "tiny.png"), "at least 8x8"),
-    ("restore missing input", ["restore", "--model", "model.pt", "in.png", "gone.png", "-o", "."], car_model("in.png"), "gone.png"),
+    ("restore image over the pixel limit", ["restore", "--model", "model.pt", "big.png", "-o", "restored"], car_model("big.png"), "ACLA_MAX_PIXELS"),
+    ("restore into the input's folder", ["restore", "--model", "nope.pt", "in.png", "-o", "."], car_model("in.png"), "would replace the input itself"),
+    ("restore image too small", ["restore", "--model", "model.pt", "in.png", "tiny.png", "-o", "restored"], car_model("in.png", "tiny.png"), "at least 8x8"),
+    ("restore missing input", ["restore", "--model", "model.pt", "in.png", "gone.png", "-o", "restored"], car_model("in.png"), "gone.png"),
     ("retrain without a store", ["retrain", "--run-id", "0123456789abcdef0123456789abcdef"], nothing, "no MLflow store"),
     ("retrain run id injection", ["retrain", "--run-id", "x' or '1'='1"], nothing, "not an MLflow run id"),
     ("resume run id not hex", ["resume", "../../etc"], nothing, "not an MLflow run id"),
@@ -236,8 +239,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(outcomes, name, fragmen
 
 
 LIGHT_CASES = ["budget too small", "data corrupt image", "retrain workers above the batch", "tracking unreachable",
-               "genotype unknown field", "degrade missing input", "restore missing input", "retrain without a store",
-               "resume nothing to resume", "status corrupt db", "pareto unreachable tracking", "train home is a file"]
+               "genotype unknown field", "degrade missing input", "restore missing input", "restore into the input's folder",
+               "retrain without a store", "resume nothing to resume", "status corrupt db", "pareto unreachable tracking", "train home is a file"]
 
 
 def test_bad_input_is_answered_before_torch_mlflow_or_ray_is_imported(tmp_path):

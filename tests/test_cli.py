@@ -139,6 +139,20 @@ def test_evaluate_checkpoint_on_benchmark(tmp_path):
     assert f"better than its input: Y {counted['psnr_y']} of 5, RGB {counted['psnr_rgb']} of 5 images" in out.stdout
     out = run("evaluate", "--model", "m.pt", "--benchmark", "Set7", "--datasets", DATASETS, cwd=tmp_path)
     assert out.returncode == 2 and "Set7" in out.stderr
+    # from a folder outside the clone, the sets come from ACLA_DATASETS; with nothing set, from the per-user folder,
+    # and a set that is not there is one line naming where it looked
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "m.pt").write_bytes((tmp_path / "m.pt").read_bytes())
+    out = run("evaluate", "--model", "m.pt", "--benchmark", "classic5", "--json", cwd=elsewhere,
+              env_extra={"ACLA_DATASETS": os.path.abspath(DATASETS)})
+    assert out.returncode == 0 and json.loads(out.stdout)["count"] == 5, out.stderr
+    cache = tmp_path / "cache"
+    out = run("evaluate", "--model", "m.pt", "--benchmark", "LIVE1", cwd=elsewhere,
+              env_extra={"ACLA_DATASETS": "", "XDG_CACHE_HOME": str(cache)})
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"no LIVE1 test set in {cache / 'acla-orch' / 'datasets'}" in out.stderr
+    assert "docs/datasets.md" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_the_search_summary_fits_80_columns_with_full_run_ids_and_positions():

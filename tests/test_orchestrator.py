@@ -72,6 +72,8 @@ def check_search(summary, tracking_uri):
         assert "proxy_macs" in child.data.metrics
         # Where it ran and which attention implementation served it (the dispatcher's choice in that process).
         assert child.data.params["device"] == "cpu" and child.data.params["precision"] == precision
+        assert child.data.params["significance_rule"] == "holm-0.05"
+        assert child.data.params["decision"].startswith(("no position pays at this budget", "significant gains at"))
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         assert child.data.params["attention_backend"] == attention_backend("cpu", dtype)
     every = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
@@ -168,6 +170,12 @@ def test_search_end_to_end_sqlite(run_dir):
         blocks = trial["backbone"]["blocks"]
         assert [s["position"] for s in trial["position_scores"]] == list(range(blocks))
         assert all({"score", "spread", "stderr", "prob", "active_keys"} <= set(s) for s in trial["position_scores"])
+        # each position's verdict under the named rule, recomputed here from its score and error
+        from search_space.significance import holm_passes
+        scores = trial["position_scores"]
+        assert all(isinstance(s["passed"], bool) and s["rule"] == "holm-0.05" for s in scores)
+        assert [s["passed"] for s in scores] == holm_passes([s["score"] for s in scores], [s["stderr"] for s in scores])
+        assert set(trial["positions"]) <= {s["position"] for s in scores if s["passed"]}
         assert all(0 < s["active_keys"] <= 4 for s in trial["position_scores"])  # the smoke profile's 4 keys
         # an adaptive genotype is costed at its caps; its expected MACs, at the keys kept on validation images,
         # are never above them

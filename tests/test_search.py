@@ -62,11 +62,16 @@ def test_derive_ranks_by_gain_and_rounds_keys():
     assert genotype.keys == ((3,), (1, 3))
 
 
-def test_derive_keeps_no_position_whose_score_is_inside_its_error():
+def test_derive_keeps_only_positions_whose_gain_is_significant_among_all_tested():
     keys = [[4.0], [4.0], [4.0, 4.0], [4.0, 4.0]]
     genotype = derive_genotype(base=BASE, position_scores=[0.02, 0.01, 0.005, 0.004], active_keys=keys,
                                budget_macs=1e12, score_errors=[0.001, 0.02, 0.004, 0.004])
-    assert genotype.positions == (0, 2)  # 0.01 < 0.02 and 0.004 is not above 0.004: coin flips, left out
+    # z = 20 passes; z = 0.5, 1.25 and 1.0 do not at 5% family-wise over 4 positions (1.25 would pass a
+    # one-standard-error rule: a coin flip among 4)
+    assert genotype.positions == (0,)
+    strong = derive_genotype(base=BASE, position_scores=[0.02, 0.01, 0.012, 0.004], active_keys=keys,
+                             budget_macs=1e12, score_errors=[0.001, 0.02, 0.004, 0.004])
+    assert strong.positions == (0, 2)  # z = 3: p = 0.0013, below Holm's 0.05 / 3 at the second step
     plain = derive_genotype(base=BASE, position_scores=[1e-6] * 4, active_keys=keys, budget_macs=1e12,
                             score_errors=[1e-5] * 4)
     assert plain.positions == ()  # nothing measurable: the plain backbone (the outer search spends on width)

@@ -2,7 +2,7 @@
 
 Sources: the everyday photographs bundled inside the scikit-image, scikit-learn and matplotlib wheels (the embedded default, no download),
 any folder of images, the DIV2K layout (DIV2K_train_HR / DIV2K_valid_HR), and benchmark folders laid out
-as ../shared/datasets (Set5/HR, Set14, Kodak24, McMaster, CBSD68, classic5, LIVE1).
+as docs/datasets.md says (Set5/HR, Set14, Kodak24, McMaster, CBSD68, classic5, LIVE1).
 Patches get random flips and 90-degree rotations from a seeded numpy generator whose state is saved in
 checkpoints, so a resumed run draws the same batches as an uninterrupted one.
 """
@@ -214,11 +214,37 @@ def folder_sets(folder: str | os.PathLike, valid_fraction: float = 0.1) -> tuple
     return ImageSet(folder.name, tuple(p for p in paths if p not in valid)), ImageSet(folder.name + "-valid", valid)
 
 
-def benchmark_set(root: str | os.PathLike, name: str) -> ImageSet:
-    """A test set from a folder laid out as ../shared/datasets (e.g. name 'Set5' reads Set5/HR)."""
+def user_datasets_folder() -> Path:
+    """The per-user folder for the test sets: $XDG_CACHE_HOME/acla-orch/datasets (~/.cache/... by default),
+    %LOCALAPPDATA%\\acla-orch\\datasets on Windows."""
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "acla-orch" / "datasets"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "acla-orch" / "datasets"
+
+
+def datasets_root(given: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Where the test sets are, and what said so: the --datasets flag, else $ACLA_DATASETS, else the per-user
+    folder. Never a folder beside the working directory."""
+    if given:
+        return Path(given), "--datasets"
+    if os.environ.get("ACLA_DATASETS"):
+        return Path(os.environ["ACLA_DATASETS"]), "ACLA_DATASETS"
+    return user_datasets_folder(), "the per-user data folder"
+
+
+def benchmark_set(root: str | os.PathLike | None, name: str) -> ImageSet:
+    """A test set from the datasets folder (`datasets_root(root)`), laid out as docs/datasets.md says (e.g.
+    name 'Set5' reads <root>/Set5/HR). A set that is not there is a DataError naming the folder looked in."""
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
-    return ImageSet(name, list_images(Path(root) / BENCHMARKS[name]))
+    folder, source = datasets_root(root)
+    where = folder / BENCHMARKS[name]
+    if not where.is_dir():
+        raise DataError(f"no {name} test set in {folder} (from {source}): expected its images in {where}; set "
+                        f"--datasets or ACLA_DATASETS to the folder that holds {BENCHMARKS[name]}, or put it in "
+                        f"{user_datasets_folder()} (docs/datasets.md)")
+    return ImageSet(name, list_images(where))
 
 
 @dataclass
