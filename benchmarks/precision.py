@@ -7,7 +7,10 @@ in each precision. The nets: the plain 64x8 backbone, the searched ACLA net (--g
 study's 32x8 with ACLA after blocks 0-5) and its plain-matched rival (the plain backbone widened to its MACs,
 as the ablation builds it), with the equal-MACs ratio, ACLA net / plain-matched steps per second, in each
 precision. And ACLA alone (C=64, 4 reference layers, 9 keys each, batch 4, 96x96, search form: adaptive gates,
-every key sampled), forward+backward, its inputs in the precision's dtype as a net under autocast hands them.
+every key sampled), forward+backward, its inputs in the precision's dtype as a net under autocast hands them;
+and on the CPU its attention kernel alone (the C++ extension's forward and backward, value gradients included),
+with offsets spread as a trained module's (1.5 px) and with every offset (0.5, 0.5), where every key of a query
+reads the same four pixels from cache: what remains there is the kernel's arithmetic, not its memory traffic.
 
 quality: the plain 64x8 backbone and the searched ACLA net each trained in fp32 and in bf16 on `--seeds` paired
 seeds (the same patches and initial weights for both precisions) for `--steps` steps at the quick profile, and
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from attention import median_ms  # benchmarks/attention.py, beside this script
 from search_space.acla import ACLA
 from search_space.backbone import build_network
 from search_space.genotype import Genotype
@@ -112,6 +116,27 @@ def module_ms(device, precision: str, repeats: int, channels: int = 64, layers: 
     return statistics.median(times[1:]) * 1000
 
 
+def kernel_ms(precision: str, repeats: int, spread: float | None, channels: int = 64, layers: int = 4,
+              keys: int = 9, batch: int = 4, size: int = 96) -> dict:
+    """The CPU kernel alone: median ms of its forward and of its backward."""
+    from search_space.ops.acla_attend import load_extension
+    extension = load_extension()
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    shape = (batch, size, size, layers * keys)
+    values = [torch.randn(batch, size, size, channels, generator=gen).to(dtype) for _ in range(layers)]
+    offsets = (torch.randn(*shape, 2, generator=gen) * spread if spread is not None
+               else torch.full((*shape, 2), 0.5))
+    logits, bias = torch.randn(*shape, generator=gen), torch.randn(channels, generator=gen)
+    gates = (torch.rand(*shape, generator=gen) < 0.73).float()
+    residual, grad = (torch.randn(batch, size, size, channels, generator=gen).to(dtype) for _ in range(2))
+    _, weights = extension.forward(values, offsets, logits, gates, bias, keys, residual)
+    calls = {"forward": lambda: extension.forward(values, offsets, logits, gates, bias, keys, residual),
+             "backward": lambda: extension.backward(values, offsets, logits, gates, bias, weights, keys, grad, True,
+                                                    True)}
+    return {name: median_ms(call, repeats) for name, call in calls.items()}
+
+
 def speed(args, device) -> dict:
     profile, task = get_profile("quick"), task_from_options("car")
     searched = Genotype.from_json(Path(args.genotype).read_text())
@@ -142,6 +167,15 @@ def speed(args, device) -> dict:
     ms = {p: statistics.median(module[p]) for p in PRECISIONS}
     result["acla_module_c64_l4_k9_b4_96"] = {**{f"{p}_ms": round(ms[p], 1) for p in PRECISIONS},
                                              "bf16_speedup": round(ms["fp32"] / ms["bf16"], 2)}
+    if device.type == "cpu":
+        for label, spread in (("spread_1.5px", 1.5), ("every_offset_0.5", None)):
+            runs = {p: [kernel_ms(p, 5, spread) for _ in range(args.rounds)] for p in PRECISIONS}
+            cell = {}
+            for part in ("forward", "backward"):
+                ms = {p: statistics.median(r[part] for r in runs[p]) for p in PRECISIONS}
+                cell[part] = {**{f"{p}_ms": round(ms[p], 1) for p in PRECISIONS},
+                              "bf16_speedup": round(ms["fp32"] / ms["bf16"], 2)}
+            result.setdefault("cpu_kernel_c64_l4_k9_b4_96", {})[label] = cell
     return result
 
 
