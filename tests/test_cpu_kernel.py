@@ -156,3 +156,21 @@ def test_top_k_mask_matches_torch_topk():
         assert torch.equal(positive, top_k_mask(scores, (1, 4, 9), positive=True))
     assert torch.equal(positive, fast * (scores > 0))
     assert 0 < positive.sum() < fast.sum()
+
+
+@pytest.mark.parametrize("channels", [16, 24, 28, 32, 40, 48, 56, 64, 96, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_every_compiled_channel_count_matches_the_reference(channels, dtype):
+    """The kernel compiles its channel loops for these counts (dispatch_channels): each one, forward and gradients,
+    against the float64 reference on the same inputs (bf16 within its tolerance)."""
+    values, offsets, logits, gates, bias = case(2, channels, 2, 3, 4, 5, spread=2.0, seed=channels, dtype=torch.float64)
+    grad = torch.randn(2, 4, 5, channels, dtype=torch.float64, generator=torch.Generator().manual_seed(channels))
+    values, grad = [v.to(dtype) for v in values], grad.to(dtype)
+    keys32 = [offsets.float(), logits.float(), gates.float(), bias.float()]
+    ref, ref_grads = run(reference_attend, [v.double() for v in values], offsets, logits, gates, bias, 3, grad.double())
+    out, grads = run(attend, values, *keys32[:3], keys32[3], 3, grad)
+    tol = {"rtol": 1.6e-2, "atol": 1e-3} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(out.double(), ref, **tol)
+    for index, (a, b) in enumerate(zip(grads, ref_grads)):
+        torch.testing.assert_close(a.double(), b, **(tol if index < 2 else {"rtol": 1e-3, "atol": 1e-4}),
+                                   msg=f"gradient {index}")

@@ -336,8 +336,12 @@ template <typename Fn>
 void dispatch_channels(int64_t C, Fn&& fn) {
   switch (C) {
     case 16: fn(std::integral_constant<int, 16>()); break;
+    case 24: fn(std::integral_constant<int, 24>()); break;
+    case 28: fn(std::integral_constant<int, 28>()); break;
     case 32: fn(std::integral_constant<int, 32>()); break;
+    case 40: fn(std::integral_constant<int, 40>()); break;
     case 48: fn(std::integral_constant<int, 48>()); break;
+    case 56: fn(std::integral_constant<int, 56>()); break;
     case 64: fn(std::integral_constant<int, 64>()); break;
     case 96: fn(std::integral_constant<int, 96>()); break;
     case 128: fn(std::integral_constant<int, 128>()); break;
