@@ -27,7 +27,7 @@ from .genotype import Genotype, refs_at_position
 from .optim import Adam
 from .precision import autocast
 from .registry import get_kind
-from .significance import holm_passes
+from .significance import holm_passes, decision_errors
 from .supernet import Supernet
 
 
@@ -94,7 +94,7 @@ def derive_genotype(*, base: Genotype, position_scores: Sequence[float], active_
         return [round(min(float(mean), cap), 4) for mean, cap in zip(active_keys[position], keys_at(position))]
 
     cost = {i: module_macs(base, i, keys_at(i)) for i in range(base.blocks)}
-    gainful = [i for i, passed in enumerate(holm_passes(position_scores, errors)) if passed]
+    gainful = [i for i, passed in enumerate(holm_passes(position_scores, decision_errors(base.task, errors))) if passed]
     ranked = sorted(gainful, key=lambda i: (-position_scores[i] / max(cost[i], 1), i))
     left = budget_macs - bare_macs
     kept = []

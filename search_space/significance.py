@@ -24,6 +24,20 @@ from typing import Sequence
 ALPHA = 0.05  # the family-wise error rate over the positions tested together
 RULE = f"holm-{ALPHA:g}"  # the name a trial records beside its verdicts
 
+# The error that matters is how much a position's score moves from one search to the next (another seed: other
+# batches, another supernet), not only the standard error one search measures over its validation batches. Both
+# are measured by benchmarks/seed_agreement.py (5 seeds of the quick search); where the spread between searches
+# is the larger, the test divides each score by it: the within-search error times the task's factor (the median
+# over the positions of between-search spread / within-search error). A task not measured takes the largest.
+BETWEEN_SEARCH_FACTOR: dict[str, float] = {}
+
+
+def decision_errors(task: str, within: Sequence[float]) -> list[float]:
+    """The errors the rule divides by: `within` (each position's within-search standard error) scaled up to the
+    spread between searches where that was measured to be larger."""
+    factor = BETWEEN_SEARCH_FACTOR.get(task, max(BETWEEN_SEARCH_FACTOR.values(), default=1.0))
+    return [max(1.0, factor) * error for error in within]
+
 
 def one_sided_p(score: float, error: float) -> float:
     """P(Z >= score / error) for a standard normal Z: how often a gainless position scores this high."""

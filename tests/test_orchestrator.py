@@ -174,7 +174,9 @@ def test_search_end_to_end_sqlite(run_dir):
         from search_space.significance import holm_passes
         scores = trial["position_scores"]
         assert all(isinstance(s["passed"], bool) and s["rule"] == "holm-0.05" for s in scores)
-        assert [s["passed"] for s in scores] == holm_passes([s["score"] for s in scores], [s["stderr"] for s in scores])
+        assert all(s["decision_error"] >= s["stderr"] for s in scores)
+        assert [s["passed"] for s in scores] == holm_passes([s["score"] for s in scores],
+                                                            [s["decision_error"] for s in scores])
         assert set(trial["positions"]) <= {s["position"] for s in scores if s["passed"]}
         assert all(0 < s["active_keys"] <= 4 for s in trial["position_scores"])  # the smoke profile's 4 keys
         # an adaptive genotype is costed at its caps; its expected MACs, at the keys kept on validation images,

@@ -55,3 +55,15 @@ def test_a_position_with_a_clear_gain_is_kept_and_the_rest_are_not():
         wrong += any(p for i, p in enumerate(passed) if i != 3)
     assert found / 1000 > 0.9
     assert wrong / 1000 <= ALPHA  # the gainless positions beside it: still at most 5% of searches keep one
+
+
+def test_the_rule_divides_by_the_between_search_spread_where_that_is_larger(monkeypatch):
+    from search_space import significance
+    from search_space.significance import decision_errors
+    monkeypatch.setattr(significance, "BETWEEN_SEARCH_FACTOR", {"car": 3.0, "sr": 0.5})
+    assert decision_errors("car", [1e-5, 2e-5]) == pytest.approx([3e-5, 6e-5])
+    assert decision_errors("sr", [1e-5]) == [1e-5]  # smaller between searches: the within-search error stands
+    assert decision_errors("denoise", [1e-5]) == pytest.approx([3e-5])  # not measured: the largest measured factor
+    # a score of 4 within-search errors passes alone, but not at 4/3 of the between-search spread
+    assert holm_passes([4e-5], decision_errors("sr", [1e-5])) == [True]
+    assert holm_passes([4e-5], decision_errors("car", [1e-5])) == [False]

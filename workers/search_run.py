@@ -16,7 +16,7 @@ import torch
 from search_space.genotype import Genotype
 from search_space.registry import get_kind
 from search_space.search import SearchOutcome, derive_genotype, search_architecture
-from search_space.significance import RULE, holm_passes
+from search_space.significance import RULE, holm_passes, decision_errors
 from search_space.supernet import Supernet
 
 from .device import to_device, training_device
@@ -107,18 +107,22 @@ def load_search_result(path) -> SearchResult:
 
 def position_scores(outcome: SearchOutcome) -> list[dict]:
     """Per position: its mean perturbation score, how settled it is (the spread, and the standard error of the
-    mean), whether its gain passed the significance rule (search_space/significance.py, named in `rule`), its
-    final probability, and the mean active keys per query over its reference layers at the end of the search
-    (all keys where the kind has no gates)."""
+    mean), the error the significance rule divided it by (`decision_error`: the standard error, or the spread
+    between searches where that is larger), whether its gain passed the rule (search_space/significance.py,
+    named in `rule`), its final probability, and the mean active keys per query over its reference layers at the
+    end of the search (all keys where the kind has no gates)."""
     keys = [sum(k) / len(k) if k else 0.0 for k in outcome.active_keys]
-    passed = holm_passes(outcome.position_scores, outcome.score_errors)
+    errors = decision_errors(outcome.genotype.task, outcome.score_errors)
+    passed = holm_passes(outcome.position_scores, errors)
+
     def digits(value: float) -> float:  # six significant digits: a verdict recomputed from them is the same
         return float(f"{value:.6g}")
     return [{"position": i, "score": digits(score), "spread": digits(spread), "stderr": digits(error),
-             "passed": ok, "rule": RULE, "prob": round(prob, 4), "active_keys": round(key, 3)}
-            for i, (score, spread, error, ok, prob, key) in enumerate(zip(
-                outcome.position_scores, outcome.score_spread, outcome.score_errors, passed, outcome.position_probs,
-                keys))]
+             "decision_error": digits(tested), "passed": ok, "rule": RULE, "prob": round(prob, 4),
+             "active_keys": round(key, 3)}
+            for i, (score, spread, error, tested, ok, prob, key) in enumerate(zip(
+                outcome.position_scores, outcome.score_spread, outcome.score_errors, errors, passed,
+                outcome.position_probs, keys))]
 
 
 
