@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from orchestrator.fidelity import markdown, pair_with_earlier_reference, plot  # noqa: E402  (the table and plot that `report` shows too)
+from workers.data import BENCHMARKS  # noqa: E402  (each set's folder under the datasets folder: Set5/HR, ...)
 TASKS = {"car": (["--task", "car", "--quality", "10"], "LIVE1"),
          "denoise": (["--task", "denoise", "--sigma", "25"], "CBSD68"),
          "sr": (["--task", "sr", "--scale", "4"], "Set5"),
@@ -47,7 +48,7 @@ def run_ablation(task: str, steps: int, variants, args, resume: str | None = Non
     budget = args.budget or BUDGETS[task]
     command = [sys.executable, "-m", "orchestrator.cli", "ablate", *flags, "--budget", budget, "--profile",
                args.profile, "--steps", str(steps), "--seeds", str(args.seeds), "--attention", args.attention,
-               "--variants", ",".join(variants), "--eval-data", str(Path(args.datasets) / benchmark),
+               "--variants", ",".join(variants), "--eval-data", str(Path(args.datasets) / BENCHMARKS[benchmark]),
                "--precision", args.precision, "--json"]
     if args.genotype:  # a fixed placement instead of the search's: the module measured where the search keeps none
         command += ["--genotype", args.genotype]
