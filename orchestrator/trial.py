@@ -36,13 +36,14 @@ class TrialSettings:
 
 
 def trial_folder(settings: TrialSettings, params: dict) -> Path | None:
-    """The trial's checkpoint folder, named by what determines its result (config, seed, budget, profile): the
-    same trial run again (Tune's retry, or `resume`) finds it and continues. On a cluster it is found where the
-    run directory is shared; elsewhere the trial starts over, which gives the same result."""
+    """The trial's checkpoint folder, named by what determines its result (config, seed, budget, profile and its
+    precision): the same trial run again (Tune's retry, or `resume`) finds it and continues. On a cluster it is
+    found where the run directory is shared; elsewhere the trial starts over, which gives the same result."""
     if settings.checkpoint_root is None:
         return None
     key = json.dumps({"params": params, "seed": settings.seed, "budget": settings.budget_macs,
-                      "profile": settings.profile.name, "task": settings.task.label}, sort_keys=True)
+                      "profile": settings.profile.name, "precision": settings.profile.precision,
+                      "task": settings.task.label}, sort_keys=True)
     return Path(settings.checkpoint_root) / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
