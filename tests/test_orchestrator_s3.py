@@ -110,7 +110,7 @@ def test_mlflow_server_with_s3_artifact_destination(s3_env, proxied_mlflow, run_
     out = acla("restore", "--model", retrained["model_set_uri"], "in.png", "-o", "restored", "--json", home=run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["outputs"][0]["output_size"] == [24, 24]
-    out = acla("restore", "--model", f"{retrained['model_set_uri']}/missing", "in.png", "-o", ".", home=run_dir)
+    out = acla("restore", "--model", f"{retrained['model_set_uri']}/missing", "in.png", "-o", "restored", home=run_dir)
     assert out.returncode == 2 and "unknown model reference" in out.stderr
     # the front straight from Parquet, without MLflow, equals the PostgreSQL-backed server's, which is the search's
     table = json.loads(acla("pareto", "--task", "car", "--json", "--artifact-root", root, home=run_dir).stdout)

@@ -242,7 +242,7 @@ def attend(values: Sequence[torch.Tensor], offsets: torch.Tensor, logits: torch.
         backend = "reference"
     if (backend, device.type) not in _logged:
         _logged.add((backend, device.type))
-        log.info("ACLA attention on %s %s tensors: %s", device.type, str(dtype).replace("torch.", ""), backend)
+        log.info("ACLA attention on %s tensors: %s", device.type, backend)
     if backend in ("triton", "reference"):
         out = (triton_module().triton_attend(values, offsets, logits, gates, keys_per_ref, bias, off_key_grads)
                if backend == "triton" else
