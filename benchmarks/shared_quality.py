@@ -11,12 +11,13 @@ separate, and the separate search's seed spread.
 
 Usage: python benchmarks/shared_quality.py [--budgets 13G,25G,50G,100G] [--compare 13G,25G,50G] [--seeds 2]
        [--profile quick]
-       [--out benchmarks/results/shared-quality] [--home DIR]
+       [--out benchmarks/results/shared-quality-DATE] [--home DIR]
        python benchmarks/shared_quality.py --summarise-only
 """
 from __future__ import annotations
 
 import argparse
+from datetime import date
 import json
 import os
 import statistics
@@ -132,7 +133,8 @@ def main() -> None:
     parser.add_argument("--compare", help="the budgets to compare (searched separately and retrained); default: all")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shared-quality"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"shared-quality-{date.today()}"),
+                        help="results folder, named by what it holds and its date (default: shared-quality-DATE)")
     parser.add_argument("--home", default=str(ROOT / "acla-runs" / "shared-quality"))
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
