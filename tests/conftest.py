@@ -18,7 +18,7 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
 # this order only with --no-loadscope-reorder (the Makefile's); by default it puts the files with most tests first.
 LONGEST_FIRST = ("test_orchestrator_verbs.py", "test_orchestrator_s3.py", "test_orchestrator.py", "test_two_nodes.py",
                  "test_faults.py", "test_retrain.py", "test_ablate_cli.py", "test_bad_input.py", "test_security.py",
-                 "test_cli.py", "test_restore.py", "test_search.py")  # session 14's --durations
+                 "test_cli.py", "test_restore.py", "test_search.py")  # by pytest --durations, 2026-12-02
 
 
 def pytest_collection_modifyitems(config, items):

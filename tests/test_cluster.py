@@ -11,7 +11,7 @@ HEAD = NodeShape("head", "10.0.0.9", 0, 0)  # KubeRay's head with num-cpus 0
 
 
 def test_two_one_cpu_nodes_one_trial_at_a_time_asks_what_a_node_has():
-    """Session 4's hang: --concurrency 1 on 1-CPU nodes asked for 2 CPUs (the driver's count) and waited."""
+    """A hang once seen here: --concurrency 1 on 1-CPU nodes asked for 2 CPUs (the driver's count) and waited."""
     assert trial_resources([CPU_NODE, NodeShape("cpu-b", "10.0.0.3", 1, 0)], concurrency=1) == {"cpu": 1, "gpu": 0}
     assert trial_resources([NodeShape("big", "x", 16, 0)], concurrency=4) == {"cpu": 4, "gpu": 0}
 

@@ -147,7 +147,7 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
 
 def test_a_built_kernel_loads_past_a_lock_left_by_a_killed_process(tmp_path):
     """Once this source is built, loading takes no build lock: a lock left by a process killed while loading
-    (found in session 5: every later trial waited on it) blocks nothing. A changed source is built again."""
+    (found on 2026-11-29: every later trial waited on it) blocks nothing. A changed source is built again."""
     import shutil
     import subprocess
     import sys
