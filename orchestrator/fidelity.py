@@ -84,9 +84,17 @@ def fidelity_rows(reports: list[dict]) -> list[dict]:
 
 
 def markdown(reports: list[dict]) -> str:
+    """The table, one row per cell: a reference run that several ablations of one setting share (trained once,
+    or reused from an earlier ablation) is listed once."""
     lines = ["| task | scored on | steps | seeds | kind | placement | variant | PSNR (dB) | per seed | "
              "gap vs plain-matched [95%] | P7 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    shown = set()
     for row in fidelity_rows(reports):
+        cell = (row["task"], row["eval_data"], row["steps"], row["seeds"], row["attention"], row["placement"],
+                row["variant"].removesuffix(" (earlier run)"), tuple(row["seed_scores"]), repr(row["gap"]))
+        if cell in shown:
+            continue
+        shown.add(cell)
         psnr = "-" if row["psnr"] is None else f"{row['psnr']:.3f} ({row['metric']})"
         seeds = ", ".join(f"{p:.3f}" for p in row["seed_scores"])
         p7 = ("yes" if meets_target(row["gap"]) else "no") if row["variant"] == "acla-searched" and row["gap"] else ""

@@ -29,6 +29,12 @@ def test_gaps_against_steps_in_the_headline_metric(tmp_path):
     assert "| car-q10 | LIVE1 | 1600 | 3 | acla | searched [0] | acla-searched |" in table and "| yes |" in table and "| no |" in table
     plot(reports, tmp_path / "fidelity.png")
     assert (tmp_path / "fidelity.png").stat().st_size > 5000
+    # one row per cell: a second ablation of the same setting that shares the reference runs adds its own variant
+    # rows, and the shared reference once
+    again = _report("car-q10", 1600, [0.15, 0.12, 0.13])
+    again["variants"] = [{**v, "reused_from": "r1"} if v["name"] == "plain-matched" else v for v in again["variants"]]
+    rows = [line for line in markdown([*reports, again]).splitlines() if "| car-q10 | LIVE1 | 1600 |" in line]
+    assert sum("plain-matched" in line for line in rows) == 1 and sum("acla-searched" in line for line in rows) == 1
 
 
 def pytest_approx(value):
