@@ -369,6 +369,9 @@ def show_library_notes() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     show_library_notes()
+    # MLflow's own download bars stand before every small artifact the verbs fetch (a genotype, a checkpoint); the
+    # verbs show a bar of their own where work is long. A user's setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     install_signal_handlers()
     parser = build_parser()
     args = parser.parse_args(argv)
