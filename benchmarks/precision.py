@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 
 from attention import median_ms  # benchmarks/attention.py, beside this script
+from pipeline import plain_matched  # benchmarks/pipeline.py: the ablation's rival at equal MACs
 from search_space.acla import ACLA
 from search_space.backbone import build_network
 from search_space.genotype import Genotype
-from search_space.precision import autocast, cpu_bf16_flags
+from search_space.precision import autocast, compute_dtype, cpu_bf16_flags
 from workers.data import DataSpec, embedded_sets
 from workers.profiles import get_profile
 from workers.tasks import task_from_options
@@ -43,12 +44,6 @@ from workers.train import make_optimizer, make_sampler, train, train_step
 
 DEFAULT_GENOTYPE = Path(__file__).parent / "results" / "fidelity" / "car-acla-0-5.json"
 PRECISIONS = ("fp32", "bf16")
-
-
-def plain_matched(searched: Genotype) -> Genotype:
-    from search_space.cost import genotype_macs
-    from workers.ablation import matched_plain
-    return matched_plain(genotype_macs(searched), searched.bare().replace(attention="none", adaptive=False))
 
 
 def step_ms(genotype: Genotype, task, profile, device, precision: str, steps: int, seed: int = 0) -> float:
@@ -95,7 +90,7 @@ def module_ms(device, precision: str, repeats: int, channels: int = 64, layers: 
     torch.nn.init.normal_(module.fuse.weight, std=0.02)
     torch.nn.init.normal_(module.offset_proj.weight, std=0.1)  # offsets that vary from pixel to pixel
     module.to(device=device, memory_format=torch.channels_last)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
 
     def tensor():
         return torch.randn(batch, channels, size, size, device=device).to(dtype).contiguous(
@@ -122,7 +117,7 @@ def kernel_ms(precision: str, repeats: int, spread: float | None, channels: int 
     from search_space.ops.acla_attend import load_extension
     extension = load_extension()
     gen = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
     shape = (batch, size, size, layers * keys)
     values = [torch.randn(batch, size, size, channels, generator=gen).to(dtype) for _ in range(layers)]
     offsets = (torch.randn(*shape, 2, generator=gen) * spread if spread is not None
@@ -180,10 +175,10 @@ def speed(args, device) -> dict:
 
 
 def t_interval(values: list[float]) -> list[float]:
-    from scipy import stats
-    mean = statistics.fmean(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
+    """[mean, low, high] of paired differences, 95% t-interval, as the ablation computes it."""
+    from workers.ablation import paired_interval
+    interval = paired_interval(values)
+    return [round(float(interval[key]), 4) for key in ("mean", "low", "high")]
 
 
 def quality(args, device) -> dict:

@@ -79,6 +79,12 @@ def slow_bf16_warning(precision: str, device) -> str | None:
             f"(--precision fp32 or auto would be faster)")
 
 
+def compute_dtype(precision: str):
+    """The dtype that convolutions, matrix products and ACLA's value maps run in under `precision`."""
+    import torch
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def autocast(precision: str, device):
     """The block that runs a forward pass in `precision` (fp32: a no-op) on `device` (a torch.device or name)."""
     if precision == "fp32":

@@ -10,6 +10,7 @@ import os
 import torch
 
 from search_space.ops import attention_backend
+from search_space.precision import compute_dtype
 
 
 def training_device() -> torch.device:
@@ -36,9 +37,8 @@ def torch_threads(granted: float) -> int:
 def describe_device(device: torch.device, precision: str = "fp32") -> dict:
     """The MLflow params that say where a trial ran its tensors, in which precision, and which attention
     implementation served it (for the value maps' dtype in that precision)."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-            "precision": precision, "attention_backend": attention_backend(device, dtype)}
+            "precision": precision, "attention_backend": attention_backend(device, compute_dtype(precision))}
 
 
 def to_device(batches, device: torch.device):
