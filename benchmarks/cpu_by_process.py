@@ -5,7 +5,7 @@ one, every process of a cpuacct cgroup it starts the command in: Ray's daemons l
 process's CPU (user + system) is kept at its last reading, then summed by kind: the process title Ray gives
 its workers (`ray::ImplicitFunc`, `ray::RayTrainWorker`, ...), or the program and its first argument. A
 process that lives less than one interval can be missed; the cgroup's own total (printed beside the sampled one)
-says how much was. The measurements of #23's test-suite profile in the README were made with it.
+says how much was. The test-suite profile in docs/measurements.md were made with it.
 """
 from __future__ import annotations
 

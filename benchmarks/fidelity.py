@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from orchestrator.fidelity import markdown, pair_with_earlier_reference, plot  # noqa: E402  (the table and plot that `report` shows too)
+from orchestrator.analysis.fidelity import markdown, pair_with_earlier_reference, plot  # noqa: E402  (the table and plot that `report` shows too)
 from workers.data import BENCHMARKS  # noqa: E402  (each set's folder under the datasets folder: Set5/HR, ...)
 TASKS = {"car": (["--task", "car", "--quality", "10"], "LIVE1"),
          "denoise": (["--task", "denoise", "--sigma", "25"], "CBSD68"),

@@ -1,6 +1,6 @@
 """Orchestrator cost, as JSON: the wall time of `acla-orch search --budget 50GFLOPs --task car` (smoke, and quick
 with --full), and the overhead of one quick trial run through Ray Tune + Optuna + MLflow against the same
-trial function called directly with the same parameters, in the same run. With --sweep, P9 instead (issue #22):
+trial function called directly with the same parameters, in the same run. With --sweep, P9 instead:
 a sweep of 4 budgets on one shared supernet against one single-budget search, with the same flags and profile.
 Usage: python benchmarks/orchestrator.py [--full] [--profile quick] | --sweep [--profile quick]"""
 from __future__ import annotations
@@ -37,7 +37,7 @@ def direct_trial(home: str, summary: dict, profile_name: str) -> tuple[float, fl
     import torch
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.trial import TrialSettings, run_trial
+    from orchestrator.search.trial import TrialSettings, run_trial
     from workers.data import embedded_sets
     from workers.profiles import get_profile
     from workers.tasks import task_from_options

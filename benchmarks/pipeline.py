@@ -99,7 +99,7 @@ def plain_matched(searched: Genotype) -> Genotype:
 
 LATENCY_ROUNDS = 9  # the sign test's interval for a median of 9: the 2nd to the 8th value, 96% coverage
 TRAINING_ROUNDS = 5  # and for a median of 5: the smallest to the largest, 94% coverage
-TRAINING_TARGET, LATENCY_TARGET = 0.9, 1.25  # #21: steps/s at least 0.9x plain-matched's, latency at most 1.25x
+TRAINING_TARGET, LATENCY_TARGET = 0.9, 1.25  # steps/s at least 0.9x plain-matched's, latency at most 1.25x
 
 
 def paired(ratios: list[float], trim: int) -> dict:

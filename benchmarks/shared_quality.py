@@ -1,4 +1,4 @@
-"""#22's quality check: at each budget, is the network a shared-supernet sweep derives, retrained, as good as the
+"""The shared supernet's quality check: at each budget, is the network a shared-supernet sweep derives, retrained, as good as the
 one the budget's own search finds, within the seed spread? For each seed s: `acla-orch sweep` (one shared
 supernet) and `acla-orch sweep --separate` (each budget searched on its own, from scratch), both with seed s,
 the same budgets, profile and flags; then each budget's best trial from each is retrained with `acla-orch

@@ -53,8 +53,8 @@ def front_read_times(runs: int) -> dict:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.pareto import pareto_front
-    from orchestrator.tracking import update_front
+    from orchestrator.tracking.pareto import pareto_front
+    from orchestrator.tracking.runs import update_front
     from storage.stores import StorageConfig, open_store
     from storage.trial_table import append_trials, read_trials
     folder = tempfile.mkdtemp(prefix="acla-bench-")

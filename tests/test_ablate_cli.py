@@ -232,7 +232,7 @@ def test_ablate_killed_then_resumed_trains_only_what_is_missing(run_dir, eval_fo
 
 def test_the_stored_command_line_hides_a_password():
     """The ablate command kept in its plan and its MLflow tags: as typed, but a password in a URI hidden."""
-    from orchestrator.ablate import command_line
+    from orchestrator.cli.ablate import command_line
     line = command_line(["/x/orchestrator/cli.py", "ablate", "--task", "car", "--budget", "13G",
                          "--tracking-uri", "postgresql://user:hunter2@db:5432/mlflow", "--resume", "0123456789ab"])
     assert "hunter2" not in line

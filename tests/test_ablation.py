@@ -16,7 +16,7 @@ BARE = genotype_macs(Genotype(task="car", scale=1, in_channels=3, channels=16, b
 
 
 def test_the_cli_lists_the_same_variants():
-    from orchestrator.cli import VARIANT_NAMES
+    from orchestrator.cli.main import VARIANT_NAMES
     assert VARIANT_NAMES == VARIANTS
 
 

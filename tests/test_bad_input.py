@@ -1,6 +1,6 @@
 """Bad input, through the real CLI in a subprocess: each case is one line on stderr naming what was wrong, exit
 status 2, no traceback, and nothing left behind (no file in the working folder or the run directory, so no
-MLflow run either). Cases from issue #11, and the field's usual mistakes. The cases run three at a time."""
+MLflow run either). Cases of the field's usual mistakes. The cases run three at a time."""
 import os
 import subprocess
 import sys
@@ -246,7 +246,7 @@ LIGHT_CASES = ["budget too small", "data corrupt image", "retrain workers above 
 def test_bad_input_is_answered_before_torch_mlflow_or_ray_is_imported(tmp_path):
     """Each of these mistakes is told in about a quarter of a second: the CLI checks what it was given before it
     imports torch, MLflow or Ray (seconds each). The modules loaded when the error is printed are looked at."""
-    probe = ("import sys\nfrom orchestrator.cli import main\ncode = main(sys.argv[1:])\n"
+    probe = ("import sys\nfrom orchestrator.cli.main import main\ncode = main(sys.argv[1:])\n"
              "print(sorted({'torch', 'mlflow', 'ray'} & {name.split('.')[0] for name in sys.modules}))\n"
              "raise SystemExit(code)\n")
     for name in LIGHT_CASES:

@@ -6,8 +6,8 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.budget_search import BUDGET_KEY, BudgetSearch, own_config
-from orchestrator.sampler import ReproducibleTPE
+from orchestrator.search.budget_search import BUDGET_KEY, BudgetSearch, own_config
+from orchestrator.search.sampler import ReproducibleTPE
 
 SPACE = {"backbone": tune.choice(["c8-b4", "c12-b4", "c16-b4"]), "rate": tune.loguniform(0.1, 10.0)}
 

@@ -156,7 +156,7 @@ def test_evaluate_checkpoint_on_benchmark(tmp_path):
 
 
 def test_the_search_summary_fits_80_columns_with_full_run_ids_and_positions():
-    from orchestrator.search_job import summary_lines
+    from orchestrator.search.job import summary_lines
     run_ids = [f"{i:x}" * 32 for i in range(1, 4)]
     trials = [{"run_id": run_ids[0], "backbone": {"channels": 256, "blocks": 16}, "macs": 1234.5e9, "psnr": 31.234,
                "pareto": True, "retrained_psnr": 31.5, "positions": list(range(16)),
@@ -201,7 +201,7 @@ def test_version(tmp_path):
 
 
 def test_front_axes_fit_the_points_and_a_wide_sweep_is_logarithmic():
-    from orchestrator.pareto import axis_limits
+    from orchestrator.tracking.pareto import axis_limits
     low, high, log = axis_limits([40.0, 48.0, 50.0])
     assert not log and low < 40.0 < 50.0 < high and high - low < 15  # not stretched from zero
     low, high, log = axis_limits([0.8, 20.0, 50.0])
@@ -210,7 +210,7 @@ def test_front_axes_fit_the_points_and_a_wide_sweep_is_logarithmic():
 
 def test_network_drawing_is_an_image(tmp_path):
     from PIL import Image as PILImage
-    from orchestrator.drawing import draw_network
+    from orchestrator.tracking.drawing import draw_network
     from search_space.genotype import Genotype
     genotype = Genotype(task="sr", scale=2, in_channels=3, channels=16, blocks=8, stages=4, attention="acla",
                         max_keys=9, adaptive=True, positions=[1, 6], keys=[[3], [9, 4, 2, 7]])

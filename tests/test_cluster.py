@@ -1,8 +1,8 @@
 """Trial and retrain resources come from the cluster's nodes, not the driver (orchestrator/cluster.py)."""
 import pytest
 
-from orchestrator.cluster import NodeShape, check_artifact_root, retrain_resources, trial_resources
-from orchestrator.errors import UsageError
+from orchestrator.runtime.cluster import NodeShape, check_artifact_root, retrain_resources, trial_resources
+from orchestrator.runtime.errors import UsageError
 from storage.stores import StorageConfig
 
 CPU_NODE = NodeShape("cpu-a", "10.0.0.1", 1, 0)

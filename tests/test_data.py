@@ -118,6 +118,6 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
 
 
 def test_cli_benchmark_names_are_the_data_layers():
-    from orchestrator.cli import BENCHMARK_NAMES
+    from orchestrator.cli.main import BENCHMARK_NAMES
     from workers.data import BENCHMARKS
     assert BENCHMARK_NAMES == tuple(BENCHMARKS)

@@ -26,7 +26,7 @@ def test_a_ray_task_granted_two_cpus_computes_with_its_threads(run_dir):
     import subprocess
     import sys
     probe = ("import ray, torch\n"
-             "from orchestrator.driver import use_granted_cpus\n"
+             "from orchestrator.runtime.cluster import use_granted_cpus\n"
              f"ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir={run_dir!r})\n"
              "@ray.remote(num_cpus=2)\n"
              "def threads():\n    use_granted_cpus()\n    return torch.get_num_threads()\n"

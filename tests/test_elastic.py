@@ -1,4 +1,4 @@
-"""The shared supernet of a sweep (issue #22): a narrow width is the widest network with its other channels
+"""The shared supernet of a sweep: a narrow width is the widest network with its other channels
 switched off, its gradients reach only its own channels, sandwich sampling, a resumed shared search equal to an
 uninterrupted one, and one genotype per budget from the scores measured at that budget's width."""
 import random

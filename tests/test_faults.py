@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-from orchestrator.state import SearchState
+from orchestrator.search.state import SearchState
 from tests.procs import kill_mentioning, kill_with_environment, processes
 from tests.pgserver import free_port
 from tests.s3server import free_port_pair
@@ -69,7 +69,7 @@ def test_a_node_dies_during_a_trial_and_the_search_completes(tmp_path, s3_env):
 def test_a_failed_trial_is_recorded_with_its_reason(tmp_path):
     """Once its retries are spent, a trial is failed with the last line of its error (Tune keeps the whole
     traceback in a file), which goes to its MLflow run and the search state."""
-    from orchestrator.driver import trial_error
+    from orchestrator.search.driver import trial_error
 
     class Trial:
         error_file = str(tmp_path / "error.txt")

@@ -1,6 +1,6 @@
 """The fidelity view (orchestrator/fidelity.py): paired gaps against steps, as `report` and
 benchmarks/fidelity.py show them."""
-from orchestrator.fidelity import fidelity_rows, gap_key, markdown, meets_target, plot
+from orchestrator.analysis.fidelity import fidelity_rows, gap_key, markdown, meets_target, plot
 from workers.ablation import summarise_variants
 
 
@@ -43,7 +43,7 @@ def pytest_approx(value):
 
 
 def test_a_variant_run_alone_is_paired_with_the_earlier_reference_of_the_same_setting():
-    from orchestrator.fidelity import pair_with_earlier_reference
+    from orchestrator.analysis.fidelity import pair_with_earlier_reference
     earlier = _report("car-q10", 1600, [0.15, 0.12, 0.13])
     earlier.update(parent_run_id="first", budget_macs=13, attention="acla", benchmark="LIVE1", seed=0)
     other = {**earlier, "steps": 400, "parent_run_id": "other"}  # another schedule: never paired with

@@ -72,7 +72,7 @@ def test_genotype_module_imports_no_torch():
     import subprocess
     import sys
     code = ("import sys, search_space.genotype, search_space.budget, search_space.cost, search_space.registry, "
-            "orchestrator.cli, orchestrator.records; "
+            "orchestrator.cli.main, orchestrator.runtime.records; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 

@@ -102,7 +102,7 @@ def check_search(summary, tracking_uri):
 
 def aliased_version(client, retrained: dict, alias: str, run_id: str):
     """The model version behind the budget's alias. The alias goes only to a model that beats its degraded input
-    in Y and RGB on the validation images (#23); a smoke model, trained for 8 steps, often does not. Then the
+    in Y and RGB on the validation images; a smoke model, trained for 8 steps, often does not. Then the
     summary says so, with both channels, and no alias exists: this points it by hand, as a person would after
     reading that line, so that the rest of the check can resolve models:/...@alias."""
     if retrained["alias"] is None:
@@ -119,7 +119,7 @@ def aliased_version(client, retrained: dict, alias: str, run_id: str):
 
 
 def check_legible_in_the_ui(client, experiment, parent, children, retrain, version, tracking_uri):
-    """What a person compares in the MLflow UI (#13): the experiment opens on its runs, the parent carries the
+    """What a person compares in the MLflow UI: the experiment opens on its runs, the parent carries the
     search's figures and command line, trial runs lived while their trial ran and logged its losses as it
     trained, short names, the retrained score as a metric, a network drawing, a described model version."""
     import mlflow
@@ -232,8 +232,8 @@ def check_width_seeds(width, best, tracking_uri):
     import mlflow
     from scipy import stats
 
-    from orchestrator.trial import TrialSettings
-    from orchestrator.width import train_width
+    from orchestrator.search.trial import TrialSettings
+    from orchestrator.search.width import train_width
     from workers.data import embedded_sets
     from workers.profiles import get_profile
     from workers.tasks import task_from_options
@@ -312,7 +312,7 @@ FRONT_PLOT = "[...document.images].filter(i => i.complete && i.naturalWidth >= 5
 
 def check_mlflow_ui(uri, summary):
     """A real browser on the MLflow UI of the finished search: the trial runs' table shows the `pareto` column
-    with the front marked, and the parent's front plot renders (#13)."""
+    with the front marked, and the parent's front plot renders."""
     from mlflow.tracking import MlflowClient
 
     from tests.browser import needs_browser, wait_in_page

@@ -152,7 +152,7 @@ def test_s3_outage_stops_the_search_and_resume_completes_it(run_dir, monkeypatch
     import tempfile
 
     from mlflow.tracking import MlflowClient
-    from orchestrator.state import SearchState
+    from orchestrator.search.state import SearchState
     from tests.s3server import WeedServer
     server = WeedServer(tempfile.mkdtemp(prefix="acla-weed-mid-")).start()
     try:

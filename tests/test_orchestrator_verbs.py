@@ -1,5 +1,5 @@
 """sweep (several budgets, one Ray session, one front), then retrain --run-id; and the same sweep killed with -9
-twice and finished by `resume` as if uninterrupted (#11). On real Ray and MLflow. Both tests read one
+twice and finished by `resume` as if uninterrupted. On real Ray and MLflow. Both tests read one
 uninterrupted sweep, run once for this file (pytest-xdist hands a file to one worker)."""
 import json
 import os
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from orchestrator.state import SearchState
+from orchestrator.search.state import SearchState
 from tests.test_orchestrator import acla
 
 SWEEP = ["sweep", "--budgets", "1.5G,2G", "--task", "car", "--profile", "smoke", "--trials", "2", "--concurrency",
@@ -37,7 +37,7 @@ def test_sweep_then_retrain_one_trial(swept):
     trials = client.search_runs([experiment.experiment_id], filter_string="tags.acla_kind = 'trial'")
     assert len(trials) == 4 and all(r.data.tags["pareto"] in ("true", "false") for r in trials)  # one front over all
     # the width line: one plain point per budget, each within its budget, and the sweep's front drawn with both
-    from orchestrator.width import width_points
+    from orchestrator.search.width import width_points
     line = width_points(client, experiment.experiment_id)
     assert [p["budget_macs"] for p in line] == [1.5e9, 2e9] and all(p["macs"] <= p["budget_macs"] for p in line)
     assert [s["width"]["run_id"] for s in searches] == [p["run_id"] for p in line]
@@ -256,10 +256,10 @@ def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, 
 
 
 def test_a_model_worse_than_its_input_gets_no_alias():
-    from orchestrator.winners import worse_than_input
+    from orchestrator.retrain.winners import worse_than_input
     better = {"psnr_y": 28.9, "input_psnr_y": 28.4, "psnr_rgb": 25.9, "input_psnr_rgb": 25.7}
     assert worse_than_input(better, color=True) is None
-    damaged = {**better, "psnr_rgb": 25.3}  # Y up, RGB down: the colour cast of #23
+    damaged = {**better, "psnr_rgb": 25.3}  # Y up, RGB down: a colour cast
     message = worse_than_input(damaged, color=True)
     assert message.startswith("no alias") and "in RGB" in message and "25.30 dB against the input's 25.70" in message
     assert worse_than_input(damaged, color=False) is None  # a gray model is scored in Y only

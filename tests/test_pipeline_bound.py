@@ -1,4 +1,4 @@
-"""benchmarks/pipeline.py's `bound`: what the modules may cost over the bare backbone for #21's targets to hold,
+"""benchmarks/pipeline.py's `bound`: what the modules may cost over the bare backbone for the speed targets to hold,
 against what they cost, checked against the arithmetic done by hand."""
 import importlib.util
 import os

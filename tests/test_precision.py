@@ -41,7 +41,7 @@ def test_auto_is_bf16_only_where_the_cpu_has_bf16_in_hardware(cpu_flags):
 
 
 def test_bf16_on_a_cpu_without_it_goes_on_with_one_line(cpu_flags, capsys):
-    from orchestrator.local_commands import precision_from_args
+    from orchestrator.cli.local import precision_from_args
     cpu_flags()
     assert slow_bf16_warning("fp32", "cpu") is None
     assert precision_from_args(argparse.Namespace(precision="bf16")) == "bf16"
@@ -123,8 +123,8 @@ def test_training_in_bf16_writes_an_fp32_checkpoint_that_loads_and_runs_in_fp32(
 
 
 def test_resume_keeps_the_precision_a_search_started_with():
-    from orchestrator.errors import UsageError
-    from orchestrator.resume import check_precision
+    from orchestrator.runtime.errors import UsageError
+    from orchestrator.search.resume import check_precision
     check_precision(None, "fp32", "p")  # none given: the stored one
     check_precision("bf16", "bf16", "p")
     with pytest.raises(UsageError, match="started in fp32 and resumes in it; expected --precision fp32"):

@@ -72,9 +72,9 @@ def test_the_tables_hold_what_the_cli_and_the_cost_model_read():
     (["--task", "demosaic", "--quality", "20"], "--quality applies to car only, not demosaic"),
 ])
 def test_another_tasks_option_is_refused(argv, message):
-    from orchestrator.cli import OneLineParser, add_task_args
-    from orchestrator.errors import UsageError
-    from orchestrator.local_commands import task_spec_from_args
+    from orchestrator.cli.main import OneLineParser, add_task_args
+    from orchestrator.runtime.errors import UsageError
+    from orchestrator.cli.local import task_spec_from_args
     parser = OneLineParser(prog="acla-orch cost")
     add_task_args(parser)
     with pytest.raises(UsageError, match=message):

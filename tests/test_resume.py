@@ -1,6 +1,6 @@
 """Durable search state and resume: the sampler proposes after an interruption what it would have without one;
-the state survives its writer and knows a dead driver; an interrupted trial continues from its checkpoint (tests
-of issue #11). A sweep killed with -9 and finished by `resume`: tests/test_orchestrator_verbs.py."""
+the state survives its writer and knows a dead driver; an interrupted trial continues from its checkpoint.
+A sweep killed with -9 and finished by `resume`: tests/test_orchestrator_verbs.py."""
 import json
 import os
 import subprocess
@@ -9,8 +9,8 @@ import sys
 import optuna
 import pytest
 
-from orchestrator.sampler import ReproducibleTPE
-from orchestrator.state import SearchState
+from orchestrator.search.sampler import ReproducibleTPE
+from orchestrator.search.state import SearchState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -75,7 +75,7 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
     state.trial_finished("p1", "t1", "r1", {"psnr": 30.0}, "file:///a")
     state.trial_started("p1", "t2", {"x": 2}, 0)
     assert SearchState(tmp_path).search("p1")["status"] == "running"  # this process is its driver
-    script = (f"from orchestrator.state import SearchState; s = SearchState({str(tmp_path)!r}); "
+    script = (f"from orchestrator.search.state import SearchState; s = SearchState({str(tmp_path)!r}); "
               f"s.begin('p2', 'e1', {{}}); s.trial_started('p2', 't9', {{}}, 0)")
     writer = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert writer.returncode == 0
@@ -90,7 +90,7 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
 
 def test_same_seed_same_genotype_and_psnr_on_the_cpu():
     """A trial is a function of its config and seed on the CPU (what resume relies on to rebuild the front)."""
-    from orchestrator.trial import TrialSettings, run_trial
+    from orchestrator.search.trial import TrialSettings, run_trial
     from workers.backbones import feasible_backbones
     from workers.data import embedded_sets
     from workers.profiles import get_profile
@@ -114,7 +114,7 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(tmp_path, monkeypatc
 
     import workers.search_run as search_module  # run_trial imports train and run_search from these when it runs
     import workers.train as train_module
-    from orchestrator.trial import TrialSettings, run_trial, trial_folder
+    from orchestrator.search.trial import TrialSettings, run_trial, trial_folder
     from workers.backbones import feasible_backbones
     from workers.data import embedded_sets
     from workers.profiles import get_profile
@@ -150,9 +150,9 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(tmp_path, monkeypatc
 def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatch):
     """Each finished retrain is recorded as it ends; a resumed search skips those, retrains the rest, and the
     budget's alias still goes to the best winner only."""
-    import orchestrator.winners as winners_module
-    from orchestrator.records import TrialRecord
-    from orchestrator.search_job import retrain_each
+    import orchestrator.retrain.winners as winners_module
+    from orchestrator.runtime.records import TrialRecord
+    from orchestrator.search.job import retrain_each
     state = SearchState(tmp_path)
     state.begin("p", "e", {})
     state.retrain_finished("p", "run-a", {"trial_run_id": "run-a", "psnr": 31.0, "alias": "models:/acla-car-q10@b"})
@@ -171,7 +171,7 @@ def test_resume_retrains_only_the_winners_not_yet_retrained(tmp_path, monkeypatc
 
 def test_a_second_resume_owes_only_what_is_still_unfinished(tmp_path):
     """A config cut off twice is owed once; one that an earlier resume already ran to its end is not owed."""
-    from orchestrator.state import resume_plan
+    from orchestrator.search.state import resume_plan
     state = SearchState(tmp_path)
     state.begin("p", "e", {})
     for trial_id, config in (("t1", {"x": 1}), ("t2", {"x": 2}), ("t3", {"x": 2}), ("t4", {"x": 3}), ("t5", {"x": 3})):

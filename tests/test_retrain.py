@@ -15,9 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETRAIN = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from orchestrator.ray_session import ray_session
-    from orchestrator.retrain import retrain_genotype
-    from orchestrator.settings import RunSettings
+    from orchestrator.runtime.ray_session import ray_session
+    from orchestrator.retrain.ray_train import retrain_genotype
+    from orchestrator.runtime.settings import RunSettings
     from search_space.genotype import Genotype
     from workers.data import embedded_sets
     from workers.tasks import task_from_options
@@ -84,9 +84,9 @@ PROGRESS = textwrap.dedent("""
     from pathlib import Path
     import ray
     from ray.util.queue import Queue
-    from orchestrator.ray_session import ray_session
-    from orchestrator.retrain import fit_reporting, put_progress
-    from orchestrator.settings import RunSettings
+    from orchestrator.runtime.ray_session import ray_session
+    from orchestrator.retrain.ray_train import fit_reporting, put_progress
+    from orchestrator.runtime.settings import RunSettings
     home = Path(sys.argv[1])
     run = RunSettings(run_dir=home, tracking_uri="", artifact_root=str(home / "artifacts"), ray_address=None)
     record = lambda step: {"step": step, "total_steps": 8, "loss": 0.5, "lr": 1e-4}

@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_A_LOCAL_RAY = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    from orchestrator.ray_session import ray_session
-    from orchestrator.settings import RunSettings
+    from orchestrator.runtime.ray_session import ray_session
+    from orchestrator.runtime.settings import RunSettings
     run = RunSettings(run_dir=Path(sys.argv[1]), tracking_uri="", artifact_root="", ray_address=None)
     with ray_session(run) as ray:
         print(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "token": os.environ["RAY_AUTH_TOKEN"]}),
@@ -152,7 +152,7 @@ def test_registered_model_loads_without_unpickling_and_refuses_a_crafted_pickle(
     import mlflow.pyfunc
     import numpy as np
     import torch
-    from orchestrator.tracking import MODEL_CODE
+    from orchestrator.tracking.runs import MODEL_CODE
     from search_space.backbone import build_network
     from search_space.genotype import Genotype
     from workers.checkpoint import save_checkpoint

@@ -1,4 +1,4 @@
-"""A sweep's shared supernet on task data (issue #22): the widths it covers, a resumed training equal to an
+"""A sweep's shared supernet on task data: the widths it covers, a resumed training equal to an
 uninterrupted one, and each backbone's search result derived from it within its budget."""
 import dataclasses
 
@@ -97,7 +97,7 @@ def test_a_sweep_trial_derives_from_the_shared_supernet_and_proxy_trains_what_it
     import json
 
     import workers.search_run as search_module
-    from orchestrator.trial import TrialSettings, run_trial
+    from orchestrator.search.trial import TrialSettings, run_trial
     from search_space.genotype import Genotype
     from workers.shared_run import load_shared_search
     profile, data = get_profile("smoke"), DataSpec(*embedded_sets())
@@ -138,7 +138,7 @@ def test_a_sweep_trial_derives_from_the_shared_supernet_and_proxy_trains_what_it
 def test_a_supernet_of_two_depths_derives_each_backbone_at_its_own_depth(tmp_path):
     """Elastic depth: budgets offering 2- and 4-block backbones share one supernet; each backbone's genotype is
     derived at its own depth, within its budget, and a trial of the shallow one proxy-trains it."""
-    from orchestrator.trial import TrialSettings, run_trial
+    from orchestrator.search.trial import TrialSettings, run_trial
     from search_space.genotype import Genotype
     profile, data = dataclasses.replace(get_profile("smoke"), block_choices=(2, 4)), DataSpec(*embedded_sets())
     offered = {budget: [parse_backbone(label) for label in check_feasible(config().task, profile, budget)]

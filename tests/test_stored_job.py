@@ -1,4 +1,4 @@
-"""The stored search request is the SearchJob itself (#23): it round-trips through JSON, keeps no password, and
+"""The stored search request is the SearchJob itself: it round-trips through JSON, keeps no password, and
 the orchestrator's modules import one another without a circle (resume no longer replays the CLI)."""
 import ast
 import json
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import build_parser, platform_request, redacted_command, search_job_from_args
-from orchestrator.records import SearchJob
+from orchestrator.cli.main import build_parser, platform_request, search_job_from_args
+from orchestrator.runtime.settings import redacted_command
+from orchestrator.runtime.records import SearchJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,15 +35,15 @@ def test_a_search_job_round_trips_through_its_stored_json():
 
 def sweep_state(tmp_path, budgets=("2G", "3G", "4G")):
     """The search state a sweep leaves: each budget's search begun as the driver begins it."""
-    from orchestrator.state import SearchState
+    from orchestrator.search.state import SearchState
     args = build_parser().parse_args(["sweep", "--budgets", ",".join(budgets), "--task", "car", "--profile", "smoke"])
     job, state = search_job_from_args(args), SearchState(tmp_path)
     return job, state
 
 
 def test_a_sweep_resumes_as_one_job_its_unbegun_budgets_included(tmp_path, monkeypatch):
-    from orchestrator import resume
-    from orchestrator.state import SearchState
+    from orchestrator.search import resume
+    from orchestrator.search.state import SearchState
     job, state = sweep_state(tmp_path)
     assert job.sweep.budgets == (2e9, 3e9, 4e9) and len(job.sweep.id) == 12
     state.begin("p2", "e1", job.to_stored(2e9))
@@ -51,12 +52,12 @@ def test_a_sweep_resumes_as_one_job_its_unbegun_budgets_included(tmp_path, monke
     other, _ = sweep_state(tmp_path / "other", ("2G",))
     state.begin("q2", "e1", other.to_stored(2e9))  # another sweep in the same run directory, begun later, finished
     state.end("q2", "finished")
-    monkeypatch.setattr("orchestrator.state.driver_alive", lambda host, pid: False)
+    monkeypatch.setattr("orchestrator.search.state.driver_alive", lambda host, pid: False)
     searches = SearchState(tmp_path).searches()
     picked = resume.pick_search(SearchState(tmp_path), None)
     assert picked["parent_run_id"] == "p3"
     assert resume.resume_targets(searches, picked) == ((3e9, 4e9), {3e9: "p3"})
-    from orchestrator.commands import sweep_rows  # what `status` shows of each sweep
+    from orchestrator.cli.commands import sweep_rows  # what `status` shows of each sweep
     assert sweep_rows(searches) == [
         {"id": job.sweep.id, "budgets": [2e9, 3e9, 4e9], "parent_run_ids": ["p2", "p3"], "not_begun": [4e9]},
         {"id": other.sweep.id, "budgets": [2e9], "parent_run_ids": ["q2"], "not_begun": []}]
@@ -68,26 +69,27 @@ def test_a_sweep_resumes_as_one_job_its_unbegun_budgets_included(tmp_path, monke
         resume.pick_search(SearchState(tmp_path), "q2")
     # `resume` runs the stored job once, for both budgets, continuing p3 and beginning 4G
     ran = []
-    monkeypatch.setattr("orchestrator.search_job.run_search", lambda job, run, store: ran.append(job) or 0)
+    monkeypatch.setattr("orchestrator.search.job.run_search", lambda job, run, store: ran.append(job) or 0)
     args = build_parser().parse_args(["resume", "--last", "--json"])
     monkeypatch.setenv("ACLA_HOME", str(tmp_path))
     import sqlite3
     sqlite3.connect(tmp_path / "mlflow.db").execute("CREATE TABLE t (x)")  # the search's store (resume reads it)
-    assert resume.command_resume(args) == 0
+    from orchestrator.cli.resume import command_resume
+    assert command_resume(args) == 0
     assert len(ran) == 1 and ran[0].budgets == (3e9, 4e9) and ran[0].sweep == job.sweep
     assert (ran[0].resume_parent(3e9), ran[0].resume_parent(4e9)) == ("p3", None)
     assert json.loads(json.dumps(ran[0].to_stored(4e9)))["sweep"] == {"id": job.sweep.id, "budgets": [2e9, 3e9, 4e9]}
 
 
 def test_a_sweep_cut_off_between_two_budgets_is_found_by_resume_last(tmp_path, monkeypatch):
-    from orchestrator import resume
-    from orchestrator.state import SearchState
+    from orchestrator.search import resume
+    from orchestrator.search.state import SearchState
     job, state = sweep_state(tmp_path, ("2G", "3G"))
     state.begin("p2", "e1", job.to_stored(2e9))
     state.end("p2", "finished")
     with pytest.raises(Exception, match="no interrupted search"):  # its driver is this process: still running
         resume.pick_search(SearchState(tmp_path), None)
-    monkeypatch.setattr("orchestrator.state.driver_alive", lambda host, pid: False)
+    monkeypatch.setattr("orchestrator.search.state.driver_alive", lambda host, pid: False)
     searches = SearchState(tmp_path).searches()
     picked = resume.pick_search(SearchState(tmp_path), None)
     assert picked["parent_run_id"] == "p2" and resume.resume_targets(searches, picked) == ((3e9,), {})

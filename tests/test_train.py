@@ -124,7 +124,7 @@ def test_proxy_search_derives_at_the_target_width(tiny_data):
 @pytest.mark.parametrize("task", [TaskSpec("car"), TaskSpec("sr", scale=2)], ids=lambda t: t.label)
 def test_a_retraining_from_the_widened_trial_starts_at_the_trials_score(task, tiny_data):
     """The trial's proxy-trained weights, widened to the retraining's width, score what the trial scored on
-    the same validation images before a single step (#23: a retrained model at least as good as its trial)."""
+    the same validation images before a single step (a retrained model at least as good as its trial)."""
     from search_space.widen import widen_state
     proxy = genotype_for(task)
     trial = train(genotype=proxy, task=task, data=tiny_data, profile=SMOKE, seed=0)
@@ -187,7 +187,7 @@ def test_measured_active_keys_are_the_pixel_weighted_mean_per_module(tiny_data):
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_workers_share_one_global_batch(tiny_data, workers):
-    """Ray Train's workers draw one global batch per step between them (#23): 1, 2 or 3 workers see the same
+    """Ray Train's workers draw one global batch per step between them: 1, 2 or 3 workers see the same
     number of patches per step, so --retrain-workers changes the speed, not the model's schedule."""
     from workers.train import TrainHooks, batch_share, make_sampler
     task = TaskSpec("denoise")

@@ -78,7 +78,7 @@ def test_widening_refuses_what_it_cannot_keep():
 def test_a_retraining_inherits_its_trials_weights_from_the_store(tmp_path):
     import io
 
-    from orchestrator.inherit import TRIAL_WEIGHTS, WEIGHTS_FILE, inherited_state, save_trial_weights
+    from orchestrator.retrain.inherit import TRIAL_WEIGHTS, WEIGHTS_FILE, inherited_state, save_trial_weights
     from storage.stores import LocalStore
     store = LocalStore(tmp_path)
     narrow = _genotype("acla", "car", 4, derived=True)
@@ -106,10 +106,10 @@ def test_a_sweep_trial_is_topped_up_at_its_width_before_it_is_widened(tmp_path):
     import dataclasses
     import io
 
-    from orchestrator.inherit import inherited_state, save_trial_weights, top_up_trial
-    from orchestrator.records import TrialRecord
-    from orchestrator.trial import TrialSettings
-    from orchestrator.winners import trial_top_up
+    from orchestrator.retrain.inherit import inherited_state, save_trial_weights, top_up_trial
+    from orchestrator.runtime.records import TrialRecord
+    from orchestrator.search.trial import TrialSettings
+    from orchestrator.retrain.winners import trial_top_up
     from storage.stores import LocalStore
     from workers.data import embedded_sets
     from workers.profiles import get_profile
@@ -148,7 +148,7 @@ def test_a_sweep_trial_is_topped_up_at_its_width_before_it_is_widened(tmp_path):
 
 
 def test_a_store_that_refuses_the_weights_leaves_none_and_the_retraining_starts_from_scratch(tmp_path):
-    from orchestrator.inherit import inherited_state, save_trial_weights
+    from orchestrator.retrain.inherit import inherited_state, save_trial_weights
     from storage.stores import LocalStore, StorageError
 
     class Refusing(LocalStore):

@@ -1,9 +1,9 @@
-"""The width line (#22): the plain backbone that best fills a budget, trained alike to the trials, and the
+"""The width line: the plain backbone that best fills a budget, trained alike to the trials, and the
 searched trials' gain over it."""
 import pytest
 
-from orchestrator.trial import TrialSettings
-from orchestrator.width import gain_over_width, train_width, width_backbone, width_line_text
+from orchestrator.search.trial import TrialSettings
+from orchestrator.search.width import gain_over_width, train_width, width_backbone, width_line_text
 from workers.backbones import bare_macs, feasible_backbones, parse_backbone
 from workers.data import embedded_sets
 from workers.profiles import get_profile
@@ -91,7 +91,7 @@ def test_gain_is_the_best_trial_within_the_budget_minus_the_width_point():
 def test_the_front_plot_draws_the_width_line(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from orchestrator.pareto import plot_front
+    from orchestrator.tracking.pareto import plot_front
     drawn = []
     original = Axes.plot
     monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: drawn.append(k.get("label")) or original(self, *a, **k))
@@ -106,7 +106,7 @@ def test_a_recorded_width_point_is_reused_not_trained_again(tmp_path, monkeypatc
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import width as width_module
+    from orchestrator.search import width as width_module
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("acla-car-q10", artifact_location=str(tmp_path / "artifacts"))

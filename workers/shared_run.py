@@ -1,4 +1,4 @@
-"""A sweep's one supernet on the task's data (issue #22): which widths it must cover, its training (a straight
+"""A sweep's one supernet on the task's data: which widths it must cover, its training (a straight
 loop over search_space/shared_search.py's steps, checkpointed and resumable), and each backbone's search result
 derived from it, in the form a trial's search gives (workers/search_run.py's `SearchResult`), so that the
 proxy training that follows is the same.

@@ -1,0 +1,279 @@
+"""The thin Ray driver: `acla-orch search` and `sweep`.
+
+Ray touches the code here only: starting or joining Ray, the Ray Tune trial wrapper, Optuna through
+OptunaSearch, a driver-side callback that records each finished trial in MLflow, and Ray Train retraining.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+from orchestrator.search.budget_search import BUDGET_KEY, BudgetSearch, own_config
+from orchestrator.retrain.inherit import save_trial_weights
+from orchestrator.search.callbacks import RecordTrials, StopOnStoreFailure
+from orchestrator.runtime.cluster import use_granted_cpus
+from orchestrator.runtime.records import budget_label, TrialRecord
+from orchestrator.runtime.settings import RunSettings
+from orchestrator.search.trial import TrialSettings, run_trial
+
+
+@dataclass
+class SearchRequest:
+    """One budget's part of a Tune run: what its trials need, its parent MLflow run, and what a resumed search
+    already has (None: a new one). The run's trials share `run`, `concurrency` and `resources`."""
+    settings: TrialSettings
+    run: RunSettings
+    trials: int
+    concurrency: int
+    command_line: str
+    backbones: list[str]  # the budget's backbones (workers/backbones.py), checked before the search started
+    resources: dict  # what each trial asks of the cluster (cluster.trial_resources): {"cpu": n, "gpu": 0 or 1}
+    parent_id: str = ""
+    resume: "ResumePlan | None" = None
+
+
+def tune_trial(config: dict, settings: dict, weights=None) -> None:
+    """Ray Tune's view of a trial: set the thread count to the CPUs granted, run with its budget's settings
+    (`settings`: {budget: TrialSettings}), report its progress as it goes (the driver logs it to the trial's MLflow
+    run) and its result at the end. Its proxy-trained weights go to the driver on the `weights` queue (the driver
+    stores them; a trial holds no store credentials)."""
+    import ray
+    use_granted_cpus()
+    keep = None if weights is None else functools.partial(put_weights, weights, tune.get_context().get_trial_id())
+    result = run_trial(own_config(config), settings[config[BUDGET_KEY]], report=tune.report, keep_weights=keep)
+    result["node_id"] = ray.get_runtime_context().get_node_id()  # which Ray node, where nodes share a host
+    tune.report(result)
+
+
+def put_weights(queue, trial_id: str, state: dict) -> None:
+    """A trial's weights to the driver, as torch.save bytes. A queue that is gone (its driver with it) drops them:
+    the retraining then starts from scratch, and says so."""
+    import io
+
+    import torch
+    from ray.exceptions import RayActorError
+    from ray.util.queue import Full
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        queue.put({"trial": trial_id, "state": buffer.getvalue()}, timeout=120)
+    except (Full, RayActorError):
+        pass
+
+
+def take_weights(queue, pending: dict) -> None:
+    """Everything on the weights queue into `pending` ({trial id: bytes})."""
+    from ray.exceptions import RayActorError
+    from ray.util.queue import Empty
+    while True:
+        try:
+            item = queue.get_nowait()
+        except (Empty, RayActorError):
+            return
+        pending[item["trial"]] = item["state"]
+
+
+def keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Ray Tune copies the driver's AWS credentials into each trial actor's runtime_env, which Ray's
+    runtime_env_agent then writes in plain text to its log under the run directory. Trials need no credentials
+    of their own here (the driver writes MLflow and the artifact store; on a local Ray the workers inherit the
+    environment anyway, and cluster nodes use their own role), so they are taken off Tune's list."""
+    from ray.tune.execution import class_cache
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        class_cache.ENV_VARS_TO_PROPAGATE.discard(name)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tune_search_space(feasible: list[str], profile, shared: bool = False) -> dict:
+    """Optuna's space: the budget's backbones, and the search's rates within 3x of the profile's. A sweep's trial
+    (`shared`) only derives from the supernet trained before it, with its own rates: its backbone is the choice."""
+    if shared:
+        return {"backbone": tune.choice(feasible)}
+    return {"backbone": tune.choice(feasible), "penalty_weight": tune.loguniform(0.1, 10.0),
+            "weight_lr": tune.loguniform(profile.weight_lr / 3, profile.weight_lr * 3),
+            "arch_lr": tune.loguniform(profile.arch_lr / 3, profile.arch_lr * 3),
+            "gate_temperature": tune.uniform(0.5, 2.0)}
+
+
+@dataclass
+class ResumePlan:
+    """What a resumed search already has: its finished trials (as recorded), how many trials are done (finished
+    or failed), and the configs of the trials that were running when it stopped (run again first)."""
+    recorded: list[TrialRecord]
+    done: int
+    interrupted: list[dict]
+
+
+def study_name(settings: TrialSettings, parent_id: str) -> str:
+    return f"acla-{settings.task.label}-{budget_label(settings.budget_macs)}-{settings.profile.name}-{parent_id[:12]}"
+
+
+def prepare_study(storage, name: str, resume: ResumePlan | None) -> None:
+    """On resume: the trials Optuna still holds as RUNNING (their driver died) are failed, and the interrupted
+    configs are queued to run again, as they were."""
+    import optuna
+    from optuna.trial import TrialState
+    if resume is None:
+        return
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # the search stopped before Optuna's first trial
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    for config in resume.interrupted:
+        study.enqueue_trial(config, skip_if_exists=False)
+
+
+def trial_error(trial) -> str:
+    """The last line of the trial's error (Tune keeps the traceback in a file), for MLflow and the state."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1][:2000] if lines else f"trial failed ({path or 'no error file'})"
+
+
+def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str, reporter, state,
+                      store=None) -> dict[float, list[TrialRecord]]:
+    """Every budget's trials in one Ray Tune run, each proposed by its budget's Optuna study (budget_search.py);
+    each trial's start and end go to the search state of its budget's parent run, and each finished trial is
+    recorded in MLflow from the driver as it ends, its proxy-trained weights in `store` (inherit.TRIAL_WEIGHTS).
+    A resumed search runs only the trials it still owes. Returns {budget: its finished trials}."""
+    import optuna
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.search.sampler import ReproducibleTPE
+    from orchestrator.tracking.runs import TRIAL_RESULT_KEYS, log_failed_trial, log_progress, log_trial, start_trial_run
+
+    first = requests[0]
+    by_budget = {request.settings.budget_macs: request for request in requests}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{first.run.run_dir / 'optuna.db'}")
+    searchers, owed, search_tags = {}, {}, {}
+    recorded: dict[float, list[TrialRecord]] = {}
+    for budget, request in by_budget.items():
+        settings, shared = request.settings, request.settings.shared_supernet is not None
+        study = study_name(settings, request.parent_id)
+        prepare_study(storage, study, request.resume)
+        searchers[budget] = OptunaSearch(space=tune_search_space(request.backbones, settings.profile, shared=shared),
+                                         metric=["psnr", "macs"], mode=["max", "min"], study_name=study,
+                                         storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4,
+                                                                                  distinct=shared))
+        owed[budget] = max(request.trials - (request.resume.done if request.resume else 0), 0)
+        search_tags[budget] = {"budget_macs": str(int(budget)), "task": settings.task.label,
+                               "task_spec": json.dumps(dataclasses.asdict(settings.task)),
+                               "profile": settings.profile.name}
+        recorded[budget] = list(request.resume.recorded) if request.resume else []
+    total = sum(request.trials for request in requests)
+    if not any(owed.values()):
+        return recorded
+    searcher = BudgetSearch(searchers, owed, metric=["psnr", "macs"], mode=["max", "min"])
+
+    runs: dict[str, str] = {}  # Tune's trial id -> its MLflow run, created when the trial starts
+
+    def budget_of(trial) -> float:
+        return trial.config[BUDGET_KEY]
+
+    def parent_of(trial) -> str:
+        return by_budget[budget_of(trial)].parent_id
+
+    def run_of(trial) -> str:
+        if trial.trial_id not in runs:
+            runs[trial.trial_id] = start_trial_run(client, experiment_id, parent_of(trial), trial_id=trial.trial_id,
+                                                   params=own_config(trial.config),
+                                                   search_tags=search_tags[budget_of(trial)])
+        return runs[trial.trial_id]
+
+    def done() -> int:
+        return sum(len(r) for r in recorded.values())
+
+    def on_start(trial) -> None:  # its MLflow run first: a trial the state calls running always has one
+        run_of(trial)
+        state.trial_started(parent_of(trial), trial.trial_id, own_config(trial.config),
+                            by_budget[budget_of(trial)].settings.seed)
+
+    def on_result(trial, result) -> None:
+        if "progress_phase" in result:
+            log_progress(client, run_of(trial), result)
+
+    def on_complete(trial) -> None:
+        result = trial.last_result or {}
+        if "genotype" not in result:
+            return
+        params = own_config(trial.config)
+        run_id = log_trial(client, run_of(trial), result=result)
+        take_weights(weights, pending)
+        if store is not None and trial.trial_id in pending:
+            save_trial_weights(store, run_id, pending.pop(trial.trial_id))  # a failure leaves none: from scratch
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
+        state.trial_finished(parent_of(trial), trial.trial_id, run_id, result, artifact_uri)
+        recorded[budget_of(trial)].append(TrialRecord(trial=trial.trial_id, run_id=run_id, params=params,
+                                                      result=result, artifact_uri=artifact_uri))
+        reporter(done(), total)
+
+    def on_error(trial) -> None:
+        error = trial_error(trial)
+        run_id = log_failed_trial(client, run_of(trial), error=error)
+        state.trial_failed(parent_of(trial), trial.trial_id, run_id, error)
+        reporter(done(), total)
+
+    recorder = RecordTrials(on_complete, on_error, on_start, on_result)
+    stopper = StopOnStoreFailure(recorder.key, first.run.storage if first.run.storage.is_s3 else None)
+    keep_credentials_out_of_trial_runtime_envs()
+    pending: dict[str, bytes] = {}  # trial id -> its weights, until the trial is recorded
+    weights = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=True)})  # on the driver's node, which it dies with
+    settings = {budget: request.settings for budget, request in by_budget.items()}
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings, weights=weights),
+                                    first.resources)
+    name = study_name(first.settings, first.parent_id) if len(requests) == 1 else \
+        f"acla-{first.settings.task.label}-budgets-{first.settings.profile.name}-{first.parent_id[:12]}"
+    tuner = tune.Tuner(trainable,
+                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sum(owed.values()),
+                                                   max_concurrent_trials=first.concurrency,
+                                                   # a trial actor runs the next trial of its size, of any
+                                                   # budget: a fresh one imports Ray Tune, torch and the trial
+                                                   # code again (a smoke sweep of 2 x 2 trials: 71 -> 61 CPU-s)
+                                                   reuse_actors=True),
+                       run_config=tune.RunConfig(name=f"{name}-{int(time.time())}",
+                                                 storage_path=str(first.run.run_dir / "tune"),
+                                                 # a trial whose worker dies is run once more, then failed
+                                                 failure_config=tune.FailureConfig(max_failures=1),
+                                                 stop=stopper, callbacks=[recorder], verbose=0))
+    # A trial reports its progress (losses by step) before its result; those reports carry no psnr/macs, which
+    # Tune's strict check would refuse. The multi-objective searcher reads only each trial's final result.
+    strict = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    try:
+        tuner.fit()
+    finally:
+        if strict is None:
+            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+        else:
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = strict
+        try:
+            recorder.finish()
+        finally:
+            stopper.finish()
+            ray.kill(weights.actor, no_restart=True)
+    return recorded

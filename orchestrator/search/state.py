@@ -1,0 +1,157 @@
+"""The orchestrator's own record of each search, so that a crash loses nothing: `<run dir>/searches.db`.
+
+SQLite (the standard library's), one transaction per change, WAL journal: a search killed at any point leaves
+the last committed state. One row per search (its parent MLflow run id, the request that `resume` replays, the
+driver's host and pid, its status), one per trial (the Tune trial id, its config, seed, attempts, state: running,
+finished or failed; the MLflow run id and the result once finished), and one per finished retrain (its outcome).
+
+A search whose status is `running` but whose driver is gone (same host, pid not alive) is `interrupted`;
+`acla-orch resume` continues it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS searches (
+    parent_run_id TEXT PRIMARY KEY, experiment_id TEXT NOT NULL, request TEXT NOT NULL, status TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    parent_run_id TEXT NOT NULL, trial_id TEXT NOT NULL, config TEXT NOT NULL, seed INTEGER NOT NULL,
+    state TEXT NOT NULL, mlflow_run_id TEXT, result TEXT, error TEXT, artifact_uri TEXT, started REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (parent_run_id, trial_id));
+CREATE TABLE IF NOT EXISTS retrains (
+    parent_run_id TEXT NOT NULL, trial_run_id TEXT NOT NULL, outcome TEXT NOT NULL,
+    PRIMARY KEY (parent_run_id, trial_run_id));
+"""
+
+STATUSES = ("running", "finished", "failed", "killed")
+
+
+class SearchState:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "searches.db"
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # explicit transactions below
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(SCHEMA)
+        return connection
+
+    def _write(self, sql: str, values: tuple) -> None:
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(sql, values)
+            db.execute("COMMIT")
+
+    def _read(self, sql: str, values: tuple = ()) -> list[sqlite3.Row]:
+        if not self.path.exists():
+            return []
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            return db.execute(sql, values).fetchall()
+
+    # searches
+    def begin(self, parent_run_id: str, experiment_id: str, request: dict) -> None:
+        """A new search, or a resumed one taken over by this process."""
+        now = time.time()
+        self._write("INSERT INTO searches VALUES (?, ?, ?, 'running', ?, ?, ?, ?) ON CONFLICT(parent_run_id) DO "
+                    "UPDATE SET status='running', host=excluded.host, pid=excluded.pid, updated=excluded.updated",
+                    (parent_run_id, experiment_id, json.dumps(request), socket.gethostname(), os.getpid(), now, now))
+
+    def end(self, parent_run_id: str, status: str) -> None:
+        assert status in STATUSES
+        self._write("UPDATE searches SET status=?, updated=? WHERE parent_run_id=?", (status, time.time(), parent_run_id))
+
+    def search(self, parent_run_id: str) -> dict | None:
+        rows = self._read("SELECT * FROM searches WHERE parent_run_id=?", (parent_run_id,))
+        return self._search_row(rows[0]) if rows else None
+
+    def searches(self) -> list[dict]:
+        return [self._search_row(row) for row in self._read("SELECT * FROM searches ORDER BY started")]
+
+    @staticmethod
+    def _search_row(row: sqlite3.Row) -> dict:
+        record = dict(row)
+        record["request"] = json.loads(record["request"])
+        if record["status"] == "running" and not driver_alive(record["host"], record["pid"]):
+            record["status"] = "interrupted"
+        return record
+
+    # trials
+    def trial_started(self, parent_run_id: str, trial_id: str, config: dict, seed: int) -> None:
+        """A trial starts, or starts again after its worker died (Tune's retry): `attempts` counts them."""
+        self._write("INSERT INTO trials (parent_run_id, trial_id, config, seed, state, started) "
+                    "VALUES (?, ?, ?, ?, 'running', ?) ON CONFLICT(parent_run_id, trial_id) DO UPDATE SET "
+                    "state='running', attempts=attempts+1",
+                    (parent_run_id, trial_id, json.dumps(config), seed, time.time()))
+
+    def trial_finished(self, parent_run_id: str, trial_id: str, mlflow_run_id: str, result: dict,
+                       artifact_uri: str) -> None:
+        self._write("UPDATE trials SET state='finished', mlflow_run_id=?, result=?, artifact_uri=? "
+                    "WHERE parent_run_id=? AND trial_id=?",
+                    (mlflow_run_id, json.dumps(result), artifact_uri, parent_run_id, trial_id))
+
+    def trial_failed(self, parent_run_id: str, trial_id: str, mlflow_run_id: str, error: str) -> None:
+        self._write("UPDATE trials SET state='failed', mlflow_run_id=?, error=? WHERE parent_run_id=? AND trial_id=?",
+                    (mlflow_run_id, error[:4000], parent_run_id, trial_id))
+
+    def trial_interrupted(self, parent_run_id: str, trial_id: str) -> None:
+        self._write("UPDATE trials SET state='interrupted' WHERE parent_run_id=? AND trial_id=?",
+                    (parent_run_id, trial_id))
+
+    def trials(self, parent_run_id: str) -> list[dict]:
+        rows = self._read("SELECT * FROM trials WHERE parent_run_id=? ORDER BY started", (parent_run_id,))
+        return [{**dict(row), "config": json.loads(row["config"]),
+                 "result": json.loads(row["result"]) if row["result"] else None} for row in rows]
+
+    # retrains
+    def retrain_finished(self, parent_run_id: str, trial_run_id: str, outcome: dict) -> None:
+        self._write("INSERT OR REPLACE INTO retrains VALUES (?, ?, ?)", (parent_run_id, trial_run_id, json.dumps(outcome)))
+
+    def retrains(self, parent_run_id: str) -> dict[str, dict]:
+        rows = self._read("SELECT * FROM retrains WHERE parent_run_id=?", (parent_run_id,))
+        return {row["trial_run_id"]: json.loads(row["outcome"]) for row in rows}
+
+
+def driver_alive(host: str, pid: int) -> bool:
+    """Whether the process that ran a search still runs; a search from another host is taken as alive."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resume_plan(state, parent_id: str):
+    """What the search already has, from its state: finished trials as recorded, and the configs still owed:
+    those of trials cut off (running when the driver died, or interrupted before and never run to an end since),
+    each once."""
+    from orchestrator.search.driver import ResumePlan
+    from orchestrator.runtime.records import TrialRecord
+    trials = state.trials(parent_id)
+    ended = {json.dumps(t["config"], sort_keys=True) for t in trials if t["state"] in ("finished", "failed")}
+    recorded, owed = [], {}
+    for trial in trials:
+        if trial["state"] == "finished":
+            recorded.append(TrialRecord(trial=trial["trial_id"], run_id=trial["mlflow_run_id"], params=trial["config"],
+                                        result=trial["result"], artifact_uri=trial["artifact_uri"]))
+        elif trial["state"] in ("running", "interrupted"):
+            if trial["state"] == "running":
+                state.trial_interrupted(parent_id, trial["trial_id"])
+            key = json.dumps(trial["config"], sort_keys=True)
+            if key not in ended:
+                owed.setdefault(key, trial["config"])
+    done = sum(1 for t in trials if t["state"] in ("finished", "failed"))
+    return ResumePlan(recorded=recorded, done=done, interrupted=list(owed.values()))

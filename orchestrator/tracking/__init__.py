@@ -1,0 +1,1 @@
+"""MLflow: runs, the front, the registry and model references (imports runtime/ only)."""
