@@ -66,6 +66,25 @@ def run_ablation(task: str, steps: int, variants, args, resume: str | None = Non
     return report
 
 
+def portable(report: dict, home: str, datasets: str) -> dict:
+    """The report as the record keeps it, without this machine's paths: checkpoints relative to the ablation's
+    artifact root, test sets under $ACLA_DATASETS, the command as a user types it."""
+    artifacts, datasets = str(Path(home).resolve() / "artifacts") + "/", str(Path(datasets).resolve())
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, str):
+            return value.replace("file://" + artifacts, "").replace(artifacts, "").replace(datasets, "$ACLA_DATASETS")
+        return value
+    report = clean(report)
+    if report.get("command") and report["command"][0] == sys.executable:
+        report["command"] = ["python", *report["command"][1:]]
+    return report
+
+
 def read_reports(lines: Path) -> list[dict]:
     """The ablations written so far, one JSON line each (none where the file is not there yet)."""
     return [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.exists() else []
@@ -116,7 +135,7 @@ def main() -> None:
                 except ValueError as err:  # kept unpaired rather than lost: hours of training went into it
                     print(f"{task} {steps} steps: written without gaps: {err}", file=sys.stderr)
             with lines.open("a") as handle:  # each result as it comes in
-                handle.write(json.dumps(report) + "\n")
+                handle.write(json.dumps(portable(report, args.home, args.datasets)) + "\n")
             print(f"{task} {steps} steps: done in {report['wall_seconds']:.0f} s", file=sys.stderr)
     reports = read_reports(lines)
     if not reports:
