@@ -16,9 +16,9 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, WeedServer
 # The files that take longest (minutes: real searches, clusters, servers) go first, so that pytest-xdist's two
 # workers (one file at a time each) share them evenly instead of meeting the longest ones at the end. xdist keeps
 # this order only with --no-loadscope-reorder (the Makefile's); by default it puts the files with most tests first.
-LONGEST_FIRST = ("test_orchestrator_verbs.py", "test_orchestrator_s3.py", "test_orchestrator.py", "test_two_nodes.py",
-                 "test_faults.py", "test_retrain.py", "test_ablate_cli.py", "test_bad_input.py", "test_security.py",
-                 "test_cli.py", "test_restore.py", "test_search.py")  # by pytest --durations, 2026-12-02
+LONGEST_FIRST = ("test_orchestrator_verbs.py", "test_tracking_server_outage.py", "test_orchestrator_s3.py",
+                 "test_orchestrator.py", "test_two_nodes.py", "test_faults.py", "test_retrain.py", "test_ablate_cli.py", "test_bad_input.py", "test_security.py",
+                 "test_cli.py", "test_restore.py", "test_search.py")  # by pytest --durations, 2026-12-02 (and 12-07)
 
 
 def pytest_collection_modifyitems(config, items):

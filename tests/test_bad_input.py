@@ -181,7 +181,7 @@ CASES = [
     ("retrain without a store", ["retrain", "--run-id", "0123456789abcdef0123456789abcdef"], nothing, "no MLflow store"),
     ("retrain run id injection", ["retrain", "--run-id", "x' or '1'='1"], nothing, "not an MLflow run id"),
     ("resume run id not hex", ["resume", "../../etc"], nothing, "not an MLflow run id"),
-    ("resume nothing to resume", ["resume", "--last"], nothing, "no MLflow store"),
+    ("resume nothing to resume", ["resume", "--last"], nothing, "no interrupted search"),
     ("resume both id and last", ["resume", "0123456789abcdef0123456789abcdef", "--last"], nothing, "--last"),
     ("sweep duplicate budgets", ["sweep", "--budgets", "2G,3G,2000M", "--task", "car", "--profile", "smoke"], nothing, "budget 2.00GMACs is given more than once"),
     ("sweep fine-tune steps 0", ["sweep", "--budgets", "2G,3G", "--task", "car", "--profile", "smoke", "--finetune-steps", "0"], nothing, "--finetune-steps"),

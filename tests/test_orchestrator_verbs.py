@@ -231,13 +231,14 @@ def test_kill_9_twice_then_resume_finishes_the_sweep_as_if_uninterrupted(swept, 
     # each budget's width point (the plain net at the same cost), equal too
     assert [(s["width"]["macs"], round(s["width"]["psnr"], 4)) for s in resumed] == \
         [(s["width"]["macs"], round(s["width"]["psnr"], 4)) for s in uninterrupted]
-    # one FINISHED MLflow trial run per trial, the cut-off attempt's run (created when it started) KILLED, none
-    # left RUNNING, both parents FINISHED
+    # one FINISHED MLflow trial run per trial, the cut-off attempt's run KILLED (where the driver's sender had made
+    # it before the kill: the search state knows a trial first, its run follows), none left RUNNING, both parents
+    # FINISHED
     experiment = client.get_experiment_by_name("acla-car-q10")
     runs = client.search_runs([experiment.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trial_runs = [r for r in runs if r.data.tags.get("acla_kind") == "trial"]
-    assert sorted(r.info.status for r in trial_runs) == ["FINISHED"] * 4 + ["KILLED"]
+    assert sorted(r.info.status for r in trial_runs) in (["FINISHED"] * 4, ["FINISHED"] * 4 + ["KILLED"])
     assert [client.get_run(s["parent_run_id"]).info.status for s in resumed] == ["FINISHED"] * 2
     # no finished trial ran twice: the interrupted one ran again, nothing else did; the other budget's ran once
     # (this budget has one backbone, so its trials' configs are alike: they are told apart by their ids)

@@ -72,7 +72,8 @@ def test_state_survives_its_writer_and_knows_a_dead_driver(tmp_path):
     state = SearchState(tmp_path)
     state.begin("p1", "e1", {"budget": 2e9})
     state.trial_started("p1", "t1", {"x": 1}, 0)
-    state.trial_finished("p1", "t1", "r1", {"psnr": 30.0}, "file:///a")
+    state.trial_finished("p1", "t1", {"psnr": 30.0})
+    state.trial_recorded("p1", "t1", "r1", "file:///a")
     state.trial_started("p1", "t2", {"x": 2}, 0)
     assert SearchState(tmp_path).search("p1")["status"] == "running"  # this process is its driver
     script = (f"from orchestrator.search.state import SearchState; s = SearchState({str(tmp_path)!r}); "
@@ -176,9 +177,11 @@ def test_a_second_resume_owes_only_what_is_still_unfinished(tmp_path):
     state.begin("p", "e", {})
     for trial_id, config in (("t1", {"x": 1}), ("t2", {"x": 2}), ("t3", {"x": 2}), ("t4", {"x": 3}), ("t5", {"x": 3})):
         state.trial_started("p", trial_id, config, 0)
-    state.trial_finished("p", "t1", "r1", {"psnr": 30.0}, "file:///a")
+    state.trial_finished("p", "t1", {"psnr": 30.0})
+    state.trial_recorded("p", "t1", "r1", "file:///a")
     state.trial_interrupted("p", "t2")  # cut off by the first crash ...
-    state.trial_finished("p", "t3", "r3", {"psnr": 29.0}, "file:///b")  # ... and run to its end by the first resume
+    state.trial_finished("p", "t3", {"psnr": 29.0})
+    state.trial_recorded("p", "t3", "r3", "file:///b")  # ... and run to its end by the first resume
     state.trial_interrupted("p", "t4")  # cut off by the first crash, and again (t5) by the second
     plan = resume_plan(state, "p")
     assert plan.done == 2 and [r.run_id for r in plan.recorded] == ["r1", "r3"]

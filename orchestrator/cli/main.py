@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from orchestrator.runtime.settings import redacted_command
+from orchestrator.tracking.outage import EXIT_TRACKING_AWAY, TrackingAway
 from orchestrator.runtime.errors import Terminated, UsageError, install_signal_handlers, signals_received
 
 from search_space.registry import ATTENTION, SEARCHABLE_KINDS, TASK_NAMES, TASKS  # torch-free
@@ -136,10 +137,17 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     add_precision_arg(parser)
 
 
+def add_patience_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-patience", type=positive_int, default=600, metavar="SECONDS",
+                        help="how long the search waits for an MLflow server that went away, training on, before it "
+                             "stops for `resume` (exit status 75; default 600)")
+
+
 def add_search_args(parser: argparse.ArgumentParser) -> None:
     add_task_args(parser)
     add_data_args(parser)
     add_platform_args(parser)
+    add_patience_arg(parser)
     parser.add_argument("--attention", default="acla", choices=SEARCHABLE_KINDS,
                         help="the attention kind to place (default acla)")
     parser.add_argument("--trials", type=positive_int, help="outer-search trials (default: the profile's)")
@@ -219,6 +227,7 @@ def add_orchestrator_verbs(verbs) -> None:
     resume.add_argument("--last", action="store_true", help="the most recent interrupted search of this run directory")
     add_precision_arg(resume, default=None)
     add_platform_args(resume)
+    add_patience_arg(resume)
     resume.set_defaults(handler="resume:command_resume")
 
     report = verbs.add_parser("report", help="one HTML page with figures of what a task variant's searches found")
@@ -376,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"acla-orch: error: {err}", file=sys.stderr)
         return 2
+    except TrackingAway as err:  # the search stopped cleanly, its finished trials kept in the run directory
+        print(f"acla-orch: {err}; the search stopped and kept its finished trials: run `acla-orch resume --last` "
+              f"when the server is back", file=sys.stderr)
+        return EXIT_TRACKING_AWAY
     except KeyboardInterrupt as err:
         if isinstance(err, Terminated) or signal.SIGTERM in signals_received:
             print("acla-orch: terminated", file=sys.stderr)

@@ -13,12 +13,12 @@ def command_resume(args: argparse.Namespace) -> int:
     from orchestrator.runtime.records import SearchJob
     from orchestrator.search.job import run_search
     from orchestrator.cli.platform import settings_from_args
-    from orchestrator.runtime.settings import PLATFORM_KEYS, redacted_platform
+    from orchestrator.runtime.settings import PLATFORM_KEYS, redacted_platform, resolve_settings
     from orchestrator.search.state import SearchState
     if bool(args.parent_run_id) == bool(args.last):
         raise UsageError("give the search's parent run id, or --last for the most recent interrupted search")
-    run, _ = settings_from_args(args, read_only=True)
-    state = SearchState(run.run_dir)
+    run = resolve_settings(tracking_uri=None, artifact_root=None, address=None)  # the run directory alone, first:
+    state = SearchState(run.run_dir)  # where the search was tracked is in its stored request, checked below
     search = pick_search(state, args.parent_run_id)
     budgets, parents = resume_targets(state.searches(), search)
     try:
@@ -32,5 +32,6 @@ def command_resume(args: argparse.Namespace) -> int:
             platform[key] = getattr(args, key)
     if "***" in (platform.get("tracking_uri") or ""):
         raise UsageError("the search's tracking URI holds a password, which was not stored; pass --tracking-uri")
-    run, store = settings_from_args(argparse.Namespace(**{key: platform.get(key) for key in PLATFORM_KEYS}))
+    run, store = settings_from_args(argparse.Namespace(**{key: platform.get(key) for key in PLATFORM_KEYS},
+                                                       tracking_patience=args.tracking_patience))
     return run_search(dataclasses.replace(job, request=redacted_platform(platform)), run, store)

@@ -29,6 +29,7 @@ class RunSettings:
     ray_address: str | None
     s3_endpoint: str | None = None
     create_bucket: bool = False
+    tracking_patience: float = 600.0  # seconds a search waits for an MLflow server that went away (tracking/outage.py)
 
     @property
     def storage(self):
@@ -37,13 +38,14 @@ class RunSettings:
 
 
 def resolve_settings(*, tracking_uri: str | None, artifact_root: str | None, address: str | None,
-                     s3_endpoint: str | None = None, create_bucket: bool = False) -> RunSettings:
+                     s3_endpoint: str | None = None, create_bucket: bool = False,
+                     tracking_patience: float = 600.0) -> RunSettings:
     run_dir = Path(os.environ.get("ACLA_HOME") or "acla-runs").absolute()
     tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
     artifacts = artifact_root or str(run_dir / "artifacts")
     return RunSettings(run_dir=run_dir, tracking_uri=tracking, artifact_root=artifacts,
                        ray_address=address or os.environ.get("RAY_ADDRESS") or None, s3_endpoint=s3_endpoint,
-                       create_bucket=create_bucket)
+                       create_bucket=create_bucket, tracking_patience=tracking_patience)
 
 
 DATABASE_DRIVERS = {  # SQLAlchemy's default driver per scheme, and what to install for it

@@ -1,5 +1,6 @@
 """Ray Tune callbacks of a search, run in the driver: the trial recorder (start, progress, end, error) and the
-stopper that ends the search when the S3 artifact store stops answering."""
+stopper that ends the search when the S3 artifact store stops answering, or its records cannot be sent (a
+tracking server away for longer than the search's patience, tracking/outage.py)."""
 from __future__ import annotations
 
 import time
@@ -54,20 +55,23 @@ class RecordTrials(tune.Callback):
 
 
 class StopOnStoreFailure(tune.Stopper):
-    """Stops every trial, and starts no new one, once recording a trial has failed or (with an S3 artifact
-    root) the store has stopped answering: probed every PROBE_SECONDS, failed after two misses in a row, so a
-    search notices an outage within about 10 s even while no trial is finishing. Runs in the driver; like
-    RecordTrials it pickles as its key."""
+    """Stops every trial, and starts no new one, once recording a trial has failed (in the callbacks, or in the
+    sender of its records) or (with an S3 artifact root) the store has stopped answering: probed every
+    PROBE_SECONDS, failed after two misses in a row, so a search notices an outage within about 10 s even while no
+    trial is finishing. Runs in the driver; like RecordTrials it pickles as its key."""
     PROBE_SECONDS = 4.0
     _stores: dict[int, object] = {}
     _probes: dict[int, list] = {}  # key -> [time of the last probe, misses in a row]: kept across copies
+    _senders: dict[int, object] = {}
     failures: dict[int, str] = {}
 
-    def __init__(self, key: int, storage=None) -> None:
+    def __init__(self, key: int, storage=None, sender=None) -> None:
         self.key = key
         if storage is not None:
             StopOnStoreFailure._stores[key] = storage
             StopOnStoreFailure._probes[key] = [0.0, 0]
+        if sender is not None:
+            StopOnStoreFailure._senders[key] = sender
 
     def __reduce__(self):
         return (StopOnStoreFailure, (self.key,))
@@ -77,6 +81,9 @@ class StopOnStoreFailure(tune.Stopper):
 
     def stop_all(self) -> bool:
         if self.key in RecordTrials.errors or self.key in StopOnStoreFailure.failures:
+            return True
+        sender = StopOnStoreFailure._senders.get(self.key)
+        if sender is not None and sender.failed():
             return True
         storage, probe = StopOnStoreFailure._stores.get(self.key), StopOnStoreFailure._probes.get(self.key)
         if storage is None or probe is None or time.monotonic() - probe[0] < self.PROBE_SECONDS:
@@ -98,6 +105,7 @@ class StopOnStoreFailure(tune.Stopper):
         from storage.stores import StorageError
         StopOnStoreFailure._stores.pop(self.key, None)
         StopOnStoreFailure._probes.pop(self.key, None)
+        StopOnStoreFailure._senders.pop(self.key, None)
         failure = StopOnStoreFailure.failures.pop(self.key, None)
         if failure is not None:
             raise StorageError(failure)

@@ -153,8 +153,9 @@ def trial_error(trial) -> str:
 def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str, reporter, state,
                       store=None) -> dict[float, list[TrialRecord]]:
     """Every budget's trials in one Ray Tune run, each proposed by its budget's Optuna study (budget_search.py);
-    each trial's start and end go to the search state of its budget's parent run, and each finished trial is
-    recorded in MLflow from the driver as it ends, its proxy-trained weights in `store` (inherit.TRIAL_WEIGHTS).
+    each trial's start and end go to the search state of its budget's parent run at once, and its MLflow record
+    (its run, progress, result and artifacts; its proxy-trained weights in `store`, inherit.TRIAL_WEIGHTS) through
+    one sender thread, in order, so that trials go on while the tracking server is away (tracking/outage.py).
     A resumed search runs only the trials it still owes. Returns {budget: its finished trials}."""
     import optuna
     import ray
@@ -163,7 +164,8 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
     from ray.tune.search.optuna import OptunaSearch
 
     from orchestrator.search.sampler import ReproducibleTPE
-    from orchestrator.tracking.runs import TRIAL_RESULT_KEYS, log_failed_trial, log_progress, log_trial, start_trial_run
+    from orchestrator.tracking.outage import Sender, current
+    from orchestrator.tracking.runs import TRIAL_RESULT_KEYS, log_failed_trial, log_progress, start_trial_run
 
     first = requests[0]
     by_budget = {request.settings.budget_macs: request for request in requests}
@@ -179,16 +181,16 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
                                          storage=storage, sampler=ReproducibleTPE(settings.seed, n_startup_trials=4,
                                                                                   distinct=shared))
         owed[budget] = max(request.trials - (request.resume.done if request.resume else 0), 0)
-        search_tags[budget] = {"budget_macs": str(int(budget)), "task": settings.task.label,
-                               "task_spec": json.dumps(dataclasses.asdict(settings.task)),
-                               "profile": settings.profile.name}
+        search_tags[budget] = trial_search_tags(settings)
         recorded[budget] = list(request.resume.recorded) if request.resume else []
     total = sum(request.trials for request in requests)
     if not any(owed.values()):
         return recorded
     searcher = BudgetSearch(searchers, owed, metric=["psnr", "macs"], mode=["max", "min"])
 
-    runs: dict[str, str] = {}  # Tune's trial id -> its MLflow run, created when the trial starts
+    runs: dict[str, str] = {}  # Tune's trial id -> its MLflow run (the sender's: made when the trial starts)
+    ended = [sum(len(r) for r in recorded.values())]  # trials finished, kept in the state
+    sender = Sender(current())
 
     def budget_of(trial) -> float:
         return trial.config[BUDGET_KEY]
@@ -196,49 +198,46 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
     def parent_of(trial) -> str:
         return by_budget[budget_of(trial)].parent_id
 
-    def run_of(trial) -> str:
-        if trial.trial_id not in runs:
-            runs[trial.trial_id] = start_trial_run(client, experiment_id, parent_of(trial), trial_id=trial.trial_id,
-                                                   params=own_config(trial.config),
-                                                   search_tags=search_tags[budget_of(trial)])
-        return runs[trial.trial_id]
+    def make_run(parent: str, trial_id: str, params: dict, tags: dict) -> None:  # in the sender
+        if trial_id not in runs:
+            runs[trial_id] = start_trial_run(client, experiment_id, parent, trial_id=trial_id, params=params,
+                                             search_tags=tags)
+            state.trial_run(parent, trial_id, runs[trial_id])
 
-    def done() -> int:
-        return sum(len(r) for r in recorded.values())
+    def record(budget: float, parent: str, trial_id: str, params: dict, result: dict, trial_weights) -> None:
+        recorded[budget].append(record_finished_trial(client, store, state, parent, trial_id, runs[trial_id],
+                                                      params, result, trial_weights))
 
-    def on_start(trial) -> None:  # its MLflow run first: a trial the state calls running always has one
-        run_of(trial)
-        state.trial_started(parent_of(trial), trial.trial_id, own_config(trial.config),
-                            by_budget[budget_of(trial)].settings.seed)
+    def on_start(trial) -> None:
+        config, budget = own_config(trial.config), budget_of(trial)
+        state.trial_started(parent_of(trial), trial.trial_id, config, by_budget[budget].settings.seed)
+        sender.submit(make_run, parent_of(trial), trial.trial_id, config, search_tags[budget])
 
     def on_result(trial, result) -> None:
         if "progress_phase" in result:
-            log_progress(client, run_of(trial), result)
+            sender.submit(lambda trial_id: log_progress(client, runs[trial_id], result), trial.trial_id)
 
     def on_complete(trial) -> None:
         result = trial.last_result or {}
         if "genotype" not in result:
             return
-        params = own_config(trial.config)
-        run_id = log_trial(client, run_of(trial), result=result)
-        take_weights(weights, pending)
-        if store is not None and trial.trial_id in pending:
-            save_trial_weights(store, run_id, pending.pop(trial.trial_id))  # a failure leaves none: from scratch
-        artifact_uri = client.get_run(run_id).info.artifact_uri
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
-        state.trial_finished(parent_of(trial), trial.trial_id, run_id, result, artifact_uri)
-        recorded[budget_of(trial)].append(TrialRecord(trial=trial.trial_id, run_id=run_id, params=params,
-                                                      result=result, artifact_uri=artifact_uri))
-        reporter(done(), total)
+        state.trial_finished(parent_of(trial), trial.trial_id, result)  # kept here first, whatever MLflow does
+        take_weights(weights, pending)
+        sender.submit(record, budget_of(trial), parent_of(trial), trial.trial_id, own_config(trial.config), result,
+                      pending.pop(trial.trial_id, None))
+        ended[0] += 1
+        reporter(ended[0], total)
 
     def on_error(trial) -> None:
         error = trial_error(trial)
-        run_id = log_failed_trial(client, run_of(trial), error=error)
-        state.trial_failed(parent_of(trial), trial.trial_id, run_id, error)
-        reporter(done(), total)
+        state.trial_failed(parent_of(trial), trial.trial_id, error)
+        sender.submit(lambda trial_id: log_failed_trial(client, runs[trial_id], error=error), trial.trial_id)
+        reporter(ended[0], total)
 
     recorder = RecordTrials(on_complete, on_error, on_start, on_result)
-    stopper = StopOnStoreFailure(recorder.key, first.run.storage if first.run.storage.is_s3 else None)
+    stopper = StopOnStoreFailure(recorder.key, first.run.storage if first.run.storage.is_s3 else None,
+                                 sender=sender)
     keep_credentials_out_of_trial_runtime_envs()
     pending: dict[str, bytes] = {}  # trial id -> its weights, until the trial is recorded
     weights = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
@@ -276,4 +275,41 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
         finally:
             stopper.finish()
             ray.kill(weights.actor, no_restart=True)
+    # every record sent: the trials are over, and an outage is waited for, up to the patience (a search cut off
+    # before this line does not wait: what its sender still holds is sent by `resume`)
+    sender.drain()
     return recorded
+
+
+def trial_search_tags(settings: TrialSettings) -> dict:
+    """The tags each trial run of a budget carries."""
+    return {"budget_macs": str(int(settings.budget_macs)), "task": settings.task.label,
+            "task_spec": json.dumps(dataclasses.asdict(settings.task)), "profile": settings.profile.name}
+
+
+def record_finished_trial(client, store, state, parent: str, trial_id: str, run_id: str, params: dict, result: dict,
+                          trial_weights: bytes | None) -> TrialRecord:
+    """A finished trial's MLflow record (params, metrics, artifacts; FINISHED), its weights in the store (none
+    where they were lost: its winner then retrains from scratch), and its state marked recorded."""
+    from orchestrator.tracking.runs import log_trial
+    log_trial(client, run_id, result=result)
+    if store is not None and trial_weights is not None:
+        save_trial_weights(store, run_id, trial_weights)
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    state.trial_recorded(parent, trial_id, run_id, artifact_uri)
+    return TrialRecord(trial=trial_id, run_id=run_id, params=params, result=result, artifact_uri=artifact_uri)
+
+
+def send_what_waited(client, store, state, experiment_id: str, parent: str, settings: TrialSettings) -> int:
+    """A resumed search's finished trials whose MLflow record never reached the server (it was away when they
+    ended, and the search gave up waiting): their runs made where there were none, their results recorded.
+    Their weights went with the driver: their winners retrain from scratch. Returns how many were sent."""
+    from orchestrator.tracking.runs import start_trial_run
+    waiting = state.unsent(parent)
+    for trial in waiting:
+        run_id = trial["mlflow_run_id"] or start_trial_run(client, experiment_id, parent, trial_id=trial["trial_id"],
+                                                           params=trial["config"],
+                                                           search_tags=trial_search_tags(settings))
+        record_finished_trial(client, store, state, parent, trial["trial_id"], run_id, trial["config"],
+                              trial["result"], None)
+    return len(waiting)

@@ -4,7 +4,9 @@ parses the flags into a `SearchJob`, checks every input and budget once, and cal
 budget inside one Ray session (`run_budgets`).
 
 The parent MLflow run ends FINISHED only when everything it announces exists; an error marks it FAILED and
-Ctrl-C or SIGTERM marks it KILLED, so no half-made run looks finished. The run directory's search state
+Ctrl-C or SIGTERM marks it KILLED, so no half-made run looks finished. A tracking server that goes away is
+waited for while the trials go on, up to --tracking-patience (tracking/outage.py); past it the search stops,
+interrupted, for `resume`. The run directory's search state
 (state.py) records every step as it happens, for `status` and `resume`.
 """
 from __future__ import annotations
@@ -73,9 +75,16 @@ def run_search(job: SearchJob, run, store) -> int:
         if warning:
             print(warning, file=sys.stderr)
     from orchestrator.runtime.ray_session import ray_session  # Ray, MLflow and torch are imported once the inputs have passed
+    from orchestrator.tracking import outage
     from orchestrator.tracking.runs import mlflow_client
+    outage.install(run.tracking_uri, run.tracking_patience)  # an MLflow server's outage is waited for, trials going on
     # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
-    with user_errors(), storage_faults(run), contextlib.redirect_stdout(sys.stderr), ray_session(run) as ray:
+    with contextlib.ExitStack() as stack:
+        stack.callback(outage.uninstall)
+        stack.enter_context(user_errors())
+        stack.enter_context(storage_faults(run))
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        ray = stack.enter_context(ray_session(run))
         shapes = node_shapes(ray)  # what the cluster offers, checked before any trial starts or run is made
         check_artifact_root(shapes, run.storage)
         resources = trial_resources(shapes, job.concurrency)
@@ -114,16 +123,21 @@ def check_retrain_workers(workers: int, profile) -> None:
                          f"{profile.batch_size} patches, which the workers share; expected at most {profile.batch_size}")
 
 
-def open_search(job: SearchJob, budget: float, client, experiment_id: str, state) -> tuple[str, object]:
+def open_search(job: SearchJob, budget: float, client, experiment_id: str, state, store) -> tuple[str, object]:
     """This budget's parent MLflow run, begun in the search state: a new one, or (with a parent for this budget in
-    `job.resume_parents`) that search reopened, with what it already has (state.resume_plan; None when new)."""
-    from orchestrator.search.driver import git_commit
+    `job.resume_parents`) that search reopened, with what it already has (state.resume_plan; None when new): the
+    records that waited for the tracking server sent first, then the runs it cut off closed as KILLED."""
+    from orchestrator.search.driver import git_commit, send_what_waited
     from orchestrator.search.state import resume_plan
     from orchestrator.tracking.runs import close_stale_runs, reopen_parent, start_parent
     from search_space.budget import short_budget
     task, profile = job.task, job.profile
     if job.resume_parent(budget):
         parent_id = job.resume_parent(budget)
+        sent = send_what_waited(client, store, state, experiment_id, parent_id, trial_settings(job, budget))
+        if sent:
+            print(f"acla-orch: resume: sent the MLflow records of {sent} trial(s) that finished while the tracking "
+                  f"server was away", file=sys.stderr)
         plan = resume_plan(state, parent_id)
         close_stale_runs(client, experiment_id, parent_id)
         reopen_parent(client, parent_id)
@@ -150,17 +164,17 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
     begun (or, resumed, continued: its finished trials kept, its interrupted ones run again, its retrains done)
     -> a sweep's shared supernet -> every budget's trials in one Ray Tune run -> their width nets, at once ->
     each budget's front, winners and summary, its parent ended FINISHED. Cut off, every parent not yet finished
-    ends KILLED (Ctrl-C, SIGTERM) or FAILED."""
+    ends KILLED (Ctrl-C, SIGTERM) or FAILED, or, when its tracking server stayed away, interrupted for `resume`."""
     from orchestrator.search.driver import SearchRequest, run_search_on_ray
     from orchestrator.search.state import SearchState
-    from orchestrator.tracking.runs import close_stale_runs, end_parent, ensure_experiment, experiment_name
+    from orchestrator.tracking.runs import end_parent, ensure_experiment, experiment_name
     from orchestrator.search.width import width_points_at
     experiment_id = ensure_experiment(client, experiment_name(job.task.label), run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)
     requests, summaries = [], []
     try:
         for budget in job.budgets:
-            parent_id, plan = open_search(job, budget, client, experiment_id, state)
+            parent_id, plan = open_search(job, budget, client, experiment_id, state, store)
             requests.append(SearchRequest(settings=trial_settings(job, budget, run), run=run, trials=job.trials,
                                           concurrency=job.concurrency, command_line=job.command_line,
                                           backbones=backbones[budget], resources=resources, parent_id=parent_id,
@@ -193,13 +207,29 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
             state.end(request.parent_id, "finished")
             summaries.append(summary)
     except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        for request in requests[len(summaries):]:
-            close_stale_runs(client, experiment_id, request.parent_id, status)  # the trials it cut off
-            end_parent(client, request.parent_id, status)
-            state.end(request.parent_id, status.lower())
+        stop_open_searches(err, requests[len(summaries):], client, experiment_id, state)
         raise
     return summaries
+
+
+def stop_open_searches(err: BaseException, requests, client, experiment_id: str, state) -> None:
+    """A search cut off: each budget not yet finished ends KILLED (Ctrl-C, SIGTERM) or FAILED, its trials' runs
+    too. When the tracking server stayed away (TrackingAway), or goes away now, nothing waits for it: the search
+    state says `interrupted`, and `resume` closes the runs and sends what waited."""
+    from orchestrator.tracking import outage
+    from orchestrator.tracking.runs import close_stale_runs, end_parent
+    wait = outage.current()
+    if wait is not None:
+        wait.fail_fast = True  # a server away is not waited for again while stopping
+    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+    for request in requests:
+        if not isinstance(err, outage.TrackingAway):
+            try:
+                close_stale_runs(client, experiment_id, request.parent_id, status)  # the trials it cut off
+                end_parent(client, request.parent_id, status)
+            except outage.TrackingAway:
+                err = outage.TrackingAway(wait.uri, 0.0)
+        state.end(request.parent_id, "interrupted" if isinstance(err, outage.TrackingAway) else status.lower())
 
 
 def finish_search(job: SearchJob, request, recorded: list[TrialRecord], width: dict | None, *, client,

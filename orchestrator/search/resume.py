@@ -1,9 +1,10 @@
 """`acla-orch resume [PARENT_RUN_ID | --last]`: finish a search that was interrupted (killed, crashed, its machine
-gone), from the run directory's search state (state.py).
+gone, its tracking server away too long), from the run directory's search state (state.py).
 
 Resuming runs the search's own job again, as it was stored (records.SearchJob.to_stored; no command line is
 replayed), with the same parent MLflow run and the same Optuna study:
-- trials that finished are kept as they were, never run again;
+- trials that finished are kept as they were, never run again; those whose MLflow record never reached the
+  tracking server (it was away, and the search stopped after --tracking-patience) have it sent first;
 - trials that were running are run again with their config (queued in Optuna), and Optuna's stale RUNNING trials
   are failed; new trials come from the reproducible sampler (sampler.py), so with one trial at a time the
   resumed search proposes what an uninterrupted one would have;

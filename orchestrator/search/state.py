@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS retrains (
     PRIMARY KEY (parent_run_id, trial_run_id));
 """
 
-STATUSES = ("running", "finished", "failed", "killed")
+STATUSES = ("running", "finished", "failed", "killed", "interrupted")  # interrupted: stopped for `resume`
 
 
 class SearchState:
@@ -93,15 +93,29 @@ class SearchState:
                     "state='running', attempts=attempts+1",
                     (parent_run_id, trial_id, json.dumps(config), seed, time.time()))
 
-    def trial_finished(self, parent_run_id: str, trial_id: str, mlflow_run_id: str, result: dict,
-                       artifact_uri: str) -> None:
-        self._write("UPDATE trials SET state='finished', mlflow_run_id=?, result=?, artifact_uri=? "
-                    "WHERE parent_run_id=? AND trial_id=?",
-                    (mlflow_run_id, json.dumps(result), artifact_uri, parent_run_id, trial_id))
+    def trial_finished(self, parent_run_id: str, trial_id: str, result: dict) -> None:
+        """A trial's result, kept here first: its MLflow record follows (`trial_recorded`) when the tracking
+        server takes it. A finished trial without an artifact URI has a record still to send."""
+        self._write("UPDATE trials SET state='finished', result=? WHERE parent_run_id=? AND trial_id=?",
+                    (json.dumps(result), parent_run_id, trial_id))
 
-    def trial_failed(self, parent_run_id: str, trial_id: str, mlflow_run_id: str, error: str) -> None:
-        self._write("UPDATE trials SET state='failed', mlflow_run_id=?, error=? WHERE parent_run_id=? AND trial_id=?",
-                    (mlflow_run_id, error[:4000], parent_run_id, trial_id))
+    def trial_run(self, parent_run_id: str, trial_id: str, mlflow_run_id: str) -> None:
+        """The trial's MLflow run, once the tracking server has made it."""
+        self._write("UPDATE trials SET mlflow_run_id=? WHERE parent_run_id=? AND trial_id=?",
+                    (mlflow_run_id, parent_run_id, trial_id))
+
+    def trial_recorded(self, parent_run_id: str, trial_id: str, mlflow_run_id: str, artifact_uri: str) -> None:
+        """The trial's result is in MLflow, its artifacts under `artifact_uri`."""
+        self._write("UPDATE trials SET mlflow_run_id=?, artifact_uri=? WHERE parent_run_id=? AND trial_id=?",
+                    (mlflow_run_id, artifact_uri, parent_run_id, trial_id))
+
+    def trial_failed(self, parent_run_id: str, trial_id: str, error: str) -> None:
+        self._write("UPDATE trials SET state='failed', error=? WHERE parent_run_id=? AND trial_id=?",
+                    (error[:4000], parent_run_id, trial_id))
+
+    def unsent(self, parent_run_id: str) -> list[dict]:
+        """The finished trials whose MLflow record waits (the tracking server was away when they ended)."""
+        return [t for t in self.trials(parent_run_id) if t["state"] == "finished" and not t["artifact_uri"]]
 
     def trial_interrupted(self, parent_run_id: str, trial_id: str) -> None:
         self._write("UPDATE trials SET state='interrupted' WHERE parent_run_id=? AND trial_id=?",

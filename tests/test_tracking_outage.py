@@ -1,0 +1,111 @@
+"""The wait for a tracking server that went away (orchestrator/tracking/outage.py), on its own: a fake clock and
+real HTTP requests to a port where nothing listens, then to one where a server answers 503 and then 200."""
+import http.server
+import socket
+import threading
+import time
+
+import pytest
+
+from orchestrator.tracking.outage import Sender, TrackingAway, TrackingWait
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: a connection there is refused
+
+
+def test_a_server_that_never_answers_is_waited_for_exactly_the_patience_then_given_up():
+    import requests
+    clock, lines = Clock(), []
+    wait = TrackingWait("http://tracking:5000", 30, retry_seconds=4, clock=clock, sleep=clock.sleep, tell=lines.append)
+    url = f"http://127.0.0.1:{closed_port()}/api"
+    with pytest.raises(TrackingAway) as raised:
+        wait.send(requests.get, url, timeout=2)
+    assert clock.now == 30  # 4 s between tries, the last wait cut to what was left of the patience
+    assert raised.value.seconds == 30 and "http://tracking:5000" in str(raised.value)
+    assert len(lines) == 1 and "unreachable (connection refused)" in lines[0] and "waits up to 30 s" in lines[0]
+    with pytest.raises(TrackingAway):  # given up: every later request fails at once, nothing more is said
+        wait.send(requests.get, url, timeout=2)
+    assert clock.now == 30 and len(lines) == 1
+    assert not issubclass(TrackingAway, Exception)  # MLflow's `except Exception` wrappers pass it on
+
+
+class Flaky(http.server.BaseHTTPRequestHandler):
+    answers: list[int] = []
+
+    def do_GET(self):
+        code = Flaky.answers.pop(0) if Flaky.answers else 200
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_transient_answers_are_waited_for_and_the_return_is_said_with_what_waited():
+    import requests
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        Flaky.answers = [503, 500, 502]  # a server whose database is down answers 5xx
+        clock, lines = Clock(), []
+        wait = TrackingWait("http://t", 60, retry_seconds=5, clock=clock, sleep=clock.sleep, tell=lines.append)
+        wait.backlog = lambda: 4  # records queued behind this one
+        response = wait.send(requests.get, f"http://127.0.0.1:{server.server_port}/x", timeout=5)
+        assert response.status_code == 200 and clock.now == 15
+        assert lines[0].startswith("tracking server http://t unreachable (HTTP 503)")
+        assert lines[1] == "tracking server http://t is back after 15 s; sending the 5 record(s) that waited"
+        Flaky.answers = [404]  # an answer that is not an outage comes back as it is, and says nothing
+        assert wait.send(requests.get, f"http://127.0.0.1:{server.server_port}/x", timeout=5).status_code == 404
+        assert len(lines) == 2 and wait.away_since is None
+    finally:
+        server.shutdown()
+
+
+def test_the_sender_keeps_order_goes_on_for_its_caller_and_stops_at_a_failure():
+    done, gate = [], threading.Event()
+    sender = Sender(None)
+    sender.submit(lambda: gate.wait(10) and done.append(1))
+    started = time.monotonic()
+    sender.submit(done.append, 2)  # handed in while the first still waits: the caller is not held
+    assert time.monotonic() - started < 1 and done == []
+    gate.set()
+    sender.submit(lambda: (_ for _ in ()).throw(TrackingAway("http://t", 60)))
+    sender.submit(done.append, 3)  # after a failure nothing more is sent: it waits for `resume`
+    with pytest.raises(TrackingAway):
+        sender.drain()
+    assert done == [1, 2] and sender.failed()
+
+
+def test_the_wait_holds_mlflow_requests_to_its_server_only():
+    """Installed, the wait replaces MLflow's one HTTP choke point for the tracking server's URL; other hosts
+    (a presigned S3 URL, say) keep MLflow's own retries. Uninstalled, MLflow is as it was."""
+    from mlflow.utils import rest_utils
+
+    from orchestrator.tracking import outage
+    original = rest_utils._get_http_response_with_retries
+    assert outage.install("sqlite:///x.db", 60) is None and rest_utils._get_http_response_with_retries is original
+    port = closed_port()
+    wait = outage.install(f"http://127.0.0.1:{port}", 0.5)
+    try:
+        assert outage.current() is wait and rest_utils._get_http_response_with_retries is not original
+        from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+        with pytest.raises(TrackingAway):
+            http_request(MlflowHostCreds(f"http://127.0.0.1:{port}"), "/api/2.0/mlflow/experiments/list", "GET")
+    finally:
+        outage.uninstall()
+    assert rest_utils._get_http_response_with_retries is original and outage.current() is None
