@@ -105,6 +105,8 @@ def car_model(*images):
     return setup
 
 S = ["search", "--task", "car", "--profile", "smoke"]
+SHARED_DATASETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets")
+
 CASES = [
     ("no verb", [], nothing, "required: verb (see 'acla-orch --help')"),
     ("unknown verb", ["frobnicate"], nothing, "invalid choice"),
@@ -165,7 +167,8 @@ CASES = [
     ("train steps -5", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--steps", "-5"], genotype(), "steps"),
     ("train resume garbage", ["train", "--genotype", "g.json", "--task", "car", "--profile", "smoke", "--resume", "ckpt.pt"], checkpoint_garbage, "ckpt.pt"),
     ("evaluate missing ckpt", ["evaluate", "--model", "nope.pt", "--benchmark", "Set5"], nothing, "unknown model reference 'nope.pt'"),
-    ("evaluate garbage ckpt", ["evaluate", "--model", "ckpt.pt", "--benchmark", "Set5"], checkpoint_garbage, "ckpt.pt"),
+    ("evaluate garbage ckpt", ["evaluate", "--model", "ckpt.pt", "--benchmark", "Set5", "--datasets", SHARED_DATASETS], checkpoint_garbage, "ckpt.pt"),
+    ("evaluate test sets not there", ["evaluate", "--model", "model.pt", "--benchmark", "Set5", "--datasets", "nowhere"], car_model(), "no Set5 test set in"),
     ("evaluate unknown benchmark", ["evaluate", "--model", "ckpt.pt", "--benchmark", "Set7"], checkpoint_garbage, "Set7"),
     ("evaluate empty data folder", ["evaluate", "--model", "model.pt", "--data", "photos"], car_model("photos/"), "no images found"),
     ("restore unknown model", ["restore", "--model", "nope.pt", "in.png", "-o", "restored"], car_model("in.png"), "unknown model reference"),
@@ -189,6 +192,8 @@ CASES = [
     ("ablate unknown variant", ["ablate", "--task", "car", "--budget", "5G", "--profile", "smoke", "--variants", "bogus"], nothing, "bogus"),
     ("ablate seeds 0", ["ablate", "--task", "car", "--budget", "5G", "--profile", "smoke", "--seeds", "0"], nothing, "seeds"),
     ("pareto unreachable tracking", ["pareto", "--task", "car", "--tracking-uri", "http://127.0.0.1:9"], nothing, "not reachable"),
+    ("pareto plot folder missing", ["pareto", "--task", "car", "--plot", "no/such/front.png"], nothing, "no/such"),
+    ("retrain data folder missing", ["retrain", "--run-id", "0123456789abcdef0123456789abcdef", "--data", "nowhere"], nothing, "nowhere"),
 ]
 
 
@@ -240,7 +245,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(outcomes, name, fragmen
 
 LIGHT_CASES = ["budget too small", "data corrupt image", "retrain workers above the batch", "tracking unreachable",
                "genotype unknown field", "degrade missing input", "restore missing input", "restore into the input's folder",
-               "retrain without a store", "resume nothing to resume", "status corrupt db", "pareto unreachable tracking", "train home is a file"]
+               "retrain without a store", "resume nothing to resume", "status corrupt db", "pareto unreachable tracking", "train home is a file",
+               "evaluate test sets not there", "pareto plot folder missing", "retrain data folder missing"]
 
 
 def test_bad_input_is_answered_before_torch_mlflow_or_ray_is_imported(tmp_path):

@@ -14,12 +14,15 @@ from pathlib import Path
 from orchestrator.cli.platform import settings_from_args
 from orchestrator.runtime.errors import UsageError
 from orchestrator.cli.local import data_from_args, profile_from_args, task_spec_from_args, user_errors
+from orchestrator.runtime.inputs import check_output_folder
 from orchestrator.runtime.records import TrialRecord
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def command_pareto(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_output_folder(Path(args.plot))  # before the store is opened
     run, store = settings_from_args(args, read_only=args.source == "mlflow")
     if args.source == "table":
         return pareto_from_table(args, store)
@@ -154,6 +157,13 @@ def sweep_rows(searches: list[dict]) -> list[dict]:
 
 def command_retrain(args: argparse.Namespace) -> int:
     """Retrain one finished trial's genotype on Ray Train and register it, as a search does for its winners."""
+    data = data_from_args(args)  # --data and --profile checked before the store is opened
+    if args.profile:
+        from workers.profiles import get_profile
+        try:
+            get_profile(args.profile)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     run, store = settings_from_args(args, read_only=True)
     import mlflow  # MLflow and Ray, once the store is known to exist
     from workers.tasks import TaskSpec
@@ -181,7 +191,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     from orchestrator.search.job import check_retrain_workers
     check_retrain_workers(args.retrain_workers, profile)
     settings = TrialSettings(task=TaskSpec(**json.loads(tags["task_spec"])), budget_macs=float(tags["budget_macs"]),
-                             profile=profile, data=data_from_args(args), attention=winner.genotype.attention,
+                             profile=profile, data=data, attention=winner.genotype.attention,
                              seed=args.seed)
     with user_errors(), contextlib.redirect_stdout(sys.stderr), ray_session(run):
         retrained = retrain_winners(run=run, store=store, client=client, experiment_id=trial.info.experiment_id,

@@ -100,15 +100,16 @@ def command_evaluate(args: argparse.Namespace) -> int:
     """PSNR/SSIM per image and as a mean, beside the degraded input's own score and the classical baseline, on a
     standard test set or any folder of clean images; logged to the model's MLflow run when it came from one."""
     from workers.data import ImageSet, benchmark_set, list_images
-    resolved = resolve_reference(args)
-    network, _, task = load_model(args, resolved)  # the model first: the input a user checks first
-    precision = precision_from_args(args)
-    from workers.restore import mean_scores, score_images
+    resolved = resolve_reference(args)  # the model's reference, the images and the precision, before it is loaded
     with user_errors():
         if args.data:
             image_set = ImageSet(Path(args.data).name, list_images(args.data))
         else:
             image_set = benchmark_set(args.datasets, args.benchmark)
+    precision = precision_from_args(args)
+    network, _, task = load_model(args, resolved)
+    from workers.restore import mean_scores, score_images
+    with user_errors():
         with progress_bar(f"evaluating on {image_set.name}", len(image_set.paths), transient=True) as bar:
             rows = score_images(network, task, image_set, seed=args.seed, tile=args.tile, on_image=bar.advance,
                                 precision=precision)
