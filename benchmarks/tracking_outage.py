@@ -4,7 +4,7 @@ With a real `mlflow server` (on sqlite, or on a real PostgreSQL whose database i
 `--backend postgresql`), a smoke search of `--trials` trials on car q10 at 2 GMACs:
 1. undisturbed: its wall time W;
 2. the server (or its database) stopped `--after` seconds in (or when the first trial run appears), back
-   `--outage` seconds later: exit status, wall
+   `--outage` seconds later: how many trials finished while it was away, exit status, wall
    time against the target `outage + 1.5 W`, the runs' statuses, the lines the search said;
 3. stopped `--after` seconds in and never back, with `--tracking-patience --patience`: exit status (75 expected),
    seconds from the stop to the exit (target: at most 150 with a patience of 60), the last line; then, with the
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.pgserver import PostgresServer, _as_postgres  # noqa: E402  (the test suite's real servers)
-from tests.test_tracking_server_outage import MlflowServer, first_trial_run, runs_by_kind  # noqa: E402
+from tests.test_tracking_server_outage import MlflowServer, first_trial_run, runs_by_kind, trial_runs  # noqa: E402
 
 
 def acla(run_dir: str, *args: str) -> subprocess.Popen:
@@ -50,6 +50,13 @@ def statuses(uri: str) -> dict:
     return counts
 
 
+def finished_trials(run_dir: str) -> int:
+    """How many of the search's trials its state holds as finished."""
+    from orchestrator.search.state import SearchState
+    state = SearchState(run_dir)
+    return sum(t["state"] == "finished" for s in state.searches() for t in state.trials(s["parent_run_id"]))
+
+
 def said(err: str) -> list[str]:
     return [line for line in err.splitlines() if "tracking server" in line or "resume" in line]
 
@@ -60,23 +67,28 @@ def run_case(case: str, args, stop, start, uri: str) -> dict:
               "--json", "--tracking-uri", uri]
     if case == "never":
         search += ["--tracking-patience", str(args.patience)]
+    before = trial_runs(uri)
     began = time.time()
     driver = acla(run_dir, *search)
     stopped = None
     if case != "undisturbed":
         if args.after == "first-trial":
-            first_trial_run(uri)  # the trials are under way
+            first_trial_run(uri, before)  # this search's trials are under way
         else:
             time.sleep(float(args.after))
+        at_stop = finished_trials(run_dir)
         stop()
         stopped = time.time()
         if case == "back":
             time.sleep(args.outage)
+            finished_while_away = finished_trials(run_dir) - at_stop  # kept in the search state meanwhile
             start()
     out, err = driver.communicate()
     ended = time.time()
     report = {"case": case, "exit": driver.returncode, "wall_s": round(ended - began, 1), "runs": statuses(uri)
               if case != "never" else None, "traceback": "Traceback" in err, "said": said(err)}
+    if case == "back":
+        report["trials_finished_while_away"] = finished_while_away
     if case == "never":
         report["stop_to_exit_s"] = round(ended - stopped, 1)
         report["last_line"] = err.strip().splitlines()[-1] if err.strip() else ""

@@ -77,13 +77,20 @@ def search(run_dir: str, uri: str, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def first_trial_run(uri: str, timeout: float = 300) -> None:
-    """Wait until the search's first trial run exists on the server: its trials are then under way."""
+def trial_runs(uri: str) -> int:
     from mlflow.tracking import MlflowClient
-    client, deadline = MlflowClient(uri), time.time() + timeout
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("acla-car-q10")
+    return len(client.search_runs([experiment.experiment_id], "tags.acla_kind = 'trial'", max_results=1000)) \
+        if experiment else 0
+
+
+def first_trial_run(uri: str, before: int = 0, timeout: float = 300) -> None:
+    """Wait until the search's first trial run exists on the server (more than the `before` that earlier
+    searches made): its trials are then under way."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
-        experiment = client.get_experiment_by_name("acla-car-q10")
-        if experiment and client.search_runs([experiment.experiment_id], "tags.acla_kind = 'trial'"):
+        if trial_runs(uri) > before:
             return
         time.sleep(0.5)
     raise AssertionError("no trial run appeared")
