@@ -113,19 +113,21 @@ def plot(reports: list[dict], path: str | Path) -> None:
     figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6 * max(1, len(tasks)), 4.2), dpi=110, squeeze=False)
     for axis, task in zip(axes[0], tasks):
         mine = [r for r in rows if r["task"] == task and r["gap"]]
-        # one series per variant, placement and attention kind (acla-shared's runs are not acla's)
-        series = sorted({(r["variant"], r["placement"], r["attention"]) for r in mine},
-                        key=lambda v: (GAPS.index(v[0]) if v[0] in GAPS else 99, v[1], v[2]))
-        for shift, (name, placement, kind) in enumerate(series):
+        sets = sorted({r["eval_data"] for r in mine})  # a task scored on two sets: a series per set, the second dashed
+        # one series per variant, placement, attention kind (acla-shared's runs are not acla's) and test set
+        series = sorted({(r["variant"], r["placement"], r["attention"], r["eval_data"]) for r in mine},
+                        key=lambda v: (GAPS.index(v[0]) if v[0] in GAPS else 99, v[1], v[2], sets.index(v[3])))
+        for shift, (name, placement, kind, scored_on) in enumerate(series):
             points = sorted(((r["steps"], r["gap"]) for r in mine
-                             if (r["variant"], r["placement"], r["attention"]) == (name, placement, kind)),
-                            key=lambda point: point[0])
+                             if (r["variant"], r["placement"], r["attention"], r["eval_data"]) ==
+                             (name, placement, kind, scored_on)), key=lambda point: point[0])
             xs = [steps * (1 + 0.04 * (shift - 1)) for steps, _ in points]
             means = [gap["mean"] for _, gap in points]
             below = [gap["mean"] - gap["low"] if gap.get("low") is not None else 0 for _, gap in points]
             above = [gap["high"] - gap["mean"] if gap.get("high") is not None else 0 for _, gap in points]
-            axis.errorbar(xs, means, yerr=[below, above], fmt="o-", capsize=4,
-                          label=f"{name}{'' if kind == 'acla' else f' ({kind})'}, {placement}")
+            on = f", on {scored_on}" if len(sets) > 1 else ""
+            axis.errorbar(xs, means, yerr=[below, above], fmt="o-" if sets.index(scored_on) == 0 else "s--",
+                          capsize=4, label=f"{name}{'' if kind == 'acla' else f' ({kind})'}, {placement}{on}")
         axis.axhline(0, color="k", lw=1)
         axis.axhline(TARGET_DB, color="g", ls="--", lw=1, label=f"P7 target +{TARGET_DB:.2f} dB")
         axis.set_xscale("log", base=2)
