@@ -25,7 +25,9 @@ SCORES = ("psnr_y", "ssim_y", "input_psnr_y", "psnr_rgb", "input_psnr_rgb")
 
 def trained_runs(home: Path, report: dict) -> list[tuple[Path, dict]]:
     """(checkpoint, the training's result) for every variant and seed the ablation kept."""
-    folder = home / "artifacts" / "ablations" / f"acla-{report['task']}" / report["ablation_id"]
+    from orchestrator.analysis.ablation_plan import ablation_prefix
+    from orchestrator.runtime.records import experiment_name
+    folder = home / "artifacts" / ablation_prefix(experiment_name(report["task"]), report["ablation_id"])
     runs = []
     for manifest in sorted(folder.glob("*/manifest.json")):
         runs.append((manifest.parent / "model.pt", json.loads((manifest.parent / "result.json").read_text())))

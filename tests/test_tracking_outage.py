@@ -91,6 +91,23 @@ def test_the_sender_keeps_order_goes_on_for_its_caller_and_stops_at_a_failure():
     assert done == [1, 2] and sender.failed()
 
 
+def test_an_abandoned_sender_lets_the_write_under_way_end_and_sends_nothing_more():
+    """A search cut off (Ctrl-C) closes its runs: no queued write may land after that. The write under way ends;
+    a wait for a server that is away gives up at its next try."""
+    done, gate = [], threading.Event()
+    clock = Clock()
+    wait = TrackingWait("http://t", 600, clock=clock, sleep=clock.sleep, tell=lambda line: None)
+    sender = Sender(wait)
+    sender.submit(lambda: gate.wait(10) and done.append(1))
+    sender.submit(done.append, 2)
+    threading.Timer(0.2, gate.set).start()
+    sender.abandon()
+    assert done == [1] and not sender.thread.is_alive() and wait.fail_fast
+    with pytest.raises(TrackingAway):  # a request meeting the outage now fails at once instead of waiting
+        wait.missed("connection refused")
+    assert clock.now == 0
+
+
 def test_the_wait_holds_mlflow_requests_to_its_server_only():
     """Installed, the wait replaces MLflow's one HTTP choke point for the tracking server's URL; other hosts
     (a presigned S3 URL, say) keep MLflow's own retries. Uninstalled, MLflow is as it was."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from orchestrator.cli.platform import settings_from_args
 from orchestrator.runtime.errors import UsageError
-from orchestrator.cli.local import data_from_args, profile_from_args, task_spec_from_args, user_errors
+from orchestrator.cli.local import data_from_args, profile_from_args, profile_named, task_spec_from_args, user_errors
 from orchestrator.runtime.inputs import check_output_folder
 from orchestrator.runtime.records import TrialRecord
 
@@ -159,11 +159,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     """Retrain one finished trial's genotype on Ray Train and register it, as a search does for its winners."""
     data = data_from_args(args)  # --data and --profile checked before the store is opened
     if args.profile:
-        from workers.profiles import get_profile
-        try:
-            get_profile(args.profile)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        profile_named(args.profile)
     run, store = settings_from_args(args, read_only=True)
     import mlflow  # MLflow and Ray, once the store is known to exist
     from workers.tasks import TaskSpec

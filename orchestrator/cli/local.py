@@ -124,13 +124,16 @@ def profile_from_args(args: argparse.Namespace, default: str | None = None):
     """The --profile flag's profile (`default` where the flag was left out), in the --precision flag's
     precision, resolved for this machine's training device."""
     import dataclasses
+    return dataclasses.replace(profile_named(args.profile or default), precision=precision_from_args(args))
 
+
+def profile_named(name: str):
+    """The profile of that name, or a one-line usage error naming the profiles there are."""
     from workers.profiles import get_profile
     try:
-        profile = get_profile(args.profile or default)
+        return get_profile(name)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return dataclasses.replace(profile, precision=precision_from_args(args))
 
 
 def precision_from_args(args: argparse.Namespace) -> str:

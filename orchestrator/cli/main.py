@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Sequence
 
-from orchestrator.runtime.settings import redacted_command
+from orchestrator.runtime.settings import TRACKING_PATIENCE, redacted_command
 from orchestrator.tracking.outage import EXIT_TRACKING_AWAY, TrackingAway
 from orchestrator.runtime.errors import Terminated, UsageError, install_signal_handlers, signals_received
 
@@ -138,9 +138,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_patience_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-patience", type=positive_int, default=600, metavar="SECONDS",
+    parser.add_argument("--tracking-patience", type=positive_int, default=int(TRACKING_PATIENCE), metavar="SECONDS",
                         help="how long the search waits for an MLflow server that went away, training on, before it "
-                             "stops for `resume` (exit status 75; default 600)")
+                             f"stops for `resume` (exit status 75; default {TRACKING_PATIENCE:.0f})")
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,9 @@ from urllib.parse import urlparse
 from orchestrator.runtime.errors import UsageError
 
 
+TRACKING_PATIENCE = 600.0  # seconds a search waits for an MLflow server that went away (tracking/outage.py)
+
+
 @dataclass(frozen=True)
 class RunSettings:
     run_dir: Path
@@ -29,7 +32,7 @@ class RunSettings:
     ray_address: str | None
     s3_endpoint: str | None = None
     create_bucket: bool = False
-    tracking_patience: float = 600.0  # seconds a search waits for an MLflow server that went away (tracking/outage.py)
+    tracking_patience: float = TRACKING_PATIENCE
 
     @property
     def storage(self):
@@ -39,7 +42,7 @@ class RunSettings:
 
 def resolve_settings(*, tracking_uri: str | None, artifact_root: str | None, address: str | None,
                      s3_endpoint: str | None = None, create_bucket: bool = False,
-                     tracking_patience: float = 600.0) -> RunSettings:
+                     tracking_patience: float = TRACKING_PATIENCE) -> RunSettings:
     run_dir = Path(os.environ.get("ACLA_HOME") or "acla-runs").absolute()
     tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
     artifacts = artifact_root or str(run_dir / "artifacts")

@@ -264,19 +264,22 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
     strict = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     try:
-        tuner.fit()
-    finally:
-        if strict is None:
-            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
-        else:
-            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = strict
         try:
-            recorder.finish()
+            tuner.fit()
         finally:
-            stopper.finish()
-            ray.kill(weights.actor, no_restart=True)
-    # every record sent: the trials are over, and an outage is waited for, up to the patience (a search cut off
-    # before this line does not wait: what its sender still holds is sent by `resume`)
+            if strict is None:
+                os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+            else:
+                os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = strict
+            try:
+                recorder.finish()
+            finally:
+                stopper.finish()
+                ray.kill(weights.actor, no_restart=True)
+    except BaseException:  # cut off: no record lands after the search closes its runs; `resume` sends the rest
+        sender.abandon()
+        raise
+    # every record sent: the trials are over, and an outage is waited for, up to the patience
     sender.drain()
     return recorded
 

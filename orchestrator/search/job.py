@@ -77,14 +77,10 @@ def run_search(job: SearchJob, run, store) -> int:
     from orchestrator.runtime.ray_session import ray_session  # Ray, MLflow and torch are imported once the inputs have passed
     from orchestrator.tracking import outage
     from orchestrator.tracking.runs import mlflow_client
-    outage.install(run.tracking_uri, run.tracking_patience)  # an MLflow server's outage is waited for, trials going on
-    # Ray Tune prints its own banners on stdout; stdout is kept for our summary (and clean for --json).
-    with contextlib.ExitStack() as stack:
-        stack.callback(outage.uninstall)
-        stack.enter_context(user_errors())
-        stack.enter_context(storage_faults(run))
-        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        ray = stack.enter_context(ray_session(run))
+    # An MLflow server's outage is waited for, the trials going on (tracking/outage.py). Ray Tune prints its own
+    # banners on stdout; stdout is kept for our summary (and clean for --json).
+    with outage.held(run.tracking_uri, run.tracking_patience), user_errors(), storage_faults(run), \
+            contextlib.redirect_stdout(sys.stderr), ray_session(run) as ray:
         shapes = node_shapes(ray)  # what the cluster offers, checked before any trial starts or run is made
         check_artifact_root(shapes, run.storage)
         resources = trial_resources(shapes, job.concurrency)

@@ -18,11 +18,14 @@ own state first (search/state.py), so a search that gives up loses none of them.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
 import time
 from urllib.parse import urlparse
+
+from orchestrator.runtime.settings import redact
 
 EXIT_TRACKING_AWAY = 75  # EX_TEMPFAIL: the search stopped because its tracking server stayed away; resume it
 RETRY_SECONDS = 5.0  # between two tries of a request while the server is away
@@ -130,7 +133,7 @@ def install(uri: str, patience: float, **options) -> TrackingWait | None:
         return None
     from mlflow.utils import rest_utils
     original = _installed.get("original") or rest_utils._get_http_response_with_retries
-    wait = TrackingWait(redacted(uri), patience, **options)
+    wait = TrackingWait(redact(uri), patience, **options)
     base = uri.rstrip("/")
 
     def held(method, url, max_retries, backoff_factor, backoff_jitter, retry_codes, raise_on_status=True, **kwargs):
@@ -156,19 +159,26 @@ def current() -> TrackingWait | None:
     return _installed.get("wait")
 
 
-def redacted(uri: str) -> str:
-    from orchestrator.runtime.settings import redact
-    return redact(uri)
+@contextlib.contextmanager
+def held(uri: str, patience: float):
+    """`install` for the duration of a block (a search), `uninstall` after it, however it ends."""
+    install(uri, patience)
+    try:
+        yield
+    finally:
+        uninstall()
 
 
 class Sender:
     """One thread that runs the search's tracking writes in the order they were handed in. A write that meets an
     outage waits (TrackingWait) while the caller goes on; one that gives up stops the thread, and `failure` says
-    why. `drain()` waits until every write handed in is done."""
+    why. `drain()` waits until every write handed in is done; `abandon()`, for a search cut off, sends nothing
+    more."""
 
     def __init__(self, wait: TrackingWait | None) -> None:
         self.queue: queue.Queue = queue.Queue()
         self.failure: BaseException | None = None
+        self.abandoned = False
         self.wait = wait
         if wait is not None:
             wait.backlog = self.queue.qsize
@@ -186,7 +196,7 @@ class Sender:
                 return
             write, args, kwargs = item
             try:
-                if self.failure is None:  # after a failure, what is left waits for `resume`
+                if self.failure is None and not self.abandoned:  # else what is left waits for `resume`
                     write(*args, **kwargs)
             except BaseException as err:  # kept for the driver, which re-raises it after the trials
                 self.failure = err
@@ -195,6 +205,16 @@ class Sender:
 
     def failed(self) -> bool:
         return self.failure is not None
+
+    def abandon(self, timeout: float = 30.0) -> None:
+        """A search cut off (Ctrl-C, SIGTERM, an error): the writes still queued are dropped, so none lands after
+        the search has closed its runs; the write under way ends first (one waiting for a server that is away gives
+        up at its next try). Its results are in the search state, for `resume`."""
+        self.abandoned = True
+        if self.wait is not None:
+            self.wait.fail_fast = True
+        self.queue.put(None)
+        self.thread.join(timeout)
 
     def drain(self) -> None:
         """Wait for every write handed in; re-raise the first that failed."""
