@@ -94,12 +94,13 @@ def test_the_sender_keeps_order_goes_on_for_its_caller_and_stops_at_a_failure():
 def test_an_abandoned_sender_lets_the_write_under_way_end_and_sends_nothing_more():
     """A search cut off (Ctrl-C) closes its runs: no queued write may land after that. The write under way ends;
     a wait for a server that is away gives up at its next try."""
-    done, gate = [], threading.Event()
+    done, started, gate = [], threading.Event(), threading.Event()
     clock = Clock()
     wait = TrackingWait("http://t", 600, clock=clock, sleep=clock.sleep, tell=lambda line: None)
     sender = Sender(wait)
-    sender.submit(lambda: gate.wait(10) and done.append(1))
+    sender.submit(lambda: started.set() or (gate.wait(10) and done.append(1)))
     sender.submit(done.append, 2)
+    assert started.wait(10)  # the first write is under way when the search is cut off
     threading.Timer(0.2, gate.set).start()
     sender.abandon()
     assert done == [1] and not sender.thread.is_alive() and wait.fail_fast
