@@ -78,7 +78,7 @@ def test_transient_answers_are_waited_for_and_the_return_is_said_with_what_waite
 
 def test_the_sender_keeps_order_goes_on_for_its_caller_and_stops_at_a_failure():
     done, gate = [], threading.Event()
-    sender = Sender(None)
+    sender = Sender(TrackingWait("http://t", 60))
     sender.submit(lambda: gate.wait(10) and done.append(1))
     started = time.monotonic()
     sender.submit(done.append, 2)  # handed in while the first still waits: the caller is not held

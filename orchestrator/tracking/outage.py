@@ -186,6 +186,9 @@ class Sender:
         self.thread.start()
 
     def submit(self, write, *args, **kwargs) -> None:
+        if self.wait is None:  # a database or file store, no server to ride out: written at once, as it comes
+            write(*args, **kwargs)
+            return
         self.queue.put((write, args, kwargs))
 
     def _run(self) -> None:
