@@ -191,7 +191,8 @@ def test_search_end_to_end_sqlite(run_dir):
     # pareto and status read the same store
     shown = json.loads(acla("pareto", "--task", "car", "--json", home=run_dir).stdout)
     assert {r["run_id"] for r in shown["front"]} == {t["run_id"] for t in summary["trials"] if t["pareto"]}
-    assert "width" not in shown  # the Parquet table holds trials only
+    # the width line recorded beside the table, as the search drew it: the same run as MLflow's width point
+    assert [w["run_id"] for w in shown["width"]] == [summary["width"]["run_id"]]
     shown = json.loads(acla("pareto", "--task", "car", "--source", "mlflow", "--json", home=run_dir).stdout)
     assert [w["run_id"] for w in shown["width"]] == [summary["width"]["run_id"]]  # the width line beside it
     status = json.loads(acla("status", "--json", home=run_dir).stdout)

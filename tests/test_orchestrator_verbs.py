@@ -52,6 +52,14 @@ def test_sweep_then_retrain_one_trial(swept):
     assert len({tags["shared_supernet"] for tags in parents}) == 1
     assert parents[0]["shared_supernet_resumed_from_step"] == "0" and "shared_supernet_resumed_from_step" in parents[1]
     store = open_store(StorageConfig(f"{run_dir}/artifacts"))
+    # the search drew its front and width line from its own records: the store's width points are MLflow's, and the
+    # table's front flags are the tags MLflow shows
+    from orchestrator.search.front import width_line
+    from storage.trial_table import read_trials
+    assert [(p["run_id"], p["psnr"]) for p in width_line(store, "acla-car-q10", [])] == \
+        [(p["run_id"], p["psnr"]) for p in line]
+    assert {r["run_id"]: str(r["pareto"]).lower() for r in read_trials(store, "acla-car-q10").to_pylist()} == \
+        {r.info.run_id: r.data.tags["pareto"] for r in trials}
     prefix = parents[0]["shared_supernet"].split("/artifacts/", 1)[1]
     verify_artifact_set(store, prefix)
     from workers.data import embedded_sets

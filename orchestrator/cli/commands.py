@@ -46,7 +46,7 @@ def command_pareto(args: argparse.Namespace) -> int:
 
 
 def pareto_from_table(args, store) -> int:
-    """The front from the Parquet trial table alone: no MLflow."""
+    """The front from the Parquet trial table alone, and the width line recorded beside it: no MLflow."""
     from storage.stores import StorageError
     from storage.trial_table import read_trials
 
@@ -57,17 +57,19 @@ def pareto_from_table(args, store) -> int:
         rows = read_trials(store, name).to_pylist()
     except StorageError as err:
         raise UsageError(str(err)) from None
+    from orchestrator.search.front import width_line
+    width = width_line(store, name, [])  # the width points recorded beside the table (none before they were)
     flags = pareto_front([(r["psnr"], r["macs"]) for r in rows])
     front = sorted((dict(r, pareto=True) for r, f in zip(rows, flags) if f), key=lambda r: r["macs"])
     if args.plot:
         plot_front(args.plot, points=[(r["psnr"], r["macs"]) for r in rows], on_front=flags, budget_macs=None,
-                   title=f"{name}: PSNR vs MACs")
-    print_front(name, front, args.json)
+                   title=f"{name}: PSNR vs MACs", width=[(w["psnr"], w["macs"]) for w in width])
+    print_front(name, front, args.json, width)
     return 0
 
 
 def print_front(name: str, front: list[dict], as_json: bool, width: list[dict] | None = None) -> None:
-    """The front; from MLflow, the width line beside it (each budget's plain net, trained alike; width.py)."""
+    """The front, and the width line beside it (each budget's plain net, trained alike; width.py)."""
     if as_json:
         print(json.dumps({"experiment": name, "front": front, **({"width": width} if width is not None else {})},
                          default=str))
@@ -77,7 +79,8 @@ def print_front(name: str, front: list[dict], as_json: bool, width: list[dict] |
         print(f"{r['run_id'][:8]}  {format_macs(r['macs']):>9}MACs  {r['psnr']:.3f} dB  backbone {r['backbone']}  "
               f"positions {r['positions']}")
     for w in width or []:
-        print(f"width line: budget {format_macs(w['budget_macs'])}MACs, plain {w['net']} at {format_macs(w['macs'])}MACs  "
+        net = w.get("net", w.get("backbone", ""))
+        print(f"width line: budget {format_macs(w['budget_macs'])}MACs, plain {net} at {format_macs(w['macs'])}MACs  "
               f"{w['psnr']:.3f} dB")
 
 

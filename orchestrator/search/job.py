@@ -164,6 +164,7 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
     from orchestrator.search.driver import SearchRequest, run_search_on_ray
     from orchestrator.search.state import SearchState
     from orchestrator.tracking.runs import end_parent, ensure_experiment, experiment_name
+    from orchestrator.search.front import record_width_points, search_front, tag_front, trial_rows, width_line
     from orchestrator.search.width import width_points_at
     experiment_id = ensure_experiment(client, experiment_name(job.task.label), run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)
@@ -195,10 +196,17 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
         widths = width_points_at([(r.settings, r.parent_id, max(recorded[r.settings.budget_macs], key=lambda t: t.psnr))
                                   for r in requests], width_resources, client, experiment_id,
                                  seeds=job.width_seeds) if job.width else {}
+        # the front and the width line from the search's own records (its trials, the store's table), not MLflow's
+        name = experiment_name(job.task.label)
+        rows, before = search_front(store, name, [row for r in requests for row in trial_rows(
+            r.parent_id, r.settings.budget_macs, recorded[r.settings.budget_macs])])
+        tag_front(client, rows, before)
+        line = width_line(store, name, record_width_points(
+            store, name, widths, {r.settings.budget_macs: r.parent_id for r in requests})) if job.width else []
         for request in requests:
             budget = request.settings.budget_macs
-            summary = finish_search(job, request, recorded[budget], widths.get(budget), client=client,
-                                    experiment_id=experiment_id, state=state, store=store)
+            summary = finish_search(job, request, recorded[budget], widths.get(budget), rows=rows, line=line,
+                                    client=client, experiment_id=experiment_id, state=state, store=store)
             end_parent(client, request.parent_id, "FINISHED")
             state.end(request.parent_id, "finished")
             summaries.append(summary)
@@ -228,22 +236,22 @@ def stop_open_searches(err: BaseException, requests, client, experiment_id: str,
         state.end(request.parent_id, "interrupted" if isinstance(err, outage.TrackingAway) else status.lower())
 
 
-def finish_search(job: SearchJob, request, recorded: list[TrialRecord], width: dict | None, *, client,
-                  experiment_id: str, state, store) -> dict:
-    """One budget after its trials: the front (with the width line), the trial records, the winners retrained,
-    and its summary (its parent then ends FINISHED)."""
+def finish_search(job: SearchJob, request, recorded: list[TrialRecord], width: dict | None, *, rows: list[dict],
+                  line: list[dict], client, experiment_id: str, state, store) -> dict:
+    """One budget after its trials: its front (`rows`, the experiment's, from the search's own records) and the
+    width line (`line`) on its parent, its trials in the table, the winners retrained, and its summary (its
+    parent then ends FINISHED)."""
     from mlflow.entities import Metric
 
-    from orchestrator.tracking.runs import experiment_name, log_front, summarise_parent, update_front
-    from orchestrator.search.width import gain_over_width, width_points
+    from orchestrator.tracking.runs import experiment_name, log_front, summarise_parent
+    from orchestrator.search.width import gain_over_width
     from orchestrator.retrain.winners import pick_winners, record_trials
     settings, parent_id, run = request.settings, request.parent_id, request.run
     budget, name = settings.budget_macs, experiment_name(job.task.label)
-    rows = update_front(client, experiment_id)
     summarise_parent(client, parent_id, rows)
     record_trials(store, name, parent_id, recorded, rows)
     title = f"{name}: PSNR vs MACs"
-    line = [(p["psnr"], p["macs"]) for p in width_points(client, experiment_id)] if job.width else []
+    line = [(p["psnr"], p["macs"]) for p in line]
     log_front(client, parent_id, rows, budget_macs=budget, title=title, width=line)
     front_ids = {r["run_id"] for r in rows if r["pareto"]}
     winners = pick_winners(recorded, front_ids, job.retrain_top)

@@ -2,8 +2,9 @@
 nesting bugs: MLflow #19978, Ray #36257 and #45456).
 
 Experiment `acla-<task>`; one parent run per `search`; one child run per trial (params, metrics, genotype
-artifact); the Pareto front over every finished trial of the experiment, tagged `pareto=true/false`; the
-front as a Parquet table and a PNG plot on the parent; one run per retrain, linked to its trial.
+artifact); the Pareto front over every trial of the experiment's table, tagged `pareto=true/false` (a search
+computes it from its own records, search/front.py; `pareto --source mlflow` recomputes it from the runs,
+`update_front`); the front as a Parquet table and a PNG plot on the parent; one run per retrain, linked to its trial.
 """
 from __future__ import annotations
 
