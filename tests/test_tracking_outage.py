@@ -89,6 +89,8 @@ def test_the_sender_keeps_order_goes_on_for_its_caller_and_stops_at_a_failure():
     with pytest.raises(TrackingAway):
         sender.drain()
     assert done == [1, 2] and sender.failed()
+    # what was not sent is kept, in order, for `resume`: the write that failed and the one after it
+    assert [args for _, args, _ in sender.unsent] == [(), (3,)] and sender.unsent[1][0] == done.append
 
 
 def test_an_abandoned_sender_lets_the_write_under_way_end_and_sends_nothing_more():
@@ -104,6 +106,7 @@ def test_an_abandoned_sender_lets_the_write_under_way_end_and_sends_nothing_more
     threading.Timer(0.2, gate.set).start()
     sender.abandon()
     assert done == [1] and not sender.thread.is_alive() and wait.fail_fast
+    assert [(write, args) for write, args, _ in sender.unsent] == [(done.append, (2,))]  # kept for `resume`
     with pytest.raises(TrackingAway):  # a request meeting the outage now fails at once instead of waiting
         wait.missed("connection refused")
     assert clock.now == 0
@@ -127,3 +130,53 @@ def test_the_wait_holds_mlflow_requests_to_its_server_only():
     finally:
         outage.uninstall()
     assert rest_utils._get_http_response_with_retries is original and outage.current() is None
+
+
+def test_progress_that_waited_is_kept_in_order_and_sent_by_resume(tmp_path, monkeypatch):
+    """A search that gave up: its unsent progress reports go to the search state, in order, under their search;
+    `send_what_waited` makes the run of a finished trial that has none, puts its curve and result on it, sends the
+    curve of a trial cut off to that trial's run, and forgets what it sent (a second resume sends nothing)."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.search.driver import keep_waiting_progress, send_what_waited
+    from orchestrator.search.state import SearchState
+    from workers.profiles import get_profile
+    from workers.tasks import task_from_options
+    from orchestrator.search.trial import TrialSettings
+    from storage.stores import StorageConfig, open_store
+
+    state = SearchState(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("acla-car-q10", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment).info.run_id
+    state.begin(parent, experiment, {})
+
+    def send_progress(parent_id, trial_id, report):  # the driver's: only its entries are progress
+        raise AssertionError("never called here")
+    report = lambda step, loss: {"progress_phase": "train", "progress_step": step, "progress_loss": loss}  # noqa: E731
+    unsent = [(send_progress, (parent, "cut", report(1, 0.5)), {}), (print, ("not progress",), {}),
+              (send_progress, (parent, "done", report(1, 0.9)), {}), (send_progress, (parent, "done", report(2, 0.7)), {}),
+              (send_progress, (parent, "cut", report(2, 0.4)), {})]
+    keep_waiting_progress(state, unsent, send_progress)
+    assert state.waiting_progress(parent) == {"cut": [report(1, 0.5), report(2, 0.4)],
+                                              "done": [report(1, 0.9), report(2, 0.7)]}
+
+    cut_run = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    state.trial_started(parent, "cut", {"backbone": "c8-b2"}, 0)
+    state.trial_run(parent, "cut", cut_run)
+    from search_space.genotype import Genotype
+    task = task_from_options("car")
+    genotype = Genotype(task=task.name, scale=task.scale, in_channels=task.in_channels, channels=8, blocks=2, stages=1)
+    state.trial_started(parent, "done", {"backbone": "c8-b2"}, 0)
+    state.trial_finished(parent, "done", {"psnr": 30.0, "macs": 1e9, "ssim": 0.9, "genotype": genotype.to_json()})
+    settings = TrialSettings(task=task, profile=get_profile("smoke"), data=None, seed=0, budget_macs=2e9)
+    store = open_store(StorageConfig(str(tmp_path / "artifacts")))
+    assert send_what_waited(client, store, state, experiment, parent, settings) == (1, 4)
+    done_run = state.trials(parent)[1]["mlflow_run_id"]
+    assert done_run and done_run != cut_run and state.unsent(parent) == []
+    curve = lambda run_id: [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")]  # noqa: E731
+    assert curve(done_run) == [(1, 0.9), (2, 0.7)] and curve(cut_run) == [(1, 0.5), (2, 0.4)]
+    assert client.get_run(done_run).data.metrics["psnr"] == 30.0
+    assert state.waiting_progress(parent) == {}
+    assert send_what_waited(client, store, state, experiment, parent, settings) == (0, 0)

@@ -166,8 +166,13 @@ def away_for_good_then_resumed(run_dir: str, server: MlflowServer, stop, start) 
     assert [r.info.status for r in kinds["search"] if r.info.run_id == parent] == ["FINISHED"]
     recorded = {r.data.tags["trial_id"]: r for r in kinds["trial"] if r.data.tags["mlflow.parentRunId"] == parent
                 and r.info.status == "FINISHED"}
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(server.uri)
     for trial in finished:  # kept locally while the server was away, and sent by the resume: not run again
         assert trial["trial_id"] in recorded and "psnr" in recorded[trial["trial_id"]].data.metrics
+        # with its training curve: the progress reports that waited were kept and sent too
+        assert client.get_metric_history(recorded[trial["trial_id"]].info.run_id, "train_loss"), trial["trial_id"]
+    assert SearchState(run_dir).waiting_progress(parent) == {}
     assert len(summary["trials"]) == 2
 
 

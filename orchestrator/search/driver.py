@@ -213,9 +213,13 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
         state.trial_started(parent_of(trial), trial.trial_id, config, by_budget[budget].settings.seed)
         sender.submit(make_run, parent_of(trial), trial.trial_id, config, search_tags[budget])
 
+    def send_progress(parent: str, trial_id: str, result: dict) -> None:  # in the sender
+        log_progress(client, runs[trial_id], result)
+
     def on_result(trial, result) -> None:
         if "progress_phase" in result:
-            sender.submit(lambda trial_id: log_progress(client, runs[trial_id], result), trial.trial_id)
+            sender.submit(send_progress, parent_of(trial), trial.trial_id,
+                          {k: v for k, v in result.items() if k.startswith("progress_")})
 
     def on_complete(trial) -> None:
         result = trial.last_result or {}
@@ -276,12 +280,25 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
             finally:
                 stopper.finish()
                 ray.kill(weights.actor, no_restart=True)
-    except BaseException:  # cut off: no record lands after the search closes its runs; `resume` sends the rest
-        sender.abandon()
+        # every record sent: the trials are over, and an outage is waited for, up to the patience
+        sender.drain()
+    except BaseException:  # cut off, or the server stayed away: no record lands after the search closes its runs;
+        sender.abandon()  # what was not sent waits in the search state, and `resume` sends it
+        keep_waiting_progress(state, sender.unsent, send_progress)
         raise
-    # every record sent: the trials are over, and an outage is waited for, up to the patience
-    sender.drain()
     return recorded
+
+
+def keep_waiting_progress(state, unsent: list[tuple], send_progress) -> None:
+    """The progress reports the sender never sent, into the search state, in order, each under its search: `resume`
+    sends them (the trials' results are there already, send_what_waited)."""
+    by_parent: dict[str, list] = {}
+    for write, args, _ in unsent:
+        if write is send_progress:
+            parent, trial_id, report = args
+            by_parent.setdefault(parent, []).append((trial_id, report))
+    for parent, reports in by_parent.items():
+        state.progress_waiting(parent, reports)
 
 
 def trial_search_tags(settings: TrialSettings) -> dict:
@@ -303,16 +320,34 @@ def record_finished_trial(client, store, state, parent: str, trial_id: str, run_
     return TrialRecord(trial=trial_id, run_id=run_id, params=params, result=result, artifact_uri=artifact_uri)
 
 
-def send_what_waited(client, store, state, experiment_id: str, parent: str, settings: TrialSettings) -> int:
-    """A resumed search's finished trials whose MLflow record never reached the server (it was away when they
-    ended, and the search gave up waiting): their runs made where there were none, their results recorded.
-    Their weights went with the driver: their winners retrain from scratch. Returns how many were sent."""
-    from orchestrator.tracking.runs import start_trial_run
-    waiting = state.unsent(parent)
+def send_what_waited(client, store, state, experiment_id: str, parent: str, settings: TrialSettings) -> tuple[int, int]:
+    """A resumed search's records that never reached the server (it was away, and the search gave up waiting):
+    the finished trials' runs made where there were none, their progress reports and results recorded; the
+    progress of trials cut off sent to their runs (which the resume then closes as KILLED). Their weights went with
+    the driver: their winners retrain from scratch. Returns (trials, progress reports) sent."""
+    from orchestrator.tracking.runs import log_progress, start_trial_run
+    waiting, progress = state.unsent(parent), state.waiting_progress(parent)
+    reports = 0
     for trial in waiting:
         run_id = trial["mlflow_run_id"] or start_trial_run(client, experiment_id, parent, trial_id=trial["trial_id"],
                                                            params=trial["config"],
                                                            search_tags=trial_search_tags(settings))
+        state.trial_run(parent, trial["trial_id"], run_id)
+        reports += send_progress_waiting(client, state, parent, trial["trial_id"], run_id, progress, log_progress)
         record_finished_trial(client, store, state, parent, trial["trial_id"], run_id, trial["config"],
                               trial["result"], None)
-    return len(waiting)
+    for trial in state.trials(parent):  # cut off while it ran: its curve so far, on its run
+        if trial["trial_id"] in progress and trial["mlflow_run_id"]:
+            reports += send_progress_waiting(client, state, parent, trial["trial_id"], trial["mlflow_run_id"],
+                                             progress, log_progress)
+    return len(waiting), reports
+
+
+def send_progress_waiting(client, state, parent: str, trial_id: str, run_id: str, progress: dict, log_progress) -> int:
+    """One trial's progress reports that waited, on its run, then forgotten by the state."""
+    reports = progress.pop(trial_id, [])
+    for report in reports:
+        log_progress(client, run_id, report)
+    if reports:
+        state.progress_sent(parent, trial_id)
+    return len(reports)

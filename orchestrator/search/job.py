@@ -130,10 +130,10 @@ def open_search(job: SearchJob, budget: float, client, experiment_id: str, state
     task, profile = job.task, job.profile
     if job.resume_parent(budget):
         parent_id = job.resume_parent(budget)
-        sent = send_what_waited(client, store, state, experiment_id, parent_id, trial_settings(job, budget))
-        if sent:
+        sent, reports = send_what_waited(client, store, state, experiment_id, parent_id, trial_settings(job, budget))
+        if sent or reports:
             print(f"acla-orch: resume: sent the MLflow records of {sent} trial(s) that finished while the tracking "
-                  f"server was away", file=sys.stderr)
+                  f"server was away, and {reports} progress report(s) that waited", file=sys.stderr)
         plan = resume_plan(state, parent_id)
         close_stale_runs(client, experiment_id, parent_id)
         reopen_parent(client, parent_id)

@@ -3,7 +3,9 @@
 SQLite (the standard library's), one transaction per change, WAL journal: a search killed at any point leaves
 the last committed state. One row per search (its parent MLflow run id, the request that `resume` replays, the
 driver's host and pid, its status), one per trial (the Tune trial id, its config, seed, attempts, state: running,
-finished or failed; the MLflow run id and the result once finished), and one per finished retrain (its outcome).
+finished or failed; the MLflow run id and the result once finished), one per finished retrain (its outcome), and
+one per progress report of a trial that its tracking server never took (the search gave up waiting for it), in
+order, until `resume` sends it.
 
 A search whose status is `running` but whose driver is gone (same host, pid not alive) is `interrupted`;
 `acla-orch resume` continues it.
@@ -26,6 +28,8 @@ CREATE TABLE IF NOT EXISTS trials (
     parent_run_id TEXT NOT NULL, trial_id TEXT NOT NULL, config TEXT NOT NULL, seed INTEGER NOT NULL,
     state TEXT NOT NULL, mlflow_run_id TEXT, result TEXT, error TEXT, artifact_uri TEXT, started REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (parent_run_id, trial_id));
+CREATE TABLE IF NOT EXISTS progress (
+    parent_run_id TEXT NOT NULL, trial_id TEXT NOT NULL, report TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retrains (
     parent_run_id TEXT NOT NULL, trial_run_id TEXT NOT NULL, outcome TEXT NOT NULL,
     PRIMARY KEY (parent_run_id, trial_run_id));
@@ -125,6 +129,25 @@ class SearchState:
         rows = self._read("SELECT * FROM trials WHERE parent_run_id=? ORDER BY started", (parent_run_id,))
         return [{**dict(row), "config": json.loads(row["config"]),
                  "result": json.loads(row["result"]) if row["result"] else None} for row in rows]
+
+    def progress_waiting(self, parent_run_id: str, reports: list[tuple[str, dict]]) -> None:
+        """Progress reports ((trial id, report), in order) that the tracking server never took, kept for `resume`."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO progress VALUES (?, ?, ?)",
+                           [(parent_run_id, trial_id, json.dumps(report)) for trial_id, report in reports])
+            db.execute("COMMIT")
+
+    def waiting_progress(self, parent_run_id: str) -> dict[str, list[dict]]:
+        """{trial id: its reports that wait, in order}."""
+        rows = self._read("SELECT trial_id, report FROM progress WHERE parent_run_id=? ORDER BY rowid", (parent_run_id,))
+        waiting: dict[str, list[dict]] = {}
+        for row in rows:
+            waiting.setdefault(row["trial_id"], []).append(json.loads(row["report"]))
+        return waiting
+
+    def progress_sent(self, parent_run_id: str, trial_id: str) -> None:
+        self._write("DELETE FROM progress WHERE parent_run_id=? AND trial_id=?", (parent_run_id, trial_id))
 
     # retrains
     def retrain_finished(self, parent_run_id: str, trial_run_id: str, outcome: dict) -> None:

@@ -173,12 +173,14 @@ class Sender:
     """One thread that runs the search's tracking writes in the order they were handed in. A write that meets an
     outage waits (TrackingWait) while the caller goes on; one that gives up stops the thread, and `failure` says
     why. `drain()` waits until every write handed in is done; `abandon()`, for a search cut off, sends nothing
-    more."""
+    more. `unsent` holds, in order, each write (write, args, kwargs) that was handed in and not done: the one
+    that failed and every one after it, or those still queued when the search was cut off."""
 
     def __init__(self, wait: TrackingWait | None) -> None:
         self.queue: queue.Queue = queue.Queue()
         self.failure: BaseException | None = None
         self.abandoned = False
+        self.unsent: list[tuple] = []
         self.wait = wait
         if wait is not None:
             wait.backlog = self.queue.qsize
@@ -199,10 +201,13 @@ class Sender:
                 return
             write, args, kwargs = item
             try:
-                if self.failure is None and not self.abandoned:  # else what is left waits for `resume`
+                if self.failure is None and not self.abandoned:
                     write(*args, **kwargs)
+                else:  # what is left waits for `resume`
+                    self.unsent.append(item)
             except BaseException as err:  # kept for the driver, which re-raises it after the trials
                 self.failure = err
+                self.unsent.append(item)
             finally:
                 self.queue.task_done()
 
