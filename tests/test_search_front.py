@@ -10,16 +10,7 @@ from storage.stores import StorageConfig, open_store
 from storage.trial_table import append_trials, append_width, read_trials, read_widths
 from orchestrator.runtime.records import TrialRecord
 from orchestrator.search.front import record_width_points, search_front, tag_front, trial_rows, width_line
-
-
-def oracle_front(points):
-    """Sort by cost, then keep each point that beats every cheaper one (ties in cost: the best PSNR only)."""
-    best, front = float("-inf"), set()
-    for key, psnr, macs in sorted(points, key=lambda p: (p[2], -p[1])):
-        if psnr > best:
-            front.add(key)
-            best = psnr
-    return front
+from tests.test_orchestrator import independent_front as oracle_front  # sort by cost, keep each that beats the cheaper
 
 
 def genotype_json(channels, positions):
