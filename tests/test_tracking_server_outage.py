@@ -72,7 +72,7 @@ def search(run_dir: str, uri: str, *extra: str) -> subprocess.Popen:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "search", "--budget", "2G", "--task", "car",
-                             "--profile", "smoke", "--trials", "2", "--no-width", "--json",
+                             "--profile", "smoke", "--trials", "2", "--json",
                              "--tracking-uri", uri, *extra], env=env, cwd=run_dir, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -136,6 +136,8 @@ def away_and_back(run_dir: str, server: MlflowServer, stop, start) -> None:
     assert waited > 1, back[0]  # the trial went on while the server was away: its progress waited to be sent
     summary = json.loads(out)
     check_complete(server.uri, summary["parent_run_id"], 2)
+    # the width net (started while the trials' records were still waiting) recorded under the parent
+    assert [r.info.run_id for r in runs_by_kind(server.uri)["width"]] == [summary["width"]["run_id"]]
     assert time.time() - begun < 600
 
 

@@ -151,12 +151,14 @@ def trial_error(trial) -> str:
 
 
 def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str, reporter, state,
-                      store=None) -> dict[float, list[TrialRecord]]:
+                      store=None, while_sending=None) -> tuple[dict[float, list[TrialRecord]], object]:
     """Every budget's trials in one Ray Tune run, each proposed by its budget's Optuna study (budget_search.py);
     each trial's start and end go to the search state of its budget's parent run at once, and its MLflow record
     (its run, progress, result and artifacts; its proxy-trained weights in `store`, inherit.TRIAL_WEIGHTS) through
     one sender thread, in order, so that trials go on while the tracking server is away (tracking/outage.py).
-    A resumed search runs only the trials it still owes. Returns {budget: its finished trials}."""
+    A resumed search runs only the trials it still owes. Once the trials are over, `while_sending({budget: its
+    finished trials})` starts what needs only their results (their run ids may still be unknown: the width nets),
+    while the records still queued are sent. Returns ({budget: its finished trials, recorded}, what it returned)."""
     import optuna
     import ray
     from ray.util.queue import Queue
@@ -184,8 +186,9 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
         search_tags[budget] = trial_search_tags(settings)
         recorded[budget] = list(request.resume.recorded) if request.resume else []
     total = sum(request.trials for request in requests)
+    finished = {budget: list(trials) for budget, trials in recorded.items()}  # as they end, before they are sent
     if not any(owed.values()):
-        return recorded
+        return recorded, while_sending(finished) if while_sending else None
     searcher = BudgetSearch(searchers, owed, metric=["psnr", "macs"], mode=["max", "min"])
 
     runs: dict[str, str] = {}  # Tune's trial id -> its MLflow run (the sender's: made when the trial starts)
@@ -227,6 +230,8 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
             return
         result = {k: v for k, v in result.items() if k in TRIAL_RESULT_KEYS}
         state.trial_finished(parent_of(trial), trial.trial_id, result)  # kept here first, whatever MLflow does
+        finished[budget_of(trial)].append(TrialRecord(trial=trial.trial_id, run_id=runs.get(trial.trial_id, ""),
+                                                      params=own_config(trial.config), result=result, artifact_uri=""))
         take_weights(weights, pending)
         sender.submit(record, budget_of(trial), parent_of(trial), trial.trial_id, own_config(trial.config), result,
                       pending.pop(trial.trial_id, None))
@@ -280,13 +285,15 @@ def run_search_on_ray(requests: list[SearchRequest], client, experiment_id: str,
             finally:
                 stopper.finish()
                 ray.kill(weights.actor, no_restart=True)
-        # every record sent: the trials are over, and an outage is waited for, up to the patience
+        # the trials are over: what needs only their results starts, then every record is sent (an outage is
+        # waited for, up to the patience)
+        begun = while_sending(finished) if while_sending else None
         sender.drain()
     except BaseException:  # cut off, or the server stayed away: no record lands after the search closes its runs;
         sender.abandon()  # what was not sent waits in the search state, and `resume` sends it
         keep_waiting_progress(state, sender.unsent, send_progress)
         raise
-    return recorded
+    return recorded, begun
 
 
 def keep_waiting_progress(state, unsent: list[tuple], send_progress) -> None:

@@ -165,7 +165,7 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
     from orchestrator.search.state import SearchState
     from orchestrator.tracking.runs import end_parent, ensure_experiment, experiment_name
     from orchestrator.search.front import record_width_points, search_front, tag_front, trial_rows, width_line
-    from orchestrator.search.width import width_points_at
+    from orchestrator.search.width import finish_width_points, start_width_points
     experiment_id = ensure_experiment(client, experiment_name(job.task.label), run.artifact_root, run.tracking_uri)
     state = SearchState(run.run_dir)
     requests, summaries = [], []
@@ -186,16 +186,24 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
                     client.set_tag(request.parent_id, "shared_supernet_resumed_from_step", str(shared["resumed_from"]))
                     client.set_tag(request.parent_id, "shared_supernet_seconds", f"{shared['seconds']:.1f}")
         progress, reporter = progress_reporter(not job.json)
+
+        def start_widths(finished: dict):  # the width nets train while the trials' records are sent
+            if not job.width or not all(finished[r.settings.budget_macs] for r in requests):
+                return None
+            return start_width_points([(r.settings, r.parent_id, max(finished[r.settings.budget_macs],
+                                                                     key=lambda t: t.psnr)) for r in requests],
+                                      width_resources, client, experiment_id, seeds=job.width_seeds,
+                                      resumed={r.parent_id for r in requests if r.resume is not None})
         try:
-            recorded = run_search_on_ray(requests, client, experiment_id, reporter, state, store=store)
+            recorded, begun = run_search_on_ray(requests, client, experiment_id, reporter, state, store=store,
+                                                while_sending=start_widths)
         finally:
             progress.stop()
         for request in requests:
             if not recorded[request.settings.budget_macs]:
                 raise UsageError("no trial finished; see the Ray logs under the run directory")
-        widths = width_points_at([(r.settings, r.parent_id, max(recorded[r.settings.budget_macs], key=lambda t: t.psnr))
-                                  for r in requests], width_resources, client, experiment_id,
-                                 seeds=job.width_seeds) if job.width else {}
+        widths = finish_width_points(begun, client, experiment_id, run_ids={
+            t.trial: t.run_id for trials in recorded.values() for t in trials}) if begun else {}
         # the front and the width line from the search's own records (its trials, the store's table), not MLflow's
         name = experiment_name(job.task.label)
         rows, before = search_front(store, name, [row for r in requests for row in trial_rows(

@@ -80,31 +80,50 @@ def recorded_width(client, experiment_id: str, parent_id: str, budget: float) ->
             **{k: run.data.metrics[k] for k in WIDTH_METRICS if k in run.data.metrics}}
 
 
-def width_points_at(searches: list[tuple], resources: dict, client, experiment_id: str, *, seeds: int = 1) -> dict:
-    """Each budget's width point, {budget: point}: the one already recorded under its parent (a resumed search),
-    or trained now and recorded. `searches`: (settings, parent run id, best trial's record) of each budget. Every
-    net still to train goes to Ray at once, each a task with `resources`, so several budgets' nets share the
-    cluster. With `seeds` >= 2, each budget's best genotype and its width net are also trained alike with that
-    many seeds, and the paired gain's mean and 95% interval recorded with the point."""
+def width_points_at(searches: list[tuple], resources: dict, client, experiment_id: str, *, seeds: int = 1,
+                    resumed: set | None = None) -> dict:
+    """Each budget's width point, {budget: point}: `start_width_points` then `finish_width_points`."""
+    return finish_width_points(start_width_points(searches, resources, client, experiment_id, seeds=seeds,
+                                                  resumed=resumed), client, experiment_id)
+
+
+def start_width_points(searches: list[tuple], resources: dict, client, experiment_id: str, *, seeds: int = 1,
+                       resumed: set | None = None) -> tuple[dict, list]:
+    """Each budget's width net, started: the point already recorded under its parent (looked up only for the
+    parents in `resumed`, a resumed search's; all when None), or its training started now as a Ray task with
+    `resources`, so several budgets' nets share the cluster and train while the driver does other work (sends the
+    trials' records to a tracking server that may be away). `searches`: (settings, parent run id, best trial's
+    record) of each budget (the record's `trial` and `result`; its run id may still be unknown). With `seeds` >= 2,
+    each budget's best genotype and its width net are also trained alike with that many seeds. Returns
+    (the points found, the trainings started) for `finish_width_points`."""
     import ray
-    from mlflow.entities import Param
     remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0))(tune_width)
     points, started = {}, []
     for settings, parent_id, best in searches:
         budget = settings.budget_macs
-        points[budget] = recorded_width(client, experiment_id, parent_id, budget)
+        reuse = resumed is None or parent_id in resumed
+        points[budget] = recorded_width(client, experiment_id, parent_id, budget) if reuse else None
         if points[budget] is None:
             backbone = width_backbone(settings.task, settings.profile, budget)
             first = remote.remote(settings, backbone)
             seeded = start_seeded(remote, settings, backbone, best, seeds) if seeds >= 2 and best is not None else None
             started.append((settings, parent_id, best, backbone, first, seeded))
+    return points, started
+
+
+def finish_width_points(begun: tuple[dict, list], client, experiment_id: str, run_ids: dict | None = None) -> dict:
+    """The width nets `start_width_points` started, waited for and recorded, {budget: point}; `run_ids` ({trial
+    id: MLflow run id}) names the best trial's run where its record did not know it yet."""
+    import ray
+    from mlflow.entities import Param
+    points, started = begun
     for settings, parent_id, best, backbone, first, seeded in started:
         result = ray.get(first)
         params = [Param("backbone", backbone), Param("positions", "none"), Param("seed", str(settings.seed)),
                   Param("precision", settings.profile.precision)]
         if seeded is not None:
             result.update(seeded_gain(*seeded, first_plain=result))
-            params.append(Param("searched_run_id", best.run_id))
+            params.append(Param("searched_run_id", (run_ids or {}).get(best.trial) or best.run_id))
         points[settings.budget_macs] = record_width(client, experiment_id, parent_id, settings, backbone, result, params)
     return points
 
