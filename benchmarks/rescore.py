@@ -24,7 +24,9 @@ SCORES = ("psnr_y", "ssim_y", "input_psnr_y", "psnr_rgb", "input_psnr_rgb")
 
 
 def trained_runs(home: Path, report: dict) -> list[tuple[Path, dict]]:
-    """(checkpoint, the training's result) for every variant and seed the ablation kept."""
+    """(checkpoint, the training's result) for every variant and seed the ablation kept, and for the variants it
+    took from an earlier ablation (`fidelity.py --reuse-reference`: plain-matched, `reused_from`), theirs: the
+    paired gaps on the second set need them scored there too."""
     from orchestrator.analysis.ablation_plan import ablation_prefix
     from orchestrator.runtime.records import experiment_name
     folder = home / "artifacts" / ablation_prefix(experiment_name(report["task"]), report["ablation_id"])
@@ -33,6 +35,12 @@ def trained_runs(home: Path, report: dict) -> list[tuple[Path, dict]]:
         runs.append((manifest.parent / "model.pt", json.loads((manifest.parent / "result.json").read_text())))
     if not runs:
         raise SystemExit(f"no trainings of ablation {report['ablation_id']} under {folder}")
+    for variant in report["variants"]:
+        for checkpoint in variant.get("checkpoints", []) if variant.get("reused_from") else []:
+            path = home / "artifacts" / checkpoint
+            if not (path.parent / "result.json").exists():
+                raise SystemExit(f"the reused {variant['name']} training {path.parent} is not under {home}")
+            runs.append((path, json.loads((path.parent / "result.json").read_text())))
     return runs
 
 
