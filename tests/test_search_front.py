@@ -84,7 +84,7 @@ def test_width_line_latest_per_budget(store):
     assert width_line(store, "acla-car-q10", []) == [
         {"budget_macs": 1e9, "macs": 0.9e9, "psnr": 29.0, "recorded_at": 1.0, "search_run_id": "old-a"},
         {"budget_macs": 2e9, "macs": 1.9e9, "psnr": 30.1, "recorded_at": 2.0, "search_run_id": "old-b"}]
-    mine = record_width_points(store, "acla-car-q10", {1e9: {"run_id": "w", "backbone": "c40-b8", "psnr": 29.4,
+    mine = record_width_points(store, "acla-car-q10", {1e9: {"run_id": "w", "backbone": "c40-b8", "net": "40x8", "psnr": 29.4,
                                                              "macs": 0.95e9, "unrecorded": object()}},
                                {1e9: "new"})
     assert mine[0]["net"] == "40x8" and "unrecorded" not in mine[0] and mine[0]["search_run_id"] == "new"

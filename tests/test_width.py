@@ -120,7 +120,7 @@ def test_a_recorded_width_point_is_reused_not_trained_again(tmp_path, monkeypatc
     monkeypatch.setattr(width_module, "tune_width", lambda *a: pytest.fail("a recorded width point was trained again"))
     settings = TrialSettings(task=task_from_options("car"), budget_macs=2e9, profile=get_profile("smoke"),
                              data=DataSpec(*embedded_sets()), seed=0)
-    found = width_module.width_points_at([(settings, parents[0], None)], {"cpu": 1, "gpu": 0}, client,
-                                         experiment)[2e9]
+    found = width_module.finish_width_points(width_module.start_width_points(
+        [(settings, parents[0], None)], {"cpu": 1, "gpu": 0}, client, experiment), client, experiment)[2e9]
     assert (found["psnr"], found["macs"], found["backbone"], found["budget_macs"]) == (30.1, 1.4e9, "c16-b4", 2e9)
     assert client.get_run(found["run_id"]).data.tags["mlflow.parentRunId"] == parents[0]

@@ -332,7 +332,7 @@ def send_what_waited(client, store, state, experiment_id: str, parent: str, sett
     the finished trials' runs made where there were none, their progress reports and results recorded; the
     progress of trials cut off sent to their runs (which the resume then closes as KILLED). Their weights went with
     the driver: their winners retrain from scratch. Returns (trials, progress reports) sent."""
-    from orchestrator.tracking.runs import log_progress, start_trial_run
+    from orchestrator.tracking.runs import start_trial_run
     waiting, progress = state.unsent(parent), state.waiting_progress(parent)
     reports = 0
     for trial in waiting:
@@ -340,18 +340,19 @@ def send_what_waited(client, store, state, experiment_id: str, parent: str, sett
                                                            params=trial["config"],
                                                            search_tags=trial_search_tags(settings))
         state.trial_run(parent, trial["trial_id"], run_id)
-        reports += send_progress_waiting(client, state, parent, trial["trial_id"], run_id, progress, log_progress)
+        reports += send_progress_waiting(client, state, parent, trial["trial_id"], run_id, progress)
         record_finished_trial(client, store, state, parent, trial["trial_id"], run_id, trial["config"],
                               trial["result"], None)
     for trial in state.trials(parent):  # cut off while it ran: its curve so far, on its run
         if trial["trial_id"] in progress and trial["mlflow_run_id"]:
             reports += send_progress_waiting(client, state, parent, trial["trial_id"], trial["mlflow_run_id"],
-                                             progress, log_progress)
+                                             progress)
     return len(waiting), reports
 
 
-def send_progress_waiting(client, state, parent: str, trial_id: str, run_id: str, progress: dict, log_progress) -> int:
+def send_progress_waiting(client, state, parent: str, trial_id: str, run_id: str, progress: dict) -> int:
     """One trial's progress reports that waited, on its run, then forgotten by the state."""
+    from orchestrator.tracking.runs import log_progress
     reports = progress.pop(trial_id, [])
     for report in reports:
         log_progress(client, run_id, report)

@@ -72,14 +72,10 @@ def record_width_points(store, experiment: str, widths: dict, parents: dict) -> 
     import time
 
     from storage.trial_table import append_width
-    from workers.backbones import parse_backbone
     from orchestrator.search.width import WIDTH_METRICS
     points = []
     for budget, point in sorted(widths.items()):
         kept = {k: point[k] for k in ("run_id", "backbone", "net", "seconds", *WIDTH_METRICS) if point.get(k) is not None}
-        if "net" not in kept and point.get("backbone"):
-            channels, blocks = parse_backbone(point["backbone"])
-            kept["net"] = f"{channels}x{blocks}"
         kept.update(budget_macs=float(budget), search_run_id=parents[budget], recorded_at=time.time())
         append_width(store, experiment, parents[budget], [kept])
         points.append(kept)

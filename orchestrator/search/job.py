@@ -259,15 +259,15 @@ def finish_search(job: SearchJob, request, recorded: list[TrialRecord], width: d
     summarise_parent(client, parent_id, rows)
     record_trials(store, name, parent_id, recorded, rows)
     title = f"{name}: PSNR vs MACs"
-    line = [(p["psnr"], p["macs"]) for p in line]
-    log_front(client, parent_id, rows, budget_macs=budget, title=title, width=line)
+    drawn = [(p["psnr"], p["macs"]) for p in line]
+    log_front(client, parent_id, rows, budget_macs=budget, title=title, width=drawn)
     front_ids = {r["run_id"] for r in rows if r["pareto"]}
     winners = pick_winners(recorded, front_ids, job.retrain_top)
     retrained = retrain_each(run, store, client, experiment_id, parent_id, settings, winners, job.retrain_workers,
                              state) if job.retrain else []
     if retrained:
         log_front(client, parent_id, rows, budget_macs=budget, title=title + " (stars: retrained)",
-                  retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained", width=line)
+                  retrained=[(r["psnr"], r["macs"]) for r in retrained], suffix="_retrained", width=drawn)
     summary = summarise(name, parent_id, budget, job.task, job.profile, recorded, rows, retrained)
     if width is not None:
         summary["width"] = {**width, **gain_over_width(width, summary["trials"])}

@@ -77,14 +77,8 @@ def recorded_width(client, experiment_id: str, parent_id: str, budget: float) ->
         return None
     run = found[0]
     return {"run_id": run.info.run_id, "backbone": run.data.params["backbone"], "budget_macs": budget,
+            **({"net": run.data.params["net"]} if "net" in run.data.params else {}),
             **{k: run.data.metrics[k] for k in WIDTH_METRICS if k in run.data.metrics}}
-
-
-def width_points_at(searches: list[tuple], resources: dict, client, experiment_id: str, *, seeds: int = 1,
-                    resumed: set | None = None) -> dict:
-    """Each budget's width point, {budget: point}: `start_width_points` then `finish_width_points`."""
-    return finish_width_points(start_width_points(searches, resources, client, experiment_id, seeds=seeds,
-                                                  resumed=resumed), client, experiment_id)
 
 
 def start_width_points(searches: list[tuple], resources: dict, client, experiment_id: str, *, seeds: int = 1,
@@ -140,7 +134,8 @@ def record_width(client, experiment_id: str, parent_id: str, settings, backbone:
                                                if result.get(k) is not None],
                      params=params + [Param("net", f"{channels}x{blocks}")])
     client.set_terminated(run.info.run_id, "FINISHED")
-    return {"run_id": run.info.run_id, "backbone": backbone, "budget_macs": budget, **result}
+    return {"run_id": run.info.run_id, "backbone": backbone, "net": f"{channels}x{blocks}", "budget_macs": budget,
+            **result}
 
 
 def start_seeded(remote, settings, backbone: str, best, seeds: int) -> tuple:
