@@ -56,6 +56,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
     alias at the best winner when `set_alias` (a search does; `retrain` only with --set-alias)."""
     from storage.manifest import put_artifact_set
 
+    from orchestrator.runtime.errors import raise_if_cancelled
     from orchestrator.runtime.records import budget_label
     from orchestrator.retrain.inherit import inherited_state
     from orchestrator.retrain.ray_train import CHECKPOINT_FILE, retrain_genotype
@@ -77,6 +78,7 @@ def retrain_winners(*, run, store, client, experiment_id, parent_id, request_set
                                    data=settings.data, storage=run.storage,
                                    name=f"retrain-{winner.trial}", num_workers=retrain_workers,
                                    steps=steps, seed=settings.seed, init_state=init_state)
+        raise_if_cancelled()  # a signal dropped while Ray Train ran (runtime/errors.py): nothing is registered
         # Ray Train wrote the checkpoint; its manifest marks it complete for every later reader.
         put_artifact_set(store, outcome.checkpoint_key, {CHECKPOINT_FILE: outcome.checkpoint_file})
         metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}

@@ -24,6 +24,15 @@ def cancel(signum, frame):
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
+def raise_if_cancelled() -> None:
+    """Raise the cancellation of a signal already received. Python runs a signal handler at the next bytecode,
+    which may be inside a weakref callback or a `__del__` (a garbage collection in SQLAlchemy, say), where the
+    exception is printed as "Exception ignored" and dropped; a long job calls this between its steps, so that
+    such a signal still cancels it instead of letting it finish."""
+    if signals_received:
+        raise Terminated if signals_received[0] == signal.SIGTERM else KeyboardInterrupt
+
+
 def force_exit(signum, frame):
     os.write(2, b"acla-orch: forced exit; runs left RUNNING show as interrupted in `acla-orch status`\n")
     os._exit(128 + signum)

@@ -34,6 +34,10 @@ class RecordTrials(tune.Callback):
         except Exception as err:
             RecordTrials.errors[self.key] = err
 
+    def on_step_begin(self, iteration, trials, **info):
+        from orchestrator.runtime.errors import raise_if_cancelled
+        raise_if_cancelled()  # a signal whose exception was dropped (a __del__ ran the handler) cancels here
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._call(2, trial)
 

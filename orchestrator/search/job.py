@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 
-from orchestrator.runtime.errors import UsageError
+from orchestrator.runtime.errors import UsageError, raise_if_cancelled
 from orchestrator.runtime.records import SearchJob, TrialRecord
 
 
@@ -199,6 +199,7 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
                                                 while_sending=start_widths)
         finally:
             progress.stop()
+        raise_if_cancelled()  # a signal whose exception was dropped on the way (errors.py) cancels here
         for request in requests:
             if not recorded[request.settings.budget_macs]:
                 raise UsageError("no trial finished; see the Ray logs under the run directory")
@@ -211,10 +212,12 @@ def run_budgets(job: SearchJob, backbones: dict, resources: dict, *, run, store,
         tag_front(client, rows, before)
         line = width_line(store, name, record_width_points(
             store, name, widths, {r.settings.budget_macs: r.parent_id for r in requests})) if job.width else []
+        raise_if_cancelled()
         for request in requests:
             budget = request.settings.budget_macs
             summary = finish_search(job, request, recorded[budget], widths.get(budget), rows=rows, line=line,
                                     client=client, experiment_id=experiment_id, state=state, store=store)
+            raise_if_cancelled()
             end_parent(client, request.parent_id, "FINISHED")
             state.end(request.parent_id, "finished")
             summaries.append(summary)
@@ -293,6 +296,7 @@ def retrain_each(run, store, client, experiment_id, parent_id, settings, winners
     done = state.retrains(parent_id)
     outcomes = []
     for rank, winner in enumerate(winners):
+        raise_if_cancelled()
         if winner.run_id not in done:
             outcome, = retrain_winners(run=run, store=store, client=client, experiment_id=experiment_id,
                                        parent_id=parent_id, request_settings=settings, winners=[winner],
