@@ -11,6 +11,7 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from orchestrator.runtime.errors import Terminated, install_signal_handlers, raise_if_cancelled
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a suite started in the background ignores Ctrl-C
     install_signal_handlers()
 
     class Collected:
