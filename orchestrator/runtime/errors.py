@@ -21,7 +21,7 @@ def cancel(signum, frame):
     signals_received.append(signum)
     signal.signal(signal.SIGINT, force_exit)
     signal.signal(signal.SIGTERM, force_exit)
-    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    raise_if_cancelled()
 
 
 def raise_if_cancelled() -> None:
